@@ -1,0 +1,40 @@
+# NeuroNova — quick start: `make demo`, then `make test`. See README.md.
+SHELL := /bin/bash
+VENV := .venv
+NEURONOVA := $(VENV)/bin/neuronova
+
+.PHONY: setup system demo test lint typecheck pytest bench stack-down clean
+
+setup: $(VENV)/.synced  ## the Python environment alone (.venv/)
+
+$(VENV)/.synced: pyproject.toml uv.lock scripts/setup
+	scripts/setup
+	touch $@
+
+system: setup  ## Debian packages the stack and tests need (Orthanc, DICOMweb, dcmtk, dicom3tools)
+	scripts/system-packages
+
+demo: setup system  ## start the local stack, ingest the sample study, print a summary
+	$(NEURONOVA) demo
+
+test: setup system lint typecheck pytest  ## the full suite
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest
+
+bench: setup system  ## benchmarks: ratios against baselines measured in the same run
+	$(VENV)/bin/python bench/bench_codec.py
+	$(VENV)/bin/python bench/bench_ingest.py
+
+stack-down:
+	$(NEURONOVA) stack down
+
+clean: stack-down
+	rm -rf var/

@@ -1,0 +1,1 @@
+"""The bottom layer every other package uses: settings, database schema, errors."""

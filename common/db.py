@@ -1,0 +1,142 @@
+"""Database schema (SQLModel) and lifecycle: MySQL through pymysql in production, SQLite embedded.
+
+The schema changes only through Alembic migrations in `common/migrations/`; `migrate()` brings
+any database to the head revision and is safe to call at every start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, event
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now (SQLModel stores it as UTC on both backends)."""
+    return datetime.now(UTC)
+
+
+class Study(SQLModel, table=True):
+    """One study in the archive, as indexed after verified storage."""
+
+    __tablename__ = "studies"
+    study_instance_uid: str = Field(primary_key=True, max_length=64)
+    patient_id: str = Field(index=True, max_length=64)
+    study_date: str | None = Field(default=None, max_length=8)
+    accession_number: str | None = Field(default=None, max_length=16)
+    modalities: str = Field(default="", max_length=64)
+    orthanc_id: str | None = Field(default=None, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class Series(SQLModel, table=True):
+    """One series of a study."""
+
+    __tablename__ = "series"
+    series_instance_uid: str = Field(primary_key=True, max_length=64)
+    study_instance_uid: str = Field(
+        foreign_key="studies.study_instance_uid", index=True, max_length=64
+    )
+    modality: str | None = Field(default=None, max_length=16)
+    series_number: int | None = None
+    orthanc_id: str | None = Field(default=None, max_length=64)
+
+
+class Instance(SQLModel, table=True):
+    """One stored instance: what came in, what Orthanc holds, and the hashes that prove it."""
+
+    __tablename__ = "instances"
+    sop_instance_uid: str = Field(primary_key=True, max_length=64)
+    series_instance_uid: str = Field(
+        foreign_key="series.series_instance_uid", index=True, max_length=64
+    )
+    study_instance_uid: str = Field(index=True, max_length=64)
+    sop_class_uid: str = Field(max_length=64)
+    orthanc_id: str = Field(index=True, max_length=64)
+    transfer_syntax: str = Field(max_length=64)
+    source_transfer_syntax: str = Field(max_length=64)
+    action: str = Field(max_length=32, description="transcoded, already_htj2k, kept_lossy, …")
+    reason: str | None = Field(default=None, max_length=512)
+    lossless: bool
+    content_sha256: str = Field(max_length=64, description="Attributes + decoded pixels.")
+    pixel_sha256: str | None = Field(default=None, max_length=64)
+    stored_sha256: str = Field(max_length=64, description="The file Orthanc returned on read-back.")
+    bytes_in: int
+    bytes_stored: int
+    source: str = Field(default="ingest", max_length=16, description="ingest or c-store")
+    verified_at: datetime = Field(default_factory=utcnow)
+
+
+class QuarantineItem(SQLModel, table=True):
+    """An input that was not stored, kept with the reason (bad input or a UID conflict)."""
+
+    __tablename__ = "quarantine"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=16, description="quarantined or conflict")
+    source_path: str = Field(max_length=1024)
+    kept_path: str = Field(max_length=1024)
+    sha256: str = Field(index=True, max_length=64)
+    reason: str = Field(max_length=1024)
+    sop_instance_uid: str | None = Field(default=None, index=True, max_length=64)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+@cache
+def get_engine(url: str) -> Engine:
+    """One engine per URL per process; pre-ping so a dropped MySQL connection is replaced."""
+    connect_args: dict[str, object] = {}
+    if url.startswith("sqlite"):
+        # Flows use worker threads; SQLite's same-thread guard is for sqlite3 misuse, not ours.
+        connect_args = {"check_same_thread": False, "timeout": 30}
+    engine = create_engine(url, pool_pre_ping=True, pool_recycle=3600, connect_args=connect_args)
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    """WAL lets the CLI read while a flow writes; foreign keys are off by default in SQLite."""
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A session that commits on success and rolls back on any error."""
+    with Session(get_engine(url), expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic configuration without an .ini file, pointing at our migrations."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def migrate(url: str) -> None:
+    """Bring the database at `url` to the newest schema (idempotent)."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    command.upgrade(alembic_config(url), "head")

@@ -1,0 +1,178 @@
+"""The `neuronova` command: ingest, HTJ2K checks, the local stack, the database, the demo.
+
+Flows are imported inside the commands, after `use_prefect_server` has chosen the Prefect API
+(Prefect reads its settings at import).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from common.db import migrate
+from common.settings import Settings
+from neuronova import stack_cli
+from neuronova.prefect_env import use_prefect_server
+from neuronova.sample import write_sample_study
+
+app = typer.Typer(help="NeuroNova: verified HTJ2K ingest, AI reading, secure viewing.")
+app.add_typer(stack_cli.app, name="stack")
+db_app = typer.Typer(help="The NeuroNova database (archive index, quarantine, users…).")
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+
+# Exit codes scripts can rely on.
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database schema to the newest revision."""
+    settings = Settings()
+    migrate(settings.resolved_database_url)
+    console.print("[green]database schema is up to date[/green]")
+
+
+@app.command()
+def ingest(
+    path: Annotated[Path, typer.Argument(help="A DICOM file, a folder, or a zip archive.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    remove_originals: Annotated[
+        bool, typer.Option(help="Delete input files once their verified copy is stored.")
+    ] = False,
+) -> None:
+    """Ingest DICOM into Orthanc as verified HTJ2K lossless.
+
+    Exit status: 0 all stored or duplicate, 3 some quarantined or in conflict, 1 the run failed.
+    """
+    settings = Settings()
+    use_prefect_server(settings)
+    from flows.ingest_study import ingest_study
+
+    with console.status(f"Ingesting {path} …"):
+        try:
+            report = ingest_study(str(path.resolve()), remove_originals=remove_originals)
+        except Exception as err:
+            _fail(as_json, f"ingest failed: {err}", hint="fix the cause and re-run: it is safe")
+    _print_ingest(report, as_json)
+    counts = report["counts"]
+    raise typer.Exit(EXIT_PARTIAL if counts["quarantined"] or counts["conflict"] else EXIT_OK)
+
+
+@app.command("check-htj2k")
+def check_htj2k(
+    study: Annotated[
+        str | None, typer.Option(help="StudyInstanceUID; the whole archive when omitted.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Find instances in Orthanc that are not HTJ2K lossless; transcode, verify, replace."""
+    settings = Settings()
+    use_prefect_server(settings)
+    from flows.check_htj2k import check_htj2k as check_flow
+
+    with console.status("Checking the archive for non-HTJ2K instances …"):
+        try:
+            report = check_flow(study_instance_uid=study)
+        except Exception as err:
+            _fail(as_json, f"HTJ2K check failed: {err}", hint="re-run: it is safe")
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        console.print(report["counts"])
+    raise typer.Exit(EXIT_PARTIAL if report["counts"].get("failed") else EXIT_OK)
+
+
+@app.command()
+def sample(
+    folder: Annotated[Path, typer.Argument(help="Where to write the sample study.")],
+    slices: Annotated[int, typer.Option(min=1, max=512)] = 24,
+) -> None:
+    """Write the bundled sample study (a synthetic head CT series) into FOLDER."""
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task("writing sample study", total=slices)
+        paths = write_sample_study(
+            folder, slices=slices, progress=lambda n: progress.advance(bar, n)
+        )
+    console.print(f"wrote {len(paths)} instances to {folder}")
+
+
+@app.command()
+def demo() -> None:
+    """Start the local stack, ingest the sample study, print a summary."""
+    settings = Settings()
+    from neuronova.stack import LocalStack
+
+    with console.status("Starting the local stack (first run installs packages) …"):
+        status = LocalStack(settings).up()
+    migrate(settings.resolved_database_url)
+    folder = settings.data_dir / "sample-study"
+    sample(folder, slices=24)
+    use_prefect_server(settings)
+    from flows.ingest_study import ingest_study
+
+    with console.status("Ingesting the sample study …"):
+        report = ingest_study(str(folder))
+    _print_ingest(report, as_json=False)
+    ui = status["prefect"].removesuffix("/api")
+    console.print(f"\nOrthanc (loopback only): {status['orthanc']}")
+    console.print(f"Prefect UI: {ui}  (flow run 'ingest_study', artifacts per study)")
+    console.print("Stop the stack with: .venv/bin/neuronova stack down")
+
+
+def _print_ingest(report: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(title="Ingest by series")
+    for column in (
+        "study",
+        "series",
+        "modality",
+        "instances",
+        "before",
+        "after",
+        "ratio",
+        "verification",
+    ):
+        table.add_column(column)
+    for study in report["studies"]:
+        for row in study["series"]:
+            table.add_row(
+                study["study_instance_uid"][-16:],
+                row["series_instance_uid"][-16:],
+                row["modality"],
+                str(row["instances"]),
+                _mb(row["bytes_before"]),
+                _mb(row["bytes_after"]),
+                str(row["ratio"]),
+                row["verification"],
+            )
+    Console().print(table)
+    console.print(f"files: {report['counts']}")
+    for item in report["files"]:
+        if item["status"] in ("quarantined", "conflict"):
+            console.print(f"[yellow]{item['status']}[/yellow] {item['path']}: {item['reason']}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def _fail(as_json: bool, message: str, *, hint: str) -> None:
+    if as_json:
+        print(json.dumps({"error": message, "hint": hint}))
+    else:
+        console.print(f"[red]{message}[/red]\n{hint}")
+    raise typer.Exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,805 @@
+"""The local stack: install, start, check and stop Orthanc, a Prefect server and later components.
+
+Everything lives under `settings.stack_dir`: one folder per component (config, data, log) and
+`run/` (pidfiles, lock). Processes are started detached in their own session and stopped by the
+PIDs recorded here, never by name, so that several stacks (the demo's, the tests') can run side
+by side on other ports and folders.
+
+Adding a component (nginx, webapp, FHIR, EMR) means registering one `Component`, not editing
+the start/stop logic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import glob
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common.errors import StackError
+from common.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Debian packages that no component runs but the ingest tests call (storescu, dciodvfy …).
+TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools")
+
+DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
+    "/usr/share/orthanc/plugins/*DicomWeb*.so*",
+    "/usr/lib/orthanc/*DicomWeb*.so*",
+    "/usr/lib/orthanc/plugins/*DicomWeb*.so*",
+    "/usr/lib/*/orthanc/plugins/*DicomWeb*.so*",
+    "/usr/local/share/orthanc/plugins/*DicomWeb*.so*",
+)
+
+# The AET that dcmtk's storescu uses unless told otherwise; the only modality allowed to store.
+STORESCU_AET = "STORESCU"
+
+_HEALTH_POLL_S = 0.25
+_HEALTH_REQUEST_TIMEOUT_S = 2.0
+_ALREADY_RUNNING_WAIT_S = 10.0
+_STOP_TIMEOUT_S = 20.0
+_KILL_TIMEOUT_S = 5.0
+_LOCK_TIMEOUT_S = 300.0
+_LOG_TAIL_LINES = 30
+_LOG_ROTATE_BYTES = 5 * 1024 * 1024
+
+
+# --------------------------------------------------------------------------- components
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a component needs to render its config and command line."""
+
+    settings: Settings
+    home: Path  # the component's own folder under stack_dir (absolute)
+
+
+@dataclass(frozen=True)
+class Health:
+    """The answer of one health check."""
+
+    ok: bool
+    version: str | None = None
+    error: str | None = None
+
+
+def _no_preparation(ctx: Context) -> None:
+    """Nothing to render."""
+
+
+def _no_env(ctx: Context) -> dict[str, str]:
+    """No extra environment."""
+    return {}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One process of the stack: how to configure, start and check it."""
+
+    name: str
+    key: str  # its key in `status()`, e.g. "orthanc", "prefect", "gateway"
+    url: Callable[[Settings], str]  # the value of that key: the URL clients use
+    command: Callable[[Context], list[str]]
+    health: Callable[[Context, httpx.Client], Health]
+    ports: Callable[[Settings], Sequence[tuple[str, int]]]  # (address, port) it binds
+    prepare: Callable[[Context], None] = _no_preparation
+    env: Callable[[Context], dict[str, str]] = _no_env
+    packages: tuple[str, ...] = ()
+    start_timeout_s: float = 30.0
+    port_hint: str = ""  # how to move it to other ports, for the "port in use" message
+
+
+COMPONENTS: dict[str, Component] = {}
+
+
+def register(component: Component) -> Component:
+    """Add a component to the default registry (order of registration is start order)."""
+    COMPONENTS[component.name] = component
+    return component
+
+
+# --------------------------------------------------------------------------- orthanc
+
+
+def find_dicomweb_plugin(patterns: Sequence[str] = DICOMWEB_PLUGIN_GLOBS) -> Path | None:
+    """The DICOMweb plugin's shared object, wherever this distribution puts it."""
+    for pattern in patterns:
+        # Prefer the unversioned name (a symlink on Debian) over libX.so.1.7.
+        matches = sorted(glob.glob(pattern), key=lambda p: (not p.endswith(".so"), p))
+        if matches:
+            return Path(matches[0])
+    return None
+
+
+def find_orthanc_binary() -> Path | None:
+    """The Orthanc executable; Debian puts it in /usr/sbin, which a user's PATH may lack."""
+    found = shutil.which("Orthanc") or shutil.which(
+        "Orthanc", path="/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin"
+    )
+    return Path(found) if found else None
+
+
+def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[str, Any]:
+    """Orthanc's configuration for the local stack: loopback-only HTTP, DICOMweb on."""
+    db = home / "db"
+    return {
+        "Name": "NeuroNova",
+        "StorageDirectory": str(db),
+        "IndexDirectory": str(db),
+        "StorageCompression": False,
+        "HttpServerEnabled": True,
+        "HttpPort": settings.orthanc_http_port,
+        "HttpThreadsCount": 50,
+        "KeepAlive": True,
+        # Orthanc has no bind-address option: it listens on every interface. With remote access
+        # off it answers HTTP only to loopback clients, and with authentication off that is the
+        # only thing keeping other hosts out of the PACS. Never turn this on without users.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": True,
+        "DicomAet": settings.orthanc_aet,
+        "DicomPort": settings.orthanc_dicom_port,
+        # The DICOM port is open on every interface too, so stores are not allowed from anyone:
+        # only the modality below (storescu's default AET, from this host) may push.
+        "DicomAlwaysAllowStore": False,
+        "DicomCheckModalityHost": True,
+        "DicomModalities": {"storescu": [STORESCU_AET, "127.0.0.1", 11112]},
+        # Ingest must never overwrite an instance silently: a second payload under the same
+        # SOPInstanceUID is kept out and reported by the ingest flow.
+        "OverwriteInstances": False,
+        "ConcurrentJobs": 2,
+        # No IngestTranscoding: with the HTJ2K UID it stops Orthanc 1.10.1 from starting.
+        "Plugins": [str(plugin)],
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+        },
+    }
+
+
+def _orthanc_config_path(ctx: Context) -> Path:
+    return ctx.home / "orthanc.json"
+
+
+def _prepare_orthanc(ctx: Context) -> None:
+    """Write orthanc.json and create the storage folder."""
+    plugin = find_dicomweb_plugin()
+    if plugin is None:
+        raise StackError(
+            "the Orthanc DICOMweb plugin was not found in "
+            f"{', '.join(DICOMWEB_PLUGIN_GLOBS)}: install the Debian package orthanc-dicomweb"
+        )
+    (ctx.home / "db").mkdir(parents=True, exist_ok=True)
+    config = render_orthanc_config(ctx.settings, ctx.home, plugin)
+    _write_atomically(_orthanc_config_path(ctx), json.dumps(config, indent=2) + "\n")
+
+
+def _orthanc_command(ctx: Context) -> list[str]:
+    binary = find_orthanc_binary()
+    if binary is None:
+        raise StackError("the Orthanc executable was not found: install the Debian package orthanc")
+    return [str(binary), str(_orthanc_config_path(ctx))]
+
+
+def _orthanc_url(settings: Settings) -> str:
+    return settings.orthanc_url.rstrip("/")
+
+
+def _orthanc_health(ctx: Context, client: httpx.Client) -> Health:
+    """Orthanc answers /system, and it is ours (same AET and DICOM port), not another one."""
+    try:
+        response = client.get(f"{_orthanc_url(ctx.settings)}/system")
+        if response.status_code != 200:
+            return Health(False, error=f"GET /system answered HTTP {response.status_code}")
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as err:
+        return Health(False, error=f"{type(err).__name__}: {err}")
+    if (body.get("DicomAet"), body.get("DicomPort")) != (
+        ctx.settings.orthanc_aet,
+        ctx.settings.orthanc_dicom_port,
+    ):
+        return Health(
+            False,
+            error=f"another Orthanc answers ({body.get('DicomAet')} on {body.get('DicomPort')})",
+        )
+    return Health(True, version=body.get("Version"))
+
+
+def _orthanc_ports(settings: Settings) -> list[tuple[str, int]]:
+    # Orthanc binds every interface, so that is where a conflict shows.
+    return [("0.0.0.0", settings.orthanc_http_port), ("0.0.0.0", settings.orthanc_dicom_port)]  # noqa: S104
+
+
+ORTHANC = register(
+    Component(
+        name="orthanc",
+        key="orthanc",
+        url=_orthanc_url,
+        command=_orthanc_command,
+        health=_orthanc_health,
+        ports=_orthanc_ports,
+        prepare=_prepare_orthanc,
+        packages=("orthanc", "orthanc-dicomweb"),
+        start_timeout_s=30.0,
+        port_hint=(
+            "a system Orthanc from the Debian package uses 8042/4242 when its service runs; "
+            "choose other ports with NEURONOVA_ORTHANC_URL and NEURONOVA_ORTHANC_DICOM_PORT"
+        ),
+    )
+)
+
+
+# --------------------------------------------------------------------------- prefect
+
+
+def find_prefect_executable() -> Path:
+    """The `prefect` script of the environment this Python runs in."""
+    candidate = Path(sys.executable).parent / "prefect"
+    if not candidate.exists():
+        raise StackError(f"{candidate} not found: is prefect installed in this environment?")
+    return candidate
+
+
+def _prefect_url(settings: Settings) -> str:
+    return settings.prefect_api_url.rstrip("/")
+
+
+def prefect_env(ctx: Context) -> dict[str, str]:
+    """The Prefect server's settings: its own home and SQLite database, no analytics."""
+    api_url = _prefect_url(ctx.settings)
+    return {
+        "PREFECT_HOME": str(ctx.home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{ctx.home / 'prefect.db'}",
+        # No network here, and no reason to report usage from a hospital.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(ctx.settings.prefect_port),
+        # The UI must talk to this server, not to a PREFECT_API_URL inherited from a shell.
+        "PREFECT_API_URL": api_url,
+        "PREFECT_UI_API_URL": api_url,
+    }
+
+
+def _prefect_command(ctx: Context) -> list[str]:
+    return [
+        str(find_prefect_executable()),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ctx.settings.prefect_port),
+    ]
+
+
+def _prepare_prefect(ctx: Context) -> None:
+    ctx.home.mkdir(parents=True, exist_ok=True)
+
+
+def _prefect_health(ctx: Context, client: httpx.Client) -> Health:
+    """The API's /health answers true; the version comes from /admin/version."""
+    api = _prefect_url(ctx.settings)
+    try:
+        response = client.get(f"{api}/health")
+        if response.status_code != 200 or response.json() is not True:
+            return Health(False, error=f"GET /health answered HTTP {response.status_code}")
+        version = client.get(f"{api}/admin/version")
+        return Health(True, version=version.json() if version.status_code == 200 else None)
+    except (httpx.HTTPError, ValueError) as err:
+        return Health(False, error=f"{type(err).__name__}: {err}")
+
+
+def _prefect_ports(settings: Settings) -> list[tuple[str, int]]:
+    return [("127.0.0.1", settings.prefect_port)]
+
+
+PREFECT = register(
+    Component(
+        name="prefect",
+        key="prefect",
+        url=_prefect_url,
+        command=_prefect_command,
+        health=_prefect_health,
+        ports=_prefect_ports,
+        prepare=_prepare_prefect,
+        env=prefect_env,
+        # SQLite migrations and the UI build take 10–20 s on two cores.
+        start_timeout_s=90.0,
+        port_hint="choose another port with NEURONOVA_PREFECT_API_URL",
+    )
+)
+
+
+# --------------------------------------------------------------------------- system packages
+
+_apt_updated = False
+
+
+def _dpkg_installed(package: str) -> bool:
+    """Whether dpkg says the package is installed."""
+    if shutil.which("dpkg-query") is None:
+        raise StackError(f"dpkg-query not found: install {package} by hand (not a Debian system?)")
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode == 0 and result.stdout.strip() == "installed"
+
+
+def _run_apt(args: Sequence[str]) -> None:
+    """Run apt-get (through sudo when not root), failing with its output."""
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            raise StackError(f"apt-get {' '.join(args)} needs root, and sudo is not installed")
+        prefix = ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    result = subprocess.run(
+        [*prefix, "apt-get", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-_LOG_TAIL_LINES:])
+        raise StackError(f"apt-get {' '.join(args)} failed ({result.returncode}):\n{tail}")
+
+
+def ensure_system_packages(packages: Sequence[str]) -> None:
+    """Install the Debian packages that dpkg says are missing (apt-get update once a process)."""
+    global _apt_updated
+    missing = [p for p in dict.fromkeys(packages) if not _dpkg_installed(p)]
+    if not missing:
+        return
+    logger.info("installing Debian packages: %s", ", ".join(missing))
+    if not _apt_updated:
+        _run_apt(["update"])
+        _apt_updated = True
+    _run_apt(["install", "-y", "--no-install-recommends", *missing])
+    still_missing = [p for p in missing if not _dpkg_installed(p)]
+    if still_missing:
+        raise StackError(f"apt-get could not install: {', '.join(still_missing)}")
+
+
+# --------------------------------------------------------------------------- processes
+
+# Popen objects of the processes this Python process started, so they can be reaped (a zombie
+# would otherwise look alive to kill(pid, 0)).
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat from the state on (field 3), or None when there is no such PID."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone, possibly while we scanned /proc
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    end = raw.rfind(")")
+    return raw[end + 2 :].split() if end >= 0 else None
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """When the process started (clock ticks after boot): with the PID, a unique identity."""
+    fields = _proc_stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _proc_cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of a child of ours (Popen keeps it for the error message)."""
+    child = _CHILDREN.get(pid)
+    if child is not None:
+        child.poll()
+
+
+def _alive(pid: int) -> bool:
+    """Whether the PID runs (a zombie or a dead process does not)."""
+    _reap(pid)
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
+
+
+def _session_members(sid: int) -> set[int]:
+    """Live processes of the session `sid` that our process leads, the leader included."""
+    # The leader counts even if it left its session (setsid), so it is never orphaned.
+    members = {sid} if _alive(sid) else set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _proc_stat(int(entry.name))
+        if fields and int(fields[3]) == sid and fields[0] not in ("Z", "X"):
+            members.add(int(entry.name))
+    return members
+
+
+def _signal_session(sid: int, sig: signal.Signals) -> None:
+    """Signal every live member of the session (the leader and whatever it forked)."""
+    for pid in _session_members(sid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(sid: int, timeout_s: float) -> bool:
+    """Wait until no member of the session lives; False on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while _session_members(sid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _port_free(address: str, port: int) -> bool:
+    """Whether a server could bind (address, port) now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Servers set SO_REUSEADDR, so sockets in TIME_WAIT from a previous run do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((address, port))
+        except OSError as err:
+            if err.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback now (for tests and benchmarks)."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: held together while picked, so none repeats."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
+
+
+def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last lines of a log written since `offset`."""
+    try:
+        with path.open("rb") as log:
+            log.seek(max(offset, log.seek(0, os.SEEK_END) - 16384))
+            text = log.read().decode(errors="replace")
+    except FileNotFoundError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(log empty)"
+
+
+@dataclass(frozen=True)
+class _Pidfile:
+    pid: int
+    start_ticks: int
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class LocalStack:
+    """The local stack under `settings.stack_dir`, made of the components of `registry`."""
+
+    settings: Settings
+    registry: Mapping[str, Component] = field(default_factory=lambda: dict(COMPONENTS))
+
+    @property
+    def root(self) -> Path:
+        return self.settings.stack_dir.resolve()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def context(self, component: Component) -> Context:
+        return Context(settings=self.settings, home=self.root / component.name)
+
+    def log_path(self, component: Component) -> Path:
+        return self.root / component.name / f"{component.name}.log"
+
+    def pidfile_path(self, component: Component) -> Path:
+        return self.run_dir / f"{component.name}.pid"
+
+    def packages(self, names: Sequence[str] | None = None) -> list[str]:
+        """Debian packages the selected components and the tools need."""
+        selected = [self.registry[n] for n in self._select(names)]
+        return [*(p for c in selected for p in c.packages), *TOOL_PACKAGES]
+
+    # ---- public operations
+
+    def up(self, components: Sequence[str] | None = None) -> dict[str, Any]:
+        """Install what is missing, start the components not running, wait until they answer."""
+        names = self._select(components)
+        ensure_system_packages(self.packages(names))
+        with self._lock():
+            started: list[Component] = []
+            try:
+                for name in names:
+                    component = self.registry[name]
+                    if self._start_if_needed(component):
+                        started.append(component)
+            except BaseException:
+                # Leave nothing half-started behind; what ran before this call stays.
+                for component in reversed(started):
+                    self._stop(component)
+                raise
+        return self.status()
+
+    def down(self, components: Sequence[str] | None = None) -> None:
+        """Stop the components (all by default) by their recorded PIDs, in reverse start order."""
+        names = self._select(components)
+        with self._lock():
+            for name in reversed(names):
+                self._stop(self.registry[name])
+
+    def status(self) -> dict[str, Any]:
+        """One JSON-ready object: `up`, each component's URL under its key, and details."""
+        details: dict[str, dict[str, Any]] = {}
+        with httpx.Client(timeout=_HEALTH_REQUEST_TIMEOUT_S) as client:
+            for component in self.registry.values():
+                pid = self.running_pid(component)
+                health = (
+                    component.health(self.context(component), client)
+                    if pid is not None
+                    else Health(False, error="not running")
+                )
+                details[component.name] = {
+                    "running": pid is not None,
+                    "pid": pid,
+                    "healthy": health.ok,
+                    "url": component.url(self.settings),
+                    "version": health.version,
+                    "error": health.error,
+                    "log": str(self.log_path(component)),
+                }
+        result: dict[str, Any] = {"up": all(d["healthy"] for d in details.values())}
+        for component in self.registry.values():
+            result[component.key] = component.url(self.settings)
+        result["stack_dir"] = str(self.root)
+        result["components"] = details
+        return result
+
+    def running_pid(self, component: Component) -> int | None:
+        """The PID of the component's own process, or None (a stale pidfile is ignored)."""
+        record = self._read_pidfile(component)
+        if record is None or not self._is_ours(component, record):
+            return None
+        return record.pid
+
+    # ---- internals
+
+    def _select(self, names: Sequence[str] | None) -> list[str]:
+        if not names:
+            return list(self.registry)
+        unknown = [n for n in names if n not in self.registry]
+        if unknown:
+            raise StackError(
+                f"unknown component(s) {', '.join(unknown)}; known: {', '.join(self.registry)}"
+            )
+        # Keep registration order: it is the start order.
+        return [n for n in self.registry if n in names]
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        """Serialise up/down on one stack folder (two shells, or a test and a shell)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / "stack.lock").open("w") as handle:
+            deadline = time.monotonic() + _LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"another stack command holds {self.run_dir / 'stack.lock'}"
+                        ) from None
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _read_pidfile(self, component: Component) -> _Pidfile | None:
+        try:
+            lines = self.pidfile_path(component).read_text().split()
+            return _Pidfile(pid=int(lines[0]), start_ticks=int(lines[1]))
+        except FileNotFoundError:
+            return None
+        except (IndexError, ValueError):
+            logger.warning("unreadable pidfile %s", self.pidfile_path(component))
+            return _Pidfile(pid=0, start_ticks=0)
+
+    def _is_ours(self, component: Component, record: _Pidfile) -> bool:
+        """The recorded process still runs and is the one we started (not a reused PID)."""
+        if record.pid <= 0 or not _alive(record.pid):
+            return False
+        if _proc_start_ticks(record.pid) != record.start_ticks:
+            return False
+        # Belt and braces: its command line names the component's executable. (A script's
+        # interpreter comes first in cmdline, so look for the executable anywhere in it.)
+        try:
+            executable = self._command(component)[0]
+        except StackError:
+            return True
+        return executable in _proc_cmdline(record.pid)
+
+    def _command(self, component: Component) -> list[str]:
+        return component.command(self.context(component))
+
+    def _clean_stale_pidfile(self, component: Component) -> None:
+        path = self.pidfile_path(component)
+        record = self._read_pidfile(component)
+        if record is not None and not self._is_ours(component, record):
+            logger.info("%s: removing stale pidfile %s (pid %s)", component.name, path, record.pid)
+            path.unlink(missing_ok=True)
+
+    def _start_if_needed(self, component: Component) -> bool:
+        """Start the component unless it runs; True when this call started it."""
+        self._clean_stale_pidfile(component)
+        pid = self.running_pid(component)
+        if pid is not None:
+            logger.info("%s already running (pid %d)", component.name, pid)
+            self._wait_healthy(
+                component,
+                pid,
+                min(_ALREADY_RUNNING_WAIT_S, component.start_timeout_s),
+                log_offset=None,
+            )
+            return False
+        busy = [f"{a}:{p}" for a, p in component.ports(self.settings) if not _port_free(a, p)]
+        if busy:
+            hint = f" ({component.port_hint})" if component.port_hint else ""
+            raise StackError(
+                f"cannot start {component.name}: port {', '.join(busy)} already in use{hint}"
+            )
+        ctx = self.context(component)
+        ctx.home.mkdir(parents=True, exist_ok=True)
+        component.prepare(ctx)
+        pid, offset = self._spawn(component, ctx)
+        try:
+            self._wait_healthy(component, pid, component.start_timeout_s, log_offset=offset)
+        except BaseException:
+            self._stop(component)
+            raise
+        return True
+
+    def _spawn(self, component: Component, ctx: Context) -> tuple[int, int]:
+        """Start the process detached, in its own session, its output appended to its log."""
+        argv = self._command(component)
+        log_path = self.log_path(component)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        if log_path.exists() and log_path.stat().st_size > _LOG_ROTATE_BYTES:
+            log_path.replace(log_path.with_name(log_path.name + ".1"))
+        # Inherited PREFECT_* (a test harness, a profile) must not reconfigure a server.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update(component.env(ctx))
+        with log_path.open("ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"\n=== {stamp} starting: {' '.join(argv)}\n".encode())
+            log.flush()
+            offset = log.tell()
+            try:
+                process = subprocess.Popen(
+                    argv,
+                    cwd=ctx.home,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as err:
+                raise StackError(f"cannot start {component.name} ({argv[0]}): {err}") from err
+        _CHILDREN[process.pid] = process
+        start_ticks = _proc_start_ticks(process.pid)
+        _write_atomically(self.pidfile_path(component), f"{process.pid}\n{start_ticks or 0}\n")
+        logger.info("%s started (pid %d), log %s", component.name, process.pid, log_path)
+        return process.pid, offset
+
+    def _wait_healthy(
+        self, component: Component, pid: int, timeout_s: float, log_offset: int | None
+    ) -> None:
+        """Poll the health check until it passes; fail fast when the process dies."""
+        ctx = self.context(component)
+        deadline = time.monotonic() + timeout_s
+        health = Health(False, error="not checked yet")
+        with httpx.Client(timeout=_HEALTH_REQUEST_TIMEOUT_S) as client:
+            while True:
+                if not _alive(pid):
+                    child = _CHILDREN.get(pid)
+                    code = f" with code {child.returncode}" if child is not None else ""
+                    raise StackError(
+                        f"{component.name} (pid {pid}) exited{code} while starting; "
+                        f"log {self.log_path(component)}:\n{self._tail(component, log_offset)}"
+                    )
+                health = component.health(ctx, client)
+                if health.ok:
+                    logger.info("%s answers at %s", component.name, component.url(self.settings))
+                    return
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(_HEALTH_POLL_S)
+        raise StackError(
+            f"{component.name} (pid {pid}) did not answer at {component.url(self.settings)} "
+            f"within {timeout_s:.0f} s ({health.error}); log {self.log_path(component)}:\n"
+            f"{self._tail(component, log_offset)}"
+        )
+
+    def _tail(self, component: Component, log_offset: int | None) -> str:
+        return _log_tail(self.log_path(component), log_offset or 0)
+
+    def _stop(self, component: Component) -> None:
+        """SIGTERM the component's session, wait, then SIGKILL; remove its pidfile."""
+        path = self.pidfile_path(component)
+        record = self._read_pidfile(component)
+        if record is None:
+            return
+        if not self._is_ours(component, record):
+            logger.info("%s: not running, removing pidfile (pid %s)", component.name, record.pid)
+            path.unlink(missing_ok=True)
+            return
+        pid = record.pid
+        logger.info("stopping %s (pid %d)", component.name, pid)
+        # start_new_session made the process a session leader: the session holds whatever it
+        # forked too, and no other program can share its ID while one of them lives.
+        _signal_session(pid, signal.SIGTERM)
+        if not _wait_gone(pid, _STOP_TIMEOUT_S):
+            logger.warning("%s did not stop in %.0f s: SIGKILL", component.name, _STOP_TIMEOUT_S)
+            _signal_session(pid, signal.SIGKILL)
+            if not _wait_gone(pid, _KILL_TIMEOUT_S):
+                raise StackError(f"{component.name} (pid {pid}) survived SIGKILL")
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running_stack(
+    settings: Settings, components: Sequence[str] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Start the components (all by default) for a test or a benchmark, and stop them after."""
+    names = list(components) if components else list(COMPONENTS)
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise StackError(f"unknown component(s) {', '.join(unknown)}")
+    stack = LocalStack(settings, registry={n: COMPONENTS[n] for n in names})
+    try:
+        yield stack.up()
+    finally:
+        stack.down()

@@ -1,0 +1,302 @@
+"""The unit of ingest: one batch of inputs → verified HTJ2K instances in Orthanc, indexed.
+
+Per instance: parse → validate → transcode (decoded again and compared bit for bit) → store →
+read back and compare bytes → index. A batch runs in phases: prepare (thread pool), one index
+look-up, upload (thread pool, overlapping with Orthanc's own work), one database transaction.
+Bad inputs are quarantined with a reason; a different payload under a known SOPInstanceUID is
+a conflict and nothing is overwritten; a transient Orthanc failure fails the batch after what
+is final was written, so that Prefect retries it (every step is idempotent: a retry or a
+re-run converges).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import Session
+
+from common.db import Instance, session_scope
+from common.errors import IngestError, UpstreamError, VerificationError
+from common.settings import Settings
+from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
+from tasks.dicom import InstanceIds, content_sha256, parse_dicom, validate_identifiers
+from tasks.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
+from tasks.inputs import InputRef, read_input
+from tasks.orthanc import OrthancClient, StoredInstance
+from tasks.quarantine import quarantine_bytes
+from tasks.replace import replace_in_orthanc
+from tasks.transcode import TranscodeResult, transcode_to_htj2k
+
+log = logging.getLogger(__name__)
+
+STORED, DUPLICATE, QUARANTINED, CONFLICT = "stored", "duplicate", "quarantined", "conflict"
+_PUBLIC_FIELDS = ("path", "status", "sop_instance_uid", "transfer_syntax", "reason")
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input; the first five fields are the public report."""
+
+    path: str
+    status: str
+    sop_instance_uid: str | None = None
+    transfer_syntax: str | None = None
+    reason: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    modality: str | None = None
+    bytes_in: int = 0
+    bytes_stored: int = 0
+    verified: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """The `neuronova ingest --json` shape of this outcome."""
+        return {k: v for k, v in asdict(self).items() if k in _PUBLIC_FIELDS}
+
+
+@dataclass
+class _Item:
+    """One input on its way through the batch."""
+
+    ref: InputRef
+    data: bytes | None = None  # None when the input could not be read at all
+    outcome: FileOutcome | None = None  # set once the input's fate is decided
+    ids: InstanceIds | None = None
+    result: TranscodeResult | None = None
+    content_sha: str = ""
+    entry: IndexEntry | None = None  # what to index, when stored or found duplicate
+    upstream_error: UpstreamError | None = None
+
+
+def ingest_batch(
+    settings: Settings, refs: Sequence[InputRef], *, remove_originals: bool = False
+) -> list[FileOutcome]:
+    """Ingest `refs`. Raises the first `UpstreamError` after recording everything final."""
+    with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
+        items = list(pool.map(_prepare, refs))
+        with session_scope(settings.resolved_database_url) as session:
+            known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
+        with orthanc_client(settings) as client:
+            list(
+                pool.map(
+                    lambda item: _store(item, client, known.get(_sop(item)), settings.backup_dir),
+                    items,
+                )
+            )
+    with session_scope(settings.resolved_database_url) as session:
+        _record(settings, session, items)
+    if remove_originals:
+        _remove_originals(items)
+    errors = [i.upstream_error for i in items if i.upstream_error is not None]
+    if errors:
+        raise errors[0]
+    return [i.outcome for i in items if i.outcome is not None]
+
+
+def orthanc_client(settings: Settings, *, connections: int | None = None) -> OrthancClient:
+    """An Orthanc client configured from settings."""
+    password = settings.orthanc_password.get_secret_value() if settings.orthanc_password else None
+    return OrthancClient(
+        settings.orthanc_url,
+        timeout_s=settings.orthanc_timeout_s,
+        username=settings.orthanc_username,
+        password=password,
+        max_connections=connections or settings.ingest_workers * 2,
+    )
+
+
+def _sop(item: _Item) -> str:
+    return item.ids.sop_uid if item.ids else ""
+
+
+def _prepare(ref: InputRef) -> _Item:
+    """Read, parse, validate and transcode one input (CPU work, no network)."""
+    item = _Item(ref)
+    try:
+        item.data = read_input(ref)
+        ds = parse_dicom(item.data)
+        item.ids = validate_identifiers(ds)
+        item.result = transcode_to_htj2k(ds, bytes_in=len(item.data))
+        item.content_sha = content_sha256(ds, item.result.pixel_sha256)
+    except IngestError as err:
+        item.outcome = _outcome(item, QUARANTINED, reason=str(err))
+    except OSError as err:
+        item.outcome = _outcome(item, QUARANTINED, reason=f"cannot read input: {err.strerror}")
+    return item
+
+
+def _store(item: _Item, client: OrthancClient, known: Instance | None, backup_dir: Path) -> None:
+    """Upload one prepared instance unless it is a known duplicate or a conflict."""
+    if item.outcome is not None or item.result is None or item.ids is None:
+        return
+    try:
+        if known is not None:
+            _decide_known(item, client, known)
+            return
+        stored = client.store_instance(item.result.data)
+        if stored.already_stored:
+            _decide_already_in_orthanc(item, client, stored, backup_dir)
+        else:
+            _verify_read_back(item, client, stored)
+    except UpstreamError as err:
+        # Transient or not, the input is untouched and a re-run is safe; the batch fails.
+        item.upstream_error = err
+    except VerificationError as err:
+        item.outcome = _outcome(item, QUARANTINED, reason=str(err))
+
+
+def _decide_known(item: _Item, client: OrthancClient, known: Instance) -> None:
+    """An indexed UID: same content → duplicate (re-stored if Orthanc lost it); else conflict."""
+    assert item.result is not None
+    if known.content_sha256 != item.content_sha:
+        item.outcome = _conflict(item)
+        return
+    if client.instance_exists(known.orthanc_id):
+        item.outcome = _outcome(item, DUPLICATE, ts=known.transfer_syntax)
+        item.outcome.verified = True
+        return
+    log.warning("indexed instance missing from Orthanc, storing it again")
+    _verify_read_back(item, client, client.store_instance(item.result.data))
+
+
+def _decide_already_in_orthanc(
+    item: _Item, client: OrthancClient, stored: StoredInstance, backup_dir: Path
+) -> None:
+    """Orthanc has the UID but our index does not: compare content before calling it the same.
+
+    Same content in another encoding (e.g. received by C-STORE) is upgraded to our verified
+    HTJ2K copy on the spot; different content is a conflict.
+    """
+    assert item.result is not None
+    existing = client.get_instance_file(stored.orthanc_id)
+    if existing == item.result.data:
+        item.outcome = _outcome(item, DUPLICATE)
+        item.outcome.verified = True
+        item.entry = _index_entry(item, stored, hashlib.sha256(existing).hexdigest())
+        return
+    existing_ts, existing_content = _describe(existing)
+    if existing_content != item.content_sha:
+        item.outcome = _conflict(item)
+        return
+    if existing_ts in (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL) or item.result.action != "transcoded":
+        # Equivalent content that needs no upgrade: keep Orthanc's copy, index what it holds.
+        item.outcome = _outcome(item, DUPLICATE, ts=existing_ts)
+        item.outcome.verified = True
+        return
+    stored, back_sha = replace_in_orthanc(
+        client,
+        stored.orthanc_id,
+        original=existing,
+        replacement=item.result.data,
+        backup_dir=backup_dir,
+    )
+    item.outcome = _outcome(
+        item, DUPLICATE, reason=f"already in Orthanc as {existing_ts}; replaced by verified HTJ2K"
+    )
+    item.outcome.verified = True
+    item.entry = _index_entry(item, stored, back_sha)
+
+
+def _describe(data: bytes) -> tuple[str | None, str | None]:
+    """Transfer syntax and content hash of a stored file (None where it cannot be read).
+
+    The hash goes through the same normalisation as ingest (`transcode_to_htj2k`), so lossy
+    data is hashed by its bytes on both sides and equal content compares equal.
+    """
+    try:
+        ds = parse_dicom(data)
+        result = transcode_to_htj2k(ds, bytes_in=len(data))
+    except IngestError:
+        return None, None
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) or None, content_sha256(
+        ds, result.pixel_sha256
+    )
+
+
+def _verify_read_back(item: _Item, client: OrthancClient, stored: StoredInstance) -> None:
+    """Read the stored file back; it must be the bytes we sent."""
+    assert item.result is not None
+    sent_sha = hashlib.sha256(item.result.data).hexdigest()
+    back_sha = hashlib.sha256(client.get_instance_file(stored.orthanc_id)).hexdigest()
+    if back_sha != sent_sha:
+        raise VerificationError(
+            f"read-back from Orthanc differs from what was sent (instance {stored.orthanc_id})"
+        )
+    item.outcome = _outcome(item, STORED)
+    item.outcome.verified = True
+    item.entry = _index_entry(item, stored, back_sha)
+
+
+def _record(settings: Settings, session: Session, items: list[_Item]) -> None:
+    """One transaction: index what was stored, keep what was refused."""
+    index_instances(session, (i.entry for i in items if i.entry is not None))
+    for item in items:
+        outcome = item.outcome
+        if outcome is None or outcome.status not in (QUARANTINED, CONFLICT) or item.data is None:
+            continue  # an unreadable input stays where it is; its outcome says why
+        quarantine_bytes(
+            session,
+            settings.quarantine_dir,
+            data=item.data,
+            source=item.ref.display,
+            name=item.ref.name,
+            reason=outcome.reason or outcome.status,
+            kind=outcome.status,
+            sop_instance_uid=outcome.sop_instance_uid,
+        )
+
+
+def _remove_originals(items: list[_Item]) -> None:
+    """Delete plain input files whose verified copy is in Orthanc (never zip members)."""
+    for item in items:
+        outcome = item.outcome
+        if item.ref.member is None and outcome and outcome.verified:
+            try:
+                os.remove(item.ref.path)
+            except OSError as err:
+                log.warning("could not remove original %s: %s", Path(item.ref.path).name, err)
+
+
+def _outcome(
+    item: _Item, status: str, *, reason: str | None = None, ts: str | None = None
+) -> FileOutcome:
+    ids, result = item.ids, item.result
+    return FileOutcome(
+        path=item.ref.display,
+        status=status,
+        sop_instance_uid=ids.sop_uid if ids else None,
+        transfer_syntax=ts or (result.transfer_syntax if result else None),
+        reason=reason or (result.reason if result else None),
+        study_uid=ids.study_uid if ids else None,
+        series_uid=ids.series_uid if ids else None,
+        modality=ids.modality if ids else None,
+        bytes_in=len(item.data or b""),
+        bytes_stored=result.bytes_out if result and status in (STORED, DUPLICATE) else 0,
+    )
+
+
+def _conflict(item: _Item) -> FileOutcome:
+    return _outcome(
+        item,
+        CONFLICT,
+        reason="SOPInstanceUID already stored with different content; nothing overwritten",
+    )
+
+
+def _index_entry(item: _Item, stored: StoredInstance, stored_sha: str) -> IndexEntry:
+    assert item.ids is not None and item.result is not None
+    return entry_for(
+        item.ids,
+        item.result,
+        stored,
+        stored_sha256=stored_sha,
+        content_sha256=item.content_sha,
+        source="ingest",
+    )

@@ -1,0 +1,75 @@
+"""Session fixtures: a real Orthanc started by the stack code, a real MariaDB database, and
+one Prefect test harness. Flows read `Settings()` from the environment, so the fixtures set
+`NEURONOVA_*` variables for the whole session."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from common.db import migrate
+from common.settings import Settings
+from neuronova.stack import LocalStack, free_ports
+
+MARIADB_SERVER = os.environ.get("NEURONOVA_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
+
+
+@pytest.fixture(scope="session")
+def mariadb_url() -> Iterator[str]:
+    """A fresh database on the machine's MariaDB, dropped at the end of the session."""
+    name = f"neuronova_test_{uuid.uuid4().hex[:8]}"
+    server = create_engine(MARIADB_SERVER, isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    url = f"{MARIADB_SERVER}/{name}?charset=utf8mb4"
+    migrate(url)
+    yield url
+    with server.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+    server.dispose()
+
+
+@pytest.fixture(scope="session")
+def stack_settings(
+    tmp_path_factory: pytest.TempPathFactory, mariadb_url: str
+) -> Iterator[Settings]:
+    """Settings for the test stack: own folder, free ports, MariaDB, fast retries."""
+    orthanc_http, orthanc_dicom, prefect = free_ports(3)
+    env = {
+        "NEURONOVA_ENVIRONMENT": "test",
+        "NEURONOVA_DATA_DIR": str(tmp_path_factory.mktemp("neuronova")),
+        "NEURONOVA_DATABASE_URL": mariadb_url,
+        "NEURONOVA_ORTHANC_URL": f"http://127.0.0.1:{orthanc_http}",
+        "NEURONOVA_ORTHANC_DICOM_PORT": str(orthanc_dicom),
+        "NEURONOVA_PREFECT_API_URL": f"http://127.0.0.1:{prefect}/api",
+        "NEURONOVA_ORTHANC_RETRY_DELAYS_S": "[0.2, 0.5]",
+        "NEURONOVA_INGEST_BATCH_SIZE": "16",
+    }
+    patch = pytest.MonkeyPatch()
+    for key, value in env.items():
+        patch.setenv(key, value)
+    yield Settings()
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def orthanc(stack_settings: Settings) -> Iterator[Settings]:
+    """A real Orthanc (Debian package) started by the same code as `neuronova stack up`."""
+    stack = LocalStack(stack_settings)
+    stack.up(["orthanc"])
+    yield stack_settings
+    stack.down()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One Prefect test harness per session (it costs ~10 s to start)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -1,0 +1,128 @@
+"""C-STORE into a real Orthanc, then the HTJ2K check brings it to verified HTJ2K and indexes it."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from common.db import Instance, session_scope
+from common.errors import PermanentUpstreamError
+from common.settings import Settings
+from flows.check_htj2k import check_htj2k
+from tasks.htj2k import HTJ2K_LOSSLESS
+from tasks.ingest import orthanc_client
+from tasks.replace import recover_backups, replace_in_orthanc
+from tests.flows.test_ingest_study import dicom_bytes, make_ct, write
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
+
+
+def storescu(settings: Settings, files: list[Path]) -> None:
+    """Push files over DICOM the way a modality would (dcmtk, AET STORESCU)."""
+    subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            settings.orthanc_aet,
+            "127.0.0.1",
+            str(settings.orthanc_dicom_port),
+            *map(str, files),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+def transfer_syntax(settings: Settings, sop_uid: str) -> str:
+    with orthanc_client(settings) as client:
+        orthanc_id = client.lookup(sop_uid)
+        assert orthanc_id is not None
+        return client.instance_transfer_syntax(orthanc_id)
+
+
+def test_cstore_study_becomes_htj2k_and_indexed(orthanc: Settings, tmp_path: Path) -> None:
+    study, series = generate_uid(), generate_uid()
+    originals = [make_ct(i, study=study, series=series) for i in range(4)]
+    files = [write(ds, tmp_path / f"{i}.dcm") for i, ds in enumerate(originals)]
+    storescu(orthanc, files)
+    assert transfer_syntax(orthanc, originals[0].SOPInstanceUID) == ExplicitVRLittleEndian
+
+    report = check_htj2k(study_instance_uid=study)
+
+    assert report["counts"] == {"replaced": 4}
+    with orthanc_client(orthanc) as client:
+        for ds in originals:
+            orthanc_id = client.lookup(ds.SOPInstanceUID)
+            assert orthanc_id is not None
+            stored = dcmread(io.BytesIO(client.get_instance_file(orthanc_id)))
+            assert stored.file_meta.TransferSyntaxUID == HTJ2K_LOSSLESS
+            assert np.array_equal(stored.pixel_array, ds.pixel_array)
+    with session_scope(orthanc.resolved_database_url) as session:
+        rows = [session.get(Instance, ds.SOPInstanceUID) for ds in originals]
+    assert all(r is not None and r.source == "orthanc" and r.lossless for r in rows)
+    assert not any(orthanc.backup_dir.glob("*.dcm"))
+
+    again = check_htj2k(study_instance_uid=study)
+    assert again["counts"] == {"ok": 4}
+
+
+def test_unknown_study_fails_clearly(orthanc: Settings) -> None:
+    with pytest.raises(PermanentUpstreamError, match="not in Orthanc"):
+        check_htj2k(study_instance_uid=generate_uid())
+
+
+def test_failed_replacement_restores_the_original(orthanc: Settings) -> None:
+    original = dicom_bytes(make_ct())
+    with orthanc_client(orthanc) as client:
+        stored = client.store_instance(original)
+        with pytest.raises(PermanentUpstreamError):
+            replace_in_orthanc(
+                client,
+                stored.orthanc_id,
+                original=original,
+                replacement=b"not dicom",
+                backup_dir=orthanc.backup_dir,
+            )
+        assert client.get_instance_file(stored.orthanc_id) == original
+    assert not any(orthanc.backup_dir.glob("*.dcm"))
+
+
+def test_backup_left_by_a_crash_is_restored(orthanc: Settings) -> None:
+    ds = make_ct()
+    original = dicom_bytes(ds)
+    with orthanc_client(orthanc) as client:
+        stored = client.store_instance(original)
+        client.delete_instance(stored.orthanc_id)  # the crash: deleted, replacement never came
+        orthanc.backup_dir.mkdir(parents=True, exist_ok=True)
+        backup = orthanc.backup_dir / f"{stored.orthanc_id}.dcm"
+        backup.write_bytes(original)
+        old = time.time() - 3600
+        os.utime(backup, (old, old))
+
+        assert recover_backups(client, orthanc.backup_dir) == 1
+        assert client.get_instance_file(stored.orthanc_id) == original
+    assert not backup.exists()
+
+
+def test_archive_wide_check_reports_every_study(orthanc: Settings, tmp_path: Path) -> None:
+    ds = make_ct()
+    httpx.post(f"{orthanc.orthanc_url}/instances", content=dicom_bytes(ds)).raise_for_status()
+
+    report = check_htj2k()
+
+    by_sop = {i["sop_instance_uid"]: i for i in report["instances"]}
+    assert by_sop[ds.SOPInstanceUID]["status"] == "replaced"
+    assert by_sop[ds.SOPInstanceUID]["transfer_syntax_after"] == HTJ2K_LOSSLESS
+    assert "failed" not in report["counts"]

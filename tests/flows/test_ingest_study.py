@@ -1,0 +1,293 @@
+"""The ingest flow against a real Orthanc and MariaDB, under one Prefect test harness."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from common.db import Instance, QuarantineItem, session_scope
+from common.settings import Settings
+from flows.ingest_study import ingest_study
+from neuronova.cli import app
+from neuronova.sample import ct_slice_dataset, head_phantom
+from tasks.htj2k import HTJ2K_LOSSLESS
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
+
+
+def make_ct(
+    index: int = 0,
+    *,
+    size: int = 64,
+    study: str | None = None,
+    series: str | None = None,
+    sop: str | None = None,
+) -> Dataset:
+    """A small signed-16 CT slice with fresh UIDs unless given."""
+    return ct_slice_dataset(
+        head_phantom(size, size, -0.5 + index / 10),
+        index,
+        study or generate_uid(),
+        series or generate_uid(),
+        generate_uid(),
+        sop_uid=sop or generate_uid(),
+    )
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dicom_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def by_path(report: dict) -> dict[str, dict]:
+    return {Path(f["path"]).name: f for f in report["files"]}
+
+
+def orthanc_file(settings: Settings, sop_uid: str) -> bytes:
+    with httpx.Client(base_url=settings.orthanc_url) as http:
+        [match] = [
+            m for m in http.post("/tools/lookup", content=sop_uid).json() if m["Type"] == "Instance"
+        ]
+        return http.get(f"/instances/{match['ID']}/file").content
+
+
+def test_series_is_stored_as_verified_htj2k_and_indexed(orthanc: Settings, tmp_path: Path) -> None:
+    study, series = generate_uid(), generate_uid()
+    originals = [make_ct(i, study=study, series=series) for i in range(5)]
+    for i, ds in enumerate(originals):
+        write(ds, tmp_path / f"{i}.dcm")
+
+    report = ingest_study(str(tmp_path))
+
+    assert report["counts"] == {"stored": 5, "duplicate": 0, "quarantined": 0, "conflict": 0}
+    assert {f["transfer_syntax"] for f in report["files"]} == {HTJ2K_LOSSLESS}
+    [summary] = [s for s in report["studies"] if s["study_instance_uid"] == study]
+    assert summary["series"][0]["instances"] == 5
+    assert summary["series"][0]["verification"] == "5/5 verified bit-exact"
+    for ds in originals:
+        stored = dcmread(io.BytesIO(orthanc_file(orthanc, ds.SOPInstanceUID)))
+        assert stored.file_meta.TransferSyntaxUID == HTJ2K_LOSSLESS
+        assert np.array_equal(stored.pixel_array, ds.pixel_array)
+        assert stored.PatientID == ds.PatientID
+    with session_scope(orthanc.resolved_database_url) as session:
+        rows = session.exec(select(Instance).where(Instance.study_instance_uid == study)).all()
+    assert len(rows) == 5
+    assert all(r.lossless and r.transfer_syntax == HTJ2K_LOSSLESS for r in rows)
+    assert all(r.bytes_stored < r.bytes_in for r in rows)
+
+
+def test_reingest_is_a_noop_and_reports_duplicates(orthanc: Settings, tmp_path: Path) -> None:
+    path = write(make_ct(), tmp_path / "a.dcm")
+    first = ingest_study(str(path))
+    stored_before = orthanc_file(orthanc, first["files"][0]["sop_instance_uid"])
+
+    second = ingest_study(str(path))
+
+    assert first["counts"]["stored"] == 1
+    assert second["counts"] == {"stored": 0, "duplicate": 1, "quarantined": 0, "conflict": 0}
+    assert orthanc_file(orthanc, second["files"][0]["sop_instance_uid"]) == stored_before
+
+
+def test_same_uid_with_different_pixels_is_a_conflict(orthanc: Settings, tmp_path: Path) -> None:
+    original = make_ct()
+    ingest_study(str(write(original, tmp_path / "first.dcm")))
+    stored_before = orthanc_file(orthanc, original.SOPInstanceUID)
+    altered = make_ct(
+        3,
+        sop=original.SOPInstanceUID,
+        study=original.StudyInstanceUID,
+        series=original.SeriesInstanceUID,
+    )
+
+    report = ingest_study(str(write(altered, tmp_path / "second.dcm")))
+
+    [outcome] = report["files"]
+    assert outcome["status"] == "conflict"
+    assert "different content" in outcome["reason"]
+    assert orthanc_file(orthanc, original.SOPInstanceUID) == stored_before
+    kept = _quarantine_rows(orthanc, original.SOPInstanceUID)
+    assert [r.kind for r in kept] == ["conflict"]
+    assert Path(kept[0].kept_path).read_bytes() == (tmp_path / "second.dcm").read_bytes()
+
+
+def test_conflict_is_found_even_when_only_orthanc_knows_the_uid(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    original = make_ct()
+    httpx.post(f"{orthanc.orthanc_url}/instances", content=dicom_bytes(original)).raise_for_status()
+    altered = make_ct(
+        4,
+        sop=original.SOPInstanceUID,
+        study=original.StudyInstanceUID,
+        series=original.SeriesInstanceUID,
+    )
+
+    report = ingest_study(str(write(altered, tmp_path / "x.dcm")))
+
+    assert report["files"][0]["status"] == "conflict"
+    assert orthanc_file(orthanc, original.SOPInstanceUID) == dicom_bytes(original)
+
+
+def _quarantine_rows(settings: Settings, sop_uid: str) -> list[QuarantineItem]:
+    with session_scope(settings.resolved_database_url) as session:
+        return list(
+            session.exec(
+                select(QuarantineItem).where(QuarantineItem.sop_instance_uid == sop_uid)
+            ).all()
+        )
+
+
+def _without(keyword: str) -> Callable[[], bytes]:
+    def build() -> bytes:
+        ds = make_ct()
+        delattr(ds, keyword)
+        return dicom_bytes(ds)
+
+    return build
+
+
+def _truncated(keep: float) -> Callable[[], bytes]:
+    def build() -> bytes:
+        data = dicom_bytes(make_ct())
+        return data[: int(len(data) * keep)]
+
+    return build
+
+
+def _garbage_pixels() -> bytes:
+    ds = make_ct()
+    ds.PixelData = ds.PixelData[:100]
+    return dicom_bytes(ds)
+
+
+BAD_INPUTS: list[tuple[str, Callable[[], bytes], str]] = [
+    ("zero-bytes", lambda: b"", "empty file"),
+    ("not-dicom", lambda: b"%PDF-1.4 definitely not an image\n" * 40, "not a DICOM file"),
+    ("truncated-header", _truncated(0.02), "truncated"),
+    ("truncated-pixels", _truncated(0.6), "truncated"),
+    ("no-patient-id", _without("PatientID"), "PatientID"),
+    ("no-study-uid", _without("StudyInstanceUID"), "StudyInstanceUID"),
+    ("no-sop-uid", _without("SOPInstanceUID"), "SOPInstanceUID"),
+    ("no-series-uid", _without("SeriesInstanceUID"), "SeriesInstanceUID"),
+    ("short-pixel-data", _garbage_pixels, ""),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "reason_part"), BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS]
+)
+def test_bad_input_is_quarantined_with_reason_and_the_batch_goes_on(
+    orthanc: Settings, tmp_path: Path, name: str, build: Callable[[], bytes], reason_part: str
+) -> None:
+    bad = tmp_path / f"{name}.dcm"
+    bad.write_bytes(build())
+    good = write(make_ct(), tmp_path / "good.dcm")
+
+    report = ingest_study(str(tmp_path))
+
+    outcomes = by_path(report)
+    assert outcomes["good.dcm"]["status"] == "stored"
+    assert outcomes[bad.name]["status"] == "quarantined"
+    assert reason_part in outcomes[bad.name]["reason"]
+    assert outcomes[bad.name]["reason"]
+    assert bad.exists() and good.exists()  # inputs are never deleted by default
+    kept = list(orthanc.quarantine_dir.rglob(f"*-{bad.name}"))
+    assert kept and kept[0].read_bytes() == bad.read_bytes()
+    reason_file = kept[0].with_name(kept[0].name + ".reason.json")
+    assert json.loads(reason_file.read_text())["reason"] == outcomes[bad.name]["reason"]
+
+
+def test_zip_with_folders_is_ingested(orthanc: Settings, tmp_path: Path) -> None:
+    archive = tmp_path / "study.zip"
+    study = generate_uid()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(3):
+            zf.writestr(f"DICOM/S1/IM{i}", dicom_bytes(make_ct(i, study=study)))
+        zf.writestr("README.txt", "not an image")
+
+    report = ingest_study(str(archive))
+
+    assert report["counts"]["stored"] == 3
+    assert report["counts"]["quarantined"] == 1
+    assert any(f["path"].endswith("study.zip!DICOM/S1/IM0") for f in report["files"])
+
+
+def test_lossy_input_is_stored_as_is_and_never_relabelled(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    source = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
+    path = tmp_path / source.name
+    path.write_bytes(source.read_bytes())
+    original_ts = dcmread(path).file_meta.TransferSyntaxUID
+
+    report = ingest_study(str(path))
+
+    [outcome] = report["files"]
+    assert outcome["status"] in ("stored", "duplicate")
+    assert outcome["transfer_syntax"] == original_ts
+    stored = dcmread(io.BytesIO(orthanc_file(orthanc, outcome["sop_instance_uid"])))
+    assert stored.file_meta.TransferSyntaxUID == original_ts
+    with session_scope(orthanc.resolved_database_url) as session:
+        row = session.get(Instance, outcome["sop_instance_uid"])
+    assert row is not None and row.lossless is False
+
+
+def test_orthanc_down_fails_the_run_safely_and_a_rerun_converges(
+    orthanc: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = [write(make_ct(i), tmp_path / f"{i}.dcm") for i in range(3)]
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    monkeypatch.setenv("NEURONOVA_ORTHANC_URL", "http://127.0.0.1:9")  # nothing listens there
+
+    with pytest.raises(Exception, match="did not answer"):
+        ingest_study(str(tmp_path), remove_originals=True)
+
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths} == before
+    monkeypatch.setenv("NEURONOVA_ORTHANC_URL", orthanc.orthanc_url)
+    report = ingest_study(str(tmp_path))
+    assert report["counts"]["stored"] == 3
+
+
+def test_remove_originals_deletes_only_verified_inputs(orthanc: Settings, tmp_path: Path) -> None:
+    good = write(make_ct(), tmp_path / "good.dcm")
+    bad = tmp_path / "bad.dcm"
+    bad.write_bytes(b"junk")
+
+    report = ingest_study(str(tmp_path), remove_originals=True)
+
+    assert by_path(report)["good.dcm"]["status"] == "stored"
+    assert not good.exists()
+    assert bad.exists()
+
+
+def test_cli_json_report(orthanc: Settings, tmp_path: Path) -> None:
+    write(make_ct(), tmp_path / "one.dcm")
+    (tmp_path / "two.dcm").write_bytes(b"")
+
+    result = CliRunner().invoke(app, ["ingest", str(tmp_path), "--json"])
+
+    assert result.exit_code == 3, result.output  # partial: one quarantined
+    report = json.loads(result.stdout)
+    assert {f["status"] for f in report["files"]} == {"stored", "quarantined"}
+    for item in report["files"]:
+        assert set(item) == {"path", "status", "sop_instance_uid", "transfer_syntax", "reason"}

@@ -1,0 +1,1 @@
+"""The Flask webapp (login, viewer links, the X-Accel gate); built in the secure-viewing issue."""
