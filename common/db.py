@@ -71,7 +71,6 @@ class Instance(SQLModel, table=True):
     action: str = Field(max_length=32, description="transcoded, already_htj2k, kept_lossy, …")
     reason: str | None = Field(default=None, max_length=512)
     lossless: bool
-    content_sha256: str = Field(max_length=64, description="Attributes + decoded pixels.")
     pixel_sha256: str | None = Field(default=None, max_length=64)
     stored_sha256: str = Field(max_length=64, description="The file Orthanc returned on read-back.")
     bytes_in: int

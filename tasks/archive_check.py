@@ -18,8 +18,8 @@ from common.db import Instance, session_scope
 from common.errors import IngestError, NeuroNovaError, UpstreamError
 from common.settings import Settings
 from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
-from tasks.dicom import content_sha256, parse_dicom, validate_identifiers
-from tasks.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
+from tasks.dicom import parse_dicom, validate_identifiers
+from tasks.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.orthanc import OrthancClient, StoredInstance
 from tasks.quarantine import quarantine_bytes
 from tasks.replace import replace_in_orthanc
@@ -35,7 +35,6 @@ OK, REPLACED, INDEXED, KEPT, INVALID, FAILED = (
     "invalid",
     "failed",
 )
-_HTJ2K = (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL)
 
 
 @dataclass
@@ -112,7 +111,7 @@ def _check_instance(
     try:
         ts = client.instance_transfer_syntax(orthanc_id)
         outcome.transfer_syntax_before = outcome.transfer_syntax_after = ts
-        if ts in _HTJ2K and known is not None and known.orthanc_id == orthanc_id:
+        if ts in HTJ2K_LOSSLESS_SYNTAXES and known is not None and known.orthanc_id == orthanc_id:
             outcome.status, outcome.sop_instance_uid = OK, known.sop_instance_uid
             return work
         _bring_to_htj2k(settings, client, located, work)
@@ -138,7 +137,6 @@ def _bring_to_htj2k(
         work.quarantine = original
         return
     outcome.sop_instance_uid = ids.sop_uid
-    content = content_sha256(ds, result.pixel_sha256)
     if result.action == "transcoded":
         stored, stored_sha = replace_in_orthanc(
             client,
@@ -152,6 +150,4 @@ def _bring_to_htj2k(
         stored_sha = hashlib.sha256(original).hexdigest()
         outcome.status = INDEXED if result.action == "already_htj2k" else KEPT
         outcome.reason = result.reason
-    work.entry = entry_for(
-        ids, result, stored, stored_sha256=stored_sha, content_sha256=content, source="orthanc"
-    )
+    work.entry = entry_for(ids, result, stored, stored_sha256=stored_sha, source="orthanc")

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlmodel import Session, col, select
+from sqlalchemy import Executable
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import Session, SQLModel, col, select
 
 from common.db import Instance, Series, Study, utcnow
 from tasks.dicom import InstanceIds
@@ -34,7 +37,6 @@ class IndexEntry:
     action: str
     reason: str | None
     lossless: bool
-    content_sha256: str
     pixel_sha256: str | None
     stored_sha256: str
     bytes_in: int
@@ -48,7 +50,6 @@ def entry_for(
     stored: StoredInstance,
     *,
     stored_sha256: str,
-    content_sha256: str,
     source: str,
 ) -> IndexEntry:
     """The index entry of an instance verified in Orthanc."""
@@ -70,7 +71,6 @@ def entry_for(
         action=result.action,
         reason=result.reason,
         lossless=result.lossless,
-        content_sha256=content_sha256,
         pixel_sha256=result.pixel_sha256,
         stored_sha256=stored_sha256,
         bytes_in=result.bytes_in,
@@ -89,29 +89,83 @@ def known_instances(session: Session, sop_uids: Iterable[str]) -> dict[str, Inst
 
 
 def index_instances(session: Session, entries: Iterable[IndexEntry]) -> None:
-    """Upsert studies, series and instances (idempotent by their UIDs)."""
-    studies: dict[str, Study] = {}
+    """Upsert studies, series and instances, idempotent by UID and safe under concurrency.
+
+    Batches of one study run in parallel, so rows are written with the database's own upsert
+    (never read-then-insert), and a study's derived fields are updated under a row lock.
+    """
+    batch = sorted(entries, key=lambda e: e.sop_uid)
+    if not batch:
+        return
+    first_of_study = {e.study_uid: e for e in reversed(batch)}
+    upsert(
+        session,
+        Study,
+        [
+            Study(study_instance_uid=uid, patient_id=e.patient_id)
+            for uid, e in sorted(first_of_study.items())
+        ],
+        update=False,
+    )
+    for study_uid in sorted(first_of_study):
+        _update_study(session, study_uid, [e for e in batch if e.study_uid == study_uid])
+    series = {e.series_uid: _series_row(e) for e in batch}
+    upsert(session, Series, [series[uid] for uid in sorted(series)])
+    upsert(session, Instance, [_instance_row(e) for e in batch])
+
+
+def _update_study(session: Session, study_uid: str, entries: list[IndexEntry]) -> None:
+    study = session.get(Study, study_uid, with_for_update=True, populate_existing=True)
+    assert study is not None
     for entry in entries:
-        study = studies.get(entry.study_uid) or session.get(Study, entry.study_uid)
-        if study is None:
-            study = Study(study_instance_uid=entry.study_uid, patient_id=entry.patient_id)
         study.study_date = entry.study_date or study.study_date
         study.accession_number = entry.accession_number or study.accession_number
         study.orthanc_id = entry.orthanc_study_id
         study.modalities = _merge_modalities(study.modalities, entry.modality)
-        study.updated_at = utcnow()
-        session.add(study)
-        studies[entry.study_uid] = study
-        session.merge(
-            Series(
-                series_instance_uid=entry.series_uid,
-                study_instance_uid=entry.study_uid,
-                modality=entry.modality,
-                series_number=entry.series_number,
-                orthanc_id=entry.orthanc_series_id,
-            )
+    study.updated_at = utcnow()
+    session.add(study)
+    session.flush()
+
+
+def upsert(
+    session: Session, model: type[SQLModel], rows: list[SQLModel], *, update: bool = True
+) -> None:
+    """INSERT … ON CONFLICT on SQLite, INSERT … ON DUPLICATE KEY on MySQL/MariaDB.
+
+    With `update=False` an existing row is left untouched (insert if missing).
+    """
+    if not rows:
+        return
+    table = model.__table__  # type: ignore[attr-defined]
+    keys = [c.name for c in table.primary_key.columns]
+    values = [row.model_dump() for row in rows]
+    dialect = session.get_bind().dialect.name
+    statement: Executable
+    if dialect == "sqlite":
+        stmt = sqlite_insert(table).values(values)
+        changes = {c: stmt.excluded[c] for c in values[0] if c not in keys}
+        statement = (
+            stmt.on_conflict_do_update(index_elements=keys, set_=changes)
+            if update
+            else stmt.on_conflict_do_nothing(index_elements=keys)
         )
-        session.merge(_instance_row(entry))
+    elif dialect in ("mysql", "mariadb"):
+        mstmt = mysql_insert(table).values(values)
+        columns = [c for c in values[0] if c not in keys] if update else keys
+        statement = mstmt.on_duplicate_key_update({c: mstmt.inserted[c] for c in columns})
+    else:
+        raise NotImplementedError(f"no upsert for the {dialect} dialect")
+    session.execute(statement)
+
+
+def _series_row(entry: IndexEntry) -> Series:
+    return Series(
+        series_instance_uid=entry.series_uid,
+        study_instance_uid=entry.study_uid,
+        modality=entry.modality,
+        series_number=entry.series_number,
+        orthanc_id=entry.orthanc_series_id,
+    )
 
 
 def _instance_row(entry: IndexEntry) -> Instance:
@@ -126,7 +180,6 @@ def _instance_row(entry: IndexEntry) -> Instance:
         action=entry.action,
         reason=entry.reason,
         lossless=entry.lossless,
-        content_sha256=entry.content_sha256,
         pixel_sha256=entry.pixel_sha256,
         stored_sha256=entry.stored_sha256,
         bytes_in=entry.bytes_in,

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pydicom import Dataset
 from sqlmodel import Session
 
 from common.db import Instance, session_scope
@@ -27,7 +28,7 @@ from common.errors import IngestError, UpstreamError, VerificationError
 from common.settings import Settings
 from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
 from tasks.dicom import InstanceIds, content_sha256, parse_dicom, validate_identifiers
-from tasks.htj2k import HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL
+from tasks.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.inputs import InputRef, read_input
 from tasks.orthanc import OrthancClient, StoredInstance
 from tasks.quarantine import quarantine_bytes
@@ -70,7 +71,7 @@ class _Item:
     outcome: FileOutcome | None = None  # set once the input's fate is decided
     ids: InstanceIds | None = None
     result: TranscodeResult | None = None
-    content_sha: str = ""
+    ds: Dataset | None = None  # kept for the rare content comparison with Orthanc's copy
     entry: IndexEntry | None = None  # what to index, when stored or found duplicate
     upstream_error: UpstreamError | None = None
 
@@ -121,10 +122,9 @@ def _prepare(ref: InputRef) -> _Item:
     item = _Item(ref)
     try:
         item.data = read_input(ref)
-        ds = parse_dicom(item.data)
-        item.ids = validate_identifiers(ds)
-        item.result = transcode_to_htj2k(ds, bytes_in=len(item.data))
-        item.content_sha = content_sha256(ds, item.result.pixel_sha256)
+        item.ds = parse_dicom(item.data)
+        item.ids = validate_identifiers(item.ds)
+        item.result = transcode_to_htj2k(item.ds, bytes_in=len(item.data), source=item.data)
     except IngestError as err:
         item.outcome = _outcome(item, QUARANTINED, reason=str(err))
     except OSError as err:
@@ -138,7 +138,7 @@ def _store(item: _Item, client: OrthancClient, known: Instance | None, backup_di
         return
     try:
         if known is not None:
-            _decide_known(item, client, known)
+            _decide_known(item, client, known, backup_dir)
             return
         stored = client.store_instance(item.result.data)
         if stored.already_stored:
@@ -152,18 +152,24 @@ def _store(item: _Item, client: OrthancClient, known: Instance | None, backup_di
         item.outcome = _outcome(item, QUARANTINED, reason=str(err))
 
 
-def _decide_known(item: _Item, client: OrthancClient, known: Instance) -> None:
-    """An indexed UID: same content → duplicate (re-stored if Orthanc lost it); else conflict."""
+def _decide_known(item: _Item, client: OrthancClient, known: Instance, backup_dir: Path) -> None:
+    """An indexed UID. Transcoding is deterministic, so the same input gives the same bytes:
+    equal bytes → duplicate (stored again if Orthanc lost it); other bytes → compare content
+    with Orthanc's copy; other bytes and no copy to compare with → conflict."""
     assert item.result is not None
-    if known.content_sha256 != item.content_sha:
-        item.outcome = _conflict(item)
-        return
-    if client.instance_exists(known.orthanc_id):
+    same_bytes = hashlib.sha256(item.result.data).hexdigest() == known.stored_sha256
+    in_orthanc = client.instance_exists(known.orthanc_id)
+    if same_bytes and in_orthanc:
         item.outcome = _outcome(item, DUPLICATE, ts=known.transfer_syntax)
         item.outcome.verified = True
-        return
-    log.warning("indexed instance missing from Orthanc, storing it again")
-    _verify_read_back(item, client, client.store_instance(item.result.data))
+    elif same_bytes:
+        log.warning("indexed instance missing from Orthanc, storing it again")
+        _verify_read_back(item, client, client.store_instance(item.result.data))
+    elif in_orthanc:
+        located = StoredInstance(known.orthanc_id, "AlreadyStored", "", "")
+        _decide_already_in_orthanc(item, client, located, backup_dir)
+    else:
+        item.outcome = _conflict(item)
 
 
 def _decide_already_in_orthanc(
@@ -182,10 +188,11 @@ def _decide_already_in_orthanc(
         item.entry = _index_entry(item, stored, hashlib.sha256(existing).hexdigest())
         return
     existing_ts, existing_content = _describe(existing)
-    if existing_content != item.content_sha:
+    assert item.ds is not None
+    if existing_content != content_sha256(item.ds, item.result.pixel_sha256):
         item.outcome = _conflict(item)
         return
-    if existing_ts in (HTJ2K_LOSSLESS, HTJ2K_LOSSLESS_RPCL) or item.result.action != "transcoded":
+    if existing_ts in HTJ2K_LOSSLESS_SYNTAXES or item.result.action != "transcoded":
         # Equivalent content that needs no upgrade: keep Orthanc's copy, index what it holds.
         item.outcome = _outcome(item, DUPLICATE, ts=existing_ts)
         item.outcome.verified = True
@@ -297,6 +304,5 @@ def _index_entry(item: _Item, stored: StoredInstance, stored_sha: str) -> IndexE
         item.result,
         stored,
         stored_sha256=stored_sha,
-        content_sha256=item.content_sha,
         source="ingest",
     )

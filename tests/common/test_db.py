@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
+from sqlmodel import select
 
-from common.db import Study, get_engine, migrate, session_scope
+from common.db import Instance, Study, get_engine, migrate, session_scope
+from tasks.archive_index import IndexEntry, index_instances
 
 TABLES = {"studies", "series", "instances", "quarantine", "alembic_version"}
 
@@ -28,3 +32,65 @@ def test_mariadb_schema_and_rollback(mariadb_url: str) -> None:
         raise RuntimeError("boom")
     with session_scope(mariadb_url) as session:
         assert session.get(Study, "1.2.3.999") is None
+
+
+def _entry(study: str, series: str, sop: str, modality: str) -> IndexEntry:
+    return IndexEntry(
+        patient_id="P1",
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid="1.2",
+        modality=modality,
+        series_number=1,
+        study_date="20260101",
+        accession_number=None,
+        orthanc_id=f"o-{sop}",
+        orthanc_series_id=f"o-{series}",
+        orthanc_study_id=f"o-{study}",
+        transfer_syntax="1.2.840.10008.1.2.4.201",
+        source_transfer_syntax="1.2.840.10008.1.2.1",
+        action="transcoded",
+        reason=None,
+        lossless=True,
+        pixel_sha256="p",
+        stored_sha256="s",
+        bytes_in=10,
+        bytes_stored=5,
+    )
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mariadb"])
+def test_parallel_batches_of_one_study_index_cleanly(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Batches of one new study indexed at once must not race on the study row."""
+    url = (
+        f"sqlite:///{tmp_path / 'nn.db'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("mariadb_url")
+    )
+    migrate(url)
+    study = f"1.2.840.99.{uuid.uuid4().int % 10**12}"
+    modalities = ["CT", "MR", "SEG", "PR"]
+
+    def index_batch(worker: int) -> None:
+        entries = [
+            _entry(study, f"{study}.{worker}", f"{study}.{worker}.{i}", modalities[worker])
+            for i in range(20)
+        ]
+        with session_scope(url) as session:
+            index_instances(session, entries)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(index_batch, range(4)))
+    with ThreadPoolExecutor(max_workers=4) as pool:  # again: idempotent
+        list(pool.map(index_batch, range(4)))
+
+    with session_scope(url) as session:
+        row = session.get(Study, study)
+        count = len(
+            session.exec(select(Instance).where(Instance.study_instance_uid == study)).all()
+        )
+    assert row is not None and row.modalities == "CT\\MR\\PR\\SEG"
+    assert count == 80

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from sqlmodel import select
 from typer.testing import CliRunner
 
@@ -291,3 +291,18 @@ def test_cli_json_report(orthanc: Settings, tmp_path: Path) -> None:
     assert {f["status"] for f in report["files"]} == {"stored", "quarantined"}
     for item in report["files"]:
         assert set(item) == {"path", "status", "sop_instance_uid", "transfer_syntax", "reason"}
+
+
+def test_same_instance_in_another_encoding_is_a_duplicate(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    """Other bytes, same content (implicit VR this time): compared by content, not bytes."""
+    ds = make_ct()
+    ingest_study(str(write(ds, tmp_path / "explicit.dcm")))
+    implicit = tmp_path / "implicit.dcm"
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    ds.save_as(implicit, enforce_file_format=True)
+
+    report = ingest_study(str(implicit))
+
+    assert report["files"][0]["status"] == "duplicate", report["files"][0]["reason"]

@@ -82,7 +82,6 @@ def upgrade() -> None:
         sa.Column("action", sa.String(length=32), nullable=False),
         sa.Column("reason", sa.String(length=512), nullable=True),
         sa.Column("lossless", sa.Boolean(), nullable=False),
-        sa.Column("content_sha256", sa.String(length=64), nullable=False),
         sa.Column("pixel_sha256", sa.String(length=64), nullable=True),
         sa.Column("stored_sha256", sa.String(length=64), nullable=False),
         sa.Column("bytes_in", sa.Integer(), nullable=False),
