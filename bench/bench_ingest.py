@@ -80,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=600)
     parser.add_argument("--workers", type=int, default=4, help="NEURONOVA_INGEST_WORKERS")
+    parser.add_argument("--batch-size", type=int, default=64, help="NEURONOVA_INGEST_BATCH_SIZE")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="nn-bench-") as tmp:
@@ -91,6 +92,7 @@ def main() -> None:
                 "NEURONOVA_ORTHANC_DICOM_PORT": str(dicom_port),
                 "NEURONOVA_PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                 "NEURONOVA_INGEST_WORKERS": str(args.workers),
+                "NEURONOVA_INGEST_BATCH_SIZE": str(args.batch_size),
             }
         )
         settings = Settings()

@@ -18,7 +18,7 @@ from common.db import migrate
 from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from tasks.archive_check import CheckOutcome, check_study
-from tasks.ingest import orthanc_client
+from tasks.orthanc import OrthancClient
 from tasks.replace import recover_backups
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
 
@@ -34,7 +34,7 @@ _NETWORK_TASK = {
 def recover_backups_task() -> int:
     """Re-store originals whose replacement was interrupted."""
     settings = Settings()
-    with orthanc_client(settings) as client:
+    with OrthancClient.from_settings(settings) as client:
         return recover_backups(client, settings.backup_dir)
 
 
@@ -42,7 +42,7 @@ def recover_backups_task() -> int:
 def find_studies_task(study_instance_uid: str | None) -> list[str]:
     """Orthanc IDs of the study asked for, or of every study."""
     settings = Settings()
-    with orthanc_client(settings) as client:
+    with OrthancClient.from_settings(settings) as client:
         if study_instance_uid is None:
             return list(client.iter_study_ids())
         study_id = client.lookup(study_instance_uid, "Study")
@@ -55,7 +55,7 @@ def find_studies_task(study_instance_uid: str | None) -> list[str]:
 def check_study_task(study_id: str) -> list[CheckOutcome]:
     """Bring one study to verified HTJ2K lossless."""
     settings = Settings()
-    with orthanc_client(settings) as client:
+    with OrthancClient.from_settings(settings) as client:
         return check_study(settings, client, study_id)
 
 

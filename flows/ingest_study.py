@@ -17,8 +17,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from common.db import migrate
 from common.settings import Settings
-from tasks.ingest import CONFLICT, DUPLICATE, QUARANTINED, STORED, FileOutcome, ingest_batch
+from tasks.ingest import ingest_batch
 from tasks.inputs import InputRef, collect_inputs
+from tasks.prepare import CONFLICT, DUPLICATE, QUARANTINED, STORED, FileOutcome
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
 
 

@@ -16,75 +16,46 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
-from pydicom import Dataset
 from sqlmodel import Session
 
 from common.db import Instance, session_scope
 from common.errors import IngestError, UpstreamError, VerificationError
 from common.settings import Settings
 from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
-from tasks.dicom import InstanceIds, content_sha256, parse_dicom, validate_identifiers
+from tasks.dicom import content_sha256, parse_dicom
 from tasks.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.inputs import InputRef, read_input
 from tasks.orthanc import OrthancClient, StoredInstance
+from tasks.prepare import (
+    CONFLICT,
+    DUPLICATE,
+    QUARANTINED,
+    STORED,
+    FileOutcome,
+    PreparedInput,
+    outcome_for,
+    prepare_input,
+)
 from tasks.quarantine import quarantine_bytes
 from tasks.replace import replace_in_orthanc
-from tasks.transcode import TranscodeResult, transcode_to_htj2k
+from tasks.transcode import transcode_to_htj2k
 
 log = logging.getLogger(__name__)
-
-STORED, DUPLICATE, QUARANTINED, CONFLICT = "stored", "duplicate", "quarantined", "conflict"
-_PUBLIC_FIELDS = ("path", "status", "sop_instance_uid", "transfer_syntax", "reason")
-
-
-@dataclass
-class FileOutcome:
-    """What happened to one input; the first five fields are the public report."""
-
-    path: str
-    status: str
-    sop_instance_uid: str | None = None
-    transfer_syntax: str | None = None
-    reason: str | None = None
-    study_uid: str | None = None
-    series_uid: str | None = None
-    modality: str | None = None
-    bytes_in: int = 0
-    bytes_stored: int = 0
-    verified: bool = False
-
-    def public(self) -> dict[str, Any]:
-        """The `neuronova ingest --json` shape of this outcome."""
-        return {k: v for k, v in asdict(self).items() if k in _PUBLIC_FIELDS}
-
-
-@dataclass
-class _Item:
-    """One input on its way through the batch."""
-
-    ref: InputRef
-    data: bytes | None = None  # None when the input could not be read at all
-    outcome: FileOutcome | None = None  # set once the input's fate is decided
-    ids: InstanceIds | None = None
-    result: TranscodeResult | None = None
-    ds: Dataset | None = None  # kept for the rare content comparison with Orthanc's copy
-    entry: IndexEntry | None = None  # what to index, when stored or found duplicate
-    upstream_error: UpstreamError | None = None
 
 
 def ingest_batch(
     settings: Settings, refs: Sequence[InputRef], *, remove_originals: bool = False
 ) -> list[FileOutcome]:
     """Ingest `refs`. Raises the first `UpstreamError` after recording everything final."""
+    # Threads, not processes: a process pool would re-import the caller's main module in
+    # every worker (seconds here), which costs more than the GIL does on a batch.
     with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
-        items = list(pool.map(_prepare, refs))
+        items = list(pool.map(prepare_input, refs))
         with session_scope(settings.resolved_database_url) as session:
             known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
-        with orthanc_client(settings) as client:
+        with OrthancClient.from_settings(settings) as client:
             list(
                 pool.map(
                     lambda item: _store(item, client, known.get(_sop(item)), settings.backup_dir),
@@ -101,38 +72,20 @@ def ingest_batch(
     return [i.outcome for i in items if i.outcome is not None]
 
 
-def orthanc_client(settings: Settings, *, connections: int | None = None) -> OrthancClient:
-    """An Orthanc client configured from settings."""
-    password = settings.orthanc_password.get_secret_value() if settings.orthanc_password else None
-    return OrthancClient(
-        settings.orthanc_url,
-        timeout_s=settings.orthanc_timeout_s,
-        username=settings.orthanc_username,
-        password=password,
-        max_connections=connections or settings.ingest_workers * 2,
-    )
-
-
-def _sop(item: _Item) -> str:
+def _sop(item: PreparedInput) -> str:
     return item.ids.sop_uid if item.ids else ""
 
 
-def _prepare(ref: InputRef) -> _Item:
-    """Read, parse, validate and transcode one input (CPU work, no network)."""
-    item = _Item(ref)
-    try:
-        item.data = read_input(ref)
-        item.ds = parse_dicom(item.data)
-        item.ids = validate_identifiers(item.ds)
-        item.result = transcode_to_htj2k(item.ds, bytes_in=len(item.data), source=item.data)
-    except IngestError as err:
-        item.outcome = _outcome(item, QUARANTINED, reason=str(err))
-    except OSError as err:
-        item.outcome = _outcome(item, QUARANTINED, reason=f"cannot read input: {err.strerror}")
-    return item
+def _input_bytes(item: PreparedInput) -> bytes:
+    """The input's bytes, read again when the worker did not send them back."""
+    if item.data is None:
+        item.data = read_input(item.ref)
+    return item.data
 
 
-def _store(item: _Item, client: OrthancClient, known: Instance | None, backup_dir: Path) -> None:
+def _store(
+    item: PreparedInput, client: OrthancClient, known: Instance | None, backup_dir: Path
+) -> None:
     """Upload one prepared instance unless it is a known duplicate or a conflict."""
     if item.outcome is not None or item.result is None or item.ids is None:
         return
@@ -149,10 +102,12 @@ def _store(item: _Item, client: OrthancClient, known: Instance | None, backup_di
         # Transient or not, the input is untouched and a re-run is safe; the batch fails.
         item.upstream_error = err
     except VerificationError as err:
-        item.outcome = _outcome(item, QUARANTINED, reason=str(err))
+        item.outcome = outcome_for(item, QUARANTINED, reason=str(err))
 
 
-def _decide_known(item: _Item, client: OrthancClient, known: Instance, backup_dir: Path) -> None:
+def _decide_known(
+    item: PreparedInput, client: OrthancClient, known: Instance, backup_dir: Path
+) -> None:
     """An indexed UID. Transcoding is deterministic, so the same input gives the same bytes:
     equal bytes → duplicate (stored again if Orthanc lost it); other bytes → compare content
     with Orthanc's copy; other bytes and no copy to compare with → conflict."""
@@ -160,7 +115,7 @@ def _decide_known(item: _Item, client: OrthancClient, known: Instance, backup_di
     same_bytes = hashlib.sha256(item.result.data).hexdigest() == known.stored_sha256
     in_orthanc = client.instance_exists(known.orthanc_id)
     if same_bytes and in_orthanc:
-        item.outcome = _outcome(item, DUPLICATE, ts=known.transfer_syntax)
+        item.outcome = outcome_for(item, DUPLICATE, ts=known.transfer_syntax)
         item.outcome.verified = True
     elif same_bytes:
         log.warning("indexed instance missing from Orthanc, storing it again")
@@ -173,7 +128,7 @@ def _decide_known(item: _Item, client: OrthancClient, known: Instance, backup_di
 
 
 def _decide_already_in_orthanc(
-    item: _Item, client: OrthancClient, stored: StoredInstance, backup_dir: Path
+    item: PreparedInput, client: OrthancClient, stored: StoredInstance, backup_dir: Path
 ) -> None:
     """Orthanc has the UID but our index does not: compare content before calling it the same.
 
@@ -183,18 +138,18 @@ def _decide_already_in_orthanc(
     assert item.result is not None
     existing = client.get_instance_file(stored.orthanc_id)
     if existing == item.result.data:
-        item.outcome = _outcome(item, DUPLICATE)
+        item.outcome = outcome_for(item, DUPLICATE)
         item.outcome.verified = True
         item.entry = _index_entry(item, stored, hashlib.sha256(existing).hexdigest())
         return
     existing_ts, existing_content = _describe(existing)
-    assert item.ds is not None
-    if existing_content != content_sha256(item.ds, item.result.pixel_sha256):
+    ours = parse_dicom(_input_bytes(item))
+    if existing_content != content_sha256(ours, item.result.pixel_sha256):
         item.outcome = _conflict(item)
         return
     if existing_ts in HTJ2K_LOSSLESS_SYNTAXES or item.result.action != "transcoded":
         # Equivalent content that needs no upgrade: keep Orthanc's copy, index what it holds.
-        item.outcome = _outcome(item, DUPLICATE, ts=existing_ts)
+        item.outcome = outcome_for(item, DUPLICATE, ts=existing_ts)
         item.outcome.verified = True
         return
     stored, back_sha = replace_in_orthanc(
@@ -204,7 +159,7 @@ def _decide_already_in_orthanc(
         replacement=item.result.data,
         backup_dir=backup_dir,
     )
-    item.outcome = _outcome(
+    item.outcome = outcome_for(
         item, DUPLICATE, reason=f"already in Orthanc as {existing_ts}; replaced by verified HTJ2K"
     )
     item.outcome.verified = True
@@ -227,7 +182,7 @@ def _describe(data: bytes) -> tuple[str | None, str | None]:
     )
 
 
-def _verify_read_back(item: _Item, client: OrthancClient, stored: StoredInstance) -> None:
+def _verify_read_back(item: PreparedInput, client: OrthancClient, stored: StoredInstance) -> None:
     """Read the stored file back; it must be the bytes we sent."""
     assert item.result is not None
     sent_sha = hashlib.sha256(item.result.data).hexdigest()
@@ -236,22 +191,22 @@ def _verify_read_back(item: _Item, client: OrthancClient, stored: StoredInstance
         raise VerificationError(
             f"read-back from Orthanc differs from what was sent (instance {stored.orthanc_id})"
         )
-    item.outcome = _outcome(item, STORED)
+    item.outcome = outcome_for(item, STORED)
     item.outcome.verified = True
     item.entry = _index_entry(item, stored, back_sha)
 
 
-def _record(settings: Settings, session: Session, items: list[_Item]) -> None:
+def _record(settings: Settings, session: Session, items: list[PreparedInput]) -> None:
     """One transaction: index what was stored, keep what was refused."""
     index_instances(session, (i.entry for i in items if i.entry is not None))
     for item in items:
         outcome = item.outcome
-        if outcome is None or outcome.status not in (QUARANTINED, CONFLICT) or item.data is None:
+        if outcome is None or outcome.status not in (QUARANTINED, CONFLICT) or not item.readable:
             continue  # an unreadable input stays where it is; its outcome says why
         quarantine_bytes(
             session,
             settings.quarantine_dir,
-            data=item.data,
+            data=_input_bytes(item),
             source=item.ref.display,
             name=item.ref.name,
             reason=outcome.reason or outcome.status,
@@ -260,7 +215,7 @@ def _record(settings: Settings, session: Session, items: list[_Item]) -> None:
         )
 
 
-def _remove_originals(items: list[_Item]) -> None:
+def _remove_originals(items: list[PreparedInput]) -> None:
     """Delete plain input files whose verified copy is in Orthanc (never zip members)."""
     for item in items:
         outcome = item.outcome
@@ -271,33 +226,15 @@ def _remove_originals(items: list[_Item]) -> None:
                 log.warning("could not remove original %s: %s", Path(item.ref.path).name, err)
 
 
-def _outcome(
-    item: _Item, status: str, *, reason: str | None = None, ts: str | None = None
-) -> FileOutcome:
-    ids, result = item.ids, item.result
-    return FileOutcome(
-        path=item.ref.display,
-        status=status,
-        sop_instance_uid=ids.sop_uid if ids else None,
-        transfer_syntax=ts or (result.transfer_syntax if result else None),
-        reason=reason or (result.reason if result else None),
-        study_uid=ids.study_uid if ids else None,
-        series_uid=ids.series_uid if ids else None,
-        modality=ids.modality if ids else None,
-        bytes_in=len(item.data or b""),
-        bytes_stored=result.bytes_out if result and status in (STORED, DUPLICATE) else 0,
-    )
-
-
-def _conflict(item: _Item) -> FileOutcome:
-    return _outcome(
+def _conflict(item: PreparedInput) -> FileOutcome:
+    return outcome_for(
         item,
         CONFLICT,
         reason="SOPInstanceUID already stored with different content; nothing overwritten",
     )
 
 
-def _index_entry(item: _Item, stored: StoredInstance, stored_sha: str) -> IndexEntry:
+def _index_entry(item: PreparedInput, stored: StoredInstance, stored_sha: str) -> IndexEntry:
     assert item.ids is not None and item.result is not None
     return entry_for(
         item.ids,

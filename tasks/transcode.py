@@ -193,7 +193,11 @@ def transcode_to_htj2k(
             view, source_ts, bytes_in, "kept_unsupported", unsupported, not previously_lossy, digest
         )
 
-    pixels, photometric = _decode_reference(view, source_ts)
+    native = _native_pixels(ds, source_ts, module)
+    if native is not None:
+        pixels, photometric = native, module.photometric
+    else:
+        pixels, photometric = _decode_reference(view, source_ts)
     colour = _colour_reason(module, photometric)
     if colour:
         digest = pixel_sha256(pixels)
@@ -381,6 +385,33 @@ def _colour_reason(module: _PixelModule, decoded_photometric: str) -> str | None
             "allowed with HTJ2K without changing pixel values"
         )
     return None
+
+
+def _native_pixels(ds: Dataset, ts: UID, module: _PixelModule) -> np.ndarray | None:
+    """Uncompressed little-endian pixels read straight from the Pixel Data bytes.
+
+    Only where nothing needs masking, sign extension or byte swapping (Bits Stored equal to
+    Bits Allocated, 8 or 16, one sample): then this is exactly what pydicom's decoder returns,
+    without its per-call overhead, which is a fifth of a CT slice's transcode. None otherwise.
+    """
+    if (
+        ts not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+        or module.samples != 1
+        or module.bits_allocated not in (8, 16)
+        or module.bits_stored != module.bits_allocated
+    ):
+        return None
+    data = ds.get("PixelData")
+    dtype = np.dtype(f"<{'i' if module.signed else 'u'}{module.bits_allocated // 8}")
+    count = module.frames * module.rows * module.columns
+    expected = count * dtype.itemsize
+    if not isinstance(data, bytes) or len(data) not in (expected, expected + expected % 2):
+        return None  # odd lengths carry one pad byte; anything else is pydicom's to judge
+    # A writable copy: the encoder binding refuses read-only arrays, and a copy costs ~50 µs.
+    pixels = np.frombuffer(bytearray(data[:expected]), dtype=dtype, count=count)
+    if module.frames == 1:
+        return pixels.reshape(module.rows, module.columns)
+    return pixels.reshape(module.frames, module.rows, module.columns)
 
 
 def _decode_reference(view: Dataset, ts: UID) -> tuple[np.ndarray, str]:

@@ -19,7 +19,7 @@ from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
 from tasks.htj2k import HTJ2K_LOSSLESS
-from tasks.ingest import orthanc_client
+from tasks.orthanc import OrthancClient
 from tasks.replace import recover_backups, replace_in_orthanc
 from tests.flows.test_ingest_study import dicom_bytes, make_ct, write
 
@@ -46,7 +46,7 @@ def storescu(settings: Settings, files: list[Path]) -> None:
 
 
 def transfer_syntax(settings: Settings, sop_uid: str) -> str:
-    with orthanc_client(settings) as client:
+    with OrthancClient.from_settings(settings) as client:
         orthanc_id = client.lookup(sop_uid)
         assert orthanc_id is not None
         return client.instance_transfer_syntax(orthanc_id)
@@ -62,7 +62,7 @@ def test_cstore_study_becomes_htj2k_and_indexed(orthanc: Settings, tmp_path: Pat
     report = check_htj2k(study_instance_uid=study)
 
     assert report["counts"] == {"replaced": 4}
-    with orthanc_client(orthanc) as client:
+    with OrthancClient.from_settings(orthanc) as client:
         for ds in originals:
             orthanc_id = client.lookup(ds.SOPInstanceUID)
             assert orthanc_id is not None
@@ -85,7 +85,7 @@ def test_unknown_study_fails_clearly(orthanc: Settings) -> None:
 
 def test_failed_replacement_restores_the_original(orthanc: Settings) -> None:
     original = dicom_bytes(make_ct())
-    with orthanc_client(orthanc) as client:
+    with OrthancClient.from_settings(orthanc) as client:
         stored = client.store_instance(original)
         with pytest.raises(PermanentUpstreamError):
             replace_in_orthanc(
@@ -102,7 +102,7 @@ def test_failed_replacement_restores_the_original(orthanc: Settings) -> None:
 def test_backup_left_by_a_crash_is_restored(orthanc: Settings) -> None:
     ds = make_ct()
     original = dicom_bytes(ds)
-    with orthanc_client(orthanc) as client:
+    with OrthancClient.from_settings(orthanc) as client:
         stored = client.store_instance(original)
         client.delete_instance(stored.orthanc_id)  # the crash: deleted, replacement never came
         orthanc.backup_dir.mkdir(parents=True, exist_ok=True)
