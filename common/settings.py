@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     )
 
     prefect_api_url: str = "http://127.0.0.1:4200/api"
+    htj2k_check_cron: str = Field(
+        default="30 2 * * *", description="When the archive-wide HTJ2K check runs (cron, UTC)."
+    )
 
     ingest_workers: int = Field(default=4, ge=1, le=64, description="Concurrent Orthanc uploads.")
     ingest_batch_size: int = Field(

@@ -91,6 +91,21 @@ def check_htj2k(
 
 
 @app.command()
+def serve() -> None:
+    """Serve the deployments: the nightly archive HTJ2K check, on-demand ingest and checks."""
+    settings = Settings()
+    if use_prefect_server(settings) is None:
+        _fail(False, "no Prefect server answers", hint="start it: neuronova stack up")
+    from prefect import serve as prefect_serve
+
+    from deployments.schedules import build_deployments
+
+    deployments = build_deployments(settings)
+    console.print(f"serving {len(deployments)} deployments; Ctrl-C stops")
+    prefect_serve(*deployments)
+
+
+@app.command()
 def sample(
     folder: Annotated[Path, typer.Argument(help="Where to write the sample study.")],
     slices: Annotated[int, typer.Option(min=1, max=512)] = 24,
@@ -131,39 +146,26 @@ def _print_ingest(report: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(report, indent=2))
         return
-    table = Table(title="Ingest by series")
-    for column in (
-        "study",
-        "series",
-        "modality",
-        "instances",
-        "before",
-        "after",
-        "ratio",
-        "verification",
-    ):
-        table.add_column(column)
+    out = Console()
     for study in report["studies"]:
+        table = Table(title=f"Study {study['study_instance_uid']}", title_justify="left")
+        for column in ("series", "mod.", "inst.", "MB in", "MB out", "ratio", "verified"):
+            table.add_column(column, no_wrap=True)
         for row in study["series"]:
             table.add_row(
-                study["study_instance_uid"][-16:],
-                row["series_instance_uid"][-16:],
+                "…" + row["series_instance_uid"][-12:],
                 row["modality"],
                 str(row["instances"]),
-                _mb(row["bytes_before"]),
-                _mb(row["bytes_after"]),
+                f"{row['bytes_before'] / 1e6:.2f}",
+                f"{row['bytes_after'] / 1e6:.2f}",
                 str(row["ratio"]),
-                row["verification"],
+                row["verification"].split()[0],
             )
-    Console().print(table)
+        out.print(table)
     console.print(f"files: {report['counts']}")
     for item in report["files"]:
         if item["status"] in ("quarantined", "conflict"):
             console.print(f"[yellow]{item['status']}[/yellow] {item['path']}: {item['reason']}")
-
-
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.2f} MB"
 
 
 def _fail(as_json: bool, message: str, *, hint: str) -> None:

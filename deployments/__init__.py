@@ -1,0 +1,1 @@
+"""Prefect deployments: what runs on a schedule or on demand, and where."""

@@ -1,0 +1,17 @@
+"""The deployments `neuronova serve` registers: names, flows, the nightly schedule."""
+
+from __future__ import annotations
+
+from common.settings import Settings
+from deployments.schedules import build_deployments
+
+
+def test_nightly_archive_check_follows_the_setting() -> None:
+    deployments = {d.name: d for d in build_deployments(Settings(htj2k_check_cron="15 3 * * *"))}
+
+    assert set(deployments) == {"archive-nightly", "one-study", "on-demand"}
+    [schedule] = deployments["archive-nightly"].schedules
+    assert schedule.schedule.cron == "15 3 * * *"
+    assert deployments["archive-nightly"].entrypoint.endswith("check_htj2k.py:check_htj2k")
+    assert deployments["on-demand"].entrypoint.endswith("ingest_study.py:ingest_study")
+    assert not deployments["one-study"].schedules
