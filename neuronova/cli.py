@@ -1,7 +1,8 @@
 """The `neuronova` command: ingest, HTJ2K checks, the local stack, the database, the demo.
 
-Flows are imported inside the commands, after `use_prefect_server` has chosen the Prefect API
-(Prefect reads its settings at import).
+Heavy modules are imported inside the commands: flows after `use_prefect_server` has chosen
+the Prefect API (Prefect reads its settings at import), and the database and DICOM stacks only
+where used, so `neuronova stack status` answers in about a second rather than five.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from common.db import migrate
 from common.settings import Settings
 from neuronova import stack_cli
 from neuronova.prefect_env import use_prefect_server
-from neuronova.sample import write_sample_study
 
 app = typer.Typer(help="NeuroNova: verified HTJ2K ingest, AI reading, secure viewing.")
 app.add_typer(stack_cli.app, name="stack")
@@ -35,6 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
 @db_app.command("upgrade")
 def db_upgrade() -> None:
     """Create or migrate the database schema to the newest revision."""
+    from common.db import migrate
+
     settings = Settings()
     migrate(settings.resolved_database_url)
     console.print("[green]database schema is up to date[/green]")
@@ -111,6 +112,8 @@ def sample(
     slices: Annotated[int, typer.Option(min=1, max=512)] = 24,
 ) -> None:
     """Write the bundled sample study (a synthetic head CT series) into FOLDER."""
+    from neuronova.sample import write_sample_study
+
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("writing sample study", total=slices)
         paths = write_sample_study(
@@ -123,6 +126,7 @@ def sample(
 def demo() -> None:
     """Start the local stack, ingest the sample study, print a summary."""
     settings = Settings()
+    from common.db import migrate
     from neuronova.stack import LocalStack
 
     with console.status("Starting the local stack (first run installs packages) …"):
