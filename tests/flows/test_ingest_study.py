@@ -12,6 +12,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.objects import Artifact
 from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
@@ -63,6 +66,15 @@ def by_path(report: dict) -> dict[str, dict]:
     return {Path(f["path"]).name: f for f in report["files"]}
 
 
+def study_artifacts(study_uid: str) -> list[Artifact]:
+    """The ingest table artifacts Prefect holds for a study."""
+    key = f"ingest-{study_uid.replace('.', '-')}"[:100]
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
+        )
+
+
 def orthanc_file(settings: Settings, sop_uid: str) -> bytes:
     with httpx.Client(base_url=settings.orthanc_url) as http:
         [match] = [
@@ -92,6 +104,10 @@ def test_series_is_stored_as_verified_htj2k_and_indexed(orthanc: Settings, tmp_p
     with session_scope(orthanc.resolved_database_url) as session:
         rows = session.exec(select(Instance).where(Instance.study_instance_uid == study)).all()
     assert len(rows) == 5
+    [artifact] = study_artifacts(study)
+    [row] = json.loads(artifact.data)
+    assert row["instances"] == 5 and row["verification"] == "5/5 verified bit-exact"
+    assert row["bytes_before"] > row["bytes_after"] > 0
     assert all(r.lossless and r.transfer_syntax == HTJ2K_LOSSLESS for r in rows)
     assert all(r.bytes_stored < r.bytes_in for r in rows)
 
