@@ -12,11 +12,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, event
 from sqlmodel import Field, Session, SQLModel, create_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,8 @@ def session_scope(url: str) -> Iterator[Session]:
 
 def alembic_config(url: str) -> Config:
     """Alembic configuration without an .ini file, pointing at our migrations."""
+    from alembic.config import Config  # imported here: Alembic costs seconds at start-up
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -136,6 +140,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str) -> None:
     """Bring the database at `url` to the newest schema (idempotent)."""
+    from alembic import command
+
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     command.upgrade(alembic_config(url), "head")
