@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from common.db import migrate
+from common.db import ensure_schema
 from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from tasks.archive_check import CheckOutcome, check_study
@@ -64,7 +64,7 @@ def check_htj2k(study_instance_uid: str | None = None) -> dict[str, Any]:
     """Check one study, or the whole archive when no UID is given; return the report."""
     settings = Settings()
     logger = get_run_logger()
-    migrate(settings.resolved_database_url)
+    ensure_schema(settings.resolved_database_url)
     restored = recover_backups_task()
     study_ids = find_studies_task(study_instance_uid)
     futures = {sid: check_study_task.submit(sid) for sid in study_ids}

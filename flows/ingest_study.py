@@ -15,7 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from common.db import migrate
+from common.db import ensure_schema
 from common.settings import Settings
 from tasks.ingest import ingest_batch
 from tasks.inputs import InputRef, collect_inputs
@@ -46,7 +46,7 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     """Ingest a file, folder or zip; return the per-file report with per-study summaries."""
     settings = Settings()
     logger = get_run_logger()
-    migrate(settings.resolved_database_url)
+    ensure_schema(settings.resolved_database_url)
     refs = collect_inputs_task(path)
     logger.info("ingesting %d inputs in batches of %d", len(refs), settings.ingest_batch_size)
     batch_task = ingest_batch_task.with_options(

@@ -401,7 +401,9 @@ def _native_pixels(ds: Dataset, ts: UID, module: _PixelModule) -> np.ndarray | N
         or module.bits_stored != module.bits_allocated
     ):
         return None
-    data = ds.get("PixelData")
+    # Read the element without converting it: conversion drops the file offset the splice needs.
+    element = ds._dict.get(BaseTag(_PIXEL_DATA_TAG))
+    data = element.value if element is not None else None
     dtype = np.dtype(f"<{'i' if module.signed else 'u'}{module.bits_allocated // 8}")
     count = module.frames * module.rows * module.columns
     expected = count * dtype.itemsize

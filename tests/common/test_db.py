@@ -94,3 +94,21 @@ def test_parallel_batches_of_one_study_index_cleanly(
         )
     assert row is not None and row.modalities == "CT\\MR\\PR\\SEG"
     assert count == 80
+
+
+def test_schema_head_constant_matches_the_migrations(tmp_path: Path) -> None:
+    from alembic.script import ScriptDirectory
+
+    from common.db import SCHEMA_HEAD, alembic_config
+
+    url = f"sqlite:///{tmp_path / 'nn.db'}"
+    assert ScriptDirectory.from_config(alembic_config(url)).get_current_head() == SCHEMA_HEAD
+
+
+def test_ensure_schema_creates_a_new_database_then_is_a_no_op(tmp_path: Path) -> None:
+    from common.db import ensure_schema
+
+    url = f"sqlite:///{tmp_path / 'new' / 'nn.db'}"
+    ensure_schema(url)
+    ensure_schema(url)
+    assert TABLES <= set(inspect(get_engine(url)).get_table_names())

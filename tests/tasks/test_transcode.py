@@ -664,3 +664,38 @@ def test_synthetic_datasets_are_valid_for_dciodvfy() -> None:
         {"frames": 3},
     ):
         assert _dciodvfy_errors(found[0], to_part10(make_dataset(**kwargs))) == set(), kwargs
+
+
+def test_spliced_file_equals_the_rewritten_one_and_skips_the_rewrite(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path (source bytes given) must produce the very file the general path writes."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    import tasks.transcode as transcode_module
+    from neuronova.sample import ct_slice_dataset, head_phantom
+
+    ds = ct_slice_dataset(
+        head_phantom(64, 64, 0.1),
+        0,
+        generate_uid(),
+        generate_uid(),
+        generate_uid(),
+        sop_uid=generate_uid(),
+    )
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    source = buffer.getvalue()
+    rewritten = transcode_to_htj2k(dcmread(BytesIO(source)), bytes_in=len(source))
+
+    def no_rewrite(_ds: object) -> bytes:
+        raise AssertionError("the fast path fell back to re-serialising the dataset")
+
+    monkeypatch.setattr(transcode_module, "_to_part10", no_rewrite)
+    spliced = transcode_to_htj2k(dcmread(BytesIO(source)), bytes_in=len(source), source=source)
+
+    assert spliced.data == rewritten.data
+    assert spliced.pixel_sha256 == rewritten.pixel_sha256
