@@ -77,7 +77,7 @@ def _sop(item: PreparedInput) -> str:
 
 
 def _input_bytes(item: PreparedInput) -> bytes:
-    """The input's bytes, read again when the worker did not send them back."""
+    """The input's bytes, read again where preparing did not keep them (it keeps few)."""
     if item.data is None:
         item.data = read_input(item.ref)
     return item.data
