@@ -102,6 +102,16 @@ def _located(info: dict[str, Any], study_id: str) -> StoredInstance:
     return StoredInstance(info["ID"], "AlreadyStored", info["ParentSeries"], study_id)
 
 
+def _already_settled(known: Instance, orthanc_id: str, ts: str) -> bool:
+    """Indexed as this very Orthanc instance in this transfer syntax, and nothing left to do:
+    HTJ2K lossless, or kept as it is for a recorded reason (lossy, colour, no pixels …)."""
+    return (
+        known.orthanc_id == orthanc_id
+        and known.transfer_syntax == ts
+        and (ts in HTJ2K_LOSSLESS_SYNTAXES or known.action != "transcoded")
+    )
+
+
 def _check_instance(
     settings: Settings, client: OrthancClient, located: StoredInstance, known: Instance | None
 ) -> _Work:
@@ -111,7 +121,7 @@ def _check_instance(
     try:
         ts = client.instance_transfer_syntax(orthanc_id)
         outcome.transfer_syntax_before = outcome.transfer_syntax_after = ts
-        if ts in HTJ2K_LOSSLESS_SYNTAXES and known is not None and known.orthanc_id == orthanc_id:
+        if known is not None and _already_settled(known, orthanc_id, ts):
             outcome.status, outcome.sop_instance_uid = OK, known.sop_instance_uid
             return work
         _bring_to_htj2k(settings, client, located, work)

@@ -126,3 +126,20 @@ def test_archive_wide_check_reports_every_study(orthanc: Settings, tmp_path: Pat
     assert by_sop[ds.SOPInstanceUID]["status"] == "replaced"
     assert by_sop[ds.SOPInstanceUID]["transfer_syntax_after"] == HTJ2K_LOSSLESS
     assert "failed" not in report["counts"]
+
+
+def test_lossy_instance_is_indexed_once_then_left_alone(orthanc: Settings) -> None:
+    from pydicom.data import get_testdata_file
+
+    lossy = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")).read_bytes()
+    ds = dcmread(io.BytesIO(lossy))
+    ds.SOPInstanceUID = generate_uid()  # its own instance, whatever other tests stored
+    ds.StudyInstanceUID = generate_uid()
+    httpx.post(f"{orthanc.orthanc_url}/instances", content=dicom_bytes(ds)).raise_for_status()
+
+    first = check_htj2k(study_instance_uid=ds.StudyInstanceUID)
+    second = check_htj2k(study_instance_uid=ds.StudyInstanceUID)
+
+    assert first["counts"] == {"kept": 1}
+    assert "lossy" in first["instances"][0]["reason"].lower()
+    assert second["counts"] == {"ok": 1}
