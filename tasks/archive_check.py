@@ -27,12 +27,13 @@ from tasks.transcode import transcode_to_htj2k
 
 log = logging.getLogger(__name__)
 
-OK, REPLACED, INDEXED, KEPT, INVALID, FAILED = (
+OK, REPLACED, INDEXED, KEPT, INVALID, CONFLICT, FAILED = (
     "ok",
     "replaced",
     "indexed",
     "kept",
     "invalid",
+    "conflict",
     "failed",
 )
 
@@ -123,6 +124,11 @@ def _check_instance(
         outcome.transfer_syntax_before = outcome.transfer_syntax_after = ts
         if known is not None and _already_settled(known, orthanc_id, ts):
             outcome.status, outcome.sop_instance_uid = OK, known.sop_instance_uid
+            return work
+        if known is not None and known.orthanc_id != orthanc_id:
+            # Same SOPInstanceUID under another patient/study/series: never index over it.
+            outcome.status, outcome.sop_instance_uid = CONFLICT, known.sop_instance_uid
+            outcome.reason = "SOPInstanceUID already indexed for another instance; left as is"
             return work
         _bring_to_htj2k(settings, client, located, work)
     except UpstreamError as err:

@@ -21,7 +21,12 @@ from pathlib import Path
 from sqlmodel import Session
 
 from common.db import Instance, session_scope
-from common.errors import IngestError, UpstreamError, VerificationError
+from common.errors import (
+    IngestError,
+    PermanentUpstreamError,
+    TransientUpstreamError,
+    VerificationError,
+)
 from common.settings import Settings
 from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
 from tasks.dicom import content_sha256, parse_dicom
@@ -53,6 +58,7 @@ def ingest_batch(
     # every worker (seconds here), which costs more than the GIL does on a batch.
     with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
         items = list(pool.map(prepare_input, refs))
+        _settle_repeats_within_batch(items)
         with session_scope(settings.resolved_database_url) as session:
             known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
         with OrthancClient.from_settings(settings) as client:
@@ -64,12 +70,32 @@ def ingest_batch(
             )
     with session_scope(settings.resolved_database_url) as session:
         _record(settings, session, items)
-    if remove_originals:
-        _remove_originals(items)
     errors = [i.upstream_error for i in items if i.upstream_error is not None]
     if errors:
+        # Originals stay until the batch succeeds: its retry reads them again.
         raise errors[0]
+    if remove_originals:
+        _remove_originals(items)
     return [i.outcome for i in items if i.outcome is not None]
+
+
+def _settle_repeats_within_batch(items: list[PreparedInput]) -> None:
+    """A SOP UID seen twice in one batch: the first goes on; a repeat with the same HTJ2K bytes
+    is a duplicate of it, one with other bytes a conflict (Orthanc keys instances by patient,
+    study, series and SOP UID, so it would not catch every such pair by itself)."""
+    first: dict[str, PreparedInput] = {}
+    for item in items:
+        if item.ids is None or item.result is None or item.outcome is not None:
+            continue
+        earlier = first.setdefault(item.ids.sop_uid, item)
+        if earlier is item:
+            continue
+        assert earlier.result is not None
+        if earlier.result.data == item.result.data:
+            item.outcome = outcome_for(item, DUPLICATE, reason="repeated in this batch")
+            item.outcome.verified = True
+        else:
+            item.outcome = _conflict(item)
 
 
 def _sop(item: PreparedInput) -> str:
@@ -98,11 +124,17 @@ def _store(
             _decide_already_in_orthanc(item, client, stored, backup_dir)
         else:
             _verify_read_back(item, client, stored)
-    except UpstreamError as err:
-        # Transient or not, the input is untouched and a re-run is safe; the batch fails.
+    except TransientUpstreamError as err:
+        # The input is untouched and a re-run is safe; the batch fails so Prefect retries it.
         item.upstream_error = err
-    except VerificationError as err:
+    except (PermanentUpstreamError, VerificationError) as err:
+        # Orthanc refused this instance, or its copy did not verify: keep it with the reason.
         item.outcome = outcome_for(item, QUARANTINED, reason=str(err))
+    except Exception as err:  # a bug or a surprising answer: keep the input, say so, go on
+        log.exception("unexpected error storing %s", item.ref.name)
+        item.outcome = outcome_for(
+            item, QUARANTINED, reason=f"unexpected error while storing ({type(err).__name__})"
+        )
 
 
 def _decide_known(
@@ -121,7 +153,8 @@ def _decide_known(
         log.warning("indexed instance missing from Orthanc, storing it again")
         _verify_read_back(item, client, client.store_instance(item.result.data))
     elif in_orthanc:
-        located = StoredInstance(known.orthanc_id, "AlreadyStored", "", "")
+        series_id, study_id = client.instance_parents(known.orthanc_id)
+        located = StoredInstance(known.orthanc_id, "AlreadyStored", series_id, study_id)
         _decide_already_in_orthanc(item, client, located, backup_dir)
     else:
         item.outcome = _conflict(item)

@@ -212,7 +212,19 @@ class OrthancClient:
         return None
 
     def delete_instance(self, orthanc_id: str) -> None:
-        self._request("DELETE", f"/instances/{orthanc_id}")
+        """Delete an instance; one already gone counts as deleted (a retried DELETE whose first
+        answer was lost gets 404)."""
+        try:
+            self._request("DELETE", f"/instances/{orthanc_id}")
+        except PermanentUpstreamError:
+            if self.instance_exists(orthanc_id):
+                raise
+
+    def instance_parents(self, orthanc_id: str) -> tuple[str, str]:
+        """The Orthanc IDs of an instance's series and study."""
+        series_id = str(self._request("GET", f"/instances/{orthanc_id}").json()["ParentSeries"])
+        study_id = str(self._request("GET", f"/series/{series_id}").json()["ParentStudy"])
+        return series_id, study_id
 
     def study_instances(self, study_id: str) -> list[dict[str, Any]]:
         """The instances of one study with their main DICOM tags."""

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import tempfile
 from pathlib import Path
 
 from sqlmodel import Session, select
@@ -43,7 +44,7 @@ def quarantine_bytes(
     folder = quarantine_dir / kind / utcnow().strftime("%Y%m%d")
     folder.mkdir(parents=True, exist_ok=True)
     kept = folder / f"{sha256[:16]}-{_UNSAFE.sub('_', name)[:80] or 'input'}"
-    _write_durably(kept, data)
+    write_durably(kept, data)
     sidecar = {
         "source": source,
         "reason": reason,
@@ -52,7 +53,7 @@ def quarantine_bytes(
         "sop_instance_uid": sop_instance_uid,
         "at": utcnow().isoformat(),
     }
-    _write_durably(kept.with_name(kept.name + ".reason.json"), json.dumps(sidecar).encode())
+    write_durably(kept.with_name(kept.name + ".reason.json"), json.dumps(sidecar).encode())
     item = QuarantineItem(
         kind=kind,
         source_path=source[:1024],
@@ -66,11 +67,18 @@ def quarantine_bytes(
     return item
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write then fsync, so a kept copy survives a crash right after we report it kept."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+def write_durably(path: Path, data: bytes) -> None:
+    """Write then fsync, so a kept copy survives a crash right after we report it kept.
+
+    The temporary name is unique, so two runs writing the same file never trip over each other.
+    """
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

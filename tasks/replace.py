@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
+import uuid
 from pathlib import Path
 
 from common.errors import NeuroNovaError, VerificationError
 from tasks.dicom import parse_dicom
 from tasks.orthanc import OrthancClient, StoredInstance
+from tasks.quarantine import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -34,17 +35,17 @@ def replace_in_orthanc(
 ) -> tuple[StoredInstance, str]:
     """Swap `original` for `replacement`; return the new instance and its read-back sha256."""
     backup = _write_backup(backup_dir, orthanc_id, original)
-    client.delete_instance(orthanc_id)
     try:
+        client.delete_instance(orthanc_id)
         stored = client.store_instance(replacement)
         back = hashlib.sha256(client.get_instance_file(stored.orthanc_id)).hexdigest()
         if back != hashlib.sha256(replacement).hexdigest():
             raise VerificationError(f"read-back of replacement {stored.orthanc_id} differs")
     except (NeuroNovaError, OSError):
         _restore(client, orthanc_id, original)
-        backup.unlink()
+        backup.unlink(missing_ok=True)
         raise
-    backup.unlink()
+    backup.unlink(missing_ok=True)
     return stored, back
 
 
@@ -57,14 +58,10 @@ def _restore(client: OrthancClient, orthanc_id: str, original: bytes) -> None:
 
 
 def _write_backup(backup_dir: Path, orthanc_id: str, data: bytes) -> Path:
+    """A durable copy, named per replacement so two runs replacing one instance never share it."""
     backup_dir.mkdir(parents=True, exist_ok=True)
-    path = backup_dir / f"{orthanc_id}.dcm"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    path = backup_dir / f"{orthanc_id}.{uuid.uuid4().hex}.dcm"
+    write_durably(path, data)
     return path
 
 
@@ -84,5 +81,5 @@ def recover_backups(
             client.store_instance(data)
             restored += 1
             log.warning("restored original %s from backup", backup.name)
-        backup.unlink()
+        backup.unlink(missing_ok=True)
     return restored

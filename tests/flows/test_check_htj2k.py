@@ -143,3 +143,22 @@ def test_lossy_instance_is_indexed_once_then_left_alone(orthanc: Settings) -> No
     assert first["counts"] == {"kept": 1}
     assert "lossy" in first["instances"][0]["reason"].lower()
     assert second["counts"] == {"ok": 1}
+
+
+def test_same_uid_under_another_patient_is_a_conflict_not_reindexed(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    from flows.ingest_study import ingest_study
+
+    original = make_ct()
+    ingest_study(str(write(original, tmp_path / "a.dcm")))
+    impostor = make_ct(2, sop=original.SOPInstanceUID)
+    impostor.PatientID = "SOMEONE-ELSE"
+    storescu(orthanc, [write(impostor, tmp_path / "b.dcm")])
+
+    report = check_htj2k(study_instance_uid=impostor.StudyInstanceUID)
+
+    assert report["counts"] == {"conflict": 1}
+    with session_scope(orthanc.resolved_database_url) as session:
+        row = session.get(Instance, original.SOPInstanceUID)
+    assert row is not None and row.study_instance_uid == original.StudyInstanceUID

@@ -322,3 +322,23 @@ def test_same_instance_in_another_encoding_is_a_duplicate(
     report = ingest_study(str(implicit))
 
     assert report["files"][0]["status"] == "duplicate", report["files"][0]["reason"]
+
+
+def test_one_uid_twice_in_a_batch_is_a_duplicate_or_a_conflict(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    first = make_ct()
+    other_patient = make_ct(5, sop=first.SOPInstanceUID)  # another study, other pixels
+    other_patient.PatientID = "SOMEONE-ELSE"
+    write(first, tmp_path / "a.dcm")
+    write(first, tmp_path / "b.dcm")
+    write(other_patient, tmp_path / "c.dcm")
+
+    outcomes = by_path(ingest_study(str(tmp_path)))
+
+    assert [outcomes[n]["status"] for n in ("a.dcm", "b.dcm", "c.dcm")] == [
+        "stored",
+        "duplicate",
+        "conflict",
+    ]
+    assert orthanc_file(orthanc, first.SOPInstanceUID)  # one instance under that UID
