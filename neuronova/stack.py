@@ -479,11 +479,6 @@ def _port_free(address: str, port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A TCP port that is free on loopback now (for tests and benchmarks)."""
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback ports: held together while picked, so none repeats."""
     with contextlib.ExitStack() as held:

@@ -251,8 +251,3 @@ def _orthanc_message(reply: Reply) -> str:
     if isinstance(body, dict):
         return str(body.get("Message") or body.get("Details") or reply.reason)[:200]
     return reply.reason
-
-
-def is_transient(err: BaseException) -> bool:
-    """True for failures a retry can fix (used as Prefect's retry condition)."""
-    return isinstance(err, TransientUpstreamError)
