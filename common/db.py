@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0001"
+SCHEMA_HEAD = "0002"
 
 
 def utcnow() -> datetime:
@@ -96,6 +96,80 @@ class QuarantineItem(SQLModel, table=True):
     reason: str = Field(max_length=1024)
     sop_instance_uid: str | None = Field(default=None, index=True, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- accounts and audit
+
+ROLES = ("clinician", "radiologist", "admin")
+
+
+class User(SQLModel, table=True):
+    """Someone who logs in to the webapp; the password only as an argon2 hash."""
+
+    __tablename__ = "users"
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(unique=True, index=True, max_length=64)
+    password_hash: str = Field(max_length=255)
+    role: str = Field(max_length=16, description="clinician, radiologist or admin")
+    active: bool = True
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class CareGrant(SQLModel, table=True):
+    """A patient on a clinician's care list: the clinician may open that patient's studies."""
+
+    __tablename__ = "care_grants"
+    user_id: int = Field(foreign_key="users.id", primary_key=True)
+    patient_id: str = Field(primary_key=True, max_length=64)
+    granted_at: datetime = Field(default_factory=utcnow)
+
+
+class AuthSession(SQLModel, table=True):
+    """One login. Every token issued under it carries its `sid`; logout revokes them all."""
+
+    __tablename__ = "auth_sessions"
+    sid: str = Field(primary_key=True, max_length=32)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    revoked_at: datetime | None = None
+
+
+class RevokedToken(SQLModel, table=True):
+    """The persistent jti blocklist (rows may be dropped once `expires_at` has passed)."""
+
+    __tablename__ = "revoked_tokens"
+    jti: str = Field(primary_key=True, max_length=64)
+    token_type: str = Field(max_length=16)
+    user_id: int | None = Field(default=None, index=True)
+    expires_at: datetime = Field(index=True)
+    revoked_at: datetime = Field(default_factory=utcnow)
+
+
+class LoginFailure(SQLModel, table=True):
+    """A failed login, counted per name and per client address for the rate limit."""
+
+    __tablename__ = "login_failures"
+    id: int | None = Field(default=None, primary_key=True)
+    username: str = Field(index=True, max_length=64)
+    client_addr: str = Field(index=True, max_length=45)
+    at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who asked for what, from where, and what the answer was. Never a token or a password."""
+
+    __tablename__ = "audit_log"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    username: str | None = Field(default=None, index=True, max_length=64)
+    client_addr: str | None = Field(default=None, max_length=45)
+    action: str = Field(max_length=32, description="login, viewer-link, metadata, frames, …")
+    study_instance_uid: str | None = Field(default=None, index=True, max_length=64)
+    outcome: str = Field(max_length=16, description="allowed or denied")
+    status: int
+    reason: str | None = Field(default=None, max_length=255)
+    request_id: str = Field(max_length=64, index=True)
 
 
 @cache

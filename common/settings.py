@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -10,6 +12,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+MIN_SECRET_LENGTH = 32
 
 
 class Settings(BaseSettings):
@@ -51,11 +54,45 @@ class Settings(BaseSettings):
         default=64, ge=1, description="Instances per Prefect task run (keeps overhead small)."
     )
 
+    gateway_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="The base URL browsers use: nginx, which serves OHIF, /api and the gate.",
+    )
+    webapp_url: str = Field(
+        default="http://127.0.0.1:8081",
+        description="Where gunicorn serves the webapp (loopback; only nginx talks to it).",
+    )
+    webapp_workers: int = Field(default=2, ge=1, le=64)
+    webapp_threads: int = Field(default=4, ge=1, le=64)
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs every token (>= 32 characters). Required in production; the demo and "
+        "the tests keep a generated one in data_dir/secrets/.",
+    )
+    access_token_ttl_s: int = Field(default=900, ge=30, le=86400)
+    refresh_token_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    viewer_token_ttl_s: int = Field(
+        default=1800, ge=30, le=86400, description="How long a viewer link opens its study."
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="Failed logins per user name in the window before a 429."
+    )
+    login_max_failures_per_client: int = Field(
+        default=20, ge=1, description="Failed logins per client address in the window."
+    )
+    login_failure_window_s: int = Field(default=300, ge=1)
+
     @model_validator(mode="after")
     def _production_needs_real_backends(self) -> Settings:
         # Fail at start-up rather than run a hospital on the demo's embedded database.
         if self.environment == "production" and not self.database_url:
             raise ValueError("NEURONOVA_DATABASE_URL must be set in production")
+        if self.environment == "production" and (
+            self.jwt_secret is None or len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH
+        ):
+            raise ValueError(
+                f"NEURONOVA_JWT_SECRET must be set in production ({MIN_SECRET_LENGTH}+ characters)"
+            )
         return self
 
     @property
@@ -75,6 +112,44 @@ class Settings(BaseSettings):
     def backup_dir(self) -> Path:
         """Originals held here until their HTJ2K replacement is verified in Orthanc."""
         return self.data_dir / "backup"
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.data_dir / "secrets"
+
+    @property
+    def gateway_port(self) -> int:
+        return urlparse(self.gateway_url).port or 80
+
+    @property
+    def webapp_port(self) -> int:
+        return urlparse(self.webapp_url).port or 8081
+
+    def jwt_secret_bytes(self) -> bytes:
+        """The signing secret: the configured one, else (demo, tests) one generated and kept.
+
+        The generated secret lives in a 0600 file so that every gunicorn worker, the CLI and a
+        restarted stack share it; production refuses to start without NEURONOVA_JWT_SECRET.
+        """
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value().encode()
+        if self.environment == "production":
+            raise ValueError("NEURONOVA_JWT_SECRET must be set in production")
+        path = self.secrets_dir / "jwt_secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # Written aside, then linked into place: a concurrent reader never sees it half-written.
+            tmp = path.with_name(f".jwt_secret.{secrets.token_hex(8)}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48) + "\n")
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass  # another process won the race; use its secret
+            finally:
+                tmp.unlink()
+        return path.read_bytes().strip()
 
     @property
     def orthanc_http_port(self) -> int:

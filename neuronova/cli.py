@@ -18,11 +18,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from common.settings import Settings
-from neuronova import stack_cli
+from neuronova import stack_cli, users_cli
 from neuronova.prefect_env import use_prefect_server
 
 app = typer.Typer(help="NeuroNova: verified HTJ2K ingest, AI reading, secure viewing.")
 app.add_typer(stack_cli.app, name="stack")
+app.add_typer(users_cli.app, name="users")
 db_app = typer.Typer(help="The NeuroNova database (archive index, quarantine, users…).")
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
@@ -124,7 +125,7 @@ def sample(
 
 @app.command()
 def demo() -> None:
-    """Start the local stack, ingest the sample study, print a summary."""
+    """Start the local stack, ingest the sample study, print a viewer link for a clinician."""
     settings = Settings()
     from common.db import migrate
     from neuronova.stack import LocalStack
@@ -140,10 +141,23 @@ def demo() -> None:
     with console.status("Ingesting the sample study …"):
         report = ingest_study(str(folder))
     _print_ingest(report, as_json=False)
+    from neuronova.demo import DEMO_CLINICIAN, ensure_demo_clinician, viewer_link
+
+    password = ensure_demo_clinician(settings)
+    study_uid = report["studies"][0]["study_instance_uid"]
+    link = viewer_link(status["gateway"], DEMO_CLINICIAN, password, study_uid)
     ui = status["prefect"].removesuffix("/api")
-    console.print(f"\nOrthanc (loopback only): {status['orthanc']}")
+    console.print(f"\nOrthanc (loopback only, behind the gateway): {status['orthanc']}")
     console.print(f"Prefect UI: {ui}  (flow run 'ingest_study', artifacts per study)")
+    console.print(
+        f"Gateway: {status['gateway']}  (user {DEMO_CLINICIAN}, password in "
+        f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')})"
+    )
     console.print("Stop the stack with: .venv/bin/neuronova stack down")
+    console.print(
+        "\nOpen the sample study in OHIF (the link expires; run `make demo` for a new one):"
+    )
+    print(link)
 
 
 def _print_ingest(report: dict[str, Any], as_json: bool) -> None:

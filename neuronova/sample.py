@@ -14,6 +14,7 @@ from pydicom import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 _ROOT = "1.2.826.0.1.3680043.10.1245."  # NeuroNova demo prefix under a public test root
+SAMPLE_PATIENT_ID = "NN-DEMO-0001"
 
 
 def _uid(name: str) -> str:
@@ -88,7 +89,7 @@ def ct_slice_dataset(
     ds.StudyDescription = "Head CT (synthetic sample)"
     ds.SeriesDescription = "Axial 5 mm"
     ds.PatientName = "Demo^Patient"
-    ds.PatientID = "NN-DEMO-0001"
+    ds.PatientID = SAMPLE_PATIENT_ID
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
     ds.StudyInstanceUID = study_uid

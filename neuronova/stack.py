@@ -30,14 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import SecretStr
 
 from common.errors import StackError
-from common.settings import Settings
+from common.settings import PROJECT_ROOT, Settings
 
 logger = logging.getLogger(__name__)
 
-# Debian packages that no component runs but the ingest tests call (storescu, dciodvfy …).
-TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools")
+# Debian packages that no component runs but the tests and benchmarks call: storescu and
+# dciodvfy (ingest), Chromium (the viewer tests, driven by Playwright), wrk (the gate benchmark).
+TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools", "chromium", "wrk")
 
 DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
     "/usr/share/orthanc/plugins/*DicomWeb*.so*",
@@ -328,6 +330,193 @@ PREFECT = register(
         # SQLite migrations and the UI build take 10–20 s on two cores.
         start_timeout_s=90.0,
         port_hint="choose another port with NEURONOVA_PREFECT_API_URL",
+    )
+)
+
+
+# --------------------------------------------------------------------------- webapp
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as NEURONOVA_* variables, so a child process builds the same Settings."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        elif isinstance(value, list | dict):
+            value = json.dumps(value)
+        env[f"NEURONOVA_{name.upper()}"] = str(value)
+    return env
+
+
+def _venv_script(name: str) -> Path:
+    candidate = Path(sys.executable).parent / name
+    if not candidate.exists():
+        raise StackError(f"{candidate} not found: run `make setup`")
+    return candidate
+
+
+def _webapp_url(settings: Settings) -> str:
+    return settings.webapp_url.rstrip("/")
+
+
+def _webapp_command(ctx: Context) -> list[str]:
+    s = ctx.settings
+    return [
+        str(_venv_script("gunicorn")),
+        "--bind",
+        f"127.0.0.1:{s.webapp_port}",
+        "--workers",
+        str(s.webapp_workers),
+        # Threads keep connections from nginx alive between requests (sync workers cannot).
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(s.webapp_threads),
+        "--keep-alive",
+        "75",
+        "--graceful-timeout",
+        "10",
+        "--chdir",
+        str(PROJECT_ROOT),
+        "--no-control-socket",
+        # nginx accepts header lines up to 16 KB; let the gate answer those (an oversized
+        # token is its 401) rather than gunicorn's 431 at 8 KB.
+        "--limit-request-field_size",
+        "16384",
+        "--error-logfile",
+        "-",
+        "webapp.wsgi:app",
+    ]
+
+
+def _webapp_env(ctx: Context) -> dict[str, str]:
+    # The signing secret is created once here so that every worker reads the same one.
+    ctx.settings.jwt_secret_bytes()
+    return settings_env(ctx.settings)
+
+
+def _webapp_health(ctx: Context, client: httpx.Client) -> Health:
+    return _http_health(client, f"{_webapp_url(ctx.settings)}/api/health")
+
+
+def _http_health(client: httpx.Client, url: str) -> Health:
+    try:
+        response = client.get(url)
+    except httpx.HTTPError as err:
+        return Health(False, error=f"{type(err).__name__}: {err}")
+    if response.status_code != 200:
+        return Health(False, error=f"GET {url} answered HTTP {response.status_code}")
+    return Health(True)
+
+
+WEBAPP = register(
+    Component(
+        name="webapp",
+        key="webapp",
+        url=_webapp_url,
+        command=_webapp_command,
+        health=_webapp_health,
+        ports=lambda s: [("127.0.0.1", s.webapp_port)],
+        env=_webapp_env,
+        start_timeout_s=60.0,
+        port_hint="choose another port with NEURONOVA_WEBAPP_URL",
+    )
+)
+
+
+# --------------------------------------------------------------------------- nginx (gateway)
+
+NGINX_DIR = PROJECT_ROOT / "nginx"
+
+
+def find_nginx_binary() -> Path | None:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    return Path(found) if found else None
+
+
+def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
+    """The local template with this stack's ports and folders filled in."""
+    values = {
+        "@HOME@": str(home),
+        "@GATEWAY_PORT@": str(settings.gateway_port),
+        "@WEBAPP@": f"127.0.0.1:{settings.webapp_port}",
+        "@ORTHANC@": f"127.0.0.1:{settings.orthanc_http_port}",
+        "@OHIF_ROOT@": str(ohif_root),
+    }
+    text = (NGINX_DIR / "local.conf.template").read_text()
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    if "@" in "".join(line.split("#")[0] for line in text.splitlines()):
+        raise StackError("nginx/local.conf.template has a placeholder the stack does not fill")
+    return text
+
+
+def _prepare_nginx(ctx: Context) -> None:
+    from neuronova.ohif import ensure_ohif
+
+    root = ensure_ohif()
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (ctx.home / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    snippets = ctx.home / "snippets"
+    if snippets.exists():
+        shutil.rmtree(snippets)
+    shutil.copytree(NGINX_DIR / "snippets", snippets)
+    _write_atomically(ctx.home / "nginx.conf", render_nginx_config(ctx.settings, ctx.home, root))
+    binary = find_nginx_binary()
+    if binary is None:
+        raise StackError("nginx not found: install the Debian package nginx")
+    check = subprocess.run(
+        [str(binary), *_nginx_args(ctx), "-t", "-q"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise StackError(f"nginx -t refused {ctx.home / 'nginx.conf'}:\n{check.stderr[-2000:]}")
+
+
+def _nginx_args(ctx: Context) -> list[str]:
+    return [
+        "-p",
+        str(ctx.home),
+        "-c",
+        str(ctx.home / "nginx.conf"),
+        "-e",
+        str(ctx.home / "error.log"),
+    ]
+
+
+def _nginx_command(ctx: Context) -> list[str]:
+    binary = find_nginx_binary()
+    if binary is None:
+        raise StackError("nginx not found: install the Debian package nginx")
+    return [str(binary), *_nginx_args(ctx), "-g", "daemon off;"]
+
+
+def _gateway_url(settings: Settings) -> str:
+    return settings.gateway_url.rstrip("/")
+
+
+def _nginx_health(ctx: Context, client: httpx.Client) -> Health:
+    """nginx answers itself, and reaches the webapp through /api."""
+    base = _gateway_url(ctx.settings)
+    own = _http_health(client, f"{base}/healthz")
+    return own if not own.ok else _http_health(client, f"{base}/api/health")
+
+
+NGINX = register(
+    Component(
+        name="nginx",
+        key="gateway",
+        url=_gateway_url,
+        command=_nginx_command,
+        health=_nginx_health,
+        ports=lambda s: [("127.0.0.1", s.gateway_port)],
+        prepare=_prepare_nginx,
+        packages=("nginx",),
+        # The first start downloads OHIF (about 50 MB).
+        start_timeout_s=60.0,
+        port_hint="choose another port with NEURONOVA_GATEWAY_URL",
     )
 )
 
@@ -654,7 +843,8 @@ class LocalStack:
             executable = self._command(component)[0]
         except StackError:
             return True
-        return executable in _proc_cmdline(record.pid)
+        # nginx rewrites its title into one string ("nginx: master process /usr/sbin/nginx …").
+        return any(executable in part for part in _proc_cmdline(record.pid))
 
     def _command(self, component: Component) -> list[str]:
         return component.command(self.context(component))

@@ -38,7 +38,7 @@ def stack_settings(
     tmp_path_factory: pytest.TempPathFactory, mariadb_url: str
 ) -> Iterator[Settings]:
     """Settings for the test stack: own folder, free ports, MariaDB, fast retries."""
-    orthanc_http, orthanc_dicom, prefect = free_ports(3)
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp = free_ports(5)
     env = {
         "NEURONOVA_ENVIRONMENT": "test",
         "NEURONOVA_DATA_DIR": str(tmp_path_factory.mktemp("neuronova")),
@@ -46,6 +46,8 @@ def stack_settings(
         "NEURONOVA_ORTHANC_URL": f"http://127.0.0.1:{orthanc_http}",
         "NEURONOVA_ORTHANC_DICOM_PORT": str(orthanc_dicom),
         "NEURONOVA_PREFECT_API_URL": f"http://127.0.0.1:{prefect}/api",
+        "NEURONOVA_GATEWAY_URL": f"http://127.0.0.1:{gateway}",
+        "NEURONOVA_WEBAPP_URL": f"http://127.0.0.1:{webapp}",
         "NEURONOVA_ORTHANC_RETRY_DELAYS_S": "[0.2, 0.5]",
         "NEURONOVA_INGEST_BATCH_SIZE": "16",
     }
@@ -73,3 +75,12 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def gateway(orthanc: Settings) -> Iterator[Settings]:
+    """The webapp (gunicorn) and nginx with OHIF in front of the test Orthanc, on MariaDB."""
+    stack = LocalStack(orthanc)
+    stack.up(["webapp", "nginx"])
+    yield orthanc
+    stack.down(["webapp", "nginx"])

@@ -1,1 +1,108 @@
-"""The Flask webapp (login, viewer links, the X-Accel gate); built in the secure-viewing issue."""
+"""The NeuroNova webapp: JWT login, viewer links, and the gate nginx asks before any image leaves.
+
+`create_app(settings)` builds it; gunicorn serves `webapp.wsgi:app` behind nginx. One blueprint
+per concern: `auth` (login, refresh, logout), `links` (study list, viewer links), `gate`
+(DICOMweb and WADO-URI requests answered with X-Accel-Redirect or a denial).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from flask_jwt_extended import JWTManager
+from werkzeug.exceptions import HTTPException
+
+from common.db import ensure_schema, get_engine
+from common.settings import Settings
+from webapp.audit import AuditLog
+from webapp.context import WebContext, deny_response
+from webapp.tokens import ALGORITHM, API_AUDIENCE, ISSUER, derive_key
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the app; tests pass their own settings, gunicorn reads the environment."""
+    settings = settings or Settings()
+    secret = settings.jwt_secret_bytes()  # read once at start-up, never at import
+    database_url = settings.resolved_database_url
+    ensure_schema(database_url)
+
+    app = Flask(__name__)
+    app.config.update(
+        JWT_SECRET_KEY=derive_key(secret, "api"),
+        JWT_ALGORITHM=ALGORITHM,
+        JWT_DECODE_ALGORITHMS=[ALGORITHM],
+        JWT_TOKEN_LOCATION=["headers"],
+        JWT_ENCODE_AUDIENCE=API_AUDIENCE,
+        JWT_DECODE_AUDIENCE=API_AUDIENCE,
+        JWT_ENCODE_ISSUER=ISSUER,
+        JWT_DECODE_ISSUER=ISSUER,
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(seconds=settings.access_token_ttl_s),
+        JWT_REFRESH_TOKEN_EXPIRES=timedelta(seconds=settings.refresh_token_ttl_s),
+        JWT_ERROR_MESSAGE_KEY="error",
+        MAX_CONTENT_LENGTH=64 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    context = WebContext(
+        settings=settings,
+        database_url=database_url,
+        viewer_key=derive_key(secret, "viewer"),
+        audit=AuditLog(database_url),
+    )
+    app.extensions["neuronova"] = context
+    _register_jwt(JWTManager(app), context)
+
+    from webapp import auth, gate, links
+
+    app.register_blueprint(auth.bp)
+    app.register_blueprint(links.bp)
+    app.register_blueprint(gate.bp)
+    app.add_url_rule("/api/health", "health", _health)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    get_engine(database_url)  # built before the fork, reused by every worker thread
+    return app
+
+
+def _health() -> Response:
+    """The webapp answers and reaches its database."""
+    from sqlalchemy import text
+
+    from webapp.context import web_context
+
+    with get_engine(web_context().database_url).connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return jsonify({"status": "ok"})
+
+
+def _http_error(err: HTTPException) -> tuple[Response, int]:
+    code = err.code or 500
+    return jsonify({"error": err.name}), code
+
+
+def _unexpected_error(err: Exception) -> Response:
+    # The details go to the log, never to the client; the gate turns this into a denial.
+    log.exception("unhandled error")
+    return deny_response(500, "internal error")
+
+
+def _register_jwt(jwt: JWTManager, context: WebContext) -> None:
+    """Every JWT failure is a 401 with a short, fixed message (no library detail leaks)."""
+    from webapp import auth
+
+    def unauthorized(*_args: Any) -> Response:
+        return deny_response(401, "authentication required")
+
+    jwt.unauthorized_loader(unauthorized)
+    jwt.invalid_token_loader(unauthorized)
+    jwt.expired_token_loader(unauthorized)
+    jwt.revoked_token_loader(unauthorized)
+    jwt.user_lookup_error_loader(unauthorized)
+    jwt.token_verification_failed_loader(unauthorized)
+    jwt.needs_fresh_token_loader(unauthorized)
+    jwt.token_in_blocklist_loader(auth.token_is_revoked)
+    jwt.user_lookup_loader(auth.load_user)

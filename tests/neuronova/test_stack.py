@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
@@ -34,6 +35,7 @@ from neuronova.stack import (
     prefect_env,
     render_orthanc_config,
     running_stack,
+    settings_env,
 )
 from neuronova.stack_cli import app
 
@@ -42,24 +44,16 @@ from neuronova.stack_cli import app
 
 def make_settings(data_dir: Path) -> Settings:
     """Test settings: own folder, free ports."""
-    http, dicom, prefect = free_ports(3)
+    http, dicom, prefect, gateway, webapp = free_ports(5)
     return Settings(
         environment="test",
         data_dir=data_dir,
         orthanc_url=f"http://127.0.0.1:{http}",
         orthanc_dicom_port=dicom,
         prefect_api_url=f"http://127.0.0.1:{prefect}/api",
+        gateway_url=f"http://127.0.0.1:{gateway}",
+        webapp_url=f"http://127.0.0.1:{webapp}",
     )
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The NEURONOVA_* variables that make `Settings()` equal these settings (for the CLI)."""
-    return {
-        "NEURONOVA_DATA_DIR": str(settings.data_dir),
-        "NEURONOVA_ORTHANC_URL": settings.orthanc_url,
-        "NEURONOVA_ORTHANC_DICOM_PORT": str(settings.orthanc_dicom_port),
-        "NEURONOVA_PREFECT_API_URL": settings.prefect_api_url,
-    }
 
 
 def gone(pid: int) -> bool:
@@ -192,15 +186,26 @@ def test_prefect_env_keeps_everything_under_the_stack(tmp_path: Path) -> None:
 
 
 def test_unknown_component_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(StackError, match=r"unknown component.*nginx"):
-        LocalStack(make_settings(tmp_path)).up(["nginx"])
+    with pytest.raises(StackError, match=r"unknown component.*bogus"):
+        LocalStack(make_settings(tmp_path)).up(["bogus"])
     with pytest.raises(StackError, match="unknown component"):
-        with running_stack(make_settings(tmp_path), ["nginx"]):
+        with running_stack(make_settings(tmp_path), ["bogus"]):
             pass
 
 
-def test_default_registry_has_orthanc_then_prefect() -> None:
-    assert list(COMPONENTS)[:2] == ["orthanc", "prefect"]
+def test_default_registry_starts_the_gateway_after_what_it_fronts() -> None:
+    assert list(COMPONENTS) == ["orthanc", "prefect", "webapp", "nginx"]
+
+
+def test_settings_env_round_trips_through_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path).model_copy(
+        update={"jwt_secret": SecretStr("s" * 40), "orthanc_retry_delays_s": [0.1, 0.2]}
+    )
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
 
 
 # --------------------------------------------------------------------------- system packages
@@ -385,7 +390,7 @@ def test_cli_reports_unknown_component(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """Orthanc and a Prefect server, started once for this module (Prefect takes ~20 s)."""
+    """The whole stack (Orthanc, Prefect, webapp, nginx), once for this module (~30 s)."""
     stack = LocalStack(make_settings(tmp_path_factory.mktemp("full")))
     status = stack.up()
     pids = [detail["pid"] for detail in status["components"].values()]
@@ -411,8 +416,10 @@ def test_full_stack_is_up(full_stack: LocalStack) -> None:
     assert status["up"] is True
     assert status["orthanc"] == settings.orthanc_url
     assert status["prefect"] == settings.prefect_api_url
+    assert status["gateway"] == settings.gateway_url
+    assert status["webapp"] == settings.webapp_url
+    assert all(detail["healthy"] for detail in status["components"].values())
     orthanc, prefect = status["components"]["orthanc"], status["components"]["prefect"]
-    assert orthanc["healthy"] and prefect["healthy"]
     assert orthanc["version"] and prefect["version"]
     assert json.loads(json.dumps(status)) == status
 

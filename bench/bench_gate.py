@@ -1,0 +1,246 @@
+"""Gate benchmark: HTJ2K instances and frames through nginx + gate vs nginx → Orthanc direct.
+
+One Orthanc, the webapp (gunicorn) and nginx, started here by the stack code in a temporary
+folder on free ports, with the index on the machine's MariaDB (a fresh database), as deployed.
+A second nginx server block, for this benchmark only, proxies straight to the same Orthanc
+with the same upstream settings: the baseline. The same 512x512 HTJ2K instances are fetched
+both ways by `wrk` (Debian), bounded in connections and time, alternating gated and direct
+runs so that the machine's noise falls on both:
+
+    gated instance   GET /wado?requestType=WADO&studyUID=…&objectUID=…   (gate → /instances/ID/file)
+    direct instance  GET /instances/ID/file
+    gated frame      GET /dicom-web/studies/…/instances/…/frames/1       (gate → the same, internal)
+    direct frame     GET /dicom-web/studies/…/instances/…/frames/1
+
+    .venv/bin/python bench/bench_gate.py [--instances 100] [--seconds 8] [--connections 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import httpx
+from sqlalchemy import create_engine, text
+
+from common.db import Instance, migrate, session_scope
+from common.settings import Settings
+from neuronova.sample import write_sample_study
+from neuronova.stack import LocalStack, free_ports
+from tasks.ingest import ingest_batch
+from tasks.inputs import collect_inputs
+from webapp import accounts
+
+MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
+PASSWORD = "benchmark password"
+
+LUA = """
+local paths = {}
+for line in io.lines("%s") do paths[#paths + 1] = line end
+local i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i], {["Authorization"] = "Bearer %s"})
+end
+"""
+
+DIRECT_SERVER = """
+    server {
+        listen 127.0.0.1:%d;
+        server_name direct;
+        location / {
+            proxy_pass http://neuronova_orthanc;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffers 16 64k;
+            proxy_busy_buffers_size 128k;
+        }
+    }
+}
+"""
+
+
+def wrk(
+    url: str, paths: list[str], token: str, seconds: int, connections: int, work: Path
+) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) of one wrk run."""
+    listing = work / f"paths-{uuid.uuid4().hex}.txt"
+    listing.write_text("\n".join(paths) + "\n")
+    script = work / f"script-{uuid.uuid4().hex}.lua"
+    script.write_text(LUA % (listing, token))
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    if "Non-2xx" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {p: _ms(re.search(rf"\s{p}%\s+([\d.]+\w+)", out).group(1)) for p in ("50", "99")}  # type: ignore[union-attr]
+    return {"rps": rps, "p50": latency["50"], "p99": latency["99"]}
+
+
+def _ms(value: str) -> float:
+    number, unit = float(re.match(r"[\d.]+", value).group(0)), re.sub(r"[\d.]", "", value)  # type: ignore[union-attr]
+    return number * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--instances", type=int, default=100)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found: run `make system` (Debian package wrk)")
+
+    database = f"neuronova_bench_{uuid.uuid4().hex[:8]}"
+    server = create_engine(MARIADB, isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {database} CHARACTER SET utf8mb4"))
+    with tempfile.TemporaryDirectory(prefix="nn-bench-gate-") as tmp:
+        work = Path(tmp)
+        ports = free_ports(6)
+        settings = Settings(
+            environment="test",
+            data_dir=work / "var",
+            database_url=f"{MARIADB}/{database}?charset=utf8mb4",
+            orthanc_url=f"http://127.0.0.1:{ports[0]}",
+            orthanc_dicom_port=ports[1],
+            prefect_api_url=f"http://127.0.0.1:{ports[2]}/api",
+            gateway_url=f"http://127.0.0.1:{ports[3]}",
+            webapp_url=f"http://127.0.0.1:{ports[4]}",
+        )
+        direct_port = ports[5]
+        migrate(settings.resolved_database_url)
+        stack = LocalStack(settings)
+        try:
+            stack.up(["orthanc", "webapp", "nginx"])
+            _add_direct_server(stack, direct_port)
+            print(f"writing and ingesting {args.instances} 512x512 CT slices as HTJ2K …")
+            write_sample_study(work / "study", slices=args.instances)
+            outcomes = ingest_batch(settings, collect_inputs(work / "study"))
+            assert all(o.status == "stored" for o in outcomes), {o.status for o in outcomes}
+            _measure(settings, direct_port, args, work)
+        finally:
+            stack.down()
+            with server.connect() as connection:
+                connection.execute(text(f"DROP DATABASE IF EXISTS {database}"))
+
+
+def _add_direct_server(stack: LocalStack, port: int) -> None:
+    """Append the baseline server block to the running nginx's config and reload it."""
+    home = stack.root / "nginx"
+    config = home / "nginx.conf"
+    body = config.read_text().rstrip()
+    assert body.endswith("}")
+    config.write_text(body[:-1] + DIRECT_SERVER % port)
+    subprocess.run(
+        [
+            "nginx",
+            "-p",
+            str(home),
+            "-c",
+            str(config),
+            "-e",
+            str(home / "error.log"),
+            "-s",
+            "reload",
+        ],
+        check=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/system", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit("the baseline server block did not come up")
+
+
+def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, work: Path) -> None:
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        accounts.add_user(session, "bench", "radiologist", PASSWORD)
+        rows = list(session.exec(Instance.__table__.select()))  # type: ignore[attr-defined]
+    study = rows[0].study_instance_uid
+    gateway, direct = settings.gateway_url, f"http://127.0.0.1:{direct_port}"
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        access = client.post(
+            "/api/auth/login", json={"username": "bench", "password": PASSWORD}
+        ).json()["access_token"]
+        link = client.post(
+            f"/api/studies/{study}/viewer-link", headers={"Authorization": f"Bearer {access}"}
+        ).json()
+    token = parse_qs(urlparse(link["url"]).query)["token"][0]
+
+    def frames(r: object) -> str:
+        return (f"/dicom-web/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"  # type: ignore[attr-defined]
+                f"/instances/{r.sop_instance_uid}/frames/1")  # type: ignore[attr-defined]  # fmt: skip
+
+    cases = {
+        "instance": (
+            [f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
+             f"&objectUID={r.sop_instance_uid}&contentType=application%2Fdicom" for r in rows],
+            [f"/instances/{r.orthanc_id}/file" for r in rows],
+        ),
+        "frame": ([frames(r) for r in rows], [frames(r) for r in rows]),
+    }  # fmt: skip
+    _check_same_bytes(gateway, direct, cases, token)
+    size = sum(r.bytes_stored for r in rows) / len(rows) / 1024
+    print(f"{len(rows)} instances, {size:.0f} KiB each on average; wrk: 2 threads, "
+          f"{args.connections} connections, {args.seconds} s per run, {args.rounds} rounds\n")  # fmt: skip
+    for name, (gated_paths, direct_paths) in cases.items():
+        gated_runs, direct_runs = [], []
+        for _ in range(args.rounds):
+            direct_runs.append(
+                wrk(direct, direct_paths, token, args.seconds, args.connections, work)
+            )
+            gated_runs.append(
+                wrk(gateway, gated_paths, token, args.seconds, args.connections, work)
+            )
+        g, d = _median(gated_runs), _median(direct_runs)
+        print(
+            f"{name:9s} direct {d['rps']:7.0f} req/s  p50 {d['p50']:6.2f} ms  p99 {d['p99']:6.2f} ms"
+        )
+        print(
+            f"{name:9s} gated  {g['rps']:7.0f} req/s  p50 {g['p50']:6.2f} ms  p99 {g['p99']:6.2f} ms"
+        )
+        ratios = ", ".join(
+            f"{gr['rps'] / dr['rps']:.2f}" for gr, dr in zip(gated_runs, direct_runs, strict=True)
+        )
+        print(f"{name:9s} gated/direct throughput {g['rps'] / d['rps']:.2f} (rounds: {ratios}); "
+              f"added latency p50 {g['p50'] - d['p50']:+.2f} ms, p99 {g['p99'] - d['p99']:+.2f} ms\n")  # fmt: skip
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
+
+
+def _check_same_bytes(
+    gateway: str, direct: str, cases: dict[str, tuple[list[str], list[str]]], token: str
+) -> None:
+    """Both ways answer the same bytes (so the comparison is of like with like)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    for name, (gated_paths, direct_paths) in cases.items():
+        a = httpx.get(gateway + gated_paths[0], headers=headers, timeout=30)
+        b = httpx.get(direct + direct_paths[0], timeout=30)
+        assert a.status_code == b.status_code == 200, (name, a.status_code, b.status_code)
+        if name == "instance":
+            assert a.content == b.content, name
+        else:  # multipart boundaries differ per answer; the frame inside must not
+            assert len(a.content) == len(b.content), name
+
+
+if __name__ == "__main__":
+    main()

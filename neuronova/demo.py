@@ -1,0 +1,62 @@
+"""The demo's clinician: an account with the sample patient on its care list, and a viewer link.
+
+The password is generated once and kept in `var/secrets/` (0600), so `make demo` can be run
+again and the account can be used by hand; the link is obtained the way a portal would, by
+logging in through the gateway and asking for it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import httpx
+
+from common.db import session_scope
+from common.settings import Settings
+from neuronova.sample import SAMPLE_PATIENT_ID
+from webapp import accounts
+
+DEMO_CLINICIAN = "demo-clinician"
+
+
+def demo_password(settings: Settings) -> str:
+    """The demo clinician's password, generated on first use."""
+    path: Path = settings.secrets_dir / f"{DEMO_CLINICIAN}.password"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    password = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+def ensure_demo_clinician(settings: Settings) -> str:
+    """Create (or re-key) the demo clinician with the sample patient on its care list."""
+    if settings.environment == "production":
+        raise RuntimeError("the demo account is not created in production")
+    password = demo_password(settings)
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        if accounts.find_user(session, DEMO_CLINICIAN) is None:
+            accounts.add_user(session, DEMO_CLINICIAN, "clinician", password)
+        else:
+            accounts.set_password(session, DEMO_CLINICIAN, password)
+    with session_scope(url) as session:
+        accounts.grant_patient(session, DEMO_CLINICIAN, SAMPLE_PATIENT_ID)
+    return password
+
+
+def viewer_link(gateway_url: str, username: str, password: str, study_uid: str) -> str:
+    """Log in through the gateway and ask for a viewer link, as a portal would."""
+    with httpx.Client(base_url=gateway_url, timeout=30) as client:
+        login = client.post("/api/auth/login", json={"username": username, "password": password})
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        link = client.post(f"/api/studies/{study_uid}/viewer-link", headers=headers)
+        link.raise_for_status()
+        url: str = link.json()["url"]
+        return url

@@ -1,0 +1,305 @@
+"""Through nginx: what a viewer token opens, Orthanc's answers kept intact, and the attack table.
+
+Every row of the attack table is a real HTTP request to nginx, answered by the real gate in
+gunicorn (or by nginx itself); none may be a 200 or a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import jwt
+import pytest
+
+from tests.gateway.conftest import Viewing, token_of
+from webapp.tokens import derive_key, issue_viewer_token
+
+pytestmark = pytest.mark.integration
+
+SECURITY_HEADERS = {
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-embedder-policy": "require-corp",
+    "cross-origin-resource-policy": "same-origin",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+}
+
+
+@pytest.fixture(scope="module")
+def session_tokens(viewing: Viewing) -> dict[str, str]:
+    """A clinician's live session: access and refresh tokens, and a viewer token for study A."""
+    with viewing.client() as client:
+        tokens = viewing.login(client)
+        tokens["viewer"] = token_of(viewing.link(client, tokens["access_token"]))
+    return tokens
+
+
+def _get(viewing: Viewing, path: str, token: str | None, **headers: str) -> httpx.Response:
+    with viewing.client() as client:
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return client.get(path, headers=headers)
+
+
+def test_a_viewer_token_opens_its_study_with_orthancs_bytes_and_types(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    v, token = viewing, session_tokens["viewer"]
+    qido = _get(v, f"/dicom-web/studies?StudyInstanceUID={v.study_a}", token)
+    assert qido.status_code == 200 and qido.headers["content-type"].startswith(
+        "application/dicom+json"
+    )
+    assert [s["0020000D"]["Value"][0] for s in qido.json()] == [v.study_a]
+    for header, value in SECURITY_HEADERS.items():
+        assert qido.headers[header] == value
+
+    metadata = _get(v, f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/metadata", token)
+    assert metadata.status_code == 200
+    assert metadata.headers["content-type"].startswith("application/dicom+json")
+    assert len(metadata.json()) == len(v.instances_a)
+
+    sop = v.instances_a[0]
+    wado = _get(
+        v,
+        f"/wado?requestType=WADO&studyUID={v.study_a}&seriesUID={v.series_a}&objectUID={sop}&contentType=application%2Fdicom",
+        token,
+    )
+    assert wado.status_code == 200
+    assert wado.headers["content-type"] == "application/dicom"
+    orthanc_id = httpx.post(f"{v.settings.orthanc_url}/tools/lookup", content=sop).json()[0]["ID"]
+    direct = httpx.get(f"{v.settings.orthanc_url}/instances/{orthanc_id}/file")
+    assert wado.content == direct.content  # byte-identical HTJ2K file
+    assert b"1.2.840.10008.1.2.4.201" in wado.content[:1024]
+
+    frames = _get(
+        v, f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{sop}/frames/1", token
+    )
+    assert frames.status_code == 200 and frames.headers["content-type"].startswith(
+        "multipart/related"
+    )
+
+
+def test_a_radiologist_opens_any_study_and_a_clinician_only_their_patients(
+    viewing: Viewing,
+) -> None:
+    with viewing.client() as client:
+        cara = viewing.login(client, "cara")["access_token"]
+        rex = viewing.login(client, "rex")["access_token"]
+        denied = client.post(
+            f"/api/studies/{viewing.study_b}/viewer-link",
+            headers={"Authorization": f"Bearer {cara}"},
+        )
+        assert denied.status_code == 403
+        token_b = token_of(viewing.link(client, rex, viewing.study_b))
+    assert (
+        _get(viewing, f"/dicom-web/studies/{viewing.study_b}/metadata", token_b).status_code == 200
+    )
+
+
+# --------------------------------------------------------------------------- the attack table
+
+
+def _viewer_key(v: Viewing) -> bytes:
+    return derive_key(v.settings.jwt_secret_bytes(), "viewer")
+
+
+def _claims(v: Viewing, token: str) -> dict[str, object]:
+    claims: dict[str, object] = jwt.decode(
+        token, _viewer_key(v), algorithms=["HS256"], audience="neuronova-viewer"
+    )
+    return claims
+
+
+def _b64(data: dict[str, object]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def _tampered(token: str, segment: int) -> str:
+    parts = token.split(".")
+    parts[segment] = parts[segment][:-3] + ("AAA" if not parts[segment].endswith("AAA") else "BBB")
+    return ".".join(parts)
+
+
+TokenMaker = Callable[[Viewing, dict[str, str]], str]
+
+TOKENS: dict[str, TokenMaker] = {
+    "alg none": lambda v, t: f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{t['viewer'].split('.')[1]}.",
+    "HS512 with the right key": lambda v, t: jwt.encode(_claims(v, t["viewer"]), _viewer_key(v) * 2, algorithm="HS512"),
+    "signed with the API key": lambda v, t: jwt.encode(
+        _claims(v, t["viewer"]), derive_key(v.settings.jwt_secret_bytes(), "api"), algorithm="HS256"),
+    "header tampered": lambda v, t: _tampered(t["viewer"], 0),
+    "payload tampered": lambda v, t: _tampered(t["viewer"], 1),
+    "signature tampered": lambda v, t: _tampered(t["viewer"], 2),
+    "expired": lambda v, t: jwt.encode(
+        {**_claims(v, t["viewer"]), "exp": int((datetime.now(UTC) - timedelta(minutes=2)).timestamp())},
+        _viewer_key(v), algorithm="HS256"),
+    "access token": lambda v, t: t["access_token"],
+    "refresh token": lambda v, t: t["refresh_token"],
+    "forged session id": lambda v, t: issue_viewer_token(
+        _viewer_key(v), username="cara", study_instance_uid=v.study_a, sid="0" * 32, ttl_s=60)[0],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("make", TOKENS.values(), ids=TOKENS.keys())
+def test_bad_tokens_are_refused(
+    viewing: Viewing, session_tokens: dict[str, str], make: TokenMaker
+) -> None:
+    response = _get(
+        viewing, f"/dicom-web/studies/{viewing.study_a}/metadata", make(viewing, session_tokens)
+    )
+    assert response.status_code == 401
+    assert "X-Accel-Redirect" not in response.headers and b"0020000D" not in response.content
+
+
+def _paths(v: Viewing) -> dict[str, tuple[str, set[int]]]:
+    """Requests with study A's valid token that must not return data; the codes allowed."""
+    a, b, s, sb, i, ib = (
+        v.study_a,
+        v.study_b,
+        v.series_a,
+        v.series_b,
+        v.instances_a[0],
+        v.instances_b[0],
+    )
+    deny = {403}
+    deny_or_404 = {403, 404}  # nginx normalises some paths first; its 404 is a refusal too
+    return {
+        "study B metadata": (f"/dicom-web/studies/{b}/metadata", deny),
+        "study B frames": (f"/dicom-web/studies/{b}/series/{sb}/instances/{ib}/frames/1", deny),
+        "study B instance under study A's path": (f"/dicom-web/studies/{a}/series/{s}/instances/{ib}/frames/1", deny),
+        "study B series under study A's path": (f"/dicom-web/studies/{a}/series/{sb}/metadata", deny),
+        "QIDO without a filter": ("/dicom-web/studies", deny),
+        "QIDO by patient": (f"/dicom-web/studies?PatientID={v.patient_a}", deny),
+        "QIDO with study B's filter": (f"/dicom-web/studies?StudyInstanceUID={b}", deny),
+        "QIDO with A and B": (f"/dicom-web/studies?StudyInstanceUID={a}&StudyInstanceUID={b}", deny),
+        "WADO-URI of study B": (f"/wado?requestType=WADO&studyUID={b}&objectUID={ib}", deny),
+        "WADO-URI of B's instance claiming A": (f"/wado?requestType=WADO&studyUID={a}&objectUID={ib}", deny),
+        "WADO-URI without study": (f"/wado?requestType=WADO&objectUID={i}", deny),
+        "traversal in the study": (f"/dicom-web/studies/{a}/../{b}/metadata", deny_or_404),
+        "encoded traversal in the study": (f"/dicom-web/studies/{a}/%2e%2e/{b}/metadata", deny_or_404),
+        "double-encoded traversal in the study": (f"/dicom-web/studies/{a}/%252e%252e/{b}/metadata", deny),
+        "encoded slash in the study": (f"/dicom-web/studies/{a}%2F..%2F{b}/metadata", deny_or_404),
+        "traversal in the series": (f"/dicom-web/studies/{a}/series/{s}/../{sb}/metadata", deny_or_404),
+        "encoded traversal in the series": (f"/dicom-web/studies/{a}/series/%2e%2e%2f{sb}/metadata", deny_or_404),
+        "double-encoded traversal in the series": (f"/dicom-web/studies/{a}/series/%252e%252e%252f{sb}/metadata", deny),
+        "traversal in the instance": (f"/dicom-web/studies/{a}/series/{s}/instances/../../../../{b}/metadata", deny_or_404),
+        "encoded traversal in the instance": (f"/dicom-web/studies/{a}/series/{s}/instances/%2e%2e%2f%2e%2e/metadata", deny_or_404),
+        "double-encoded traversal in the instance": (f"/dicom-web/studies/{a}/series/{s}/instances/%252e%252e%252f/metadata", deny),
+        "traversal in the frames": (f"/dicom-web/studies/{a}/series/{s}/instances/{i}/frames/../../../../../../instances", deny_or_404),
+        "double-encoded traversal in the frames": (f"/dicom-web/studies/{a}/series/{s}/instances/{i}/frames/%252e%252e", deny),
+        "traversal to the internal location": ("/dicom-web/../_orthanc/instances", deny_or_404),
+        "encoded traversal to the internal location": ("/dicom-web/%2e%2e/_orthanc/instances", deny_or_404),
+        "traversal in the WADO-URI object": (f"/wado?requestType=WADO&studyUID={a}&objectUID=../../instances", deny),
+        "encoded traversal in the WADO-URI object": (f"/wado?requestType=WADO&studyUID={a}&objectUID=..%2F..%2Finstances", deny),
+        "double-encoded traversal in the WADO-URI object": (f"/wado?requestType=WADO&studyUID={a}&objectUID=%252e%252e%252f", deny),
+        "traversal in the WADO-URI study": (f"/wado?requestType=WADO&studyUID={a}%2F..%2F{b}&objectUID={i}", deny),
+        "the internal location": ("/_orthanc/instances", {404}),
+        "the internal location with a real file": (f"/_orthanc/dicom-web/studies/{a}/metadata", {404}),
+        "Orthanc's REST API through the gateway": ("/instances", {404}),
+        "Orthanc's tools through the gateway": ("/tools/find", {404}),
+    }  # fmt: skip
+
+
+def _attack_ids() -> list[str]:
+    dummy = Viewing.__new__(Viewing)
+    for name in ("study_a", "study_b", "series_a", "series_b", "patient_a"):
+        object.__setattr__(dummy, name, "1.2")
+    object.__setattr__(dummy, "instances_a", ("1.2",))
+    object.__setattr__(dummy, "instances_b", ("1.2",))
+    return list(_paths(dummy))
+
+
+@pytest.mark.parametrize("name", _attack_ids())
+def test_requests_outside_the_token_study_are_refused(
+    viewing: Viewing, session_tokens: dict[str, str], name: str
+) -> None:
+    path, allowed = _paths(viewing)[name]
+    with viewing.client() as client:
+        request = client.build_request(
+            "GET", "/", headers={"Authorization": f"Bearer {session_tokens['viewer']}"}
+        )
+        # Send the path exactly as written: no client-side normalisation of '..' or '%2e'.
+        request.url = httpx.URL(viewing.base + "/").copy_with(raw_path=path.encode())
+        response = client.send(request)
+    assert response.status_code in allowed, (response.status_code, response.text[:200])
+    assert b"0020000D" not in response.content and b"DICM" not in response.content
+
+
+def test_oversized_headers_are_refused(viewing: Viewing, session_tokens: dict[str, str]) -> None:
+    path = f"/dicom-web/studies/{viewing.study_a}/metadata"
+    big_token = session_tokens["viewer"] + "A" * 8000  # fits nginx's buffers: the gate refuses it
+    assert _get(viewing, path, big_token).status_code == 401
+    # Beyond nginx's 16 KB header buffers nginx itself refuses (400), before any upstream.
+    huge = _get(viewing, path, session_tokens["viewer"], **{"X-Padding": "p" * 20000})
+    assert huge.status_code == 400
+    many = _get(
+        viewing, path, session_tokens["viewer"], **{f"X-Pad-{n}": "p" * 8000 for n in range(8)}
+    )
+    assert many.status_code == 400
+
+
+def test_logout_ends_the_viewer_link(viewing: Viewing) -> None:
+    with viewing.client() as client:
+        tokens = viewing.login(client)
+        token = token_of(viewing.link(client, tokens["access_token"]))
+        path = f"/dicom-web/studies/{viewing.study_a}/metadata"
+        assert _get(viewing, path, token).status_code == 200
+        out = client.post(
+            "/api/auth/logout", headers={"Authorization": f"Bearer {tokens['access_token']}"}
+        )
+        assert out.status_code == 200
+    assert _get(viewing, path, token).status_code == 401
+    assert (
+        _get(
+            viewing,
+            f"/wado?requestType=WADO&studyUID={viewing.study_a}&objectUID={viewing.instances_a[0]}",
+            token,
+        ).status_code
+        == 401
+    )
+
+
+def test_writes_never_pass(viewing: Viewing, session_tokens: dict[str, str]) -> None:
+    headers = {
+        "Authorization": f"Bearer {session_tokens['viewer']}",
+        "Content-Type": "application/dicom",
+    }
+    with viewing.client() as client:
+        for method in ("POST", "PUT", "DELETE"):
+            response = client.request(
+                method, f"/dicom-web/studies/{viewing.study_a}", headers=headers, content=b"x"
+            )
+            assert response.status_code == 403, method
+
+
+def test_gate_requests_are_audited_with_nginx_request_ids(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    from sqlmodel import select
+
+    from common.db import AuditEvent, session_scope
+
+    allowed = _get(
+        viewing, f"/dicom-web/studies/{viewing.study_a}/metadata", session_tokens["viewer"]
+    )
+    denied = _get(
+        viewing, f"/dicom-web/studies/{viewing.study_b}/metadata", session_tokens["viewer"]
+    )
+    ids = {allowed.headers["x-request-id"]: "allowed", denied.headers["x-request-id"]: "denied"}
+    url = viewing.settings.resolved_database_url
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    rows: list[AuditEvent] = []
+    while datetime.now(UTC) < deadline:  # allowed reads are written in batches
+        with session_scope(url) as session:
+            rows = list(
+                session.exec(select(AuditEvent).where(AuditEvent.request_id.in_(list(ids))))
+            )  # type: ignore[attr-defined]
+        if len(rows) == 2:
+            break
+    assert {r.request_id: r.outcome for r in rows} == ids
+    assert all(r.username == "cara" and r.client_addr == "127.0.0.1" for r in rows)
+    assert all(session_tokens["viewer"] not in repr(r.model_dump()) for r in rows)

@@ -1,0 +1,99 @@
+"""The nginx configs: gixy finds nothing in either, nginx accepts the rendered local one, and
+the security-relevant directives are where they must be."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from common.settings import Settings
+from neuronova.stack import NGINX_DIR, find_nginx_binary, render_nginx_config
+
+GIXY = Path(sys.executable).parent / "gixy"
+SNIPPETS = NGINX_DIR / "snippets"
+
+
+def _gixy(config: Path) -> list[dict[str, object]]:
+    result = subprocess.run(
+        [str(GIXY), "-f", "json", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode in (0, 1), result.stderr  # 1 means "issues found"
+    issues: list[dict[str, object]] = json.loads(result.stdout or "[]")
+    return issues
+
+
+@pytest.fixture
+def rendered_local(tmp_path: Path) -> Path:
+    """The local template as the stack renders it, with snippets/ beside it."""
+    settings = Settings(environment="test", data_dir=tmp_path)
+    home = tmp_path / "nginx"
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (home / "tmp" / sub).mkdir(parents=True)
+    shutil.copytree(SNIPPETS, home / "snippets")
+    ohif = tmp_path / "ohif"
+    ohif.mkdir()
+    (home / "nginx.conf").write_text(render_nginx_config(settings, home, ohif))
+    return home / "nginx.conf"
+
+
+@pytest.fixture
+def production(tmp_path: Path) -> Path:
+    home = tmp_path / "etc-nginx"
+    shutil.copytree(SNIPPETS, home / "snippets")
+    shutil.copy(NGINX_DIR / "nginx.conf", home / "nginx.conf")
+    return home / "nginx.conf"
+
+
+def test_gixy_finds_nothing_in_the_production_config(production: Path) -> None:
+    assert _gixy(production) == []
+
+
+def test_gixy_finds_nothing_in_the_local_config(rendered_local: Path) -> None:
+    assert _gixy(rendered_local) == []
+
+
+def test_nginx_accepts_the_rendered_local_config(rendered_local: Path) -> None:
+    nginx = find_nginx_binary()
+    assert nginx is not None, "nginx is missing: run `make system`"
+    home = rendered_local.parent
+    result = subprocess.run(
+        [str(nginx), "-t", "-p", str(home), "-c", str(rendered_local), "-e", str(home / "error.log")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_rendered_config_has_no_placeholder_left(rendered_local: Path) -> None:
+    text = rendered_local.read_text()
+    assert "@" not in "".join(line.split("#")[0] for line in text.splitlines())
+    assert "listen 127.0.0.1:" in text  # loopback only
+
+
+def test_the_locations_keep_orthanc_internal_and_the_headers_strict() -> None:
+    locations = (SNIPPETS / "neuronova-locations.conf").read_text()
+    headers = (SNIPPETS / "security-headers.conf").read_text()
+    internal = locations.split("location /_orthanc/ {", 1)[1].split("}", 1)[0]
+    assert "internal;" in internal
+    assert 'proxy_set_header Authorization "";' in internal  # the token never reaches Orthanc
+    assert "server_tokens off;" in locations
+    assert "add_header" not in locations  # would drop the server-level security headers
+    for header, value in {
+        "Cross-Origin-Opener-Policy": '"same-origin"',
+        "Cross-Origin-Embedder-Policy": '"require-corp"',
+        "Cross-Origin-Resource-Policy": '"same-origin"',
+        "Referrer-Policy": '"no-referrer"',
+    }.items():
+        assert f"add_header {header} {value} always;" in headers
+    assert "Content-Security-Policy" in headers and "frame-ancestors 'none'" in headers
+
+
+def test_production_is_tls_only_with_hsts() -> None:
+    text = (NGINX_DIR / "nginx.conf").read_text()
+    assert "listen 443 ssl;" in text and "return 301 https://$host$request_uri;" in text
+    assert "Strict-Transport-Security" in text
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in text

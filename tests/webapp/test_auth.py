@@ -1,0 +1,186 @@
+"""Login, refresh, logout, the study list and viewer links, on the Flask app with its database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, urlparse
+
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlmodel import select
+
+from common.db import AuditEvent, LoginFailure, session_scope
+from tests.webapp.conftest import PASSWORD, STUDY_A, STUDY_B, bearer, login, viewer_token
+
+
+def _audit(app: Flask) -> list[AuditEvent]:
+    context = app.extensions["neuronova"]
+    context.audit.flush()
+    with session_scope(context.database_url) as session:
+        return list(session.exec(select(AuditEvent).order_by(AuditEvent.id)))  # type: ignore[arg-type]
+
+
+def test_login_returns_access_and_refresh_tokens(client: FlaskClient) -> None:
+    tokens = login(client)
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["user"] == {"username": "alice", "role": "clinician"}
+    assert tokens["access_token"] != tokens["refresh_token"]
+    assert client.get("/api/studies", headers=bearer(tokens["access_token"])).status_code == 200
+
+
+def test_unknown_user_and_wrong_password_get_the_same_answer(client: FlaskClient) -> None:
+    unknown = client.post("/api/auth/login", json={"username": "mallory", "password": PASSWORD})
+    wrong = client.post("/api/auth/login", json={"username": "alice", "password": "not it at all"})
+    assert unknown.status_code == wrong.status_code == 401
+    assert unknown.get_json() == wrong.get_json()
+    assert set(unknown.headers) - {"Content-Length"} == set(wrong.headers) - {"Content-Length"}
+
+
+def test_malformed_login_bodies_are_refused(client: FlaskClient) -> None:
+    for body in (
+        None,
+        [],
+        {"username": "alice"},
+        {"username": 1, "password": "x"},
+        {"username": "", "password": "x"},
+    ):
+        response = client.post("/api/auth/login", json=body)
+        assert response.status_code == 400, body
+
+
+def test_repeated_failures_are_rate_limited_even_for_the_right_password(
+    app: Flask, client: FlaskClient
+) -> None:
+    for _ in range(3):  # login_max_failures=3 in the test settings
+        assert (
+            client.post(
+                "/api/auth/login", json={"username": "alice", "password": "nope nope nope"}
+            ).status_code
+            == 401
+        )
+    blocked = client.post("/api/auth/login", json={"username": "alice", "password": PASSWORD})
+    assert blocked.status_code == 429
+    assert int(blocked.headers["Retry-After"]) > 0
+    # Another user from the same address is not blocked (the per-address limit is higher).
+    assert (
+        client.post("/api/auth/login", json={"username": "rad", "password": PASSWORD}).status_code
+        == 200
+    )
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        stored = [row.username for row in session.exec(select(LoginFailure))]
+    assert stored and all(len(name) == 64 and "alice" not in name for name in stored)  # hashed
+
+
+def test_the_audit_trail_records_logins_without_secrets(app: Flask, client: FlaskClient) -> None:
+    client.post("/api/auth/login", json={"username": "alice", "password": "wrong password 1"})
+    client.post("/api/auth/login", json={"username": "my-password-typed-here", "password": "x"})
+    tokens = login(client)
+    rows = _audit(app)
+    assert [(r.action, r.outcome, r.username) for r in rows] == [
+        ("login", "denied", "alice"),
+        ("login", "denied", None),  # an unknown name is not kept: it may be a password
+        ("login", "allowed", "alice"),
+    ]
+    text = repr([r.model_dump() for r in rows])
+    assert PASSWORD not in text and tokens["access_token"] not in text and "my-password" not in text
+    assert all(r.request_id and r.client_addr for r in rows)
+
+
+def test_refresh_issues_a_new_access_token_and_refuses_access_tokens(client: FlaskClient) -> None:
+    tokens = login(client)
+    refreshed = client.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"]))
+    assert refreshed.status_code == 200
+    assert (
+        client.get("/api/studies", headers=bearer(refreshed.get_json()["access_token"])).status_code
+        == 200
+    )
+    assert (
+        client.post("/api/auth/refresh", headers=bearer(tokens["access_token"])).status_code == 401
+    )
+
+
+def test_a_refresh_token_is_not_an_access_token(client: FlaskClient) -> None:
+    tokens = login(client)
+    assert client.get("/api/studies", headers=bearer(tokens["refresh_token"])).status_code == 401
+
+
+def test_a_viewer_token_is_not_an_access_token(client: FlaskClient) -> None:
+    token = viewer_token(client, login(client)["access_token"])
+    assert client.get("/api/studies", headers=bearer(token)).status_code == 401
+
+
+def test_logout_revokes_access_refresh_and_viewer_tokens(app: Flask, client: FlaskClient) -> None:
+    tokens = login(client)
+    link_token = viewer_token(client, tokens["access_token"])
+    gate = f"/dicom-web/studies/{STUDY_A.study}/metadata"
+    assert client.get(gate, headers=bearer(link_token)).status_code == 200
+    out = client.post(
+        "/api/auth/logout",
+        headers=bearer(tokens["access_token"]),
+        json={"refresh_token": tokens["refresh_token"]},
+    )
+    assert out.status_code == 200
+    assert client.get("/api/studies", headers=bearer(tokens["access_token"])).status_code == 401
+    assert (
+        client.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"])).status_code == 401
+    )
+    assert client.get(gate, headers=bearer(link_token)).status_code == 401
+    # A second session of the same user is unaffected.
+    other = login(client)
+    assert client.get("/api/studies", headers=bearer(other["access_token"])).status_code == 200
+
+
+def test_an_inactive_user_cannot_log_in_and_their_tokens_stop(
+    app: Flask, client: FlaskClient
+) -> None:
+    from common.db import User
+
+    tokens = login(client)
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        user = session.exec(select(User).where(User.username == "alice")).one()
+        user.active = False
+        session.add(user)
+    assert client.get("/api/studies", headers=bearer(tokens["access_token"])).status_code == 401
+    assert (
+        client.post("/api/auth/login", json={"username": "alice", "password": PASSWORD}).status_code
+        == 401
+    )
+
+
+def test_clinicians_list_only_their_patients_studies(client: FlaskClient) -> None:
+    def listed(user: str) -> set[str]:
+        response = client.get("/api/studies", headers=bearer(login(client, user)["access_token"]))
+        return {s["study_instance_uid"] for s in response.get_json()["studies"]}
+
+    assert listed("alice") == {STUDY_A.study}
+    assert listed("rad") == {STUDY_A.study, STUDY_B.study}
+
+
+def test_viewer_links_follow_the_policy(client: FlaskClient) -> None:
+    alice = login(client)["access_token"]
+    link = client.post(f"/api/studies/{STUDY_A.study}/viewer-link", headers=bearer(alice))
+    assert link.status_code == 200
+    body = link.get_json()
+    url = urlparse(body["url"])
+    assert (url.scheme, url.netloc, url.path) == ("https", "viewer.example.org", "/viewer")
+    query = parse_qs(url.query)
+    assert query["StudyInstanceUIDs"] == [STUDY_A.study] and len(query["token"]) == 1
+    expires = datetime.fromisoformat(body["expires_at"])
+    assert 1700 < (expires - datetime.now(UTC)).total_seconds() <= 1800
+    for study in (STUDY_B.study, "1.2.3.4.5", "1.2..3"):
+        assert (
+            client.post(f"/api/studies/{study}/viewer-link", headers=bearer(alice)).status_code
+            == 403
+        )
+    rad = login(client, "rad")["access_token"]
+    assert (
+        client.post(f"/api/studies/{STUDY_B.study}/viewer-link", headers=bearer(rad)).status_code
+        == 200
+    )
+    assert client.post(f"/api/studies/{STUDY_A.study}/viewer-link").status_code == 401
+
+
+def test_errors_never_show_library_details(client: FlaskClient) -> None:
+    response = client.get("/api/studies", headers=bearer("a.b.c"))
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "authentication required"}

@@ -1,0 +1,231 @@
+"""Users, care lists, login sessions and the access policy: plain functions on a DB session.
+
+The CLI (`neuronova users …`) and the webapp's blueprints share these, so there is one
+definition of who may open what.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, literal
+from sqlmodel import Session, select
+
+from common.db import ROLES, AuthSession, CareGrant, LoginFailure, RevokedToken, Study, User
+from webapp.tokens import hash_password, verify_password
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MIN_PASSWORD_LENGTH = 12
+# Roles that may open every study; a clinician only the studies of patients on their care list.
+ALL_STUDIES_ROLES = frozenset({"radiologist", "admin"})
+
+
+class AccountError(ValueError):
+    """A user-management request that cannot be done (the message says why)."""
+
+
+def as_utc(moment: datetime) -> datetime:
+    """MariaDB hands datetimes back without a zone; they were written as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def add_user(session: Session, username: str, role: str, password: str) -> User:
+    """Create a user; the name must be new, the role known, the password long enough."""
+    if not USERNAME_RE.match(username):
+        raise AccountError("a user name is 1-64 letters, digits or . _ @ - (starting alphanumeric)")
+    if role not in ROLES:
+        raise AccountError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    if find_user(session, username) is not None:
+        raise AccountError(f"user {username!r} exists already")
+    user = User(username=username, role=role, password_hash=hash_password(password))
+    session.add(user)
+    session.flush()
+    return user
+
+
+def find_user(session: Session, username: str) -> User | None:
+    return session.exec(select(User).where(User.username == username)).first()
+
+
+def grant_patient(session: Session, username: str, patient_id: str) -> bool:
+    """Put a patient on a user's care list; False when it was there already."""
+    user = find_user(session, username)
+    if user is None or user.id is None:
+        raise AccountError(f"no user {username!r}")
+    if not patient_id or len(patient_id) > 64:
+        raise AccountError("a patient ID (MRN) is 1-64 characters")
+    if session.get(CareGrant, (user.id, patient_id)) is not None:
+        return False
+    session.add(CareGrant(user_id=user.id, patient_id=patient_id))
+    return True
+
+
+def revoke_patient(session: Session, username: str, patient_id: str) -> bool:
+    """Take a patient off a user's care list; False when it was not there."""
+    user = find_user(session, username)
+    if user is None or user.id is None:
+        raise AccountError(f"no user {username!r}")
+    grant = session.get(CareGrant, (user.id, patient_id))
+    if grant is None:
+        return False
+    session.delete(grant)
+    return True
+
+
+def care_list(session: Session, user: User) -> list[str]:
+    return list(session.exec(select(CareGrant.patient_id).where(CareGrant.user_id == user.id)))
+
+
+def authenticate(session: Session, username: str, password: str) -> User | None:
+    """The active user with this password, or None (unknown, inactive and wrong look the same)."""
+    user = find_user(session, username) if USERNAME_RE.match(username) else None
+    ok = verify_password(user.password_hash if user else None, password)
+    return user if ok and user is not None and user.active else None
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+def login_blocked(
+    session: Session,
+    username: str,
+    client_addr: str,
+    *,
+    max_per_user: int,
+    max_per_client: int,
+    window_s: int,
+) -> bool:
+    """Whether recent failures for this name or this address exceed the limits."""
+    since = datetime.now(UTC) - timedelta(seconds=window_s)
+    per_user = session.exec(
+        select(func.count())
+        .select_from(LoginFailure)
+        .where(LoginFailure.username == username[:64], LoginFailure.at >= since)
+    ).one()
+    if per_user >= max_per_user:
+        return True
+    per_client = session.exec(
+        select(func.count())
+        .select_from(LoginFailure)
+        .where(LoginFailure.client_addr == client_addr[:45], LoginFailure.at >= since)
+    ).one()
+    return per_client >= max_per_client
+
+
+def record_login_failure(session: Session, username: str, client_addr: str) -> None:
+    session.add(LoginFailure(username=username[:64], client_addr=client_addr[:45]))
+
+
+def clear_login_failures(session: Session, username: str) -> None:
+    """A successful login forgives that name's earlier failures (the address keeps its count)."""
+    session.execute(delete(LoginFailure).where(LoginFailure.username == username))  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def open_session(session: Session, user: User, ttl_s: int) -> AuthSession:
+    """A new login session; its `sid` goes into every token issued under it."""
+    assert user.id is not None
+    auth = AuthSession(
+        sid=secrets.token_hex(16),
+        user_id=user.id,
+        expires_at=datetime.now(UTC) + timedelta(seconds=ttl_s),
+    )
+    session.add(auth)
+    return auth
+
+
+def session_is_live(session: Session, sid: str) -> bool:
+    """The session exists, was not revoked, has not expired, and its user is still active."""
+    row = session.exec(
+        select(AuthSession.revoked_at, AuthSession.expires_at, User.active)
+        .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
+        .where(AuthSession.sid == sid)
+    ).first()
+    if row is None:
+        return False
+    revoked_at, expires_at, active = row
+    return revoked_at is None and active and as_utc(expires_at) > datetime.now(UTC)
+
+
+def token_revoked(session: Session, jti: str) -> bool:
+    return session.get(RevokedToken, jti) is not None
+
+
+def revoke_token(
+    session: Session, jti: str, token_type: str, user_id: int | None, expires_at: datetime
+) -> None:
+    """Put a jti on the blocklist (idempotent)."""
+    if session.get(RevokedToken, jti) is None:
+        session.add(
+            RevokedToken(jti=jti, token_type=token_type, user_id=user_id, expires_at=expires_at)
+        )
+
+
+def close_session(session: Session, sid: str) -> None:
+    """Revoke a login session: its access, refresh and viewer tokens all stop working."""
+    auth = session.get(AuthSession, sid)
+    if auth is not None and auth.revoked_at is None:
+        auth.revoked_at = datetime.now(UTC)
+        session.add(auth)
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def may_open_study(session: Session, user: User, study_instance_uid: str) -> bool:
+    """Admins and radiologists open every indexed study; clinicians their patients' studies."""
+    study = session.get(Study, study_instance_uid)
+    if study is None or not user.active:
+        return False
+    if user.role in ALL_STUDIES_ROLES:
+        return True
+    if user.role != "clinician":
+        return False  # an unknown role opens nothing
+    return session.get(CareGrant, (user.id, study.patient_id)) is not None
+
+
+def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
+    """The studies the user may open, newest first."""
+    query = select(Study).order_by(Study.study_date.desc(), Study.created_at.desc())  # type: ignore[union-attr,attr-defined]
+    if user.role in ALL_STUDIES_ROLES:
+        return list(session.exec(query.limit(limit)))
+    if user.role != "clinician":
+        return []
+    patients = select(CareGrant.patient_id).where(CareGrant.user_id == user.id)
+    return list(session.exec(query.where(Study.patient_id.in_(patients)).limit(limit)))  # type: ignore[attr-defined]
+
+
+def viewer_token_live(session: Session, sid: str, jti: str) -> bool:
+    """One query for the gate: the session is open, its user active, the jti not blocklisted."""
+    row = session.exec(
+        select(AuthSession.revoked_at, AuthSession.expires_at, User.active, RevokedToken.jti)
+        .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
+        .outerjoin(RevokedToken, RevokedToken.jti == literal(jti))  # type: ignore[arg-type]
+        .where(AuthSession.sid == sid)
+    ).first()
+    if row is None:
+        return False
+    revoked_at, expires_at, active, blocked = row
+    return (
+        revoked_at is None
+        and bool(active)
+        and blocked is None
+        and as_utc(expires_at) > datetime.now(UTC)
+    )
+
+
+def set_password(session: Session, username: str, password: str) -> None:
+    """Replace a user's password (the old sessions stay until they expire or log out)."""
+    user = find_user(session, username)
+    if user is None:
+        raise AccountError(f"no user {username!r}")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+    user.password_hash = hash_password(password)
+    session.add(user)

@@ -1,0 +1,123 @@
+"""The audit trail: one row per login, link and image request, never a token or a password.
+
+Denials, logins and links are written before the answer leaves (they are rare and they are
+what an investigation looks for). Allowed image reads are many (one per frame or file), so
+they go through a queue that a background thread writes in batches every fraction of a
+second; a worker that stops normally flushes it first. A worker killed with SIGKILL can lose
+at most that fraction of a second of allowed reads, never a denial.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import insert
+
+from common.db import AuditEvent, get_engine
+
+log = logging.getLogger(__name__)
+
+_FLUSH_INTERVAL_S = 0.2
+_MAX_BATCH = 500
+
+
+@dataclass
+class AuditRecord:
+    action: str
+    outcome: str  # "allowed" or "denied"
+    status: int
+    request_id: str
+    username: str | None = None
+    client_addr: str | None = None
+    study_instance_uid: str | None = None
+    reason: str | None = None
+    at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "username": (self.username or None) and self.username[:64],
+            "client_addr": (self.client_addr or None) and self.client_addr[:45],
+            "action": self.action[:32],
+            "study_instance_uid": self.study_instance_uid,
+            "outcome": self.outcome,
+            "status": self.status,
+            "reason": (self.reason or None) and self.reason[:255],
+            "request_id": self.request_id[:64],
+        }
+
+
+class AuditLog:
+    """Writes audit rows to the database: now, or soon in a batch."""
+
+    def __init__(self, database_url: str) -> None:
+        self._url = database_url
+        self._queue: queue.SimpleQueue[AuditRecord | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def record_now(self, record: AuditRecord) -> None:
+        """Write one row before returning (denials, logins, links)."""
+        self._write([record])
+
+    def record_soon(self, record: AuditRecord) -> None:
+        """Queue a row for the next batch (allowed image reads)."""
+        self._ensure_thread()
+        self._idle.clear()
+        self._queue.put(record)
+
+    def flush(self, timeout_s: float = 5.0) -> None:
+        """Wait until every queued row is written (tests, shutdown)."""
+        if self._thread is None:
+            return
+        self._queue.put(None)  # wakes the writer at once
+        self._idle.wait(timeout_s)
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                # Started lazily: gunicorn forks workers after the app is built, and threads
+                # do not survive a fork.
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+                atexit.register(self.flush)
+
+    def _run(self) -> None:
+        while True:
+            batch: list[AuditRecord] = []
+            try:
+                first = self._queue.get(timeout=_FLUSH_INTERVAL_S)
+                if first is not None:
+                    batch.append(first)
+                while len(batch) < _MAX_BATCH:
+                    item = self._queue.get_nowait()
+                    if item is not None:
+                        batch.append(item)
+            except queue.Empty:
+                pass
+            if batch:
+                try:
+                    self._write(batch)
+                except Exception:
+                    # Keep the rows: put them back and try again at the next tick.
+                    log.exception("audit: writing %d rows failed; retrying", len(batch))
+                    for record in batch:
+                        self._queue.put(record)
+                    threading.Event().wait(1.0)
+                    continue
+            if self._queue.empty():
+                self._idle.set()
+
+    def _write(self, records: list[AuditRecord]) -> None:
+        with get_engine(self._url).begin() as connection:
+            connection.execute(insert(AuditEvent), [r.row() for r in records])

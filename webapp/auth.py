@@ -1,0 +1,159 @@
+"""Login, refresh and logout (`/api/auth/…`), and the checks every API token goes through.
+
+Every token carries the `sid` of the login session it was issued under. Logout puts the
+access token's jti (and the refresh token's, when sent) on the persistent blocklist and closes
+the session, which also ends the viewer links issued under it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from flask_jwt_extended import (
+    create_access_token,
+    create_refresh_token,
+    current_user,
+    decode_token,
+    get_jwt,
+    jwt_required,
+)
+
+from common.db import User
+from webapp import accounts
+from webapp.context import audit, client_addr, db_session, deny_response, web_context
+
+bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+
+# One answer for an unknown user, an inactive one and a wrong password.
+BAD_CREDENTIALS = "invalid user name or password"
+
+
+def _name_key(username: str) -> str:
+    """Failures are counted per name without storing what was typed (it may be a password)."""
+    return hashlib.sha256(username.strip().lower().encode()).hexdigest()
+
+
+@bp.post("/login")
+def login() -> Response | tuple[Response, int]:
+    body = request.get_json(silent=True)
+    username = body.get("username") if isinstance(body, dict) else None
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(username, str) or not isinstance(password, str) or not username:
+        return deny_response(400, "JSON body with username and password required"), 400
+    if len(username) > 256 or len(password) > 1024:
+        return deny_response(401, BAD_CREDENTIALS), 401
+
+    settings = web_context().settings
+    key, address = _name_key(username), client_addr()
+    # Audit rows are written after the transaction: SQLite allows one writer at a time.
+    with db_session() as session:
+        blocked = accounts.login_blocked(
+            session,
+            key,
+            address,
+            max_per_user=settings.login_max_failures,
+            max_per_client=settings.login_max_failures_per_client,
+            window_s=settings.login_failure_window_s,
+        )
+        user = None if blocked else accounts.authenticate(session, username, password)
+        known_name: str | None = None
+        if user is None and not blocked:
+            accounts.record_login_failure(session, key, address)
+            known = accounts.find_user(session, username) if len(username) <= 64 else None
+            known_name = known.username if known else None
+        if user is not None:
+            accounts.clear_login_failures(session, key)
+            auth_session = accounts.open_session(session, user, settings.refresh_token_ttl_s)
+            claims = {"sid": auth_session.sid, "role": user.role}
+            access = create_access_token(identity=user.username, additional_claims=claims)
+            refresh = create_refresh_token(identity=user.username, additional_claims=claims)
+    if blocked:
+        audit("login", 429, reason="too many failed logins")
+        response = deny_response(429, "too many failed logins; try again later")
+        response.headers["Retry-After"] = str(settings.login_failure_window_s)
+        return response, 429
+    if user is None:
+        # The typed name is kept only when it is a real account (never a mistyped password).
+        audit("login", 401, username=known_name, reason="bad credentials")
+        return deny_response(401, BAD_CREDENTIALS), 401
+    audit("login", 200, username=user.username)
+    return jsonify(
+        {
+            "access_token": access,
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": settings.access_token_ttl_s,
+            "user": {"username": user.username, "role": user.role},
+        }
+    )
+
+
+@bp.post("/refresh")
+@jwt_required(refresh=True)
+def refresh() -> Response:
+    claims = get_jwt()
+    user: User = current_user
+    access = create_access_token(
+        identity=user.username, additional_claims={"sid": claims["sid"], "role": user.role}
+    )
+    audit("refresh", 200, username=user.username)
+    return jsonify(
+        {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": web_context().settings.access_token_ttl_s,
+        }
+    )
+
+
+@bp.post("/logout")
+@jwt_required()
+def logout() -> Response:
+    claims = get_jwt()
+    user: User = current_user
+    with db_session() as session:
+        accounts.revoke_token(session, claims["jti"], "access", user.id, _expiry(claims))
+        refresh_claims = _refresh_claims_from_body()
+        if refresh_claims is not None and refresh_claims.get("sub") == user.username:
+            accounts.revoke_token(
+                session, refresh_claims["jti"], "refresh", user.id, _expiry(refresh_claims)
+            )
+        accounts.close_session(session, claims["sid"])
+    audit("logout", 200, username=user.username)
+    return jsonify({"status": "logged out"})
+
+
+def _refresh_claims_from_body() -> dict[str, Any] | None:
+    """The refresh token a client sends with logout, when it is a valid one of ours."""
+    body = request.get_json(silent=True)
+    token = body.get("refresh_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or len(token) > 4096:
+        return None
+    try:
+        claims: dict[str, Any] = decode_token(token, allow_expired=True)
+    except Exception:  # any decode failure: nothing to revoke
+        return None
+    return claims if claims.get("type") == "refresh" else None
+
+
+def _expiry(claims: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(int(claims["exp"]), UTC)
+
+
+def token_is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
+    """flask-jwt-extended asks this for every API token: blocklisted jti or a closed session."""
+    sid, jti = payload.get("sid"), payload.get("jti")
+    if not isinstance(sid, str) or not isinstance(jti, str):
+        return True  # not one of ours: deny
+    with db_session() as session:
+        return accounts.token_revoked(session, jti) or not accounts.session_is_live(session, sid)
+
+
+def load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:
+    """The token's user, if it still exists and is active (None makes it a 401)."""
+    with db_session() as session:
+        user = accounts.find_user(session, str(payload.get("sub", "")))
+    return user if user is not None and user.active else None

@@ -1,0 +1,67 @@
+"""The study list and viewer links (`/api/studies`, `/api/studies/<uid>/viewer-link`)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from flask import Blueprint, Response, jsonify
+from flask_jwt_extended import current_user, get_jwt, jwt_required
+
+from common.db import User
+from webapp import accounts
+from webapp.context import audit, db_session, deny_response, web_context
+from webapp.tokens import is_uid, issue_viewer_token
+
+bp = Blueprint("links", __name__, url_prefix="/api/studies")
+
+
+@bp.get("")
+@jwt_required()
+def list_studies() -> Response:
+    """The studies the caller may open, from the index that ingest fills."""
+    user: User = current_user
+    with db_session() as session:
+        studies = accounts.studies_for(session, user)
+    audit("study-list", 200, username=user.username, now=False)
+    return jsonify(
+        {
+            "studies": [
+                {
+                    "study_instance_uid": s.study_instance_uid,
+                    "patient_id": s.patient_id,
+                    "study_date": s.study_date,
+                    "accession_number": s.accession_number,
+                    "modalities": s.modalities.split("\\") if s.modalities else [],
+                }
+                for s in studies
+            ]
+        }
+    )
+
+
+@bp.post("/<study_uid>/viewer-link")
+@jwt_required()
+def viewer_link(study_uid: str) -> Response | tuple[Response, int]:
+    """A link that opens this study in OHIF for this user, until it expires or they log out."""
+    user: User = current_user
+    if not is_uid(study_uid):
+        audit("viewer-link", 403, username=user.username, reason="malformed study UID")
+        return deny_response(403, "not allowed"), 403
+    with db_session() as session:
+        allowed = accounts.may_open_study(session, user, study_uid)
+    if not allowed:
+        # Unknown and forbidden studies get the same answer: no probing of the index.
+        audit("viewer-link", 403, username=user.username, study=study_uid, reason="policy")
+        return deny_response(403, "not allowed"), 403
+    ctx = web_context()
+    token, claims = issue_viewer_token(
+        ctx.viewer_key,
+        username=user.username,
+        study_instance_uid=study_uid,
+        sid=get_jwt()["sid"],
+        ttl_s=ctx.settings.viewer_token_ttl_s,
+    )
+    query = urlencode({"StudyInstanceUIDs": study_uid, "token": token})
+    url = f"{ctx.settings.gateway_url.rstrip('/')}/viewer?{query}"
+    audit("viewer-link", 200, username=user.username, study=study_uid)
+    return jsonify({"url": url, "expires_at": claims.expires_at.isoformat()})

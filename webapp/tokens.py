@@ -1,0 +1,144 @@
+"""Signing keys, passwords and viewer-link tokens.
+
+Two audiences, two keys: API tokens (flask-jwt-extended, audience `neuronova-api`) and viewer
+tokens (audience `neuronova-viewer`, bound to one study). Both keys are derived from the one
+configured secret, so a token of one kind can never verify as the other even if a claim check
+were forgotten. The algorithm is pinned: nothing in a token's header chooses how it is checked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+ALGORITHM = "HS256"
+ISSUER = "neuronova"
+API_AUDIENCE = "neuronova-api"
+VIEWER_AUDIENCE = "neuronova-viewer"
+# A signed viewer token is ~450 bytes; anything far larger is not ours and is not parsed.
+MAX_TOKEN_LENGTH = 4096
+# Clocks of gunicorn workers and the issuing process are one machine's, so little leeway.
+LEEWAY_S = 5
+
+UID_RE = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
+MAX_UID_LENGTH = 64
+
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so that an unknown name costs as much time
+# as a wrong password and the two cannot be told apart.
+_DUMMY_HASH = _hasher.hash("not a password anyone has")
+
+
+def is_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, no empty or zero-padded component, at most 64 characters."""
+    return 0 < len(value) <= MAX_UID_LENGTH and UID_RE.match(value) is not None
+
+
+def derive_key(secret: bytes, purpose: str) -> bytes:
+    """A key for one purpose (`api`, `viewer`) derived from the configured secret."""
+    return hmac.new(secret, f"neuronova-jwt-{purpose}".encode(), hashlib.sha256).digest()
+
+
+def hash_password(password: str) -> str:
+    """An argon2id hash (salt and parameters inside the string)."""
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Whether the password matches; an unknown user (no hash) takes the same time and fails."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class ViewerClaims:
+    """What a verified viewer token says."""
+
+    username: str
+    study_instance_uid: str
+    sid: str
+    jti: str
+    expires_at: datetime
+
+
+class TokenRejected(Exception):
+    """A token that is not accepted; `reason` is safe to log (it never contains the token)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def issue_viewer_token(
+    key: bytes, *, username: str, study_instance_uid: str, sid: str, ttl_s: int
+) -> tuple[str, ViewerClaims]:
+    """A signed, short-lived token that opens one study for one user within one session."""
+    if not is_uid(study_instance_uid):
+        raise ValueError("not a DICOM UID")
+    now = datetime.now(UTC).replace(microsecond=0)
+    claims = ViewerClaims(
+        username=username,
+        study_instance_uid=study_instance_uid,
+        sid=sid,
+        jti=uuid.uuid4().hex,
+        expires_at=now + timedelta(seconds=ttl_s),
+    )
+    payload = {
+        "iss": ISSUER,
+        "aud": VIEWER_AUDIENCE,
+        "sub": username,
+        "study": study_instance_uid,
+        "sid": sid,
+        "jti": claims.jti,
+        "iat": now,
+        "nbf": now,
+        "exp": claims.expires_at,
+    }
+    return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"typ": "JWT"}), claims
+
+
+def verify_viewer_token(key: bytes, token: str) -> ViewerClaims:
+    """The claims of a valid viewer token; TokenRejected for anything else (fails closed)."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("token missing or oversized")
+    try:
+        payload = jwt.decode(
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=VIEWER_AUDIENCE,
+            issuer=ISSUER,
+            leeway=LEEWAY_S,
+            options={"require": ["iss", "aud", "sub", "study", "sid", "jti", "iat", "nbf", "exp"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenRejected("token expired") from None
+    except jwt.InvalidAudienceError:
+        raise TokenRejected("not a viewer token") from None
+    except jwt.PyJWTError as err:
+        # The class name says what failed (signature, algorithm, format) without any token bytes.
+        raise TokenRejected(f"invalid token ({type(err).__name__})") from None
+    study, sub, sid, jti = (payload.get(k) for k in ("study", "sub", "sid", "jti"))
+    if not all(isinstance(v, str) and v for v in (study, sub, sid, jti)):
+        raise TokenRejected("invalid token claims")
+    assert isinstance(study, str) and isinstance(sub, str)  # narrowed above, for mypy
+    assert isinstance(sid, str) and isinstance(jti, str)
+    if not is_uid(study):
+        raise TokenRejected("invalid token claims")
+    return ViewerClaims(
+        username=sub,
+        study_instance_uid=study,
+        sid=sid,
+        jti=jti,
+        expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+    )

@@ -1,0 +1,5 @@
+"""gunicorn's entry point: `gunicorn webapp.wsgi:app` (settings from NEURONOVA_* variables)."""
+
+from webapp import create_app
+
+app = create_app()
