@@ -11,10 +11,10 @@ $(VENV)/.synced: pyproject.toml uv.lock scripts/setup
 	scripts/setup
 	touch $@
 
-system: setup  ## Debian packages the stack and tests need (Orthanc, DICOMweb, dcmtk, dicom3tools)
+system: setup  ## Debian packages the stack and tests need (Orthanc, nginx, Chromium, dcmtk …)
 	scripts/system-packages
 
-demo: setup system  ## start the local stack, ingest the sample study, print a summary
+demo: setup system  ## start the local stack, ingest the sample study, print a viewer link
 	$(NEURONOVA) demo
 
 test: setup system lint typecheck pytest  ## the full suite
@@ -32,6 +32,8 @@ pytest: setup
 bench: setup system  ## benchmarks: ratios against baselines measured in the same run
 	$(VENV)/bin/python bench/bench_codec.py
 	$(VENV)/bin/python bench/bench_ingest.py
+	$(VENV)/bin/python bench/bench_gate.py
+	$(VENV)/bin/python bench/bench_viewer.py
 
 stack-down:
 	$(NEURONOVA) stack down

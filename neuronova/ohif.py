@@ -24,53 +24,8 @@ OHIF_VERSION = "3.13.2"
 # Its AI tools' ONNX runtime (136 MB): unused here.
 _UNUSED = ("ort",)
 
-# Same-origin DICOMweb through the gate. Images are fetched as whole files by WADO-URI and
-# decoded in the browser (OpenJPH WebAssembly): Orthanc 1.10.1 labels WADO-RS frames of HTJ2K
-# as explicit little endian, and OHIF's WADO-RS loader trusts that label (grey images).
-APP_CONFIG = """/** NeuroNova: OHIF behind the NeuroNova gateway (written by neuronova/ohif.py). */
-window.config = {
-  name: 'neuronova',
-  routerBasename: '/',
-  extensions: [],
-  modes: [],
-  customizationService: {},
-  showStudyList: false,
-  maxNumberOfWebWorkers: 3,
-  showWarningMessageForCrossOrigin: false,
-  showCPUFallbackMessage: true,
-  showLoadingIndicator: true,
-  strictZSpacingForVolumeViewport: true,
-  groupEnabledModesFirst: true,
-  maxNumRequests: { interaction: 100, thumbnail: 5, prefetch: 10 },
-  showErrorDetails: 'production',
-  investigationalUseDialog: { option: 'never' },
-  defaultDataSourceName: 'neuronova',
-  dataSources: [
-    {
-      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
-      sourceName: 'neuronova',
-      configuration: {
-        friendlyName: 'NeuroNova archive',
-        name: 'neuronova',
-        qidoRoot: window.location.origin + '/dicom-web',
-        wadoRoot: window.location.origin + '/dicom-web',
-        wadoUriRoot: window.location.origin + '/wado',
-        qidoSupportsIncludeField: false,
-        supportsReject: false,
-        imageRendering: 'wadouri',
-        thumbnailRendering: 'wadouri',
-        enableStudyLazyLoad: true,
-        supportsFuzzyMatching: false,
-        supportsWildcard: false,
-        staticWado: false,
-        singlepart: 'bulkdata,video,pdf',
-        bulkDataURI: { enabled: false },
-        omitQuotationForMultipartRequest: true,
-      },
-    },
-  ],
-};
-"""
+# Our OHIF configuration (same-origin DICOMweb through the gate; why WADO-URI: see the file).
+APP_CONFIG_PATH = PROJECT_ROOT / "nginx" / "ohif-app-config.js"
 
 
 def ohif_root(version: str = OHIF_VERSION) -> Path:
@@ -83,10 +38,11 @@ def ensure_ohif(version: str = OHIF_VERSION) -> Path:
     root = ohif_root(version)
     if not (root / "index.html").exists():
         _install(version, root)
+    wanted = APP_CONFIG_PATH.read_text()
     config = root / "app-config.js"
-    if not config.exists() or config.read_text() != APP_CONFIG:
+    if not config.exists() or config.read_text() != wanted:
         tmp = config.with_name("app-config.js.tmp")
-        tmp.write_text(APP_CONFIG)
+        tmp.write_text(wanted)
         tmp.replace(config)
     return root
 

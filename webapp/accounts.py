@@ -10,7 +10,7 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, literal
+from sqlalchemy import Connection, delete, func, text
 from sqlmodel import Session, select
 
 from common.db import ROLES, AuthSession, CareGrant, LoginFailure, RevokedToken, Study, User
@@ -201,17 +201,26 @@ def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
     return list(session.exec(query.where(Study.patient_id.in_(patients)).limit(limit)))  # type: ignore[attr-defined]
 
 
-def viewer_token_live(session: Session, sid: str, jti: str) -> bool:
-    """One query for the gate: the session is open, its user active, the jti not blocklisted."""
-    row = session.exec(
-        select(AuthSession.revoked_at, AuthSession.expires_at, User.active, RevokedToken.jti)
-        .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
-        .outerjoin(RevokedToken, RevokedToken.jti == literal(jti))  # type: ignore[arg-type]
-        .where(AuthSession.sid == sid)
-    ).first()
+_VIEWER_TOKEN_LIVE = text(
+    "SELECT s.revoked_at, s.expires_at, u.active, r.jti"
+    " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
+    " LEFT JOIN revoked_tokens r ON r.jti = :jti"
+    " WHERE s.sid = :sid"
+)
+
+
+def viewer_token_live(connection: Connection, sid: str, jti: str) -> bool:
+    """One query for the gate: the session is open, its user active, the jti not blocklisted.
+
+    Plain SQL on a pooled connection: the gate asks this on every image request, and the ORM
+    session around the same query costs as much again.
+    """
+    row = connection.execute(_VIEWER_TOKEN_LIVE, {"sid": sid, "jti": jti}).first()
     if row is None:
         return False
     revoked_at, expires_at, active, blocked = row
+    if isinstance(expires_at, str):  # SQLite hands text back to a plain query
+        expires_at = datetime.fromisoformat(expires_at)
     return (
         revoked_at is None
         and bool(active)

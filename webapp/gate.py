@@ -15,9 +15,9 @@ import threading
 from collections.abc import Callable
 
 from flask import Blueprint, Response, request
-from sqlmodel import Session, select
+from sqlmodel import select
 
-from common.db import Instance, Series
+from common.db import Instance, Series, get_engine
 from webapp import accounts
 from webapp.context import audit, db_session, deny_response, web_context
 from webapp.gate_paths import (
@@ -85,10 +85,10 @@ def _gate(kind: str, parse: Callable[[str, str, str], GateRequest]) -> Response:
         path, query = split_raw_uri(_raw_uri())
         target = parse(path, query, claims.study_instance_uid)
         kind = target.kind
-        with db_session() as session:
-            if not accounts.viewer_token_live(session, claims.sid, claims.jti):
+        with get_engine(web_context().database_url).connect() as connection:
+            if not accounts.viewer_token_live(connection, claims.sid, claims.jti):
                 raise TokenRejected("session ended or token revoked")
-            internal_uri = _locate(session, target)
+        internal_uri = _locate(target)
     except TokenRejected as err:
         audit(kind, 401, username=username, study=study, reason=err.reason)
         return deny_response(401, "authentication required")
@@ -121,29 +121,30 @@ def _raw_uri() -> str:
     return raw
 
 
-def _locate(session: Session, target: GateRequest) -> str:
+def _locate(target: GateRequest) -> str:
     """Check that the series and instance belong to the study; return the internal URI."""
     if target.instance is not None:
-        series, study, orthanc_id = _instance_location(session, target.instance)
+        series, study, orthanc_id = _instance_location(target.instance)
         if study != target.study or (target.series is not None and series != target.series):
             raise GateDenied(403, "instance not in the token's study")
         if target.kind == "wado-uri":
             if not orthanc_id or not set(orthanc_id) <= _ORTHANC_ID_CHARS:
                 raise GateDenied(403, "instance has no archive ID")
             return f"{INTERNAL_PREFIX}/instances/{orthanc_id}/file"
-    elif target.series is not None and _series_study(session, target.series) != target.study:
+    elif target.series is not None and _series_study(target.series) != target.study:
         raise GateDenied(403, "series not in the token's study")
     return target.internal_uri()
 
 
-def _instance_location(session: Session, sop_uid: str) -> tuple[str, ...]:
+def _instance_location(sop_uid: str) -> tuple[str, ...]:
     cached = _instance_cache.get(sop_uid)
     if cached is not None:
         return cached
-    row = session.exec(
-        select(Instance.series_instance_uid, Instance.study_instance_uid, Instance.orthanc_id)
-        .where(Instance.sop_instance_uid == sop_uid)
-    ).first()  # fmt: skip
+    query = select(
+        Instance.series_instance_uid, Instance.study_instance_uid, Instance.orthanc_id
+    ).where(Instance.sop_instance_uid == sop_uid)
+    with db_session() as session:
+        row = session.exec(query).first()
     if row is None:
         raise GateDenied(403, "instance not in the archive index")
     location = (row[0], row[1], row[2])
@@ -151,13 +152,14 @@ def _instance_location(session: Session, sop_uid: str) -> tuple[str, ...]:
     return location
 
 
-def _series_study(session: Session, series_uid: str) -> str:
+def _series_study(series_uid: str) -> str:
     cached = _series_cache.get(series_uid)
     if cached is not None:
         return cached[0]
-    study = session.exec(
-        select(Series.study_instance_uid).where(Series.series_instance_uid == series_uid)
-    ).first()
+    with db_session() as session:
+        study = session.exec(
+            select(Series.study_instance_uid).where(Series.series_instance_uid == series_uid)
+        ).first()
     if study is None:
         raise GateDenied(403, "series not in the archive index")
     _series_cache.put(series_uid, (study,))

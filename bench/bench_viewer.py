@@ -1,0 +1,132 @@
+"""Viewer benchmark: from opening a viewer link to the first image drawn, in Debian's Chromium.
+
+The local stack's Orthanc, webapp and nginx (temporary folder, free ports, SQLite index), a
+sample head CT of `--slices` 512x512 slices ingested as HTJ2K, and a radiologist's links.
+Measured per run: the time until OHIF's app shell answers (the page's `load` event: the
+baseline, the part that does not depend on the study) and until the first slice is drawn
+(canvas pixels that match the study). Cold = a new browser profile (nothing cached); warm =
+the same profile opening a fresh link again (OHIF's hashed bundles cached, as on a
+clinician's workstation).
+
+    .venv/bin/python bench/bench_viewer.py [--slices 100] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from common.db import migrate, session_scope
+from common.settings import Settings
+from neuronova.sample import write_sample_study
+from neuronova.stack import LocalStack, free_ports
+from tasks.ingest import ingest_batch
+from tasks.inputs import collect_inputs
+from tests.gateway.browser_tools import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    best_match,
+    reference_slices,
+    wait_for_image,
+)
+from webapp import accounts
+
+PASSWORD = "benchmark password"
+
+
+def viewer_link(gateway: str, study: str) -> str:
+    with httpx.Client(base_url=gateway, timeout=30) as client:
+        access = client.post(
+            "/api/auth/login", json={"username": "bench", "password": PASSWORD}
+        ).json()["access_token"]
+        response = client.post(
+            f"/api/studies/{study}/viewer-link", headers={"Authorization": f"Bearer {access}"}
+        )
+        response.raise_for_status()
+        url: str = response.json()["url"]
+        return url
+
+
+def open_once(context: object, url: str, references: list) -> tuple[float, float]:  # type: ignore[type-arg]
+    """Seconds to the page's load event and to the first drawn slice (checked against the study)."""
+    page = context.new_page()  # type: ignore[attr-defined]
+    start = time.perf_counter()
+    page.goto(url, wait_until="load")
+    loaded = time.perf_counter() - start
+    pixels = wait_for_image(page, 60, poll_ms=20)
+    drawn = time.perf_counter() - start
+    if pixels is None or best_match(pixels, references) < 0.9:
+        raise SystemExit("the viewer did not draw the study")
+    page.close()
+    return loaded, drawn
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--slices", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory(prefix="nn-bench-viewer-") as tmp:
+        work = Path(tmp)
+        ports = free_ports(6)
+        settings = Settings(
+            environment="test",
+            data_dir=work / "var",
+            orthanc_url=f"http://127.0.0.1:{ports[0]}",
+            orthanc_dicom_port=ports[1],
+            prefect_api_url=f"http://127.0.0.1:{ports[2]}/api",
+            gateway_url=f"http://127.0.0.1:{ports[3]}",
+            webapp_url=f"http://127.0.0.1:{ports[4]}",
+        )
+        migrate(settings.resolved_database_url)
+        stack = LocalStack(settings)
+        try:
+            stack.up(["orthanc", "webapp", "nginx"])
+            print(f"writing and ingesting {args.slices} 512x512 CT slices as HTJ2K …")
+            files = write_sample_study(work / "study", slices=args.slices)
+            outcomes = ingest_batch(settings, collect_inputs(work / "study"))
+            assert all(o.status == "stored" for o in outcomes)
+            with session_scope(settings.resolved_database_url) as session:
+                accounts.add_user(session, "bench", "radiologist", PASSWORD)
+            import pydicom
+
+            study = pydicom.dcmread(files[0]).StudyInstanceUID
+            references = reference_slices(work / "study")
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(
+                    executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+                )
+                cold, warm = [], []
+                for _ in range(args.runs):
+                    context = browser.new_context(viewport={"width": 1280, "height": 900})
+                    cold.append(
+                        open_once(context, viewer_link(settings.gateway_url, study), references)
+                    )
+                    warm.append(
+                        open_once(context, viewer_link(settings.gateway_url, study), references)
+                    )
+                    context.close()
+                browser.close()
+        finally:
+            stack.down()
+
+    print(f"{args.slices}-slice study, {args.runs} runs, medians (all runs):")
+    for name, runs in (("cold profile", cold), ("warm profile", warm)):
+        load = statistics.median(r[0] for r in runs)
+        first = statistics.median(r[1] for r in runs)
+        all_runs = ", ".join(f"{r[1]:.2f}" for r in runs)
+        print(f"  {name}: app shell loaded {load:.2f} s, first image {first:.2f} s "
+              f"({first / load:.1f}x the shell; runs: {all_runs})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
