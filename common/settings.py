@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8081",
         description="Where gunicorn serves the webapp (loopback; only nginx talks to it).",
     )
+    trusted_proxies: list[str] = Field(
+        default=["127.0.0.1", "::1"],
+        description="Peers whose X-Real-IP the webapp believes (nginx's address).",
+    )
     webapp_workers: int = Field(default=2, ge=1, le=64)
     webapp_threads: int = Field(default=4, ge=1, le=64)
     jwt_secret: SecretStr | None = Field(
@@ -87,12 +91,16 @@ class Settings(BaseSettings):
         # Fail at start-up rather than run a hospital on the demo's embedded database.
         if self.environment == "production" and not self.database_url:
             raise ValueError("NEURONOVA_DATABASE_URL must be set in production")
-        if self.environment == "production" and (
-            self.jwt_secret is None or len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH
-        ):
+        if self.environment == "production" and self.jwt_secret is None:
             raise ValueError(
                 f"NEURONOVA_JWT_SECRET must be set in production ({MIN_SECRET_LENGTH}+ characters)"
             )
+        # A short secret is refused everywhere: anyone could compute the signing keys.
+        if (
+            self.jwt_secret is not None
+            and len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH
+        ):
+            raise ValueError(f"NEURONOVA_JWT_SECRET needs at least {MIN_SECRET_LENGTH} characters")
         return self
 
     @property
@@ -149,7 +157,10 @@ class Settings(BaseSettings):
                 pass  # another process won the race; use its secret
             finally:
                 tmp.unlink()
-        return path.read_bytes().strip()
+        secret = path.read_bytes().strip()
+        if len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(f"{path} holds a secret shorter than {MIN_SECRET_LENGTH} characters")
+        return secret
 
     @property
     def orthanc_http_port(self) -> int:

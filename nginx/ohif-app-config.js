@@ -21,7 +21,7 @@ window.config = {
   strictZSpacingForVolumeViewport: true,
   groupEnabledModesFirst: true,
   maxNumRequests: { interaction: 100, thumbnail: 5, prefetch: 10 },
-  showErrorDetails: 'production',
+  showErrorDetails: 'dev',
   investigationalUseDialog: { option: 'never' },
   defaultDataSourceName: 'neuronova',
   dataSources: [

@@ -1,8 +1,9 @@
 """The NeuroNova webapp: JWT login, viewer links, and the gate nginx asks before any image leaves.
 
 `create_app(settings)` builds it; gunicorn serves `webapp.wsgi:app` behind nginx. One blueprint
-per concern: `auth` (login, refresh, logout), `links` (study list, viewer links), `gate`
-(DICOMweb and WADO-URI requests answered with X-Accel-Redirect or a denial).
+per concern: `auth` (login, refresh, logout), `links` (study list, viewer links); the `gate`
+(DICOMweb and WADO-URI requests answered with X-Accel-Redirect or a denial) is a plain WSGI
+app in front of Flask.
 """
 
 from __future__ import annotations
@@ -52,15 +53,18 @@ def create_app(settings: Settings | None = None) -> Flask:
         database_url=database_url,
         viewer_key=derive_key(secret, "viewer"),
         audit=AuditLog(database_url),
+        trusted_proxies=frozenset(settings.trusted_proxies),
     )
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import auth, gate, links
+    from webapp import auth, links
+    from webapp.gate import Gate, GateDispatcher
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(links.bp)
-    app.register_blueprint(gate.bp)
+    # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
+    app.wsgi_app = GateDispatcher(Gate(context), app.wsgi_app)  # type: ignore[method-assign]
     app.add_url_rule("/api/health", "health", _health)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -85,7 +89,7 @@ def _http_error(err: HTTPException) -> tuple[Response, int]:
 
 
 def _unexpected_error(err: Exception) -> Response:
-    # The details go to the log, never to the client; the gate turns this into a denial.
+    # The details go to the log, never to the client (the gate has its own: a 403).
     log.exception("unhandled error")
     return deny_response(500, "internal error")
 

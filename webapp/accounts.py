@@ -33,7 +33,7 @@ def as_utc(moment: datetime) -> datetime:
 
 def add_user(session: Session, username: str, role: str, password: str) -> User:
     """Create a user; the name must be new, the role known, the password long enough."""
-    if not USERNAME_RE.match(username):
+    if not USERNAME_RE.fullmatch(username):
         raise AccountError("a user name is 1-64 letters, digits or . _ @ - (starting alphanumeric)")
     if role not in ROLES:
         raise AccountError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
@@ -82,7 +82,7 @@ def care_list(session: Session, user: User) -> list[str]:
 
 def authenticate(session: Session, username: str, password: str) -> User | None:
     """The active user with this password, or None (unknown, inactive and wrong look the same)."""
-    user = find_user(session, username) if USERNAME_RE.match(username) else None
+    user = find_user(session, username) if USERNAME_RE.fullmatch(username) else None
     ok = verify_password(user.password_hash if user else None, password)
     return user if ok and user is not None and user.active else None
 
@@ -99,29 +99,36 @@ def login_blocked(
     max_per_client: int,
     window_s: int,
 ) -> bool:
-    """Whether recent failures for this name or this address exceed the limits."""
+    """Whether the attempts in the window (this one included) exceed the limits."""
     since = datetime.now(UTC) - timedelta(seconds=window_s)
     per_user = session.exec(
         select(func.count())
         .select_from(LoginFailure)
         .where(LoginFailure.username == username[:64], LoginFailure.at >= since)
     ).one()
-    if per_user >= max_per_user:
+    if per_user > max_per_user:
         return True
     per_client = session.exec(
         select(func.count())
         .select_from(LoginFailure)
         .where(LoginFailure.client_addr == client_addr[:45], LoginFailure.at >= since)
     ).one()
-    return per_client >= max_per_client
+    return per_client > max_per_client
 
 
-def record_login_failure(session: Session, username: str, client_addr: str) -> None:
-    session.add(LoginFailure(username=username[:64], client_addr=client_addr[:45]))
+def record_login_failure(session: Session, username: str, client_addr: str) -> int:
+    """Count an attempt as a failure until it succeeds; returns its row id."""
+    row = LoginFailure(username=username[:64], client_addr=client_addr[:45])
+    session.add(row)
+    session.flush()
+    assert row.id is not None
+    return row.id
 
 
-def clear_login_failures(session: Session, username: str) -> None:
-    """A successful login forgives that name's earlier failures (the address keeps its count)."""
+def clear_login_failures(session: Session, username: str, attempt: int) -> None:
+    """A successful login: its own attempt, and that name's earlier failures, are forgiven
+    (the address keeps the rest of its count)."""
+    session.execute(delete(LoginFailure).where(LoginFailure.id == attempt))  # type: ignore[arg-type]
     session.execute(delete(LoginFailure).where(LoginFailure.username == username))  # type: ignore[arg-type]
 
 
@@ -140,12 +147,13 @@ def open_session(session: Session, user: User, ttl_s: int) -> AuthSession:
     return auth
 
 
-def session_is_live(session: Session, sid: str) -> bool:
-    """The session exists, was not revoked, has not expired, and its user is still active."""
+def session_is_live(session: Session, sid: str, username: str) -> bool:
+    """The session exists, is this user's, was not revoked, has not expired, and its user is
+    still active."""
     row = session.exec(
         select(AuthSession.revoked_at, AuthSession.expires_at, User.active)
         .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
-        .where(AuthSession.sid == sid)
+        .where(AuthSession.sid == sid, User.username == username)
     ).first()
     if row is None:
         return False
@@ -201,36 +209,45 @@ def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
     return list(session.exec(query.where(Study.patient_id.in_(patients)).limit(limit)))  # type: ignore[attr-defined]
 
 
-_VIEWER_TOKEN_LIVE = text(
-    "SELECT s.revoked_at, s.expires_at, u.active, r.jti"
+_VIEWER_TOKEN_ALLOWED = text(
+    "SELECT s.revoked_at, s.expires_at, u.active, u.role, r.jti, g.user_id"
     " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
     " LEFT JOIN revoked_tokens r ON r.jti = :jti"
-    " WHERE s.sid = :sid"
+    " LEFT JOIN studies st ON st.study_instance_uid = :study"
+    " LEFT JOIN care_grants g ON g.user_id = u.id AND g.patient_id = st.patient_id"
+    " WHERE s.sid = :sid AND u.username = :sub"
 )
 
 
-def viewer_token_live(connection: Connection, sid: str, jti: str) -> bool:
-    """One query for the gate: the session is open, its user active, the jti not blocklisted.
+def viewer_token_allowed(
+    connection: Connection, *, sid: str, jti: str, username: str, study_instance_uid: str
+) -> bool:
+    """One query for the gate, on every image request: the token's session is open and its
+    own, the user active, the jti not blocklisted, and the policy still lets the user open the
+    study (a patient taken off a care list closes the study's links at once).
 
-    Plain SQL on a pooled connection: the gate asks this on every image request, and the ORM
-    session around the same query costs as much again.
+    Plain SQL on a pooled connection: the ORM session around the same query costs as much again.
     """
-    row = connection.execute(_VIEWER_TOKEN_LIVE, {"sid": sid, "jti": jti}).first()
+    row = connection.execute(
+        _VIEWER_TOKEN_ALLOWED,
+        {"sid": sid, "jti": jti, "sub": username, "study": study_instance_uid},
+    ).first()
     if row is None:
         return False
-    revoked_at, expires_at, active, blocked = row
+    revoked_at, expires_at, active, role, blocked, granted = row
     if isinstance(expires_at, str):  # SQLite hands text back to a plain query
         expires_at = datetime.fromisoformat(expires_at)
-    return (
+    live = (
         revoked_at is None
         and bool(active)
         and blocked is None
         and as_utc(expires_at) > datetime.now(UTC)
     )
+    return live and (role in ALL_STUDIES_ROLES or (role == "clinician" and granted is not None))
 
 
 def set_password(session: Session, username: str, password: str) -> None:
-    """Replace a user's password (the old sessions stay until they expire or log out)."""
+    """Replace a user's password and end the user's open sessions (and their links)."""
     user = find_user(session, username)
     if user is None:
         raise AccountError(f"no user {username!r}")
@@ -238,3 +255,16 @@ def set_password(session: Session, username: str, password: str) -> None:
         raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
     user.password_hash = hash_password(password)
     session.add(user)
+    close_user_sessions(session, user)
+
+
+def close_user_sessions(session: Session, user: User) -> int:
+    """Revoke every open session of a user (a new password, a disabled account)."""
+    now = datetime.now(UTC)
+    open_sessions = session.exec(
+        select(AuthSession).where(AuthSession.user_id == user.id, AuthSession.revoked_at == None)  # noqa: E711
+    ).all()
+    for auth in open_sessions:
+        auth.revoked_at = now
+        session.add(auth)
+    return len(open_sessions)

@@ -13,6 +13,7 @@ import atexit
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -94,29 +95,57 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            batch: list[AuditRecord] = []
-            try:
-                first = self._queue.get(timeout=_FLUSH_INTERVAL_S)
-                if first is not None:
-                    batch.append(first)
-                while len(batch) < _MAX_BATCH:
-                    item = self._queue.get_nowait()
-                    if item is not None:
-                        batch.append(item)
-            except queue.Empty:
-                pass
+            batch = self._collect()
             if batch:
                 try:
                     self._write(batch)
                 except Exception:
-                    # Keep the rows: put them back and try again at the next tick.
+                    # Keep the rows: put them back and try again a little later.
                     log.exception("audit: writing %d rows failed; retrying", len(batch))
                     for record in batch:
                         self._queue.put(record)
-                    threading.Event().wait(1.0)
+                    time.sleep(1.0)
                     continue
             if self._queue.empty():
                 self._idle.set()
+
+    def _collect(self) -> list[AuditRecord]:
+        """Rows that arrive within one interval of the first (one INSERT for all of them).
+
+        A `None` in the queue (from `flush`) ends the wait at once.
+        """
+        batch: list[AuditRecord] = []
+        try:
+            first = self._queue.get(timeout=_FLUSH_INTERVAL_S)
+        except queue.Empty:
+            return batch
+        if first is None:
+            return self._drain(batch)
+        batch.append(first)
+        deadline = time.monotonic() + _FLUSH_INTERVAL_S
+        while len(batch) < _MAX_BATCH:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if item is None:
+                return self._drain(batch)
+            batch.append(item)
+        return batch
+
+    def _drain(self, batch: list[AuditRecord]) -> list[AuditRecord]:
+        """Everything queued now (a flush asked for it)."""
+        while len(batch) < _MAX_BATCH:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                batch.append(item)
+        return batch
 
     def _write(self, records: list[AuditRecord]) -> None:
         with get_engine(self._url).begin() as connection:

@@ -48,7 +48,12 @@ def login() -> Response | tuple[Response, int]:
 
     settings = web_context().settings
     key, address = _name_key(username), client_addr()
-    # Audit rows are written after the transaction: SQLite allows one writer at a time.
+    # Every attempt is counted (committed) before its password is checked, so concurrent
+    # guesses see each other and at most the allowed number get through; a success removes
+    # its own row and the name's earlier failures. Audit rows are written after the
+    # transactions: SQLite allows one writer at a time.
+    with db_session() as session:
+        attempt = accounts.record_login_failure(session, key, address)
     with db_session() as session:
         blocked = accounts.login_blocked(
             session,
@@ -61,11 +66,10 @@ def login() -> Response | tuple[Response, int]:
         user = None if blocked else accounts.authenticate(session, username, password)
         known_name: str | None = None
         if user is None and not blocked:
-            accounts.record_login_failure(session, key, address)
             known = accounts.find_user(session, username) if len(username) <= 64 else None
             known_name = known.username if known else None
         if user is not None:
-            accounts.clear_login_failures(session, key)
+            accounts.clear_login_failures(session, key, attempt)
             auth_session = accounts.open_session(session, user, settings.refresh_token_ttl_s)
             claims = {"sid": auth_session.sid, "role": user.role}
             access = create_access_token(identity=user.username, additional_claims=claims)
@@ -145,11 +149,13 @@ def _expiry(claims: dict[str, Any]) -> datetime:
 
 def token_is_revoked(_header: dict[str, Any], payload: dict[str, Any]) -> bool:
     """flask-jwt-extended asks this for every API token: blocklisted jti or a closed session."""
-    sid, jti = payload.get("sid"), payload.get("jti")
-    if not isinstance(sid, str) or not isinstance(jti, str):
+    sid, jti, sub = payload.get("sid"), payload.get("jti"), payload.get("sub")
+    if not isinstance(sid, str) or not isinstance(jti, str) or not isinstance(sub, str):
         return True  # not one of ours: deny
     with db_session() as session:
-        return accounts.token_revoked(session, jti) or not accounts.session_is_live(session, sid)
+        return accounts.token_revoked(session, jti) or not accounts.session_is_live(
+            session, sid, sub
+        )
 
 
 def load_user(_header: dict[str, Any], payload: dict[str, Any]) -> User | None:

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from flask import Response, current_app, g, jsonify, request
 from sqlmodel import Session
@@ -25,6 +26,7 @@ class WebContext:
     database_url: str
     viewer_key: bytes
     audit: AuditLog
+    trusted_proxies: frozenset[str]
 
 
 def web_context() -> WebContext:
@@ -38,24 +40,32 @@ def db_session() -> Iterator[Session]:
         yield session
 
 
+def request_id_from(environ: dict[str, Any]) -> str:
+    """nginx's $request_id when it sent a sane one, else our own."""
+    sent = environ.get("HTTP_X_REQUEST_ID", "")
+    return sent if _REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
+
+
+def client_addr_from(environ: dict[str, Any], trusted_proxies: frozenset[str]) -> str:
+    """The browser's address: nginx's X-Real-IP when the request comes from a trusted proxy
+    (nginx), else the peer's own address (a forged header from anyone else is ignored)."""
+    peer = str(environ.get("REMOTE_ADDR") or "unknown")
+    if peer not in trusted_proxies:
+        return peer
+    sent = environ.get("HTTP_X_REAL_IP", "")
+    return sent if _CLIENT_ADDR.fullmatch(sent) else peer
+
+
 def request_id() -> str:
-    """nginx's $request_id when it sent a sane one, else our own; one per request."""
+    """This request's id (one per request, also in the audit rows)."""
     if "request_id" not in g:
-        sent = request.headers.get("X-Request-ID", "")
-        g.request_id = sent if _REQUEST_ID.match(sent) else uuid.uuid4().hex
+        g.request_id = request_id_from(request.environ)
     rid: str = g.request_id
     return rid
 
 
 def client_addr() -> str:
-    """The browser's address as nginx saw it (X-Real-IP, set by nginx, never passed through).
-
-    gunicorn listens on loopback only, so the header can only come from our nginx.
-    """
-    sent = request.headers.get("X-Real-IP", "")
-    if _CLIENT_ADDR.match(sent):
-        return sent
-    return request.remote_addr or "unknown"
+    return client_addr_from(request.environ, web_context().trusted_proxies)
 
 
 def deny_response(status: int, message: str) -> Response:

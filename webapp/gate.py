@@ -6,22 +6,29 @@ the token's study; series and instances that the archive index places in that st
 audit row and `X-Accel-Redirect` to nginx's `internal;` location, built from the parsed values.
 Everything else is a 401 or 403 with a short reason, and anything unexpected is a 403 too:
 the gate never lets a doubt through and never shows an error's details.
+
+It is a plain WSGI app in front of Flask (see `GateDispatcher`): a viewer makes one request per
+image, and Flask's request machinery cost as much as the gate's own work.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from flask import Blueprint, Response, request
 from sqlmodel import select
 
-from common.db import Instance, Series, get_engine
+from common.db import Instance, Series, get_engine, session_scope
 from webapp import accounts
-from webapp.context import audit, db_session, deny_response, web_context
+from webapp.audit import AuditRecord
+from webapp.context import WebContext, client_addr_from, request_id_from
 from webapp.gate_paths import (
+    DICOMWEB_ROOT,
     INTERNAL_PREFIX,
+    WADO_URI_ROOT,
     GateDenied,
     GateRequest,
     parse_dicomweb,
@@ -32,10 +39,30 @@ from webapp.tokens import MAX_TOKEN_LENGTH, TokenRejected, verify_viewer_token
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("gate", __name__)
-_ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_ROUTE_OPTIONS = {"methods": _ANY_METHOD, "merge_slashes": False, "strict_slashes": False}
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+
 _ORTHANC_ID_CHARS = frozenset("0123456789abcdef-")
+_STATUS_LINES = {200: "200 OK", 401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found"}
+
+
+def is_gate_path(path_info: str) -> bool:
+    """Whether nginx sent this request to the gate (decoded path, as WSGI gives it)."""
+    return path_info in (DICOMWEB_ROOT, WADO_URI_ROOT) or path_info.startswith(DICOMWEB_ROOT + "/")
+
+
+class GateDispatcher:
+    """WSGI: gate paths to the gate, everything else to the Flask app."""
+
+    def __init__(self, gate: Gate, flask_app: WsgiApp) -> None:
+        self.gate = gate
+        self.flask_app = flask_app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        if is_gate_path(environ.get("PATH_INFO", "")):
+            return self.gate(environ, start_response)
+        return self.flask_app(environ, start_response)
 
 
 class _PositiveCache:
@@ -59,52 +86,154 @@ class _PositiveCache:
             self._data[key] = value
 
 
-_series_cache = _PositiveCache()
-_instance_cache = _PositiveCache()
+class Gate:
+    """The gate as a WSGI app (GET and HEAD only; everything else is refused)."""
+
+    def __init__(self, context: WebContext) -> None:
+        self.context = context
+        self._series = _PositiveCache()
+        self._instances = _PositiveCache()
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        status, headers, body = self.answer(environ)
+        start_response(_STATUS_LINES[status], headers)
+        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
+
+    def answer(self, environ: Environ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """The status, headers and body for one request, with its audit row recorded."""
+        path_info = environ.get("PATH_INFO", "")
+        kind = "wado-uri" if path_info == WADO_URI_ROOT else "dicomweb"
+        username: str | None = None
+        study: str | None = None
+        try:
+            if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+                raise GateDenied(403, "only reads pass the gate")
+            claims = verify_viewer_token(self.context.viewer_key, _bearer_token(environ))
+            username, study = claims.username, claims.study_instance_uid
+            path, query = split_raw_uri(_raw_uri(environ))
+            parse = parse_wado_uri if kind == "wado-uri" else parse_dicomweb
+            target = parse(path, query, claims.study_instance_uid)
+            kind = target.kind
+            with get_engine(self.context.database_url).connect() as connection:
+                allowed = accounts.viewer_token_allowed(
+                    connection,
+                    sid=claims.sid,
+                    jti=claims.jti,
+                    username=claims.username,
+                    study_instance_uid=claims.study_instance_uid,
+                )
+            if not allowed:
+                raise TokenRejected("session ended, token revoked or study no longer allowed")
+            internal_uri = self._locate(target)
+        except TokenRejected as err:
+            self._audit(environ, kind, 401, username, study, err.reason)
+            return _deny(401, "authentication required")
+        except GateDenied as err:
+            self._audit(environ, kind, err.status, username, study, err.reason)
+            return _deny(err.status, "not allowed" if err.status == 403 else "not found")
+        except Exception:
+            log.exception("gate: unexpected error, denying")
+            self._audit(environ, kind, 403, username, study, "internal error")
+            return _deny(403, "not allowed")
+        self._audit(environ, kind, 200, username, study, None)
+        # No Content-Type of ours: nginx would otherwise keep it over Orthanc's (DICOM, JSON).
+        headers = [
+            ("X-Accel-Redirect", internal_uri),
+            ("Cache-Control", "private, no-store"),
+            ("Content-Length", "0"),
+        ]
+        return 200, headers, b""
+
+    # ---- the archive index: is it inside the study?
+
+    def _locate(self, target: GateRequest) -> str:
+        """Check that the series and instance belong to the study; return the internal URI."""
+        if target.instance is not None:
+            series, study, orthanc_id = self._instance_location(target.instance)
+            if study != target.study or (target.series is not None and series != target.series):
+                raise GateDenied(403, "instance not in the token's study")
+            if target.kind == "wado-uri":
+                if not orthanc_id or not set(orthanc_id) <= _ORTHANC_ID_CHARS:
+                    raise GateDenied(403, "instance has no archive ID")
+                return f"{INTERNAL_PREFIX}/instances/{orthanc_id}/file"
+        elif target.series is not None and self._series_study(target.series) != target.study:
+            raise GateDenied(403, "series not in the token's study")
+        return target.internal_uri()
+
+    def _instance_location(self, sop_uid: str) -> tuple[str, ...]:
+        cached = self._instances.get(sop_uid)
+        if cached is not None:
+            return cached
+        query = select(
+            Instance.series_instance_uid, Instance.study_instance_uid, Instance.orthanc_id
+        ).where(Instance.sop_instance_uid == sop_uid)
+        with session_scope(self.context.database_url) as session:
+            row = session.exec(query).first()
+        if row is None:
+            raise GateDenied(403, "instance not in the archive index")
+        location = (row[0], row[1], row[2])
+        self._instances.put(sop_uid, location)
+        return location
+
+    def _series_study(self, series_uid: str) -> str:
+        cached = self._series.get(series_uid)
+        if cached is not None:
+            return cached[0]
+        query = select(Series.study_instance_uid).where(Series.series_instance_uid == series_uid)
+        with session_scope(self.context.database_url) as session:
+            study = session.exec(query).first()
+        if study is None:
+            raise GateDenied(403, "series not in the archive index")
+        self._series.put(series_uid, (study,))
+        return study
+
+    # ---- audit
+
+    def _audit(
+        self,
+        environ: Environ,
+        kind: str,
+        status: int,
+        username: str | None,
+        study: str | None,
+        reason: str | None,
+    ) -> None:
+        """Denials are written before the answer; allowed reads in the next batch."""
+        record = AuditRecord(
+            action=kind,
+            outcome="allowed" if status < 400 else "denied",
+            status=status,
+            request_id=request_id_from(environ),
+            username=username,
+            client_addr=client_addr_from(environ, self.context.trusted_proxies),
+            study_instance_uid=study,
+            reason=reason,
+        )
+        if status < 400:
+            self.context.audit.record_soon(record)
+            return
+        try:
+            self.context.audit.record_now(record)
+        except Exception:
+            # The denial stands; the log keeps what the audit table could not.
+            log.exception("gate: audit write failed for a %d (%s, request %s)",
+                          status, kind, record.request_id)  # fmt: skip
 
 
-@bp.route("/dicom-web", defaults={"_rest": ""}, **_ROUTE_OPTIONS)
-@bp.route("/dicom-web/<path:_rest>", **_ROUTE_OPTIONS)
-def dicomweb(_rest: str) -> Response:
-    return _gate("dicomweb", parse_dicomweb)
+def _deny(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    body = json.dumps({"error": message}).encode()
+    headers = [
+        ("Content-Type", "application/json"),
+        ("Content-Length", str(len(body))),
+        ("Cache-Control", "no-store"),
+    ]
+    if status == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="neuronova"'))
+    return status, headers, body
 
 
-@bp.route("/wado", **_ROUTE_OPTIONS)
-def wado_uri() -> Response:
-    return _gate("wado-uri", parse_wado_uri)
-
-
-def _gate(kind: str, parse: Callable[[str, str, str], GateRequest]) -> Response:
-    username: str | None = None
-    study: str | None = None
-    try:
-        if request.method not in ("GET", "HEAD"):
-            raise GateDenied(403, "only reads pass the gate")
-        claims = verify_viewer_token(web_context().viewer_key, _bearer_token())
-        username, study = claims.username, claims.study_instance_uid
-        path, query = split_raw_uri(_raw_uri())
-        target = parse(path, query, claims.study_instance_uid)
-        kind = target.kind
-        with get_engine(web_context().database_url).connect() as connection:
-            if not accounts.viewer_token_live(connection, claims.sid, claims.jti):
-                raise TokenRejected("session ended or token revoked")
-        internal_uri = _locate(target)
-    except TokenRejected as err:
-        audit(kind, 401, username=username, study=study, reason=err.reason)
-        return deny_response(401, "authentication required")
-    except GateDenied as err:
-        audit(kind, err.status, username=username, study=study, reason=err.reason)
-        return deny_response(err.status, "not allowed" if err.status == 403 else "not found")
-    except Exception:
-        log.exception("gate: unexpected error, denying")
-        audit(kind, 403, username=username, study=study, reason="internal error")
-        return deny_response(403, "not allowed")
-    audit(kind, 200, username=username, study=study, now=False)
-    return _accel(internal_uri)
-
-
-def _bearer_token() -> str:
-    header = request.headers.get("Authorization", "")
+def _bearer_token(environ: Environ) -> str:
+    header = environ.get("HTTP_AUTHORIZATION", "")
     if len(header) > MAX_TOKEN_LENGTH + 16:
         raise TokenRejected("authorization header oversized")
     scheme, _, token = header.partition(" ")
@@ -113,66 +242,9 @@ def _bearer_token() -> str:
     return token.strip()
 
 
-def _raw_uri() -> str:
+def _raw_uri(environ: Environ) -> str:
     """The request line's target exactly as sent (gunicorn: RAW_URI; werkzeug: REQUEST_URI)."""
-    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if not isinstance(raw, str):
         raise GateDenied(403, "request URI unavailable")
     return raw
-
-
-def _locate(target: GateRequest) -> str:
-    """Check that the series and instance belong to the study; return the internal URI."""
-    if target.instance is not None:
-        series, study, orthanc_id = _instance_location(target.instance)
-        if study != target.study or (target.series is not None and series != target.series):
-            raise GateDenied(403, "instance not in the token's study")
-        if target.kind == "wado-uri":
-            if not orthanc_id or not set(orthanc_id) <= _ORTHANC_ID_CHARS:
-                raise GateDenied(403, "instance has no archive ID")
-            return f"{INTERNAL_PREFIX}/instances/{orthanc_id}/file"
-    elif target.series is not None and _series_study(target.series) != target.study:
-        raise GateDenied(403, "series not in the token's study")
-    return target.internal_uri()
-
-
-def _instance_location(sop_uid: str) -> tuple[str, ...]:
-    cached = _instance_cache.get(sop_uid)
-    if cached is not None:
-        return cached
-    query = select(
-        Instance.series_instance_uid, Instance.study_instance_uid, Instance.orthanc_id
-    ).where(Instance.sop_instance_uid == sop_uid)
-    with db_session() as session:
-        row = session.exec(query).first()
-    if row is None:
-        raise GateDenied(403, "instance not in the archive index")
-    location = (row[0], row[1], row[2])
-    _instance_cache.put(sop_uid, location)
-    return location
-
-
-def _series_study(series_uid: str) -> str:
-    cached = _series_cache.get(series_uid)
-    if cached is not None:
-        return cached[0]
-    with db_session() as session:
-        study = session.exec(
-            select(Series.study_instance_uid).where(Series.series_instance_uid == series_uid)
-        ).first()
-    if study is None:
-        raise GateDenied(403, "series not in the archive index")
-    _series_cache.put(series_uid, (study,))
-    return study
-
-
-def _accel(internal_uri: str) -> Response:
-    """An empty answer that tells nginx where to fetch the bytes.
-
-    No Content-Type of ours: nginx would otherwise keep it over Orthanc's (DICOM, JSON).
-    """
-    response = Response(status=200)
-    response.headers["X-Accel-Redirect"] = internal_uri
-    response.headers["Cache-Control"] = "private, no-store"
-    del response.headers["Content-Type"]
-    return response

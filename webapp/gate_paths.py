@@ -49,18 +49,18 @@ _QIDO_PARAMS: dict[str, Check] = {
     "StudyInstanceUID": _uid_param,
     "SeriesInstanceUID": _uid_param,
     "SOPInstanceUID": _uid_param,
-    "Modality": _MODALITY.match,
-    "includefield": _INCLUDEFIELD.match,
-    "limit": _NUMBER.match,
-    "offset": _NUMBER.match,
-    "fuzzymatching": _BOOLEAN.match,
+    "Modality": _MODALITY.fullmatch,
+    "includefield": _INCLUDEFIELD.fullmatch,
+    "limit": _NUMBER.fullmatch,
+    "offset": _NUMBER.fullmatch,
+    "fuzzymatching": _BOOLEAN.fullmatch,
 }
 _WADO_URI_PARAMS: dict[str, Check] = {
-    "requestType": re.compile(r"^WADO$").match,
+    "requestType": re.compile(r"^WADO$").fullmatch,
     "studyUID": _uid_param,
     "seriesUID": _uid_param,
     "objectUID": _uid_param,
-    "contentType": re.compile(r"^application/dicom$").match,
+    "contentType": re.compile(r"^application/dicom$").fullmatch,
     "transferSyntax": lambda v: v == "*" or is_uid(v),
 }
 
@@ -98,7 +98,7 @@ def split_raw_uri(raw_uri: str) -> tuple[str, str]:
     if "#" in raw_uri:
         raise GateDenied(403, "fragment in request URI")
     path, _, query = raw_uri.partition("?")
-    if not _PATH_CHARS.match(path):
+    if not _PATH_CHARS.fullmatch(path):
         # Covers %-encoding (encoded or double-encoded traversal), backslashes, spaces, ';'.
         raise GateDenied(403, "unexpected characters in path")
     return path, query
@@ -180,7 +180,7 @@ def parse_dicomweb(path: str, query: str, token_study: str) -> GateRequest:
         return GateRequest("instance", study, series, instance, internal_path=base)
     if last == ["metadata"]:
         return GateRequest("metadata", study, series, instance, internal_path=f"{base}/metadata")
-    if len(last) == 2 and last[0] == "frames" and _FRAMES.match(last[1]):
+    if len(last) == 2 and last[0] == "frames" and _FRAMES.fullmatch(last[1]):
         return GateRequest(
             "frames", study, series, instance, internal_path=f"{base}/frames/{last[1]}"
         )

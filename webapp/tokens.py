@@ -39,7 +39,7 @@ _DUMMY_HASH = _hasher.hash("not a password anyone has")
 
 def is_uid(value: str) -> bool:
     """A DICOM UID: digits and dots, no empty or zero-padded component, at most 64 characters."""
-    return 0 < len(value) <= MAX_UID_LENGTH and UID_RE.match(value) is not None
+    return 0 < len(value) <= MAX_UID_LENGTH and UID_RE.fullmatch(value) is not None
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:

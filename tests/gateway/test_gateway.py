@@ -303,3 +303,49 @@ def test_gate_requests_are_audited_with_nginx_request_ids(
     assert {r.request_id: r.outcome for r in rows} == ids
     assert all(r.username == "cara" and r.client_addr == "127.0.0.1" for r in rows)
     assert all(session_tokens["viewer"] not in repr(r.model_dump()) for r in rows)
+
+
+def test_the_access_log_never_holds_a_viewer_token(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    link = f"/viewer?StudyInstanceUIDs={viewing.study_a}&token={session_tokens['viewer']}"
+    assert _get(viewing, link, None).status_code == 200  # OHIF's page
+    log = viewing.settings.stack_dir / "nginx" / "access.log"
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    while "token=REDACTED" not in log.read_text() and datetime.now(UTC) < deadline:
+        pass
+    text = log.read_text()
+    assert "token=REDACTED" in text
+    assert session_tokens["viewer"] not in text and "eyJ" not in text
+
+
+def test_orthanc_errors_reach_the_browser_without_orthancs_details(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    v = viewing
+    path = f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{v.instances_a[0]}/frames/999"
+    response = _get(v, path, session_tokens["viewer"])
+    assert response.status_code == 404
+    assert response.json() == {"error": "not found"}
+    assert "Orthanc" not in response.text and "Details" not in response.text
+
+
+def test_a_forged_client_address_is_not_believed(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    from sqlmodel import select
+
+    from common.db import AuditEvent, session_scope
+
+    # nginx overwrites X-Real-IP with the real peer, whatever the browser sends.
+    denied = _get(
+        viewing,
+        f"/dicom-web/studies/{viewing.study_b}/metadata",
+        session_tokens["viewer"],
+        **{"X-Real-IP": "10.6.6.6"},
+    )
+    with session_scope(viewing.settings.resolved_database_url) as session:
+        row = session.exec(
+            select(AuditEvent).where(AuditEvent.request_id == denied.headers["x-request-id"])
+        ).one()
+    assert row.client_addr == "127.0.0.1"

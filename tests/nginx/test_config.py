@@ -77,9 +77,12 @@ def test_the_rendered_config_has_no_placeholder_left(rendered_local: Path) -> No
 def test_the_locations_keep_orthanc_internal_and_the_headers_strict() -> None:
     locations = (SNIPPETS / "neuronova-locations.conf").read_text()
     headers = (SNIPPETS / "security-headers.conf").read_text()
-    internal = locations.split("location /_orthanc/ {", 1)[1].split("}", 1)[0]
+    internal = locations.split("location ^~ /_orthanc/ {", 1)[1].split("}", 1)[0]
     assert "internal;" in internal
-    assert 'proxy_set_header Authorization "";' in internal  # the token never reaches Orthanc
+    assert "proxy_pass_request_headers off;" in internal  # the token never reaches Orthanc
+    assert "proxy_intercept_errors on;" in internal  # nor do Orthanc's error details leave
+    for prefix in ("/api/", "/dicom-web/"):
+        assert f"location ^~ {prefix} {{" in locations  # no regex location can shadow them
     assert "server_tokens off;" in locations
     assert "add_header" not in locations  # would drop the server-level security headers
     for header, value in {
@@ -90,6 +93,17 @@ def test_the_locations_keep_orthanc_internal_and_the_headers_strict() -> None:
     }.items():
         assert f"add_header {header} {value} always;" in headers
     assert "Content-Security-Policy" in headers and "frame-ancestors 'none'" in headers
+
+
+def test_both_configs_log_without_viewer_tokens() -> None:
+    common = (SNIPPETS / "http-common.conf").read_text()
+    assert "REDACTED" in common
+    for config in ("nginx.conf", "local.conf.template"):
+        text = (NGINX_DIR / config).read_text()
+        assert "include snippets/http-common.conf;" in text
+        assert [
+            line for line in text.splitlines() if "access_log" in line and "neuronova" not in line
+        ] == []
 
 
 def test_production_is_tls_only_with_hsts() -> None:

@@ -71,6 +71,82 @@ def test_repeated_failures_are_rate_limited_even_for_the_right_password(
     assert stored and all(len(name) == 64 and "alice" not in name for name in stored)  # hashed
 
 
+def test_concurrent_guesses_cannot_race_past_the_limit(app: Flask) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def guess(n: int) -> int:
+        client = app.test_client()
+        body = {"username": "alice", "password": f"wrong guess {n:04d}"}
+        return client.post("/api/auth/login", json=body).status_code
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(guess, range(10)))
+    assert answers.count(401) <= 3 and answers.count(429) >= 7, answers  # login_max_failures=3
+
+
+def test_a_new_password_ends_the_users_sessions(app: Flask, client: FlaskClient) -> None:
+    from webapp import accounts
+
+    tokens = login(client)
+    link_token = viewer_token(client, tokens["access_token"])
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        accounts.set_password(session, "alice", "a brand new password")
+    assert client.get("/api/studies", headers=bearer(tokens["access_token"])).status_code == 401
+    assert (
+        client.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"])).status_code == 401
+    )
+    assert (
+        client.get(
+            f"/dicom-web/studies/{STUDY_A.study}/metadata", headers=bearer(link_token)
+        ).status_code
+        == 401
+    )
+
+
+def test_taking_a_patient_off_the_care_list_closes_its_links(
+    app: Flask, client: FlaskClient
+) -> None:
+    from webapp import accounts
+
+    link_token = viewer_token(client, login(client)["access_token"])
+    path = f"/dicom-web/studies/{STUDY_A.study}/metadata"
+    assert client.get(path, headers=bearer(link_token)).status_code == 200
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        accounts.revoke_patient(session, "alice", STUDY_A.patient_id)
+    assert client.get(path, headers=bearer(link_token)).status_code == 401
+
+
+def test_a_token_naming_another_user_than_its_session_is_refused(
+    app: Flask, client: FlaskClient
+) -> None:
+    from flask_jwt_extended import create_access_token
+
+    from webapp.tokens import issue_viewer_token
+
+    alice = login(client)
+    with app.app_context():
+        from flask_jwt_extended import decode_token
+
+        sid = decode_token(alice["access_token"])["sid"]
+        forged_api = create_access_token(
+            identity="rad", additional_claims={"sid": sid, "role": "radiologist"}
+        )
+    assert client.get("/api/studies", headers=bearer(forged_api)).status_code == 401
+    forged_link, _ = issue_viewer_token(
+        app.extensions["neuronova"].viewer_key,
+        username="rad",
+        study_instance_uid=STUDY_B.study,
+        sid=sid,
+        ttl_s=60,
+    )
+    assert (
+        client.get(
+            f"/dicom-web/studies/{STUDY_B.study}/metadata", headers=bearer(forged_link)
+        ).status_code
+        == 401
+    )
+
+
 def test_the_audit_trail_records_logins_without_secrets(app: Flask, client: FlaskClient) -> None:
     client.post("/api/auth/login", json={"username": "alice", "password": "wrong password 1"})
     client.post("/api/auth/login", json={"username": "my-password-typed-here", "password": "x"})

@@ -103,6 +103,10 @@ DENIED = {
         f"/wado?requestType=WADO&studyUID={A}&objectUID=%252e%252e%252f", 403),
     "WADO-URI with the study twice": (
         f"/wado?requestType=WADO&studyUID={A}&studyUID={B}&objectUID={I}", 403),
+    "newline after a UID in the query": (f"/dicom-web/studies/{A}/series?SeriesInstanceUID=1.3%0A", 403),
+    "newline after a number": (f"/dicom-web/studies/{A}/series?limit=5%0A", 403),
+    "carriage return in WADO-URI object": (f"/wado?requestType=WADO&studyUID={A}&objectUID={I}%0D", 403),
+    "newline after the study filter": (f"/dicom-web/studies?StudyInstanceUID={A}%0A", 403),
     "fragment": (f"/dicom-web/studies/{A}/metadata#x", 403),
     "too long": ("/dicom-web/studies/" + "1." * 1100 + "1", 403),
 }  # fmt: skip

@@ -130,6 +130,7 @@ def test_a_token_for_the_api_key_does_not_verify_as_a_viewer_token() -> None:
         ("", False),
         ("1.2/3", False),
         ("%2e%2e", False),
+        ("1.2.3\n", False),
     ],
 )
 def test_uid_syntax(value: str, ok: bool) -> None:

@@ -1,0 +1,45 @@
+"""Settings that would weaken the signing keys are refused; the generated secret is kept."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from common.settings import Settings
+
+
+@pytest.mark.parametrize("environment", ["demo", "test", "production"])
+def test_a_short_jwt_secret_is_refused_everywhere(environment: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="at least 32"):
+        Settings(
+            environment=environment,  # type: ignore[arg-type]
+            data_dir=tmp_path,
+            database_url="sqlite:///x.db",
+            jwt_secret=SecretStr(""),
+        )
+
+
+def test_production_needs_a_jwt_secret(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="NEURONOVA_JWT_SECRET must be set"):
+        Settings(environment="production", data_dir=tmp_path, database_url="sqlite:///x.db")
+
+
+def test_the_demo_secret_is_generated_once_private_and_shared(tmp_path: Path) -> None:
+    settings = Settings(environment="demo", data_dir=tmp_path)
+    first = settings.jwt_secret_bytes()
+    assert len(first) >= 32
+    assert Settings(environment="demo", data_dir=tmp_path).jwt_secret_bytes() == first
+    path = tmp_path / "secrets" / "jwt_secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not list(path.parent.glob(".jwt_secret.*"))  # no temporary file left behind
+
+
+def test_a_truncated_secret_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "secrets" / "jwt_secret"
+    path.parent.mkdir()
+    path.write_text("short\n")
+    with pytest.raises(ValueError, match="shorter than 32"):
+        Settings(environment="demo", data_dir=tmp_path).jwt_secret_bytes()
