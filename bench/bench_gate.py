@@ -59,6 +59,7 @@ DIRECT_SERVER = """
             proxy_pass http://neuronova_orthanc;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host "orthanc";
             proxy_buffers 16 64k;
             proxy_busy_buffers_size 128k;
         }
@@ -76,7 +77,7 @@ def wrk(
     script = work / f"script-{uuid.uuid4().hex}.lua"
     script.write_text(LUA % (listing, token))
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     if "Non-2xx" in out:
