@@ -33,7 +33,7 @@ from sqlalchemy import create_engine, text
 from common.db import Instance, migrate, session_scope
 from common.settings import Settings
 from neuronova.sample import write_sample_study
-from neuronova.stack import LocalStack, free_ports
+from neuronova.stack import LocalStack, free_ports, settings_on_free_ports
 from tasks.ingest import ingest_batch
 from tasks.inputs import collect_inputs
 from webapp import accounts
@@ -110,18 +110,10 @@ def main() -> None:
         connection.execute(text(f"CREATE DATABASE {database} CHARACTER SET utf8mb4"))
     with tempfile.TemporaryDirectory(prefix="nn-bench-gate-") as tmp:
         work = Path(tmp)
-        ports = free_ports(6)
-        settings = Settings(
-            environment="test",
-            data_dir=work / "var",
-            database_url=f"{MARIADB}/{database}?charset=utf8mb4",
-            orthanc_url=f"http://127.0.0.1:{ports[0]}",
-            orthanc_dicom_port=ports[1],
-            prefect_api_url=f"http://127.0.0.1:{ports[2]}/api",
-            gateway_url=f"http://127.0.0.1:{ports[3]}",
-            webapp_url=f"http://127.0.0.1:{ports[4]}",
+        direct_port = free_ports(1)[0]
+        settings = settings_on_free_ports(
+            work / "var", database_url=f"{MARIADB}/{database}?charset=utf8mb4"
         )
-        direct_port = ports[5]
         migrate(settings.resolved_database_url)
         stack = LocalStack(settings)
         try:

@@ -22,9 +22,8 @@ from pathlib import Path
 import httpx
 
 from common.db import migrate, session_scope
-from common.settings import Settings
 from neuronova.sample import write_sample_study
-from neuronova.stack import LocalStack, free_ports
+from neuronova.stack import LocalStack, settings_on_free_ports
 from tasks.ingest import ingest_batch
 from tasks.inputs import collect_inputs
 from tests.gateway.browser_tools import (
@@ -77,16 +76,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="nn-bench-viewer-") as tmp:
         work = Path(tmp)
-        ports = free_ports(6)
-        settings = Settings(
-            environment="test",
-            data_dir=work / "var",
-            orthanc_url=f"http://127.0.0.1:{ports[0]}",
-            orthanc_dicom_port=ports[1],
-            prefect_api_url=f"http://127.0.0.1:{ports[2]}/api",
-            gateway_url=f"http://127.0.0.1:{ports[3]}",
-            webapp_url=f"http://127.0.0.1:{ports[4]}",
-        )
+        settings = settings_on_free_ports(work / "var")
         migrate(settings.resolved_database_url)
         stack = LocalStack(settings)
         try:

@@ -677,6 +677,21 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
+def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for a stack of its own (tests, benchmarks): its folder, free loopback ports."""
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp = free_ports(5)
+    values: dict[str, Any] = {
+        "environment": "test",
+        "data_dir": data_dir,
+        "orthanc_url": f"http://127.0.0.1:{orthanc_http}",
+        "orthanc_dicom_port": orthanc_dicom,
+        "prefect_api_url": f"http://127.0.0.1:{prefect}/api",
+        "gateway_url": f"http://127.0.0.1:{gateway}",
+        "webapp_url": f"http://127.0.0.1:{webapp}",
+    }
+    return Settings(**{**values, **overrides})
+
+
 def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
     """The last lines of a log written since `offset`."""
     try:

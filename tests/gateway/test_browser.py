@@ -89,16 +89,20 @@ def test_a_viewer_link_draws_the_study_in_chromium(browser, viewing: Viewing) ->
     context.close()
 
 
-def test_a_link_for_study_a_does_not_show_study_b(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
+def _page_recording_gate_answers(browser):  # type: ignore[no-untyped-def]
+    """A fresh browser profile and page, and the list the gate's answers are appended to."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
-    gate_answers: list[int] = []
+    answers: list[int] = []
     page.on(
         "response",
-        lambda r: (
-            gate_answers.append(r.status) if "/dicom-web/" in r.url or "/wado" in r.url else None
-        ),
+        lambda r: answers.append(r.status) if "/dicom-web/" in r.url or "/wado" in r.url else None,
     )
+    return context, page, answers
+
+
+def test_a_link_for_study_a_does_not_show_study_b(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
+    context, page, gate_answers = _page_recording_gate_answers(browser)
     access = _login_in_page(page, viewing)
     token = token_of(_link(page, viewing, access, viewing.study_a))
     page.goto(
@@ -110,15 +114,7 @@ def test_a_link_for_study_a_does_not_show_study_b(browser, viewing: Viewing) -> 
 
 
 def test_a_link_after_logout_shows_no_image(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    gate_answers: list[int] = []
-    page.on(
-        "response",
-        lambda r: (
-            gate_answers.append(r.status) if "/dicom-web/" in r.url or "/wado" in r.url else None
-        ),
-    )
+    context, page, gate_answers = _page_recording_gate_answers(browser)
     access = _login_in_page(page, viewing)
     url = _link(page, viewing, access, viewing.study_a)
     out = httpx.post(

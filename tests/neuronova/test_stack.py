@@ -31,11 +31,11 @@ from neuronova.stack import (
     LocalStack,
     ensure_system_packages,
     find_dicomweb_plugin,
-    free_ports,
     prefect_env,
     render_orthanc_config,
     running_stack,
     settings_env,
+    settings_on_free_ports,
 )
 from neuronova.stack_cli import app
 
@@ -44,16 +44,7 @@ from neuronova.stack_cli import app
 
 def make_settings(data_dir: Path) -> Settings:
     """Test settings: own folder, free ports."""
-    http, dicom, prefect, gateway, webapp = free_ports(5)
-    return Settings(
-        environment="test",
-        data_dir=data_dir,
-        orthanc_url=f"http://127.0.0.1:{http}",
-        orthanc_dicom_port=dicom,
-        prefect_api_url=f"http://127.0.0.1:{prefect}/api",
-        gateway_url=f"http://127.0.0.1:{gateway}",
-        webapp_url=f"http://127.0.0.1:{webapp}",
-    )
+    return settings_on_free_ports(data_dir)
 
 
 def gone(pid: int) -> bool:
