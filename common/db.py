@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Column, Engine, Text, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 
 def utcnow() -> datetime:
@@ -166,10 +166,39 @@ class AuditEvent(SQLModel, table=True):
     client_addr: str | None = Field(default=None, max_length=45)
     action: str = Field(max_length=32, description="login, viewer-link, metadata, frames, …")
     study_instance_uid: str | None = Field(default=None, index=True, max_length=64)
+    patient_id: str | None = Field(default=None, index=True, max_length=64)
     outcome: str = Field(max_length=16, description="allowed or denied")
     status: int
     reason: str | None = Field(default=None, max_length=255)
     request_id: str = Field(max_length=64, index=True)
+
+
+# --------------------------------------------------------------------------- patients
+
+
+class CachedPatient(SQLModel, table=True):
+    """The local cache of a patient's FHIR Patient, by MRN (the first stop of every look-up)."""
+
+    __tablename__ = "patients"
+    mrn: str = Field(primary_key=True, max_length=64)
+    fhir_id: str | None = Field(default=None, max_length=64)
+    emr_uuid: str | None = Field(default=None, index=True, max_length=64)
+    resource: str = Field(sa_column=Column(Text, nullable=False))
+    source: str = Field(max_length=8, description="where it was found: fhir or emr")
+    fhir_pending: bool = Field(
+        default=False, index=True, description="FHIR was down: the write-back is still owed"
+    )
+    emr_updated: str | None = Field(default=None, max_length=32, description="OpenEMR's `date`")
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class PatientMergeFlag(SQLModel, table=True):
+    """An MRN that several FHIR Patients carry: a person must merge them; nothing is created."""
+
+    __tablename__ = "patient_merge_flags"
+    mrn: str = Field(primary_key=True, max_length=64)
+    reason: str = Field(max_length=255)
+    flagged_at: datetime = Field(default_factory=utcnow)
 
 
 @cache

@@ -62,6 +62,20 @@ class Settings(BaseSettings):
         default="http://127.0.0.1:8081",
         description="Where gunicorn serves the webapp (loopback; only nginx talks to it).",
     )
+    fhir_url: str = Field(
+        default="http://127.0.0.1:8090/fhir/R4", description="The FHIR R4 base URL."
+    )
+    fhir_timeout_s: float = Field(default=10.0, gt=0)
+    emr_url: str = Field(default="http://127.0.0.1:8300", description="OpenEMR's base URL.")
+    emr_client_id: str = "neuronova-demo-client"
+    emr_client_secret: SecretStr | None = None
+    emr_username: str = "admin"
+    emr_password: SecretStr | None = None
+    emr_timeout_s: float = Field(default=10.0, gt=0)
+    mrn_system: str = Field(
+        default="urn:neuronova:mrn",
+        description="The identifier system of the hospital's MRN (OpenEMR pubpid) in FHIR.",
+    )
     trusted_proxies: list[str] = Field(
         default=["127.0.0.1", "::1"],
         description="Peers whose X-Real-IP the webapp believes (nginx's address).",
@@ -161,6 +175,14 @@ class Settings(BaseSettings):
         if len(secret) < MIN_SECRET_LENGTH:
             raise ValueError(f"{path} holds a secret shorter than {MIN_SECRET_LENGTH} characters")
         return secret
+
+    @property
+    def fhir_port(self) -> int:
+        return urlparse(self.fhir_url).port or 80
+
+    @property
+    def emr_port(self) -> int:
+        return urlparse(self.emr_url).port or 80
 
     @property
     def orthanc_http_port(self) -> int:

@@ -29,7 +29,7 @@ app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 
 # Exit codes scripts can rely on.
-EXIT_OK, EXIT_FAILED, EXIT_PARTIAL = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_NOT_FOUND = 0, 1, 3, 4
 
 
 @db_app.command("upgrade")
@@ -66,6 +66,43 @@ def ingest(
     _print_ingest(report, as_json)
     counts = report["counts"]
     raise typer.Exit(EXIT_PARTIAL if counts["quarantined"] or counts["conflict"] else EXIT_OK)
+
+
+@app.command()
+def patient(
+    mrn: Annotated[str, typer.Argument(help="The patient's MRN (OpenEMR pubpid).")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the FHIR Patient as JSON.")
+    ] = False,
+) -> None:
+    """Look a patient up: cache, then FHIR, then OpenEMR (with write-backs).
+
+    Exit status: 0 found, 4 not found anywhere, 1 the sources failed.
+    """
+    from common.db import ensure_schema
+    from common.errors import UpstreamError
+    from tasks.patient_sync import emr_client, fhir_client, resolve_patient
+
+    settings = Settings()
+    ensure_schema(settings.resolved_database_url)
+    try:
+        with fhir_client(settings) as fhir, emr_client(settings) as emr:
+            lookup = resolve_patient(settings, mrn, fhir=fhir, emr=emr)
+    except UpstreamError as err:
+        console.print(f"[red]{err}[/red]")
+        raise typer.Exit(EXIT_FAILED) from None
+    if lookup.resource is None:
+        console.print(f"[yellow]no patient with MRN {mrn} in the cache, FHIR or the EMR[/yellow]")
+        raise typer.Exit(EXIT_NOT_FOUND)
+    if as_json:
+        print(json.dumps(lookup.resource, indent=2, ensure_ascii=False))
+        return
+    name = (lookup.resource.get("name") or [{}])[0]
+    console.print(
+        f"{mrn}: {' '.join(name.get('given', []))} {name.get('family', '')}, "
+        f"{lookup.resource.get('birthDate', 'birth date unknown')}, {lookup.resource.get('gender')}"
+        f" (from {lookup.source}; FHIR id {lookup.resource.get('id', 'pending')})"
+    )
 
 
 @app.command("check-htj2k")

@@ -18,6 +18,7 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -104,6 +105,8 @@ class Component:
     prepare: Callable[[Context], None] = _no_preparation
     env: Callable[[Context], dict[str, str]] = _no_env
     packages: tuple[str, ...] = ()
+    # What `status()` shows under `key` when more than a URL (e.g. the EMR's demo account).
+    status_value: Callable[[Context], Any] | None = None
     start_timeout_s: float = 30.0
     port_hint: str = ""  # how to move it to other ports, for the "port in use" message
 
@@ -521,6 +524,139 @@ NGINX = register(
 )
 
 
+# --------------------------------------------------------------------------- FHIR server
+
+FHIR_SERVER_DIR = PROJECT_ROOT / "servers" / "fhir"
+
+
+def _prepare_fhir(ctx: Context) -> None:
+    """Install the server's npm packages from its lock file unless present."""
+    if (FHIR_SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        raise StackError("npm not found: install Node.js 20 (Debian packages nodejs and npm)")
+    result = subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--silent"],
+        cwd=FHIR_SERVER_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"npm ci in {FHIR_SERVER_DIR} failed: {result.stderr[-2000:]}")
+
+
+def _fhir_command(ctx: Context) -> list[str]:
+    node = shutil.which("node")
+    if node is None:
+        raise StackError("node not found: install Node.js 20 (Debian package nodejs)")
+    return [
+        node,
+        str(FHIR_SERVER_DIR / "server.mjs"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ctx.settings.fhir_port),
+    ]
+
+
+def _fhir_url(settings: Settings) -> str:
+    return settings.fhir_url.rstrip("/")
+
+
+def _fhir_health(ctx: Context, client: httpx.Client) -> Health:
+    """The server answers a search (not just a port that happens to be open)."""
+    return _http_health(client, f"{_fhir_url(ctx.settings)}/Patient?_count=1")
+
+
+FHIR = register(
+    Component(
+        name="fhir",
+        key="fhir",
+        url=_fhir_url,
+        command=_fhir_command,
+        health=_fhir_health,
+        ports=lambda s: [("127.0.0.1", s.fhir_port)],
+        prepare=_prepare_fhir,
+        # Indexing the FHIR definitions takes a few seconds on two cores.
+        start_timeout_s=60.0,
+        port_hint="choose another port with NEURONOVA_FHIR_URL",
+    )
+)
+
+
+# --------------------------------------------------------------------------- EMR (emulator)
+
+
+def emr_credentials(settings: Settings) -> dict[str, str]:
+    """The demo OAuth client and user: from settings, else generated once under secrets/."""
+    path = settings.secrets_dir / "emr-demo.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        generated = {
+            "client_secret": secrets.token_urlsafe(24),
+            "password": secrets.token_urlsafe(18),
+        }
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(generated, handle)
+    stored = json.loads(path.read_text())
+    secret = settings.emr_client_secret
+    password = settings.emr_password
+    return {
+        "client_id": settings.emr_client_id,
+        "client_secret": secret.get_secret_value() if secret else stored["client_secret"],
+        "username": settings.emr_username,
+        "password": password.get_secret_value() if password else stored["password"],
+    }
+
+
+def _emr_command(ctx: Context) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "neuronova.emr_emulator",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ctx.settings.emr_port),
+        "--credentials",
+        str(ctx.home / "credentials.json"),
+    ]
+
+
+def _prepare_emr(ctx: Context) -> None:
+    credentials = emr_credentials(ctx.settings)
+    path = ctx.home / "credentials.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(credentials, handle)
+
+
+def _emr_url(settings: Settings) -> str:
+    return settings.emr_url.rstrip("/")
+
+
+def _emr_status(ctx: Context) -> dict[str, str]:
+    return {"url": _emr_url(ctx.settings), **emr_credentials(ctx.settings)}
+
+
+EMR = register(
+    Component(
+        name="emr",
+        key="emr",
+        url=_emr_url,
+        command=_emr_command,
+        health=lambda ctx, client: _http_health(client, f"{_emr_url(ctx.settings)}/healthz"),
+        ports=lambda s: [("127.0.0.1", s.emr_port)],
+        prepare=_prepare_emr,
+        status_value=_emr_status,
+        port_hint="choose another port with NEURONOVA_EMR_URL",
+    )
+)
+
+
 # --------------------------------------------------------------------------- system packages
 
 _apt_updated = False
@@ -679,7 +815,7 @@ def free_ports(count: int) -> list[int]:
 
 def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a stack of its own (tests, benchmarks): its folder, free loopback ports."""
-    orthanc_http, orthanc_dicom, prefect, gateway, webapp = free_ports(5)
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr = free_ports(7)
     values: dict[str, Any] = {
         "environment": "test",
         "data_dir": data_dir,
@@ -688,6 +824,8 @@ def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
         "prefect_api_url": f"http://127.0.0.1:{prefect}/api",
         "gateway_url": f"http://127.0.0.1:{gateway}",
         "webapp_url": f"http://127.0.0.1:{webapp}",
+        "fhir_url": f"http://127.0.0.1:{fhir}/fhir/R4",
+        "emr_url": f"http://127.0.0.1:{emr}",
     }
     return Settings(**{**values, **overrides})
 
@@ -790,7 +928,11 @@ class LocalStack:
                 }
         result: dict[str, Any] = {"up": all(d["healthy"] for d in details.values())}
         for component in self.registry.values():
-            result[component.key] = component.url(self.settings)
+            result[component.key] = (
+                component.status_value(self.context(component))
+                if component.status_value is not None
+                else component.url(self.settings)
+            )
         result["stack_dir"] = str(self.root)
         result["components"] = details
         return result

@@ -38,7 +38,7 @@ def stack_settings(
     tmp_path_factory: pytest.TempPathFactory, mariadb_url: str
 ) -> Iterator[Settings]:
     """Settings for the test stack: own folder, free ports, MariaDB, fast retries."""
-    orthanc_http, orthanc_dicom, prefect, gateway, webapp = free_ports(5)
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr = free_ports(7)
     env = {
         "NEURONOVA_ENVIRONMENT": "test",
         "NEURONOVA_DATA_DIR": str(tmp_path_factory.mktemp("neuronova")),
@@ -48,6 +48,8 @@ def stack_settings(
         "NEURONOVA_PREFECT_API_URL": f"http://127.0.0.1:{prefect}/api",
         "NEURONOVA_GATEWAY_URL": f"http://127.0.0.1:{gateway}",
         "NEURONOVA_WEBAPP_URL": f"http://127.0.0.1:{webapp}",
+        "NEURONOVA_FHIR_URL": f"http://127.0.0.1:{fhir}/fhir/R4",
+        "NEURONOVA_EMR_URL": f"http://127.0.0.1:{emr}",
         "NEURONOVA_ORTHANC_RETRY_DELAYS_S": "[0.2, 0.5]",
         "NEURONOVA_INGEST_BATCH_SIZE": "16",
     }
@@ -84,3 +86,12 @@ def gateway(orthanc: Settings) -> Iterator[Settings]:
     stack.up(["webapp", "nginx"])
     yield orthanc
     stack.down(["webapp", "nginx"])
+
+
+@pytest.fixture(scope="session")
+def patient_sources(stack_settings: Settings) -> Iterator[Settings]:
+    """The FHIR server (@medplum/fhir-router on Node) and the OpenEMR emulator, on MariaDB."""
+    stack = LocalStack(stack_settings)
+    stack.up(["fhir", "emr"])
+    yield stack_settings
+    stack.down(["fhir", "emr"])

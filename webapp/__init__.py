@@ -58,11 +58,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import auth, links
+    from webapp import auth, links, patients
     from webapp.gate import Gate, GateDispatcher
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(links.bp)
+    app.register_blueprint(patients.bp)
     # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
     app.wsgi_app = GateDispatcher(Gate(context), app.wsgi_app)  # type: ignore[method-assign]
     app.add_url_rule("/api/health", "health", _health)

@@ -37,6 +37,7 @@ class AuditRecord:
     username: str | None = None
     client_addr: str | None = None
     study_instance_uid: str | None = None
+    patient_id: str | None = None
     reason: str | None = None
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -47,6 +48,7 @@ class AuditRecord:
             "client_addr": (self.client_addr or None) and self.client_addr[:45],
             "action": self.action[:32],
             "study_instance_uid": self.study_instance_uid,
+            "patient_id": (self.patient_id or None) and self.patient_id[:64],
             "outcome": self.outcome,
             "status": self.status,
             "reason": (self.reason or None) and self.reason[:255],

@@ -84,6 +84,7 @@ def audit(
     *,
     username: str | None = None,
     study: str | None = None,
+    patient: str | None = None,
     reason: str | None = None,
     now: bool = True,
 ) -> None:
@@ -96,6 +97,7 @@ def audit(
         username=username,
         client_addr=client_addr(),
         study_instance_uid=study,
+        patient_id=patient,
         reason=reason,
     )
     log = web_context().audit
