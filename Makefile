@@ -34,6 +34,7 @@ bench: setup system  ## benchmarks: ratios against baselines measured in the sam
 	$(VENV)/bin/python bench/bench_ingest.py
 	$(VENV)/bin/python bench/bench_gate.py
 	$(VENV)/bin/python bench/bench_viewer.py
+	$(VENV)/bin/python bench/bench_patients.py
 
 stack-down:
 	$(NEURONOVA) stack down

@@ -49,6 +49,10 @@ class Settings(BaseSettings):
         default="30 2 * * *", description="When the archive-wide HTJ2K check runs (cron, UTC)."
     )
 
+    patient_sync_cron: str = Field(
+        default="*/30 * * * *",
+        description="When the bulk EMR → FHIR → cache sync runs (cron, UTC).",
+    )
     ingest_workers: int = Field(default=4, ge=1, le=64, description="Concurrent Orthanc uploads.")
     ingest_batch_size: int = Field(
         default=64, ge=1, description="Instances per Prefect task run (keeps overhead small)."
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     emr_username: str = "admin"
     emr_password: SecretStr | None = None
     emr_timeout_s: float = Field(default=10.0, gt=0)
+    emr_demo_patients: int = Field(
+        default=200, ge=0, description="Synthetic patients the local EMR emulator starts with."
+    )
     mrn_system: str = Field(
         default="urn:neuronova:mrn",
         description="The identifier system of the hospital's MRN (OpenEMR pubpid) in FHIR.",

@@ -1,5 +1,6 @@
-"""The deployments `neuronova serve` runs: the nightly HTJ2K check over the whole archive,
-and on-demand ingest and per-study checks (trigger them from the Prefect UI or the CLI).
+"""The deployments `neuronova serve` runs: the nightly HTJ2K check over the whole archive, the
+scheduled patient sync from the EMR, and on-demand ingest, per-study checks and per-patient
+syncs (trigger them from the Prefect UI or the CLI).
 
 Served by a long-lived `neuronova serve` process (Prefect's `serve`), which needs no work
 pool; the operations work (work pools `cpu`/`gpu`, Docker/Kubernetes) builds on these.
@@ -12,6 +13,8 @@ from prefect.deployments.runner import RunnerDeployment
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
 from flows.ingest_study import ingest_study
+from flows.sync_patient import sync_patient
+from flows.sync_patients import sync_patients
 
 
 def build_deployments(settings: Settings) -> list[RunnerDeployment]:
@@ -32,6 +35,17 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
             name="on-demand",
             description="Ingest a file, folder or zip visible to the server (parameter path).",
             tags=["ingest"],
+        ),
+        sync_patients.to_deployment(
+            name="emr-scheduled",
+            cron=settings.patient_sync_cron,
+            description="Bulk sync OpenEMR → FHIR → cache (parameter since: OpenEMR date).",
+            tags=["patients", "scheduled"],
+        ),
+        sync_patient.to_deployment(
+            name="one-patient",
+            description="Resolve one MRN: cache, FHIR, OpenEMR, with write-backs (parameter mrn).",
+            tags=["patients"],
         ),
     ]
     # `to_deployment` is async-dispatched; called from sync code it returns the deployment.

@@ -190,6 +190,10 @@ def demo() -> None:
         f"Gateway: {status['gateway']}  (user {DEMO_CLINICIAN}, password in "
         f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')})"
     )
+    console.print(
+        f"FHIR R4: {status['fhir']}   OpenEMR (emulator): {status['emr']['url']}  "
+        "(try: .venv/bin/neuronova patient NN-000001)"
+    )
     console.print("Stop the stack with: .venv/bin/neuronova stack down")
     console.print(
         "\nOpen the sample study in OHIF (the link expires; run `make demo` for a new one):"

@@ -623,6 +623,8 @@ def _emr_command(ctx: Context) -> list[str]:
         str(ctx.settings.emr_port),
         "--credentials",
         str(ctx.home / "credentials.json"),
+        "--patients",
+        str(ctx.settings.emr_demo_patients),
     ]
 
 

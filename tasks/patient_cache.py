@@ -84,6 +84,16 @@ def cached_patient(url: str, mrn: str) -> CachedPatient | None:
         return session.get(CachedPatient, mrn)
 
 
+_CACHED_RESOURCE = text("SELECT resource FROM patients WHERE mrn = :mrn AND fhir_pending = :no")
+
+
+def cached_resource(url: str, mrn: str) -> str | None:
+    """The cached Patient's JSON when nothing is owed to FHIR (plain SQL: the API's hot path)."""
+    with get_engine(url).connect() as connection:
+        value = connection.execute(_CACHED_RESOURCE, {"mrn": mrn, "no": False}).scalar()
+    return str(value) if value is not None else None
+
+
 def save_patient(
     url: str,
     *,

@@ -58,10 +58,10 @@ def emr_client(settings: Settings) -> OpenEmrClient:
 
 def cached_lookup(settings: Settings, mrn: str) -> PatientLookup | None:
     """The cache alone (the fast path): None unless cached with nothing owed to FHIR."""
-    row = patient_cache.cached_patient(settings.resolved_database_url, mrn)
-    if row is None or row.fhir_pending:
+    cached = patient_cache.cached_resource(settings.resolved_database_url, mrn)
+    if cached is None:
         return None
-    return PatientLookup(mrn, json.loads(row.resource), "cache")
+    return PatientLookup(mrn, json.loads(cached), "cache")
 
 
 def resolve_patient(
@@ -139,7 +139,8 @@ def _write_back(
 
 
 def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]) -> str:
-    """Bring one EMR patient into FHIR and the cache: created, updated, unchanged or pending.
+    """Bring one EMR patient into FHIR and the cache: created, linked (FHIR had it), updated,
+    unchanged, flagged (several FHIR Patients: a merge) or pending (FHIR down).
 
     Unchanged means the cache already holds this EMR version (OpenEMR's `date`) with nothing
     owed to FHIR; an already-known FHIR Patient gets a new version (PUT) when the EMR changed.
@@ -161,6 +162,9 @@ def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]
                     resource, system=settings.mrn_system, value=mrn
                 )
                 outcome = "created" if created else "linked"
+        except MultiplePatientsForMrn:
+            patient_cache.flag_for_merge(url, mrn, "several FHIR Patients at bulk sync")
+            return "flagged"
         except TransientUpstreamError:
             patient_cache.save_patient(
                 url, mrn=mrn, resource=resource, source="emr", fhir_pending=True,

@@ -246,6 +246,32 @@ def viewer_token_allowed(
     return live and (role in ALL_STUDIES_ROLES or (role == "clinician" and granted is not None))
 
 
+_API_TOKEN_USER = text(
+    "SELECT u.id, u.username, u.password_hash, u.role, u.active, u.created_at,"
+    " s.revoked_at, s.expires_at, r.jti"
+    " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
+    " LEFT JOIN revoked_tokens r ON r.jti = :jti"
+    " WHERE s.sid = :sid AND u.username = :sub"
+)
+
+
+def api_token_user(connection: Connection, *, sid: str, jti: str, username: str) -> User | None:
+    """One query for every API request: the token's user, when its session is open and its
+    own, the user active and the jti not blocklisted; else None."""
+    row = connection.execute(_API_TOKEN_USER, {"sid": sid, "jti": jti, "sub": username}).first()
+    if row is None:
+        return None
+    user_id, name, password_hash, role, active, created_at, revoked_at, expires_at, blocked = row
+    if isinstance(expires_at, str):  # SQLite hands text back to a plain query
+        expires_at = datetime.fromisoformat(expires_at)
+    if revoked_at is not None or blocked is not None or not active:
+        return None
+    if as_utc(expires_at) <= datetime.now(UTC):
+        return None
+    return User(id=user_id, username=name, password_hash=password_hash, role=role,
+                active=bool(active), created_at=created_at)  # fmt: skip
+
+
 def set_password(session: Session, username: str, password: str) -> None:
     """Replace a user's password and end the user's open sessions (and their links)."""
     user = find_user(session, username)

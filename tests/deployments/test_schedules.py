@@ -9,9 +9,23 @@ from deployments.schedules import build_deployments
 def test_nightly_archive_check_follows_the_setting() -> None:
     deployments = {d.name: d for d in build_deployments(Settings(htj2k_check_cron="15 3 * * *"))}
 
-    assert set(deployments) == {"archive-nightly", "one-study", "on-demand"}
+    assert set(deployments) == {
+        "archive-nightly",
+        "one-study",
+        "on-demand",
+        "emr-scheduled",
+        "one-patient",
+    }
     [schedule] = deployments["archive-nightly"].schedules
     assert schedule.schedule.cron == "15 3 * * *"
     assert deployments["archive-nightly"].entrypoint.endswith("check_htj2k.py:check_htj2k")
     assert deployments["on-demand"].entrypoint.endswith("ingest_study.py:ingest_study")
     assert not deployments["one-study"].schedules
+
+
+def test_patient_sync_runs_on_its_own_cron() -> None:
+    deployments = {d.name: d for d in build_deployments(Settings(patient_sync_cron="5 * * * *"))}
+    [schedule] = deployments["emr-scheduled"].schedules
+    assert schedule.schedule.cron == "5 * * * *"
+    assert deployments["emr-scheduled"].entrypoint.endswith("sync_patients.py:sync_patients")
+    assert deployments["one-patient"].entrypoint.endswith("sync_patient.py:sync_patient")
