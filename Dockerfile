@@ -10,6 +10,7 @@ COPY tasks tasks
 COPY flows flows
 COPY webapp webapp
 COPY neuronova neuronova
+COPY deployments deployments
 RUN uv sync --frozen --no-dev && useradd --system --uid 10001 neuronova
 ENV PATH=/app/.venv/bin:$PATH PREFECT_SERVER_ANALYTICS_ENABLED=false
 USER neuronova
