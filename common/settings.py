@@ -83,6 +83,10 @@ class Settings(BaseSettings):
         default="urn:neuronova:mrn",
         description="The identifier system of the hospital's MRN (OpenEMR pubpid) in FHIR.",
     )
+    model_bundle_dir: Path = Field(
+        default=PROJECT_ROOT / "models" / "brain_lesion_seg",
+        description="The MONAI bundle inference runs (any bundle directory: configs/, models/).",
+    )
     trusted_proxies: list[str] = Field(
         default=["127.0.0.1", "::1"],
         description="Peers whose X-Real-IP the webapp believes (nginx's address).",

@@ -1,0 +1,128 @@
+"""A series as one NumPy volume: parallel fetch, HTJ2K decoded by OpenJPH straight into place.
+
+The files come from Orthanc in parallel (`/instances/{id}/file`, byte-identical to what ingest
+stored). Each slice's codestream is decoded into its row of one preallocated array, in a thread
+pool (the decoder releases the GIL), instead of pydicom's default path, which decodes to a new
+array and copies. Slices are ordered by their position along the normal of the image plane;
+the affine maps (column, row, slice) indices to patient coordinates (LPS, mm).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from pydicom import Dataset, dcmread
+from pydicom.encaps import generate_frames
+
+from common.errors import NeuroNovaError
+from tasks.htj2k import HTJ2K_SYNTAXES, decode_frame
+
+log = logging.getLogger(__name__)
+
+_SPACING_TOLERANCE = 0.01  # relative: slice gaps must agree to 1 %
+
+
+class VolumeError(NeuroNovaError):
+    """A series that is not one regular 3D volume (the message says why)."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    pixels: np.ndarray  # (slices, rows, columns), stored values (see slope/intercept)
+    affine: np.ndarray  # 4x4: (column, row, slice, 1) → LPS mm
+    spacing: tuple[float, float, float]  # (slice, row, column) mm
+    sop_instance_uids: tuple[str, ...]  # in slice order
+    slope: float
+    intercept: float
+    headers: tuple[Dataset, ...]  # without pixel data, in slice order
+
+    def physical(self) -> np.ndarray:
+        """Values in the modality's units (float32)."""
+        return self.pixels.astype(np.float32) * self.slope + self.intercept
+
+
+def volume_from_files(blobs: Sequence[bytes], workers: int = 4) -> Volume:
+    """Assemble a volume from the DICOM files of one series (any order)."""
+    if not blobs:
+        raise VolumeError("no instances in the series")
+    datasets = [dcmread(io.BytesIO(blob)) for blob in blobs]
+    first = datasets[0]
+    rows, columns = int(first.Rows), int(first.Columns)
+    orientation = np.array(first.ImageOrientationPatient, dtype=np.float64).reshape(2, 3)
+    normal = np.cross(orientation[0], orientation[1])
+    for ds in datasets:
+        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
+            raise VolumeError("slices of different sizes")
+        if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
+            raise VolumeError("multi-frame instances are not read as slices")
+        other = np.array(ds.ImageOrientationPatient, dtype=np.float64).reshape(2, 3)
+        if not np.allclose(other, orientation, atol=1e-4):
+            raise VolumeError("slices with different orientations")
+    positions = [np.array(ds.ImagePositionPatient, dtype=np.float64) for ds in datasets]
+    order = np.argsort([float(p @ normal) for p in positions])
+    datasets = [datasets[i] for i in order]
+    positions = [positions[i] for i in order]
+    spacing_z = _slice_spacing(positions, normal)
+    signed = int(first.PixelRepresentation) == 1
+    width = 1 if int(first.BitsAllocated) == 8 else 2
+    dtype = np.dtype(f"{'i' if signed else 'u'}{width}")
+    pixels = np.empty((len(datasets), rows, columns), dtype=dtype)
+
+    def fill(index: int) -> None:
+        _decode_into(datasets[index], pixels[index])
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(fill, range(len(datasets))))
+    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+    affine = np.eye(4)
+    affine[:3, 0] = orientation[0] * col_mm  # along a row: column index
+    affine[:3, 1] = orientation[1] * row_mm  # down a column: row index
+    affine[:3, 2] = normal * spacing_z
+    affine[:3, 3] = positions[0]
+    for ds in datasets:
+        del ds.PixelData  # the headers stay; the pixels live in the volume
+    return Volume(
+        pixels=pixels,
+        affine=affine,
+        spacing=(spacing_z, row_mm, col_mm),
+        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
+        slope=float(getattr(first, "RescaleSlope", 1) or 1),
+        intercept=float(getattr(first, "RescaleIntercept", 0) or 0),
+        headers=tuple(datasets),
+    )
+
+
+def _slice_spacing(positions: list[np.ndarray], normal: np.ndarray) -> float:
+    if len(positions) == 1:
+        return 1.0
+    gaps = np.diff([float(p @ normal) for p in positions])
+    spacing = float(np.median(gaps))
+    if spacing <= 0 or np.any(np.abs(gaps - spacing) > _SPACING_TOLERANCE * spacing):
+        raise VolumeError(
+            f"irregular or repeated slice positions (gaps {gaps.min():.3f}-{gaps.max():.3f} mm)"
+        )
+    return spacing
+
+
+def _decode_into(ds: Dataset, out: np.ndarray) -> None:
+    """One slice into its place: OpenJPH for HTJ2K, pydicom for anything else (kept lossy, …)."""
+    syntax = str(ds.file_meta.TransferSyntaxUID)
+    if syntax in HTJ2K_SYNTAXES:
+        (codestream,) = generate_frames(ds.PixelData, number_of_frames=1)
+        decode_frame(codestream, out=out)
+    else:
+        out[...] = ds.pixel_array
+
+
+def read_series(
+    fetch: Callable[[str], bytes], instance_ids: Sequence[str], *, workers: int = 8
+) -> Volume:
+    """Fetch every instance (`fetch(orthanc_id) -> file bytes`) in parallel, then assemble."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        blobs = list(pool.map(fetch, instance_ids))
+    return volume_from_files(blobs, workers=min(workers, 4))
