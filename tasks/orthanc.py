@@ -183,6 +183,18 @@ class OrthancClient:
         """The stored file, byte for byte."""
         return self._request("GET", f"/instances/{orthanc_id}/file").content
 
+    def instance_frame_raw(self, orthanc_id: str, frame: int = 0) -> bytes:
+        """One frame's pixel data as stored (for HTJ2K: the codestream), no DICOM around it."""
+        return self._request("GET", f"/instances/{orthanc_id}/frames/{frame}/raw").content
+
+    def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
+        """GET /instances/{id}/simplified-tags: every tag by keyword (pixel data left out)."""
+        return dict(self._request("GET", f"/instances/{orthanc_id}/simplified-tags").json())
+
+    def series_instances(self, series_id: str) -> list[dict[str, Any]]:
+        """GET /series/{id}/instances: each instance with its main DICOM tags (one request)."""
+        return list(self._request("GET", f"/series/{series_id}/instances").json())
+
     def instance_exists(self, orthanc_id: str) -> bool:
         try:
             self._request("GET", f"/instances/{orthanc_id}")

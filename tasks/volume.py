@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -21,6 +22,7 @@ from pydicom.encaps import generate_frames
 
 from common.errors import NeuroNovaError
 from tasks.htj2k import HTJ2K_SYNTAXES, decode_frame
+from tasks.orthanc import OrthancClient
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +41,7 @@ class Volume:
     sop_instance_uids: tuple[str, ...]  # in slice order
     slope: float
     intercept: float
-    headers: tuple[Dataset, ...]  # without pixel data, in slice order
+    headers: tuple[Dataset, ...]  # without pixel data, in slice order (empty from Orthanc)
 
     def physical(self) -> np.ndarray:
         """Values in the modality's units (float32)."""
@@ -119,10 +121,70 @@ def _decode_into(ds: Dataset, out: np.ndarray) -> None:
         out[...] = ds.pixel_array
 
 
-def read_series(
-    fetch: Callable[[str], bytes], instance_ids: Sequence[str], *, workers: int = 8
-) -> Volume:
-    """Fetch every instance (`fetch(orthanc_id) -> file bytes`) in parallel, then assemble."""
+def read_series_from_orthanc(client: OrthancClient, series_id: str, *, workers: int = 8) -> Volume:
+    """A series straight from Orthanc, without parsing one DICOM file per slice.
+
+    One request lists the instances with their positions and orientation (main DICOM tags),
+    one reads the first instance's tags (size, spacing, pixel representation), and then each
+    slice's raw frame (the HTJ2K codestream as stored) is fetched and decoded into place, in
+    parallel. A series whose slices are not HTJ2K falls back to whole files.
+    """
+    instances = client.series_instances(series_id)
+    if not instances:
+        raise VolumeError(f"series {series_id} has no instances in Orthanc")
+    tags = client.instance_tags(instances[0]["ID"])
+    syntax = client.instance_transfer_syntax(instances[0]["ID"])
+    if syntax not in HTJ2K_SYNTAXES:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            blobs = list(pool.map(client.get_instance_file, [i["ID"] for i in instances]))
+        return volume_from_files(blobs, workers=min(workers, 4))
+    rows, columns = int(tags["Rows"]), int(tags["Columns"])
+    orientation = _floats(tags["ImageOrientationPatient"]).reshape(2, 3)
+    normal = np.cross(orientation[0], orientation[1])
+    located = []
+    for instance in instances:
+        main = instance.get("MainDicomTags", {})
+        if "ImagePositionPatient" not in main:
+            raise VolumeError("an instance without ImagePositionPatient")
+        other = _floats(main.get("ImageOrientationPatient", tags["ImageOrientationPatient"]))
+        if not np.allclose(other.reshape(2, 3), orientation, atol=1e-4):
+            raise VolumeError("slices with different orientations")
+        position = _floats(main["ImagePositionPatient"])
+        located.append(
+            (float(position @ normal), position, instance["ID"], main.get("SOPInstanceUID", ""))
+        )
+    located.sort(key=lambda item: item[0])
+    positions = [item[1] for item in located]
+    spacing_z = _slice_spacing(positions, normal)
+    signed = int(tags.get("PixelRepresentation", 0)) == 1
+    width = 1 if int(tags.get("BitsAllocated", 16)) == 8 else 2
+    pixels = np.empty(
+        (len(located), rows, columns), dtype=np.dtype(f"{'i' if signed else 'u'}{width}")
+    )
+
+    def fill(index: int) -> None:
+        decode_frame(client.instance_frame_raw(located[index][2]), out=pixels[index])
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        blobs = list(pool.map(fetch, instance_ids))
-    return volume_from_files(blobs, workers=min(workers, 4))
+        list(pool.map(fill, range(len(located))))
+    row_mm, col_mm = (float(v) for v in _floats(tags["PixelSpacing"]))
+    affine = np.eye(4)
+    affine[:3, 0] = orientation[0] * col_mm
+    affine[:3, 1] = orientation[1] * row_mm
+    affine[:3, 2] = normal * spacing_z
+    affine[:3, 3] = positions[0]
+    return Volume(
+        pixels=pixels,
+        affine=affine,
+        spacing=(spacing_z, row_mm, col_mm),
+        sop_instance_uids=tuple(str(item[3]) for item in located),
+        slope=float(tags.get("RescaleSlope") or 1),
+        intercept=float(tags.get("RescaleIntercept") or 0),
+        headers=(),
+    )
+
+
+def _floats(value: str | list[Any]) -> np.ndarray:
+    """A multi-valued DS as Orthanc gives it ("a\\b\\c") or as a list."""
+    parts = value.split("\\") if isinstance(value, str) else value
+    return np.array([float(v) for v in parts], dtype=np.float64)

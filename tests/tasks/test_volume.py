@@ -62,3 +62,27 @@ def test_a_missing_slice_is_refused(sample: tuple[list[Path], Path]) -> None:
     del blobs[len(blobs) // 2]
     with pytest.raises(VolumeError, match="irregular"):
         volume_from_files(blobs)
+
+
+@pytest.mark.integration
+def test_a_series_comes_back_from_orthanc_as_the_volume(
+    orthanc, sample: tuple[list[Path], Path]
+) -> None:  # type: ignore[no-untyped-def]
+    from tasks.ingest import ingest_batch
+    from tasks.inputs import collect_inputs
+    from tasks.orthanc import OrthancClient
+    from tasks.volume import read_series_from_orthanc
+
+    files, _ = sample
+    outcomes = ingest_batch(orthanc, collect_inputs(files[0].parent))
+    assert {o.status for o in outcomes} <= {"stored", "duplicate"}
+    series_uid = pydicom.dcmread(files[0]).SeriesInstanceUID
+    with OrthancClient.from_settings(orthanc) as client:
+        series_id = client.lookup(series_uid, "Series")
+        assert series_id is not None
+        volume = read_series_from_orthanc(client, series_id)
+    expected, _mask = mr_volume()
+    assert np.array_equal(volume.pixels, expected)
+    assert volume.spacing == (2.0, 2.0, 2.0)
+    assert np.allclose(volume.affine[:3, 3], pydicom.dcmread(files[0]).ImagePositionPatient)
+    assert volume.sop_instance_uids[0] == pydicom.dcmread(files[0]).SOPInstanceUID
