@@ -35,6 +35,7 @@ bench: setup system  ## benchmarks: ratios against baselines measured in the sam
 	$(VENV)/bin/python bench/bench_gate.py
 	$(VENV)/bin/python bench/bench_viewer.py
 	$(VENV)/bin/python bench/bench_patients.py
+	$(VENV)/bin/python bench/bench_volume.py
 
 stack-down:
 	$(NEURONOVA) stack down
