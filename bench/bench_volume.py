@@ -4,9 +4,10 @@ The same synthetic brain MR series (1 mm: 189 slices 233x197, transcoded to HTJ2
 ingest), read twice per round, alternating:
 
 - from Orthanc (started here in a temporary folder): ours (`read_series_from_orthanc`: one
-  request for positions, one for the tags, each slice's raw codestream decoded by OpenJPH into
-  one preallocated array, 8 threads) vs the usual path (every file fetched with the same 8
-  threads, `pydicom.dcmread` + `pixel_array`, `numpy.stack` in position order);
+  request for positions, one for the tags, every file fetched with 8 threads and its
+  codestream cut out without parsing the dataset, decoded by OpenJPH into one preallocated
+  array) vs the usual path (every file fetched with the same 8 threads, `pydicom.dcmread` +
+  `pixel_array`, `numpy.stack` in position order);
 - from the same files in memory: ours (`volume_from_files`) vs `dcmread` + `pixel_array`.
 
 Every result is compared with the others before timing.

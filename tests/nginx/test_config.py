@@ -30,7 +30,15 @@ def _gixy(config: Path) -> list[dict[str, object]]:
 @pytest.fixture
 def rendered_local(tmp_path: Path) -> Path:
     """The local template as the stack renders it, with snippets/ beside it."""
-    settings = Settings(environment="test", data_dir=tmp_path)
+    # Fixed ports, not the session's random ones: gixy takes any listen port containing "443"
+    # for a TLS listener (and then asks for ssl_protocols), which made this test flaky.
+    settings = Settings(
+        environment="test",
+        data_dir=tmp_path,
+        gateway_url="http://127.0.0.1:8080",
+        webapp_url="http://127.0.0.1:8081",
+        orthanc_url="http://127.0.0.1:8042",
+    )
     home = tmp_path / "nginx"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (home / "tmp" / sub).mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -86,3 +87,19 @@ def test_a_series_comes_back_from_orthanc_as_the_volume(
     assert volume.spacing == (2.0, 2.0, 2.0)
     assert np.allclose(volume.affine[:3, 3], pydicom.dcmread(files[0]).ImagePositionPatient)
     assert volume.sop_instance_uids[0] == pydicom.dcmread(files[0]).SOPInstanceUID
+
+
+def test_the_codestream_is_cut_from_our_files_exactly(sample: tuple[list[Path], Path]) -> None:
+    from pydicom.encaps import generate_frames
+
+    from tasks.volume import codestream_from_file
+
+    files, _ = sample
+    for path in files[:5]:
+        blob = _htj2k(path)
+        (expected,) = generate_frames(
+            pydicom.dcmread(io.BytesIO(blob)).PixelData, number_of_frames=1
+        )
+        assert codestream_from_file(blob) == expected
+    assert codestream_from_file(files[0].read_bytes()) is None  # not HTJ2K: ask Orthanc
+    assert codestream_from_file(_htj2k(files[0])[:-40]) is None  # truncated: refused
