@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, text
 
 from common.db import Instance, migrate, session_scope
 from common.settings import Settings
+from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
 from neuronova.stack import LocalStack, free_ports, settings_on_free_ports
 from tasks.ingest import ingest_batch
@@ -168,14 +169,8 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         rows = list(session.exec(Instance.__table__.select()))  # type: ignore[attr-defined]
     study = rows[0].study_instance_uid
     gateway, direct = settings.gateway_url, f"http://127.0.0.1:{direct_port}"
-    with httpx.Client(base_url=gateway, timeout=30) as client:
-        access = client.post(
-            "/api/auth/login", json={"username": "bench", "password": PASSWORD}
-        ).json()["access_token"]
-        link = client.post(
-            f"/api/studies/{study}/viewer-link", headers={"Authorization": f"Bearer {access}"}
-        ).json()
-    token = parse_qs(urlparse(link["url"]).query)["token"][0]
+    link = viewer_link(gateway, "bench", PASSWORD, study)
+    token = parse_qs(urlparse(link).query)["token"][0]
 
     def frames(r: object) -> str:
         return (f"/dicom-web/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"  # type: ignore[attr-defined]

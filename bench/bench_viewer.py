@@ -19,9 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from common.db import migrate, session_scope
+from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
 from neuronova.stack import LocalStack, settings_on_free_ports
 from tasks.ingest import ingest_batch
@@ -36,19 +35,6 @@ from tests.gateway.browser_tools import (
 from webapp import accounts
 
 PASSWORD = "benchmark password"
-
-
-def viewer_link(gateway: str, study: str) -> str:
-    with httpx.Client(base_url=gateway, timeout=30) as client:
-        access = client.post(
-            "/api/auth/login", json={"username": "bench", "password": PASSWORD}
-        ).json()["access_token"]
-        response = client.post(
-            f"/api/studies/{study}/viewer-link", headers={"Authorization": f"Bearer {access}"}
-        )
-        response.raise_for_status()
-        url: str = response.json()["url"]
-        return url
 
 
 def open_once(context: object, url: str, references: list) -> tuple[float, float]:  # type: ignore[type-arg]
@@ -99,10 +85,18 @@ def main() -> None:
                 for _ in range(args.runs):
                     context = browser.new_context(viewport={"width": 1280, "height": 900})
                     cold.append(
-                        open_once(context, viewer_link(settings.gateway_url, study), references)
+                        open_once(
+                            context,
+                            viewer_link(settings.gateway_url, "bench", PASSWORD, study),
+                            references,
+                        )
                     )
                     warm.append(
-                        open_once(context, viewer_link(settings.gateway_url, study), references)
+                        open_once(
+                            context,
+                            viewer_link(settings.gateway_url, "bench", PASSWORD, study),
+                            references,
+                        )
                     )
                     context.close()
                 browser.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -158,34 +160,59 @@ class Settings(BaseSettings):
     def webapp_port(self) -> int:
         return urlparse(self.webapp_url).port or 8081
 
-    def jwt_secret_bytes(self) -> bytes:
-        """The signing secret: the configured one, else (demo, tests) one generated and kept.
-
-        The generated secret lives in a 0600 file so that every gunicorn worker, the CLI and a
-        restarted stack share it; production refuses to start without NEURONOVA_JWT_SECRET.
-        """
-        if self.jwt_secret is not None:
-            return self.jwt_secret.get_secret_value().encode()
-        if self.environment == "production":
-            raise ValueError("NEURONOVA_JWT_SECRET must be set in production")
-        path = self.secrets_dir / "jwt_secret"
+    def generated_secret(self, name: str, make: Callable[[], str]) -> str:
+        """A secret made once by `make` and kept in `secrets_dir/name` (0600), so that every
+        gunicorn worker, the CLI and a restarted stack share it (demo and tests only)."""
+        path = self.secrets_dir / name
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             # Written aside, then linked into place: a concurrent reader never sees it half-written.
-            tmp = path.with_name(f".jwt_secret.{secrets.token_hex(8)}")
+            tmp = path.with_name(f".{name}.{secrets.token_hex(8)}")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
-                handle.write(secrets.token_urlsafe(48) + "\n")
+                handle.write(make() + "\n")
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 pass  # another process won the race; use its secret
             finally:
                 tmp.unlink()
-        secret = path.read_bytes().strip()
+        return path.read_text().strip()
+
+    def jwt_secret_bytes(self) -> bytes:
+        """The signing secret: the configured one, else (demo, tests) one generated and kept.
+
+        Production refuses to start without NEURONOVA_JWT_SECRET.
+        """
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value().encode()
+        if self.environment == "production":
+            raise ValueError("NEURONOVA_JWT_SECRET must be set in production")
+        secret = self.generated_secret("jwt_secret", lambda: secrets.token_urlsafe(48)).encode()
         if len(secret) < MIN_SECRET_LENGTH:
-            raise ValueError(f"{path} holds a secret shorter than {MIN_SECRET_LENGTH} characters")
+            raise ValueError(
+                f"{self.secrets_dir / 'jwt_secret'} holds a secret shorter than "
+                f"{MIN_SECRET_LENGTH} characters"
+            )
         return secret
+
+    def emr_credentials(self) -> dict[str, str]:
+        """OpenEMR's OAuth client and user: the configured ones, else the local emulator's demo
+        account, generated once under secrets/."""
+
+        def generate() -> str:
+            return json.dumps(
+                {"client_secret": secrets.token_urlsafe(24), "password": secrets.token_urlsafe(18)}
+            )
+
+        stored = json.loads(self.generated_secret("emr-demo.json", generate))
+        secret, password = self.emr_client_secret, self.emr_password
+        return {
+            "client_id": self.emr_client_id,
+            "client_secret": secret.get_secret_value() if secret else stored["client_secret"],
+            "username": self.emr_username,
+            "password": password.get_secret_value() if password else stored["password"],
+        }
 
     @property
     def fhir_port(self) -> int:

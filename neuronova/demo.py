@@ -7,9 +7,7 @@ logging in through the gateway and asking for it.
 
 from __future__ import annotations
 
-import os
 import secrets
-from pathlib import Path
 
 import httpx
 
@@ -23,15 +21,9 @@ DEMO_CLINICIAN = "demo-clinician"
 
 def demo_password(settings: Settings) -> str:
     """The demo clinician's password, generated on first use."""
-    path: Path = settings.secrets_dir / f"{DEMO_CLINICIAN}.password"
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    password = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(password + "\n")
-    return password
+    return settings.generated_secret(
+        f"{DEMO_CLINICIAN}.password", lambda: secrets.token_urlsafe(18)
+    )
 
 
 def ensure_demo_clinician(settings: Settings) -> str:

@@ -60,6 +60,48 @@ def write_sample_study(
     return paths
 
 
+def image_dataset(
+    pixels: np.ndarray,
+    sop_class: str,
+    sop_uid: str,
+    study_uid: str,
+    series_uid: str,
+    frame_uid: str,
+    *,
+    index: int,
+) -> Dataset:
+    """What every synthetic axial slice shares: file meta, the demo patient, identity, frame of
+    reference, orientation and the monochrome pixel description (the caller adds the rest)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.ReferringPhysicianName = ""
+    ds.PatientName = "Demo^Patient"
+    ds.PatientID = SAMPLE_PATIENT_ID
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = index + 1
+    ds.PatientPosition = "HFS"
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
 def ct_slice_dataset(
     pixels: np.ndarray,
     index: int,
@@ -70,47 +112,24 @@ def ct_slice_dataset(
 ) -> Dataset:
     """One axial CT slice (signed 16-bit HU) with complete geometry and file meta."""
     sop_uid = sop_uid or _uid(f"{series_uid}-slice-{index}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = sop_uid
+    ds = image_dataset(
+        pixels, CTImageStorage, sop_uid, study_uid, series_uid, frame_uid, index=index
+    )
     ds.StudyDate = ds.SeriesDate = "20261101"
     ds.StudyTime = ds.SeriesTime = "093000"
     ds.AccessionNumber = "NNDEMO0001"
     ds.Modality = "CT"
     ds.Manufacturer = "NeuroNova synthetic phantom"
-    ds.ReferringPhysicianName = ""
     ds.StudyDescription = "Head CT (synthetic sample)"
     ds.SeriesDescription = "Axial 5 mm"
-    ds.PatientName = "Demo^Patient"
-    ds.PatientID = SAMPLE_PATIENT_ID
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
-    ds.SeriesNumber = 1
     ds.Laterality = ""
-    ds.PatientPosition = "HFS"
     ds.AcquisitionNumber = 1
-    ds.InstanceNumber = index + 1
-    ds.FrameOfReferenceUID = frame_uid
-    ds.PositionReferenceIndicator = ""
     ds.ImagePositionPatient = [-125.0, -125.0, -60.0 + 5.0 * index]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     ds.SliceThickness = 5.0
     ds.SliceLocation = -60.0 + 5.0 * index
     ds.PixelSpacing = [250.0 / pixels.shape[0], 250.0 / pixels.shape[1]]
     ds.KVP = 120
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
@@ -120,5 +139,4 @@ def ct_slice_dataset(
     ds.RescaleType = "HU"
     ds.WindowCenter = 40
     ds.WindowWidth = 80
-    ds.PixelData = pixels.tobytes()
     return ds

@@ -12,11 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, FileMetaDataset
-from pydicom.uid import UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom import Dataset
+from pydicom.uid import MRImageStorage, generate_uid
 
 from models.synthetic_lesions import make_case
-from neuronova.sample import SAMPLE_PATIENT_ID
+from neuronova.sample import image_dataset
 
 SAMPLE_MR_SEED = 10_003  # held out from training; has lesions
 _ROOT = "1.2.826.0.1.3680043.10.1245."
@@ -55,9 +55,8 @@ def write_sample_mr_study(
     z0 = -(slices - 1) / 2 * spacing_mm
     paths = []
     for k in range(slices):
-        ds = _mr_slice(stored[k], k, study, series, frame, [x0, y0, z0 + k * spacing_mm])
-        ds.PixelSpacing = [spacing_mm, spacing_mm]
-        ds.SliceThickness = ds.SpacingBetweenSlices = spacing_mm
+        position = [x0, y0, z0 + k * spacing_mm]
+        ds = _mr_slice(stored[k], k, study, series, frame, position, spacing_mm)
         path = folder / f"MR{k + 1:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
@@ -69,44 +68,29 @@ def write_sample_mr_study(
 
 
 def _mr_slice(
-    pixels: np.ndarray, index: int, study: str, series: str, frame: str, position: list[float]
+    pixels: np.ndarray,
+    index: int,
+    study: str,
+    series: str,
+    frame: str,
+    position: list[float],
+    spacing_mm: float,
 ) -> Dataset:
-    sop = _uid(f"{series}-slice-{index}")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MRImageStorage
-    meta.MediaStorageSOPInstanceUID = UID(sop)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    ds.SOPClassUID = MRImageStorage
-    ds.SOPInstanceUID = sop
+    ds = image_dataset(
+        pixels, MRImageStorage, _uid(f"{series}-slice-{index}"), study, series, frame, index=index
+    )
     ds.StudyDate = ds.SeriesDate = "20261102"
     ds.StudyTime = ds.SeriesTime = "101500"
     ds.AccessionNumber = "NNDEMO0002"
     ds.Modality = "MR"
     ds.Manufacturer = "NeuroNova synthetic brain"
-    ds.ReferringPhysicianName = ""
     ds.StudyDescription = "MR brain (synthetic sample)"
-    ds.SeriesDescription = "Axial FLAIR 2 mm"
-    ds.PatientName = "Demo^Patient"
-    ds.PatientID = SAMPLE_PATIENT_ID
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
+    ds.SeriesDescription = f"Axial FLAIR {spacing_mm:g} mm"
     ds.StudyID = "2"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = index + 1
-    ds.PatientPosition = "HFS"
-    ds.FrameOfReferenceUID = frame
-    ds.PositionReferenceIndicator = ""
     ds.ImagePositionPatient = [float(v) for v in position]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [SPACING_MM, SPACING_MM]
-    ds.SliceThickness = SPACING_MM
-    ds.SpacingBetweenSlices = SPACING_MM
+    ds.PixelSpacing = [spacing_mm, spacing_mm]
+    ds.SliceThickness = spacing_mm
+    ds.SpacingBetweenSlices = spacing_mm
     ds.SliceLocation = float(position[2])
     ds.ScanningSequence = "SE\\IR"
     ds.SequenceVariant = "SK"
@@ -117,14 +101,10 @@ def _mr_slice(
     ds.InversionTime = 2500.0
     ds.EchoTrainLength = 16
     ds.MagneticFieldStrength = 3.0
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
     ds.WindowCenter = 700
     ds.WindowWidth = 1200
-    ds.PixelData = pixels.tobytes()
     return ds

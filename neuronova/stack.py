@@ -18,7 +18,6 @@ import glob
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -589,29 +588,6 @@ FHIR = register(
 # --------------------------------------------------------------------------- EMR (emulator)
 
 
-def emr_credentials(settings: Settings) -> dict[str, str]:
-    """The demo OAuth client and user: from settings, else generated once under secrets/."""
-    path = settings.secrets_dir / "emr-demo.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        generated = {
-            "client_secret": secrets.token_urlsafe(24),
-            "password": secrets.token_urlsafe(18),
-        }
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(generated, handle)
-    stored = json.loads(path.read_text())
-    secret = settings.emr_client_secret
-    password = settings.emr_password
-    return {
-        "client_id": settings.emr_client_id,
-        "client_secret": secret.get_secret_value() if secret else stored["client_secret"],
-        "username": settings.emr_username,
-        "password": password.get_secret_value() if password else stored["password"],
-    }
-
-
 def _emr_command(ctx: Context) -> list[str]:
     return [
         sys.executable,
@@ -629,7 +605,7 @@ def _emr_command(ctx: Context) -> list[str]:
 
 
 def _prepare_emr(ctx: Context) -> None:
-    credentials = emr_credentials(ctx.settings)
+    credentials = ctx.settings.emr_credentials()
     path = ctx.home / "credentials.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -641,7 +617,7 @@ def _emr_url(settings: Settings) -> str:
 
 
 def _emr_status(ctx: Context) -> dict[str, str]:
-    return {"url": _emr_url(ctx.settings), **emr_credentials(ctx.settings)}
+    return {"url": _emr_url(ctx.settings), **ctx.settings.emr_credentials()}
 
 
 EMR = register(

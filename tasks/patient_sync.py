@@ -43,9 +43,7 @@ def fhir_client(settings: Settings) -> FhirClient:
 
 
 def emr_client(settings: Settings) -> OpenEmrClient:
-    from neuronova.stack import emr_credentials  # the demo account when none is configured
-
-    credentials = emr_credentials(settings)
+    credentials = settings.emr_credentials()
     return OpenEmrClient(
         settings.emr_url,
         client_id=credentials["client_id"],

@@ -52,13 +52,12 @@ def file_sha256(path: Path) -> str:
 
 
 def pick_device(preferred: str | None = None) -> torch.device:
-    """CUDA when there is one (or as asked), else the CPU with denormals flushed (speed)."""
-    if preferred:
-        return torch.device(preferred)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    torch.set_flush_denormal(True)
-    return torch.device("cpu")
+    """CUDA when there is one (or as asked), else the CPU, with denormals flushed (speed)."""
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(preferred or default)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)
+    return device
 
 
 def load_bundle(root: Path, device: str | None = None) -> LoadedBundle:

@@ -70,9 +70,7 @@ def volume_from_files(blobs: Sequence[bytes], workers: int = 4) -> Volume:
     datasets = [datasets[i] for i in order]
     positions = [positions[i] for i in order]
     spacing_z = _slice_spacing(positions, normal)
-    signed = int(first.PixelRepresentation) == 1
-    width = 1 if int(first.BitsAllocated) == 8 else 2
-    dtype = np.dtype(f"{'i' if signed else 'u'}{width}")
+    dtype = _pixel_dtype(int(first.PixelRepresentation), int(first.BitsAllocated))
     pixels = np.empty((len(datasets), rows, columns), dtype=dtype)
 
     def fill(index: int) -> None:
@@ -81,11 +79,7 @@ def volume_from_files(blobs: Sequence[bytes], workers: int = 4) -> Volume:
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(len(datasets))))
     row_mm, col_mm = (float(v) for v in first.PixelSpacing)
-    affine = np.eye(4)
-    affine[:3, 0] = orientation[0] * col_mm  # along a row: column index
-    affine[:3, 1] = orientation[1] * row_mm  # down a column: row index
-    affine[:3, 2] = normal * spacing_z
-    affine[:3, 3] = positions[0]
+    affine = _affine(orientation, normal, (spacing_z, row_mm, col_mm), positions[0])
     for ds in datasets:
         del ds.PixelData  # the headers stay; the pixels live in the volume
     return Volume(
@@ -97,6 +91,28 @@ def volume_from_files(blobs: Sequence[bytes], workers: int = 4) -> Volume:
         intercept=float(getattr(first, "RescaleIntercept", 0) or 0),
         headers=tuple(datasets),
     )
+
+
+def _pixel_dtype(pixel_representation: int, bits_allocated: int) -> np.dtype:
+    """The stored values' type: signed or not, 8 or 16 bits."""
+    width = 1 if bits_allocated == 8 else 2
+    return np.dtype(f"{'i' if pixel_representation == 1 else 'u'}{width}")
+
+
+def _affine(
+    orientation: np.ndarray,
+    normal: np.ndarray,
+    spacing: tuple[float, float, float],
+    origin: np.ndarray,
+) -> np.ndarray:
+    """(column, row, slice, 1) → LPS mm, from the plane's directions and the first position."""
+    slice_mm, row_mm, col_mm = spacing
+    affine = np.eye(4)
+    affine[:3, 0] = orientation[0] * col_mm  # along a row: the column index
+    affine[:3, 1] = orientation[1] * row_mm  # down a column: the row index
+    affine[:3, 2] = normal * slice_mm
+    affine[:3, 3] = origin
+    return affine
 
 
 def _slice_spacing(positions: list[np.ndarray], normal: np.ndarray) -> float:
@@ -157,11 +173,10 @@ def read_series_from_orthanc(client: OrthancClient, series_id: str, *, workers: 
     located.sort(key=lambda item: item[0])
     positions = [item[1] for item in located]
     spacing_z = _slice_spacing(positions, normal)
-    signed = int(tags.get("PixelRepresentation", 0)) == 1
-    width = 1 if int(tags.get("BitsAllocated", 16)) == 8 else 2
-    pixels = np.empty(
-        (len(located), rows, columns), dtype=np.dtype(f"{'i' if signed else 'u'}{width}")
+    dtype = _pixel_dtype(
+        int(tags.get("PixelRepresentation", 0)), int(tags.get("BitsAllocated", 16))
     )
+    pixels = np.empty((len(located), rows, columns), dtype=dtype)
 
     def fill(index: int) -> None:
         orthanc_id = located[index][2]
@@ -175,11 +190,7 @@ def read_series_from_orthanc(client: OrthancClient, series_id: str, *, workers: 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(len(located))))
     row_mm, col_mm = (float(v) for v in _floats(tags["PixelSpacing"]))
-    affine = np.eye(4)
-    affine[:3, 0] = orientation[0] * col_mm
-    affine[:3, 1] = orientation[1] * row_mm
-    affine[:3, 2] = normal * spacing_z
-    affine[:3, 3] = positions[0]
+    affine = _affine(orientation, normal, (spacing_z, row_mm, col_mm), positions[0])
     return Volume(
         pixels=pixels,
         affine=affine,

@@ -147,24 +147,6 @@ def open_session(session: Session, user: User, ttl_s: int) -> AuthSession:
     return auth
 
 
-def session_is_live(session: Session, sid: str, username: str) -> bool:
-    """The session exists, is this user's, was not revoked, has not expired, and its user is
-    still active."""
-    row = session.exec(
-        select(AuthSession.revoked_at, AuthSession.expires_at, User.active)
-        .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
-        .where(AuthSession.sid == sid, User.username == username)
-    ).first()
-    if row is None:
-        return False
-    revoked_at, expires_at, active = row
-    return revoked_at is None and active and as_utc(expires_at) > datetime.now(UTC)
-
-
-def token_revoked(session: Session, jti: str) -> bool:
-    return session.get(RevokedToken, jti) is not None
-
-
 def revoke_token(
     session: Session, jti: str, token_type: str, user_id: int | None, expires_at: datetime
 ) -> None:
@@ -209,6 +191,20 @@ def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
     return list(session.exec(query.where(Study.patient_id.in_(patients)).limit(limit)))  # type: ignore[attr-defined]
 
 
+def _token_live(
+    revoked_at: object, expires_at: datetime | str, active: object, blocked: object
+) -> bool:
+    """A session row of a token check: open, not expired, its user active, the jti not blocked."""
+    if isinstance(expires_at, str):  # SQLite hands text back to a plain query
+        expires_at = datetime.fromisoformat(expires_at)
+    return (
+        revoked_at is None
+        and bool(active)
+        and blocked is None
+        and as_utc(expires_at) > datetime.now(UTC)
+    )
+
+
 _VIEWER_TOKEN_ALLOWED = text(
     "SELECT s.revoked_at, s.expires_at, u.active, u.role, r.jti, g.user_id"
     " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
@@ -235,14 +231,7 @@ def viewer_token_allowed(
     if row is None:
         return False
     revoked_at, expires_at, active, role, blocked, granted = row
-    if isinstance(expires_at, str):  # SQLite hands text back to a plain query
-        expires_at = datetime.fromisoformat(expires_at)
-    live = (
-        revoked_at is None
-        and bool(active)
-        and blocked is None
-        and as_utc(expires_at) > datetime.now(UTC)
-    )
+    live = _token_live(revoked_at, expires_at, active, blocked)
     return live and (role in ALL_STUDIES_ROLES or (role == "clinician" and granted is not None))
 
 
@@ -262,11 +251,7 @@ def api_token_user(connection: Connection, *, sid: str, jti: str, username: str)
     if row is None:
         return None
     user_id, name, password_hash, role, active, created_at, revoked_at, expires_at, blocked = row
-    if isinstance(expires_at, str):  # SQLite hands text back to a plain query
-        expires_at = datetime.fromisoformat(expires_at)
-    if revoked_at is not None or blocked is not None or not active:
-        return None
-    if as_utc(expires_at) <= datetime.now(UTC):
+    if not _token_live(revoked_at, expires_at, active, blocked):
         return None
     return User(id=user_id, username=name, password_hash=password_hash, role=role,
                 active=bool(active), created_at=created_at)  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import httpx
@@ -74,8 +75,6 @@ def test_every_lookup_is_audited_with_the_mrn(api: httpx.Client, patient_sources
             ).first()
             if row is not None:
                 break
-            import time
-
             time.sleep(0.1)
     assert (
         row is not None
