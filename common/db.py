@@ -14,7 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Column, Engine, Text, event, text
+from sqlalchemy import Column, Engine, Text, UniqueConstraint, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0003"
+SCHEMA_HEAD = "0004"
 
 
 def utcnow() -> datetime:
@@ -199,6 +199,43 @@ class PatientMergeFlag(SQLModel, table=True):
     mrn: str = Field(primary_key=True, max_length=64)
     reason: str = Field(max_length=255)
     flagged_at: datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- AI results
+
+
+class InferenceResult(SQLModel, table=True):
+    """One model's reading of one study: what ran where, what it found, where the results went.
+
+    One row per (study, model, version): the business key that makes inference idempotent.
+    """
+
+    __tablename__ = "inference_results"
+    __table_args__ = (
+        UniqueConstraint(
+            "study_instance_uid", "model_name", "model_version", name="uq_inference_study_model"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    study_instance_uid: str = Field(index=True, max_length=64)
+    series_instance_uid: str = Field(max_length=64, description="The MR series that was read.")
+    patient_id: str = Field(index=True, max_length=64)
+    model_name: str = Field(max_length=128)
+    model_version: str = Field(max_length=32)
+    model_sha256: str = Field(max_length=64)
+    status: str = Field(max_length=16, description="segmented (SEG stored, FHIR owed) or completed")
+    device: str = Field(max_length=32, description="Where the network ran: cpu, cuda:0 …")
+    lesion_count: int
+    lesion_volume_ml: float
+    seg_series_uid: str = Field(max_length=64)
+    seg_sop_instance_uid: str = Field(index=True, max_length=64)
+    fhir_report_id: str | None = Field(default=None, max_length=64)
+    fhir_patient_id: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, max_length=512, description="Why FHIR is still owed.")
+    timings: str = Field(sa_column=Column(Text, nullable=False), description="JSON: step → s")
+    created_at: datetime = Field(default_factory=utcnow)
+    completed_at: datetime | None = None
 
 
 @cache

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "models" / "brain_lesion_seg",
         description="The MONAI bundle inference runs (any bundle directory: configs/, models/).",
     )
+    inference_device: str | None = Field(
+        default=None,
+        description="torch device for inference (cuda, cuda:1, cpu); CUDA when present if unset.",
+    )
+    inference_after_ingest: bool = Field(
+        default=True, description="Run inference when ingest stores an MR brain study."
+    )
+    inference_min_slices: int = Field(
+        default=16, ge=1, description="Fewer slices than this is not a volume worth segmenting."
+    )
     trusted_proxies: list[str] = Field(
         default=["127.0.0.1", "::1"],
         description="Peers whose X-Real-IP the webapp believes (nginx's address).",
@@ -138,6 +148,11 @@ class Settings(BaseSettings):
     @property
     def stack_dir(self) -> Path:
         return self.data_dir / "stack"
+
+    @property
+    def results_dir(self) -> Path:
+        """AI results kept as files (the SEG as stored, the overlay PNG), per study."""
+        return self.data_dir / "results"
 
     @property
     def quarantine_dir(self) -> Path:

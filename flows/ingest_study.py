@@ -61,13 +61,36 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     studies = summarise_studies(outcomes)
     for study_uid, series_rows in studies.items():
         publish_study_artifact(study_uid, series_rows)
-    report = {
+    report: dict[str, Any] = {
         "files": [o.public() for o in outcomes],
         "counts": count_statuses(outcomes),
         "studies": [{"study_instance_uid": uid, "series": rows} for uid, rows in studies.items()],
     }
     logger.info("ingest finished: %s", report["counts"])
+    if settings.inference_after_ingest:
+        report["inference"] = [read_study(uid) for uid in studies_with_mr(studies)]
     return report
+
+
+def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Studies with an MR series stored: candidates for the brain-lesion model."""
+    return [uid for uid, rows in studies.items() if any(r["modality"] == "MR" for r in rows)]
+
+
+def read_study(study_uid: str) -> dict[str, Any]:
+    """Hand a stored study to `run_inference` (a subflow, linked in the UI). Its failure is
+    reported, not raised: the images are safely stored, and inference can be re-run alone."""
+    from flows.run_inference import run_inference  # here: MONAI and torch cost seconds
+
+    state = run_inference(study_uid, require_brain=True, return_state=True)
+    if state.is_completed():
+        result: dict[str, Any] = state.result()
+        return result
+    get_run_logger().error(
+        "inference of %s failed (%s); re-run with `neuronova infer %s`",
+        study_uid, state.message, study_uid,
+    )  # fmt: skip
+    return {"status": "failed", "study_instance_uid": study_uid, "message": state.message or ""}
 
 
 def count_statuses(outcomes: list[FileOutcome]) -> dict[str, int]:

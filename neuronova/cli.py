@@ -105,6 +105,52 @@ def patient(
     )
 
 
+@app.command()
+def infer(
+    study_uid: Annotated[str, typer.Argument(help="The StudyInstanceUID to read.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Run the brain-lesion model on a study: SEG into Orthanc, report into FHIR.
+
+    Idempotent: a study already read by this model version is not read again.
+    Exit status: 0 done, 3 done but the FHIR report is owed (see the note), 4 nothing to read,
+    1 the run failed (safe to re-run).
+    """
+    settings = Settings()
+    use_prefect_server(settings)
+    from flows.run_inference import run_inference
+
+    with console.status(f"Reading study {study_uid} …"):
+        try:
+            result = run_inference(study_uid)
+        except Exception as err:
+            _fail(as_json, f"inference failed: {err}", hint="fix the cause and re-run: it is safe")
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_inference(result)
+    if result["status"] == "no-suitable-series":
+        raise typer.Exit(EXIT_NOT_FOUND)
+    raise typer.Exit(EXIT_OK if result["status"] == "completed" else EXIT_PARTIAL)
+
+
+def _print_inference(result: dict[str, Any]) -> None:
+    if result["status"] == "no-suitable-series":
+        console.print(f"[yellow]{result['message']}[/yellow]")
+        return
+    model = result["model"]
+    again = " (already done earlier)" if result["reused"] else ""
+    console.print(
+        f"{model['name']} {model['version']} on {result['device']}{again}: "
+        f"{result['lesion_count']} lesion(s), {result['lesion_volume_ml']:.2f} mL in total"
+    )
+    console.print(f"SEG in Orthanc: {result['seg']['sop_instance_uid']}")
+    report = result["fhir"]["report"]
+    console.print(f"FHIR: {report} for {result['fhir']['patient']}" if report else
+                  f"[yellow]FHIR report owed: {result['note']}[/yellow]")  # fmt: skip
+    console.print("AI generated, not for clinical use.")
+
+
 @app.command("check-htj2k")
 def check_htj2k(
     study: Annotated[
@@ -148,10 +194,19 @@ def serve() -> None:
 def sample(
     folder: Annotated[Path, typer.Argument(help="Where to write the sample study.")],
     slices: Annotated[int, typer.Option(min=1, max=512)] = 24,
+    mr: Annotated[
+        bool, typer.Option("--mr", help="The brain MR with lesions instead (true mask beside).")
+    ] = False,
 ) -> None:
-    """Write the bundled sample study (a synthetic head CT series) into FOLDER."""
+    """Write a bundled sample study into FOLDER: a synthetic head CT series, or a brain MR."""
     from neuronova.sample import write_sample_study
 
+    if mr:
+        from neuronova.sample_mr import write_sample_mr_study
+
+        files, mask = write_sample_mr_study(folder)
+        console.print(f"wrote {len(files)} MR instances to {folder}; true lesion mask: {mask}")
+        return
     with Progress(console=console, transient=True) as progress:
         bar = progress.add_task("writing sample study", total=slices)
         paths = write_sample_study(
@@ -170,14 +225,19 @@ def demo() -> None:
     with console.status("Starting the local stack (first run installs packages) …"):
         status = LocalStack(settings).up()
     migrate(settings.resolved_database_url)
-    folder = settings.data_dir / "sample-study"
-    sample(folder, slices=24)
+    folder = settings.data_dir / "sample-mr-study"
+    sample(folder, mr=True)
     use_prefect_server(settings)
     from flows.ingest_study import ingest_study
 
-    with console.status("Ingesting the sample study …"):
+    with console.status("Ingesting the sample brain MR (then the AI reads it) …"):
         report = ingest_study(str(folder))
     _print_ingest(report, as_json=False)
+    for reading in report.get("inference", []):
+        if "model" in reading:
+            _print_inference(reading)
+        else:
+            console.print(f"[yellow]AI: {reading.get('message', reading['status'])}[/yellow]")
     from neuronova.demo import DEMO_CLINICIAN, ensure_demo_clinician, viewer_link
 
     password = ensure_demo_clinician(settings)

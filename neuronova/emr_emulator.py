@@ -29,6 +29,8 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
+from neuronova.sample import SAMPLE_PATIENT_ID
+
 DEMO_CLIENT_ID = "neuronova-demo-client"
 DEMO_USERNAME = "admin"
 TOKEN_TTL_S = 3600
@@ -275,13 +277,25 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def sample_study_patient(pid: int, rng: random.Random) -> dict[str, str]:
+    """The patient of the sample studies (`neuronova sample`), as the hospital's EMR knows them,
+    so that the demo's AI report has a patient to attach to."""
+    return synthetic_patient(pid, rng) | {
+        "pubpid": SAMPLE_PATIENT_ID, "fname": "Patient", "lname": "Demo", "DOB": "1970-01-01",
+        "sex": "Unknown",
+    }  # fmt: skip
+
+
 def seeded_state(client_secret: str, password: str, patients: int, seed: int = 1) -> EmrState:
+    """`patients` synthetic patients (NN-000001 …) and the sample studies' patient after them."""
     state = EmrState(client_secret=client_secret, password=password)
     rng = random.Random(seed)  # noqa: S311  (synthetic demographics, not secrets)
     for pid in range(1, patients + 1):
         patient = synthetic_patient(pid, rng)
         state.patients[patient["uuid"]] = patient
-    state.next_pid = patients + 1
+    sample = sample_study_patient(patients + 1, rng)
+    state.patients[sample["uuid"]] = sample
+    state.next_pid = patients + 2
     return state
 
 

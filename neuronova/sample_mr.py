@@ -96,6 +96,7 @@ def _mr_slice(
     ds.SequenceVariant = "SK"
     ds.ScanOptions = ""
     ds.MRAcquisitionType = "2D"
+    ds.BodyPartExamined = "BRAIN"
     ds.RepetitionTime = 9000.0
     ds.EchoTime = 120.0
     ds.InversionTime = 2500.0

@@ -91,7 +91,12 @@ class FhirClient:
             headers={"Content-Type": FHIR_JSON, "If-None-Exist": f"identifier={system}|{value}"},
         )
         if response.status_code == 412:
-            raise MultiplePatientsForMrn(value)
+            if resource_type == "Patient":
+                raise MultiplePatientsForMrn(value)
+            raise PermanentUpstreamError(
+                f"several {resource_type} resources carry identifier {system}|{value}: "
+                "remove the duplicates on the FHIR server, then re-run"
+            )
         if response.status_code == 201:
             return self._json(response, f"create {resource_type}"), True
         if response.status_code == 200:

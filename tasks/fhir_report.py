@@ -8,11 +8,14 @@ once however often inference runs. The report names the StudyInstanceUID the DIC
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from fhir.resources.R4B.observation import Observation
+
+from tasks.fhir import FhirClient
 
 RESULT_SYSTEM = "urn:neuronova:ai-result"
 CODE_SYSTEM = "urn:neuronova:ai"
@@ -32,8 +35,12 @@ UCUM = "http://unitsofmeasure.org"
 
 
 def result_key(study_uid: str, model: str, version: str, kind: str) -> str:
-    """The business key of one result: idempotent per (study, model version, kind)."""
-    return f"{study_uid}|{model}|{version}|{kind}"
+    """The business key of one result: idempotent per (study, model version, kind).
+
+    No `|`, `,` or `$` in it: FHIR token searches (and so `If-None-Exist`) split on those.
+    """
+    slug = re.sub(r"[^a-z0-9.]+", "-", model.lower()).strip("-")
+    return f"{study_uid}:{slug}:{version}:{kind}"
 
 
 def _observation(
@@ -116,3 +123,36 @@ def lesion_report(
         ),
     }
     return DiagnosticReport.model_validate(report).model_dump(mode="json", exclude_none=True)
+
+
+def publish_lesion_results(
+    fhir: FhirClient,
+    *,
+    patient_ref: str,
+    study_uid: str,
+    model: str,
+    version: str,
+    lesion_count: int,
+    volume_ml: float,
+) -> tuple[str, list[str]]:
+    """Create the Observations, then the report that points at them, each only once.
+
+    Returns (report id, observation ids). A run repeated after a lost answer finds what the
+    first made: every create is conditional on the resource's business identifier.
+    """
+    observation_ids = []
+    for observation in lesion_observations(
+        patient_ref=patient_ref, study_uid=study_uid, model=model, version=version,
+        lesion_count=lesion_count, volume_ml=volume_ml,
+    ):  # fmt: skip
+        key = observation["identifier"][0]["value"]
+        stored, _created = fhir.conditional_create(observation, system=RESULT_SYSTEM, value=key)
+        observation_ids.append(str(stored["id"]))
+    report = lesion_report(
+        patient_ref=patient_ref, study_uid=study_uid, model=model, version=version,
+        observation_refs=[f"Observation/{i}" for i in observation_ids],
+        lesion_count=lesion_count, volume_ml=volume_ml,
+    )  # fmt: skip
+    key = result_key(study_uid, model, version, "report")
+    stored, _created = fhir.conditional_create(report, system=RESULT_SYSTEM, value=key)
+    return str(stored["id"]), observation_ids

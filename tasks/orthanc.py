@@ -238,6 +238,14 @@ class OrthancClient:
         study_id = str(self._request("GET", f"/series/{series_id}").json()["ParentStudy"])
         return series_id, study_id
 
+    def study(self, study_id: str) -> dict[str, Any]:
+        """GET /studies/{id}: the study's main DICOM tags and its series' IDs."""
+        return dict(self._request("GET", f"/studies/{study_id}").json())
+
+    def study_series(self, study_id: str) -> list[dict[str, Any]]:
+        """The series of one study, each with its main DICOM tags and instance IDs."""
+        return list(self._request("GET", f"/studies/{study_id}/series").json())
+
     def study_instances(self, study_id: str) -> list[dict[str, Any]]:
         """The instances of one study with their main DICOM tags."""
         return list(self._request("GET", f"/studies/{study_id}/instances").json())

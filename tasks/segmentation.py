@@ -9,6 +9,7 @@ downloaded: no `monai.bundle.load`, no schema fetch.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -103,6 +104,22 @@ def load_bundle(root: Path, device: str | None = None) -> LoadedBundle:
         spacing_mm=(spacing[0], spacing[1], spacing[2]),
         metadata=metadata,
     )
+
+
+@functools.cache
+def cached_bundle(root: Path, device: str | None = None) -> LoadedBundle:
+    """The bundle loaded once per process (MONAI's import and the config parse cost seconds)."""
+    return load_bundle(root, device)
+
+
+def bundle_identity(root: Path) -> tuple[str, str]:
+    """(name, version) from the bundle's metadata, without loading anything heavy."""
+    path = root / "configs" / "metadata.json"
+    try:
+        metadata = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise BundleError(f"{path} cannot be read: {err}") from err
+    return str(metadata.get("name", root.name)), str(metadata.get("version", "0"))
 
 
 MIN_COMPONENT_VOXELS = 8  # at 2 mm: 64 mm³, smaller than any lesion worth reporting

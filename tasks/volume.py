@@ -41,7 +41,7 @@ class Volume:
     sop_instance_uids: tuple[str, ...]  # in slice order
     slope: float
     intercept: float
-    headers: tuple[Dataset, ...]  # without pixel data, in slice order (empty from Orthanc)
+    headers: tuple[Dataset, ...]  # without pixel data, in slice order (empty unless asked for)
 
     def physical(self) -> np.ndarray:
         """Values in the modality's units (float32)."""
@@ -137,14 +137,17 @@ def _decode_into(ds: Dataset, out: np.ndarray) -> None:
         out[...] = ds.pixel_array
 
 
-def read_series_from_orthanc(client: OrthancClient, series_id: str, *, workers: int = 8) -> Volume:
+def read_series_from_orthanc(
+    client: OrthancClient, series_id: str, *, workers: int = 8, with_headers: bool = False
+) -> Volume:
     """A series straight from Orthanc, without parsing one DICOM file per slice.
 
     One request lists the instances with their positions and orientation (main DICOM tags),
     one reads the first instance's tags (size, spacing, pixel representation); then each
     slice's file is fetched, its HTJ2K codestream cut out (`codestream_from_file`, or Orthanc's
     raw frame when the file is not in our shape) and decoded into place, in parallel. A
-    series whose slices are not HTJ2K is read from whole files with pydicom.
+    series whose slices are not HTJ2K is read from whole files with pydicom. `with_headers`
+    also parses each file's attributes up to the pixel data (what a DICOM SEG must reference).
     """
     instances = client.series_instances(series_id)
     if not instances:
@@ -177,12 +180,16 @@ def read_series_from_orthanc(client: OrthancClient, series_id: str, *, workers: 
         int(tags.get("PixelRepresentation", 0)), int(tags.get("BitsAllocated", 16))
     )
     pixels = np.empty((len(located), rows, columns), dtype=dtype)
+    headers: list[Dataset | None] = [None] * len(located)
 
     def fill(index: int) -> None:
         orthanc_id = located[index][2]
         # The stored file is Orthanc's cheapest answer; cutting its codestream out here costs
         # microseconds, where Orthanc's own /frames/0/raw parses the file for every slice.
-        codestream = codestream_from_file(client.get_instance_file(orthanc_id))
+        blob = client.get_instance_file(orthanc_id)
+        if with_headers:
+            headers[index] = dcmread(io.BytesIO(blob), stop_before_pixels=True)
+        codestream = codestream_from_file(blob)
         if codestream is None:
             codestream = client.instance_frame_raw(orthanc_id)
         decode_frame(codestream, out=pixels[index])
@@ -198,7 +205,7 @@ def read_series_from_orthanc(client: OrthancClient, series_id: str, *, workers: 
         sop_instance_uids=tuple(str(item[3]) for item in located),
         slope=float(tags.get("RescaleSlope") or 1),
         intercept=float(tags.get("RescaleIntercept") or 0),
-        headers=(),
+        headers=tuple(h for h in headers if h is not None),
     )
 
 

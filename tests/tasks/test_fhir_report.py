@@ -31,7 +31,7 @@ def test_observations_carry_count_volume_and_a_stable_key() -> None:
     }
     assert count["identifier"][0] == {
         "system": RESULT_SYSTEM,
-        "value": f"{STUDY}|brain_lesion_seg|0.1.0|lesion-count",
+        "value": f"{STUDY}:brain-lesion-seg:0.1.0:lesion-count",
     }
     assert all(
         o["status"] == "preliminary" and o["subject"] == {"reference": "Patient/p1"}

@@ -1,0 +1,191 @@
+"""End-to-end inference benchmark: one brain MR study → SEG in Orthanc and a report in FHIR.
+
+The sample brain MR (1 mm: 189 slices 233x197, like a clinical 3D FLAIR; `--spacing 2` for the
+small demo study) is ingested into an Orthanc started here, with the FHIR server and the EMR
+emulator. Then:
+
+1. the whole `run_inference` flow once, cold (against a Prefect server started here, the bundle
+   loaded for the first time in this process): what a study costs the first time a worker sees the model;
+2. `--repeats` warm runs of the same steps without Prefect (each under a new model version, so
+   every run stores a new SEG and new FHIR resources): read (fetch + HTJ2K decode), segment
+   (to the model's grid, sliding windows, back), SEG (build + verified store), FHIR;
+3. the segmentation alone on every device given (`--devices cpu,cuda`): the GPU/CPU ratio on the
+   same volume. Without CUDA here it says so and measures the CPU only.
+
+    .venv/bin/python bench/bench_inference.py [--repeats 3] [--spacing 1.0] [--devices cpu,cuda]
+
+`--in-memory` skips Orthanc, FHIR and the EMR (for the GPU machine, which has none of them):
+the study is read from its files and only read + segment + SEG build are timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuronova.sample_mr import write_sample_mr_study
+from tasks.dicom_seg import build_lesion_seg
+from tasks.inference import measure_lesions, seg_uids, segment_volume
+from tasks.segmentation import load_bundle
+from tasks.volume import Volume, volume_from_files
+
+BUNDLE = Path(__file__).resolve().parent.parent / "models" / "brain_lesion_seg"
+
+
+def timed(run: Callable[[], Any]) -> tuple[Any, float]:
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start
+
+
+def seg_bytes(volume: Volume, mask: Any, study_uid: str, version: str) -> bytes:
+    series_uid, sop_uid = seg_uids(study_uid, "bench", version)
+    seg = build_lesion_seg(volume.headers, mask, algorithm_name="bench", algorithm_version=version,
+                           series_instance_uid=series_uid, sop_instance_uid=sop_uid)  # fmt: skip
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return buffer.getvalue()
+
+
+def segmentation_by_device(volume: Volume, devices: list[str], repeats: int) -> dict[str, float]:
+    """Median seconds of `segment_volume` per device (after one warm-up run each)."""
+    medians = {}
+    for device in devices:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            print(f"  {device}: no CUDA device on this machine, not measured")
+            continue
+        bundle = load_bundle(BUNDLE, device)
+        segment_volume(bundle, volume)  # warm-up: kernels, allocator
+        times = []
+        for _ in range(repeats):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            _run, seconds = timed(lambda b=bundle: segment_volume(b, volume))  # type: ignore[misc]
+            times.append(seconds)
+        medians[device] = statistics.median(times)
+        print(f"  segment on {device:5s}: {medians[device]:6.2f} s (median of {repeats})")
+    if "cpu" in medians and len(medians) > 1:
+        for device, seconds in medians.items():
+            if device != "cpu":
+                print(f"  → {device} is {medians['cpu'] / seconds:.1f}x the CPU")
+    return medians
+
+
+def in_memory(files: list[Path], devices: list[str], repeats: int) -> None:
+    blobs = [p.read_bytes() for p in files]
+    volume, read_s = timed(lambda: volume_from_files(blobs))
+    print(f"{len(blobs)} slices {volume.pixels.shape[1]}x{volume.pixels.shape[2]}, "
+          f"spacing {volume.spacing} mm; read from memory {read_s:.2f} s")  # fmt: skip
+    medians = segmentation_by_device(volume, devices, repeats)
+    best = min(medians, key=lambda d: medians[d])
+    bundle = load_bundle(BUNDLE, best)
+    run = segment_volume(bundle, volume)
+    study = str(volume.headers[0].StudyInstanceUID)
+    _data, build_s = timed(lambda: seg_bytes(volume, run.mask, study, "bench"))
+    total = read_s + medians[best] + build_s
+    print(f"  read + segment ({best}) + SEG build: {total:.2f} s")
+
+
+def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -> None:
+    from common.db import migrate
+    from neuronova.prefect_env import use_prefect_server
+    from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
+    from tasks.fhir_report import publish_lesion_results
+    from tasks.inference import choose_series, find_study_series, store_seg
+    from tasks.ingest import ingest_batch
+    from tasks.inputs import collect_inputs
+    from tasks.orthanc import OrthancClient
+    from tasks.patient_sync import emr_client, fhir_client, resolve_patient
+    from tasks.volume import read_series_from_orthanc
+
+    settings = settings_on_free_ports(tmp / "var", inference_device="cpu")
+    os.environ.update(settings_env(settings))  # the flow builds its own Settings from these
+    stack = LocalStack(settings)
+    try:
+        stack.up(["orthanc", "prefect", "fhir", "emr"])
+        use_prefect_server(settings)  # before Prefect is first imported
+        migrate(settings.resolved_database_url)
+        ingest_batch(settings, collect_inputs(files[0].parent))
+        study_uid = str(
+            __import__("pydicom").dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+        )
+
+        from flows.run_inference import run_inference
+
+        result, cold_s = timed(lambda: run_inference(study_uid))
+        assert result["status"] == "completed", result
+        steps = ", ".join(f"{k} {v:.2f}" for k, v in result["timings"].items())
+        print(f"cold flow run (Prefect, bundle loaded): {cold_s:.2f} s  [{steps}]")
+
+        bundle = load_bundle(BUNDLE, "cpu")
+        rows: dict[str, list[float]] = {"read": [], "segment": [], "seg": [], "fhir": []}
+        with OrthancClient.from_settings(settings) as client, fhir_client(settings) as fhir, \
+                emr_client(settings) as emr:  # fmt: skip
+            for i in range(repeats):
+                # A new model version per run: a real SEG and real FHIR creates every time.
+                version = f"bench-{time.time_ns()}-{i}"
+                clock = time.perf_counter()
+                tags, series = find_study_series(client, study_uid)
+                choice = choose_series(tags, series, min_slices=16)
+                volume = read_series_from_orthanc(client, choice.orthanc_id, with_headers=True)
+                rows["read"].append(time.perf_counter() - clock)
+                clock = time.perf_counter()
+                run = segment_volume(bundle, volume)
+                rows["segment"].append(time.perf_counter() - clock)
+                clock = time.perf_counter()
+                sop_uid = seg_uids(study_uid, "bench", version)[1]
+                store_seg(
+                    settings, seg_bytes(volume, run.mask, study_uid, version), study_uid, sop_uid
+                )
+                rows["seg"].append(time.perf_counter() - clock)
+                clock = time.perf_counter()
+                measured = measure_lesions(run.mask, volume.spacing)
+                patient = resolve_patient(settings, str(tags["PatientID"]), fhir=fhir, emr=emr)
+                assert patient.resource is not None
+                publish_lesion_results(
+                    fhir, patient_ref=f"Patient/{patient.resource['id']}", study_uid=study_uid,
+                    model="bench", version=version, lesion_count=measured.count,
+                    volume_ml=measured.volume_ml,
+                )  # fmt: skip
+                rows["fhir"].append(time.perf_counter() - clock)
+        medians = {k: statistics.median(v) for k, v in rows.items()}
+        total = sum(medians.values())
+        print(f"warm, without Prefect, median of {repeats}: " +
+              ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in medians.items()) +
+              f"; study end to end {total:.2f} s")  # fmt: skip
+        segmentation_by_device(volume, devices, repeats)
+    finally:
+        stack.down()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--spacing", type=float, default=1.0, help="mm; 1.0: 189x233x197")
+    parser.add_argument("--devices", default="cpu,cuda")
+    parser.add_argument("--in-memory", action="store_true", help="no Orthanc/FHIR (GPU machine)")
+    args = parser.parse_args()
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: "
+          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="nn-bench-inference-") as tmp:
+        files, _mask = write_sample_mr_study(Path(tmp) / "study", spacing_mm=args.spacing)
+        if args.in_memory:
+            in_memory(files, devices, args.repeats)
+        else:
+            with_stack(Path(tmp), files, devices, args.repeats)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""`run_inference` on the sample brain MR against the real stack: Orthanc, MariaDB, the FHIR
+server, the OpenEMR emulator and Prefect. Ingest triggers it; the SEG read back from Orthanc is
+compared with the lesions the sample was built with; a second run adds nothing."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+import requests
+
+from common.db import InferenceResult, session_scope
+from common.settings import Settings
+from models.synthetic_lesions import dice, make_case
+from neuronova.sample import write_sample_study
+from neuronova.sample_mr import SAMPLE_MR_SEED, write_sample_mr_study
+from tasks.fhir_report import RESULT_SYSTEM, result_key
+from tasks.orthanc import OrthancClient
+from tasks.segmentation import file_sha256, load_bundle, segment
+
+pytestmark = pytest.mark.integration
+
+MIN_DICE = 0.75  # the sample case is one of the harder ones (the bundle's mean is 0.865)
+PIPELINE_LOSS = 0.02  # Orthanc, reorientation and the SEG may cost the model this much at most
+
+
+@pytest.fixture(scope="module")
+def sample_mr(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    folder = tmp_path_factory.mktemp("mr") / "study"
+    _files, mask_path = write_sample_mr_study(folder)
+    return folder, np.load(mask_path)
+
+
+@pytest.fixture(scope="module")
+def ingested(
+    orthanc: Settings, patient_sources: Settings, prefect_harness: None, sample_mr: Any
+) -> dict[str, Any]:
+    from flows.ingest_study import ingest_study
+
+    report: dict[str, Any] = ingest_study(str(sample_mr[0]))
+    return report
+
+
+def _reading(report: dict[str, Any]) -> dict[str, Any]:
+    (reading,) = report["inference"]
+    return reading
+
+
+def _fhir_search(settings: Settings, resource: str, key: str) -> list[dict[str, Any]]:
+    answer = requests.get(
+        f"{settings.fhir_url}/{resource}",
+        params={"identifier": f"{RESULT_SYSTEM}|{key}"},
+        timeout=10,
+    )
+    answer.raise_for_status()
+    return [e["resource"] for e in answer.json().get("entry", [])]
+
+
+def _key(reading: dict[str, Any], kind: str) -> str:
+    model = reading["model"]
+    return result_key(reading["study_instance_uid"], model["name"], model["version"], kind)
+
+
+def test_ingest_of_a_brain_mr_runs_inference(ingested: dict[str, Any]) -> None:
+    reading = _reading(ingested)
+    assert reading["status"] == "completed", reading
+    assert reading["device"] == "cpu"
+    assert reading["lesion_count"] >= 1 and reading["lesion_volume_ml"] > 0
+    assert set(reading["timings"]) >= {"read_s", "segment_s", "seg_store_s", "fhir_s"}
+
+
+def test_the_seg_in_orthanc_matches_the_true_mask(
+    ingested: dict[str, Any], sample_mr: tuple[Path, np.ndarray], orthanc: Settings
+) -> None:
+    reading = _reading(ingested)
+    with OrthancClient.from_settings(orthanc) as client:
+        seg_id = client.lookup(reading["seg"]["sop_instance_uid"])
+        assert seg_id is not None, "the SEG is not in Orthanc"
+        seg = hd.seg.Segmentation.from_dataset(
+            pydicom.dcmread(io.BytesIO(client.get_instance_file(seg_id)))
+        )
+    files = sorted(sample_mr[0].glob("*.dcm"))
+    sources = sorted(
+        (pydicom.dcmread(f, stop_before_pixels=True) for f in files),
+        key=lambda ds: float(ds.ImagePositionPatient[2]),
+    )
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[ds.SOPInstanceUID for ds in sources],
+        segment_numbers=[1],
+        ignore_spatial_locations=True,
+    )
+    found = pixels[..., 0].astype(np.uint8)
+    truth = sample_mr[1]
+    case = make_case(SAMPLE_MR_SEED)
+    assert found.shape == truth.shape
+    score = dice(found, truth)
+    direct = dice(segment(load_bundle(orthanc.model_bundle_dir, "cpu"), case.image), case.mask)
+    print(f"SEG vs true mask: Dice {score:.3f}; the model on the in-memory volume: {direct:.3f}")
+    assert score >= MIN_DICE
+    assert score >= direct - PIPELINE_LOSS
+    description = seg.SegmentSequence[0]
+    assert description.SegmentationAlgorithmIdentificationSequence[0].AlgorithmVersion == "0.1.0"
+    assert "not for clinical use" in seg.ContentDescription
+
+
+def test_fhir_holds_one_report_and_its_measurements(
+    ingested: dict[str, Any], patient_sources: Settings
+) -> None:
+    reading = _reading(ingested)
+    (report,) = _fhir_search(patient_sources, "DiagnosticReport", _key(reading, "report"))
+    assert report["subject"]["reference"] == reading["fhir"]["patient"]
+    assert reading["study_instance_uid"] in report["conclusion"]
+    assert "not for clinical use" in report["conclusion"]
+    (count,) = _fhir_search(patient_sources, "Observation", _key(reading, "lesion-count"))
+    (volume,) = _fhir_search(patient_sources, "Observation", _key(reading, "lesion-volume"))
+    assert count["valueInteger"] == reading["lesion_count"]
+    assert volume["valueQuantity"]["unit"] == "mL"
+    assert abs(volume["valueQuantity"]["value"] - reading["lesion_volume_ml"]) < 1e-3
+    refs = {r["reference"] for r in report["result"]}
+    assert refs == {f"Observation/{count['id']}", f"Observation/{volume['id']}"}
+
+
+def test_the_result_row_names_model_checksum_and_device(
+    ingested: dict[str, Any], orthanc: Settings
+) -> None:
+    reading = _reading(ingested)
+    with session_scope(orthanc.resolved_database_url) as session:
+        rows = (
+            session.query(InferenceResult)
+            .filter_by(study_instance_uid=reading["study_instance_uid"])
+            .all()
+        )
+    (row,) = rows
+    assert row.model_sha256 == file_sha256(orthanc.model_bundle_dir / "models" / "model.pt")
+    assert row.status == "completed" and row.device == "cpu" and row.completed_at is not None
+    assert json.loads(row.timings)["segment_s"] > 0
+    overlay = (
+        orthanc.results_dir / row.study_instance_uid / f"overlay-{row.seg_sop_instance_uid}.png"
+    )
+    assert overlay.read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_second_run_adds_no_second_seg_or_report(
+    ingested: dict[str, Any], orthanc: Settings, patient_sources: Settings
+) -> None:
+    from flows.run_inference import run_inference
+
+    first = _reading(ingested)
+    again = run_inference(first["study_instance_uid"])
+    assert again["reused"] and again["seg"] == first["seg"] and again["fhir"] == first["fhir"]
+    with OrthancClient.from_settings(orthanc) as client:
+        seg_series = client.lookup(first["seg"]["series_instance_uid"], "Series")
+        assert seg_series is not None
+        assert len(client.series_instances(seg_series)) == 1
+    assert len(_fhir_search(patient_sources, "DiagnosticReport", _key(first, "report"))) == 1
+
+
+def test_a_study_without_mr_ends_with_a_message(
+    orthanc: Settings, prefect_harness: None, tmp_path: Path
+) -> None:
+    from flows.ingest_study import ingest_study
+    from flows.run_inference import run_inference
+
+    write_sample_study(tmp_path / "ct", slices=3)
+    report = ingest_study(str(tmp_path / "ct"))
+    assert report["inference"] == []  # CT: nothing triggered
+    result = run_inference(report["studies"][0]["study_instance_uid"])
+    assert result["status"] == "no-suitable-series"
+    assert "no MR series" in result["message"] and "CT" in result["message"]
+    unknown = run_inference("1.2.826.0.1.3680043.10.1245.999999")
+    assert unknown["status"] == "no-suitable-series" and "not in the archive" in unknown["message"]
