@@ -14,6 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
+from sqlmodel import select
 
 from common.db import InferenceResult, session_scope
 from common.settings import Settings
@@ -130,12 +131,11 @@ def test_the_result_row_names_model_checksum_and_device(
     ingested: dict[str, Any], orthanc: Settings
 ) -> None:
     reading = _reading(ingested)
+    query = select(InferenceResult).where(
+        InferenceResult.study_instance_uid == reading["study_instance_uid"]
+    )
     with session_scope(orthanc.resolved_database_url) as session:
-        rows = (
-            session.query(InferenceResult)
-            .filter_by(study_instance_uid=reading["study_instance_uid"])
-            .all()
-        )
+        rows = session.exec(query).all()
     (row,) = rows
     assert row.model_sha256 == file_sha256(orthanc.model_bundle_dir / "models" / "model.pt")
     assert row.status == "completed" and row.device == "cpu" and row.completed_at is not None
