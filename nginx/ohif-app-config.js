@@ -12,7 +12,8 @@ window.config = {
   routerBasename: '/',
   extensions: [],
   modes: [],
-  customizationService: {},
+  // No onboarding tour: it covers the viewport until dismissed, on every new browser profile.
+  customizationService: { 'ohif.tours': { $set: [] } },
   showStudyList: false,
   maxNumberOfWebWorkers: 3,
   showWarningMessageForCrossOrigin: false,

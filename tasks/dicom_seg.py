@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 
 NOT_FOR_CLINICAL_USE = "AI generated, not for clinical use"
 SEG_SERIES_NUMBER = 9001
+LESION_RED = hd.color.CIELabColor(53.24, 80.09, 67.20)  # sRGB red: viewers use it as is
 
 
 def build_lesion_seg(
@@ -47,10 +48,12 @@ def build_lesion_seg(
         algorithm_identification=algorithm,
         tracking_uid=hd.UID(),
         tracking_id="AI lesion segmentation",
+        display_color=LESION_RED,
     )
+    frames = frames_to_store(mask)
     seg = hd.seg.Segmentation(
-        source_images=list(sources),
-        pixel_array=mask.astype(bool),
+        source_images=[sources[i] for i in frames] if frames is not None else list(sources),
+        pixel_array=(mask[frames] if frames is not None else mask).astype(bool),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[segment],
         series_instance_uid=series_instance_uid or hd.UID(),
@@ -64,6 +67,33 @@ def build_lesion_seg(
         series_description=f"AI lesions ({NOT_FOR_CLINICAL_USE})"[:64],
         content_description=NOT_FOR_CLINICAL_USE,
         content_label="AI_LESIONS",
-        omit_empty_frames=True,
+        omit_empty_frames=frames is None,
     )
     return seg
+
+
+def frames_to_store(mask: np.ndarray) -> list[int] | None:
+    """None (store the slices with lesions), or the slices to store, empty ones included.
+
+    OHIF's DICOM reader (dcmjs 0.4x) refuses a bit-packed multi-frame SEG whose frames each fill
+    whole bytes but whose pixel data ends in the pad byte DICOM requires for an odd length
+    ("Invalid frame length"). Then every slice is stored when their number is even; otherwise
+    one empty slice next to a lesion (or a second empty one) is added. Either makes the length
+    even; the SEG stays valid and the viewer can read it.
+    """
+    pixels_per_frame = int(mask.shape[1]) * int(mask.shape[2])
+    with_lesion = [i for i in range(mask.shape[0]) if mask[i].any()]
+    frames = max(len(with_lesion), 1)
+    if pixels_per_frame % 8 or (frames * pixels_per_frame // 8) % 2 == 0:
+        return None
+    if mask.shape[0] % 2 == 0:  # every slice as a frame: even, and every source referenced
+        return list(range(mask.shape[0]))
+    chosen = set(with_lesion) or {0}
+    extra = next(
+        (i for c in sorted(chosen) for i in (c - 1, c + 1)
+         if 0 <= i < mask.shape[0] and i not in chosen),
+        None,
+    )  # fmt: skip
+    if extra is None:  # a single-slice volume: nothing to add; no viewer reads it as a stack
+        return None
+    return sorted(chosen | {extra})

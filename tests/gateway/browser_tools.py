@@ -60,7 +60,8 @@ def reference_slices(folder: Path) -> list[np.ndarray]:
     slices = []
     for path in sorted(folder.glob("*.dcm")):
         ds = pydicom.dcmread(path)
-        hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+        slope, intercept = ds.get("RescaleSlope", 1), ds.get("RescaleIntercept", 0)
+        hu = ds.pixel_array * float(slope) + float(intercept)
         low = float(ds.WindowCenter) - float(ds.WindowWidth) / 2
         slices.append(np.clip((hu - low) / float(ds.WindowWidth), 0, 1) * 255)
     return slices
@@ -94,3 +95,29 @@ def best_match(drawn: np.ndarray, references: list[np.ndarray]) -> float:
             continue
         best = max(best, float(np.corrcoef(shown.ravel(), sampled.ravel())[0, 1]))
     return best
+
+
+def canvas_rgb(page: Any) -> np.ndarray | None:
+    """The viewport's canvas in colour (segmentations are drawn into it), or None."""
+    from PIL import Image
+
+    data = page.evaluate(
+        """() => {
+            const canvas = document.querySelector('canvas.cornerstone-canvas');
+            return canvas && canvas.width > 0 ? canvas.toDataURL('image/png') : null;
+        }"""
+    )
+    if not data:
+        return None
+    png = base64.b64decode(data.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def red_overlay(rgb: np.ndarray) -> np.ndarray:
+    """Where a red segment is drawn over the grey image."""
+    return (rgb[..., 0] > rgb[..., 1] + 40) & (rgb[..., 0] > rgb[..., 2] + 40)
+
+
+def head_box(grey_image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of the non-black part of an image."""
+    return _bbox(grey_image > 8)

@@ -6,20 +6,31 @@ them): a uniform grey canvas, which a mislabelled codestream produces, fails it.
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode, urlparse
 
+import highdicom as hd
 import httpx
+import numpy as np
+import pydicom
 import pytest
 
-from common.settings import PROJECT_ROOT
+from common.settings import PROJECT_ROOT, Settings
+from neuronova.sample_mr import write_sample_mr_study
+from tasks.orthanc import OrthancClient
 from tests.gateway.browser_tools import (
     CHROMIUM,
     CHROMIUM_ARGS,
     best_match,
+    canvas_rgb,
+    head_box,
+    red_overlay,
     reference_slices,
     wait_for_image,
 )
@@ -124,4 +135,92 @@ def test_a_link_after_logout_shows_no_image(browser, viewing: Viewing) -> None: 
     page.goto(url)
     assert wait_for_image(page, 15) is None
     assert gate_answers and all(status == 401 for status in gate_answers), gate_answers
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def brain_mr(
+    viewing: Viewing, patient_sources: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The sample brain MR ingested (the AI reads it on the way), same patient as study A."""
+    from flows.ingest_study import ingest_study
+
+    folder = tmp_path_factory.mktemp("brain-mr") / "study"
+    write_sample_mr_study(folder)
+    report = ingest_study(str(folder))
+    (reading,) = report["inference"]
+    assert reading["status"] == "completed", reading
+    return reading | {"folder": folder}
+
+
+def _seg_mask_for_instance(settings: Settings, reading: dict[str, Any], number: int) -> np.ndarray:
+    """The AI's mask on the MR slice with that InstanceNumber, from the SEG stored in Orthanc."""
+    folder: Path = reading["folder"]
+    sources = {int(ds.InstanceNumber): ds for ds in
+               (pydicom.dcmread(f, stop_before_pixels=True) for f in folder.glob("*.dcm"))}  # fmt: skip
+    with OrthancClient.from_settings(settings) as client:
+        seg_id = client.lookup(reading["seg"]["sop_instance_uid"])
+        assert seg_id is not None
+        seg = hd.seg.Segmentation.from_dataset(
+            pydicom.dcmread(io.BytesIO(client.get_instance_file(seg_id)))
+        )
+    pixels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=[sources[number].SOPInstanceUID],
+        segment_numbers=[1],
+        ignore_spatial_locations=True,
+        assert_missing_frames_are_empty=True,
+    )
+    return np.asarray(pixels[0, ..., 0] > 0)
+
+
+def test_the_ai_seg_is_drawn_over_the_mr_where_the_model_found_the_lesion(  # type: ignore[no-untyped-def]
+    browser, viewing: Viewing, brain_mr: dict[str, Any]
+) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    access = _login_in_page(page, viewing)
+    page.goto(_link(page, viewing, access, brain_mr["study_instance_uid"]))
+    seg_item = page.locator("[data-cy='study-browser-thumbnail-no-image'][data-series='9001']")
+    seg_item.wait_for(timeout=FIRST_IMAGE_TIMEOUT_S * 1000)
+    assert "AI generated, not for clinical use" in seg_item.inner_text()
+    seg_item.dblclick()
+    page.get_by_role("button", name="Yes").click(timeout=30_000)  # "open this Segmentation?"
+
+    deadline = time.monotonic() + 30
+    drawn = None
+    while time.monotonic() < deadline:
+        rgb = canvas_rgb(page)
+        if rgb is not None and red_overlay(rgb).sum() > 20:
+            drawn = rgb
+            break
+        page.wait_for_timeout(200)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "viewer-seg-overlay.png"
+    page.screenshot(path=str(shot))
+    assert drawn is not None, f"no segmentation drawn over the image (see {shot})"
+
+    # OHIF jumps to a slice with the segment; which one its overlay says ("I: 28 (67/94)").
+    match = re.search(r"I:\s*(\d+)\s*\(", page.inner_text("body"))
+    assert match, "the viewport does not show the instance number"
+    mask = _seg_mask_for_instance(viewing.settings, brain_mr, int(match.group(1)))
+    assert mask.any(), "OHIF shows red on a slice where the SEG has no lesion"
+    # Map the mask's lesion centre into the canvas through the head's extent in both.
+    grey_canvas = drawn.mean(axis=2) * ~red_overlay(drawn)
+    canvas_box, reference = head_box(grey_canvas), reference_slices(brain_mr["folder"])
+    number_to_index = {int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber): i
+                       for i, f in enumerate(sorted(brain_mr["folder"].glob("*.dcm")))}  # fmt: skip
+    slice_box = head_box(reference[number_to_index[int(match.group(1))]])
+    assert canvas_box and slice_box
+    rows, cols = np.nonzero(mask)
+    scale_r = (canvas_box[1] - canvas_box[0]) / (slice_box[1] - slice_box[0])
+    scale_c = (canvas_box[3] - canvas_box[2]) / (slice_box[3] - slice_box[2])
+    expected = (canvas_box[0] + (rows.mean() + 0.5 - slice_box[0]) * scale_r,
+                canvas_box[2] + (cols.mean() + 0.5 - slice_box[2]) * scale_c)  # fmt: skip
+    red_rows, red_cols = np.nonzero(red_overlay(drawn))
+    distance_voxels = np.hypot(
+        (red_rows.mean() - expected[0]) / scale_r, (red_cols.mean() - expected[1]) / scale_c
+    )
+    print(f"\nSEG drawn on instance {match.group(1)}, {red_rows.size} red pixels, "
+          f"{distance_voxels:.2f} voxels from where the SEG puts the lesion; screenshot {shot}")  # fmt: skip
+    assert distance_voxels < 2.0
     context.close()

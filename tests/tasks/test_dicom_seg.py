@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from neuronova.sample_mr import write_sample_mr_study
-from tasks.dicom_seg import NOT_FOR_CLINICAL_USE, build_lesion_seg
+from tasks.dicom_seg import NOT_FOR_CLINICAL_USE, build_lesion_seg, frames_to_store
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
 
@@ -67,7 +67,10 @@ def test_the_seg_names_the_algorithm_and_its_sources(
         for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     }
     assert referenced == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
-    assert int(seg.NumberOfFrames) == int((mask.reshape(len(files), -1).any(axis=1)).sum())
+    with_lesion = int((mask.reshape(len(files), -1).any(axis=1)).sum())
+    # Only slices with lesions, unless OHIF's reader needs an even length (frames_to_store).
+    expected = with_lesion if frames_to_store(mask) is None else len(frames_to_store(mask) or [])
+    assert int(seg.NumberOfFrames) == expected
 
 
 def test_the_mask_comes_back_from_the_seg(seg_file: tuple[Path, list[Path], np.ndarray]) -> None:
@@ -78,3 +81,23 @@ def test_the_mask_comes_back_from_the_seg(seg_file: tuple[Path, list[Path], np.n
         source_sop_instance_uids=uids, segment_numbers=[1], ignore_spatial_locations=True
     )
     assert np.array_equal(pixels[..., 0].astype(np.uint8), mask)
+
+
+@pytest.mark.parametrize(
+    ("shape", "lesion_slices", "expected"),
+    [
+        ((5, 16, 16), [1, 2], None),  # 2 frames of 32 bytes: even, nothing to add
+        ((5, 116, 98), [1, 2], None),  # 2 frames of 1421 bytes: even
+        ((6, 116, 98), [1, 2, 3], [0, 1, 2, 3, 4, 5]),  # 3 x 1421 is odd: all 6 slices
+        ((5, 116, 98), [1, 2, 3], [0, 1, 2, 3]),  # ... or, of 5, one empty slice added
+        ((5, 116, 98), [], [0, 1]),  # no lesion: two empty frames rather than one
+        ((5, 15, 15), [1, 2, 3], None),  # frames do not fill whole bytes: read bit by bit
+    ],
+)
+def test_frames_are_chosen_so_ohif_can_read_the_seg(
+    shape: tuple[int, int, int], lesion_slices: list[int], expected: list[int] | None
+) -> None:
+    mask = np.zeros(shape, dtype=np.uint8)
+    for index in lesion_slices:
+        mask[index, 3:6, 3:6] = 1
+    assert frames_to_store(mask) == expected
