@@ -175,3 +175,52 @@ def test_a_study_without_mr_ends_with_a_message(
     assert "no MR series" in result["message"] and "CT" in result["message"]
     unknown = run_inference("1.2.826.0.1.3680043.10.1245.999999")
     assert unknown["status"] == "no-suitable-series" and "not in the archive" in unknown["message"]
+
+
+def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
+    orthanc: Settings, patient_sources: Settings, prefect_harness: None, tmp_path: Path
+) -> None:
+    """The SEG is stored and the row says what is owed; once the EMR knows the patient, the
+    next run writes the report alone (no second SEG)."""
+    from flows.ingest_study import ingest_study
+    from flows.run_inference import run_inference
+    from tasks.emr_sync import ensure_emr_patient
+    from tasks.patient_sync import emr_client
+
+    files, _mask = write_sample_mr_study(tmp_path / "other", seed=SAMPLE_MR_SEED + 1)
+    mrn = "NN-LATE-0001"
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.PatientID = mrn
+        ds.save_as(path)
+    (first,) = ingest_study(str(tmp_path / "other"))["inference"]
+    assert first["status"] == "segmented" and first["fhir"]["report"] is None
+    assert f"patient {mrn} is not known to the EMR" in first["note"]
+
+    with emr_client(patient_sources) as emr:
+        ensure_emr_patient(emr, {"pubpid": mrn, "fname": "Late", "lname": "Arrival",
+                                 "DOB": "1980-02-03", "sex": "Female"})  # fmt: skip
+    second = run_inference(first["study_instance_uid"])
+    assert second["status"] == "completed" and second["note"] is None
+    assert second["seg"] == first["seg"] and second["fhir"]["report"]
+    assert "fhir_s" in second["timings"] and "segment_s" in second["timings"]
+    with OrthancClient.from_settings(orthanc) as client:
+        seg_series = client.lookup(first["seg"]["series_instance_uid"], "Series")
+        assert seg_series is not None and len(client.series_instances(seg_series)) == 1
+
+
+def test_the_prefect_ui_gets_a_table_and_the_overlay(ingested: dict[str, Any]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    slug = _reading(ingested)["study_instance_uid"].replace(".", "-")
+    keys = [f"inference-{slug}"[:100], f"inference-overlay-{slug}"[:100]]
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert set(by_key) == set(keys)
+    table = json.loads(str(by_key[keys[0]].data))
+    assert {"field": "device", "value": "cpu"} in table
+    assert "data:image/png;base64," in str(by_key[keys[1]].data)
