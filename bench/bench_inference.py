@@ -82,7 +82,7 @@ def segmentation_by_device(volume: Volume, devices: list[str], repeats: int) -> 
 
 def in_memory(files: list[Path], devices: list[str], repeats: int) -> None:
     blobs = [p.read_bytes() for p in files]
-    volume, read_s = timed(lambda: volume_from_files(blobs))
+    volume, read_s = timed(lambda: volume_from_files(blobs, with_headers=True))
     print(f"{len(blobs)} slices {volume.pixels.shape[1]}x{volume.pixels.shape[2]}, "
           f"spacing {volume.spacing} mm; read from memory {read_s:.2f} s")  # fmt: skip
     medians = segmentation_by_device(volume, devices, repeats)

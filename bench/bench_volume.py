@@ -8,7 +8,8 @@ ingest), read twice per round, alternating:
   codestream cut out without parsing the dataset, decoded by OpenJPH into one preallocated
   array) vs the usual path (every file fetched with the same 8 threads, `pydicom.dcmread` +
   `pixel_array`, `numpy.stack` in position order);
-- from the same files in memory: ours (`volume_from_files`) vs `dcmread` + `pixel_array`.
+- from the same files in memory: ours (`volume_from_files`: a few attributes scanned without
+  pydicom, codestreams cut out and decoded into place) vs `dcmread` + `pixel_array`.
 
 Every result is compared with the others before timing.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +21,7 @@ from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_frames
 
 from common.errors import NeuroNovaError
+from tasks.dicom_header import scan_header
 from tasks.htj2k import HTJ2K_SYNTAXES, decode_frame
 from tasks.orthanc import OrthancClient
 
@@ -48,10 +49,31 @@ class Volume:
         return self.pixels.astype(np.float32) * self.slope + self.intercept
 
 
-def volume_from_files(blobs: Sequence[bytes], workers: int = 4) -> Volume:
-    """Assemble a volume from the DICOM files of one series (any order)."""
+def volume_from_files(
+    blobs: Sequence[bytes], workers: int = 4, *, with_headers: bool = False
+) -> Volume:
+    """Assemble a volume from the DICOM files of one series (any order).
+
+    HTJ2K files are read the fast way: a few attributes scanned without pydicom, the codestream
+    cut out and decoded into place (`with_headers` parses each file's attributes as well).
+    Anything else goes through pydicom, headers included.
+    """
     if not blobs:
         raise VolumeError("no instances in the series")
+    scanned = [scan_header(blob) for blob in blobs]
+    if all(s is not None and s.get("TransferSyntaxUID") in HTJ2K_SYNTAXES for s in scanned):
+        slices = [
+            _SliceRef(key=index, main=tags)
+            for index, tags in enumerate(s for s in scanned if s is not None)
+        ]
+        return _assemble(
+            slices, slices[0].main, lambda index: blobs[index], None, workers, with_headers
+        )
+    return _volume_from_datasets(blobs, workers)
+
+
+def _volume_from_datasets(blobs: Sequence[bytes], workers: int) -> Volume:
+    """The general path: every file parsed by pydicom, pixels decoded per transfer syntax."""
     datasets = [dcmread(io.BytesIO(blob)) for blob in blobs]
     first = datasets[0]
     rows, columns = int(first.Rows), int(first.Columns)
@@ -157,54 +179,85 @@ def read_series_from_orthanc(
     if syntax not in HTJ2K_SYNTAXES:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             blobs = list(pool.map(client.get_instance_file, [i["ID"] for i in instances]))
-        return volume_from_files(blobs, workers=min(workers, 4))
-    rows, columns = int(tags["Rows"]), int(tags["Columns"])
-    orientation = _floats(tags["ImageOrientationPatient"]).reshape(2, 3)
+        return volume_from_files(blobs, workers=min(workers, 4), with_headers=with_headers)
+    slices = [_SliceRef(key=i["ID"], main=i.get("MainDicomTags", {})) for i in instances]
+    return _assemble(
+        slices, tags, client.get_instance_file, client.instance_frame_raw, workers, with_headers
+    )
+
+
+@dataclass(frozen=True)
+class _SliceRef:
+    key: Any  # how `fetch` finds the slice's file (an Orthanc ID, an index)
+    main: dict[str, Any]  # its position, orientation, SOP UID (strings, as Orthanc gives them)
+
+
+def _assemble(
+    slices: list[_SliceRef],
+    shared: dict[str, Any],
+    fetch: Callable[[Any], bytes],
+    raw_frame: Callable[[Any], bytes] | None,
+    workers: int,
+    with_headers: bool,
+) -> Volume:
+    """Order HTJ2K slices by position, then fetch, cut and decode each into place in parallel.
+
+    `shared` holds what all slices have in common (size, spacing, pixel representation);
+    `raw_frame` gives a slice's codestream when its file is not in our shape.
+    """
+    rows, columns = int(shared["Rows"]), int(shared["Columns"])
+    orientation = _floats(shared["ImageOrientationPatient"]).reshape(2, 3)
     normal = np.cross(orientation[0], orientation[1])
     located = []
-    for instance in instances:
-        main = instance.get("MainDicomTags", {})
-        if "ImagePositionPatient" not in main:
+    for ref in slices:
+        if "ImagePositionPatient" not in ref.main:
             raise VolumeError("an instance without ImagePositionPatient")
-        other = _floats(main.get("ImageOrientationPatient", tags["ImageOrientationPatient"]))
+        if int(ref.main.get("NumberOfFrames") or 1) != 1:
+            raise VolumeError("multi-frame instances are not read as slices")
+        other = _floats(ref.main.get("ImageOrientationPatient", shared["ImageOrientationPatient"]))
         if not np.allclose(other.reshape(2, 3), orientation, atol=1e-4):
             raise VolumeError("slices with different orientations")
-        position = _floats(main["ImagePositionPatient"])
-        located.append(
-            (float(position @ normal), position, instance["ID"], main.get("SOPInstanceUID", ""))
-        )
+        if (int(ref.main.get("Rows", rows)), int(ref.main.get("Columns", columns))) != (
+            rows,
+            columns,
+        ):
+            raise VolumeError("slices of different sizes")
+        position = _floats(ref.main["ImagePositionPatient"])
+        located.append((float(position @ normal), position, ref))
     located.sort(key=lambda item: item[0])
     positions = [item[1] for item in located]
     spacing_z = _slice_spacing(positions, normal)
     dtype = _pixel_dtype(
-        int(tags.get("PixelRepresentation", 0)), int(tags.get("BitsAllocated", 16))
+        int(shared.get("PixelRepresentation", 0)), int(shared.get("BitsAllocated", 16))
     )
     pixels = np.empty((len(located), rows, columns), dtype=dtype)
     headers: list[Dataset | None] = [None] * len(located)
 
     def fill(index: int) -> None:
-        orthanc_id = located[index][2]
+        ref = located[index][2]
         # The stored file is Orthanc's cheapest answer; cutting its codestream out here costs
         # microseconds, where Orthanc's own /frames/0/raw parses the file for every slice.
-        blob = client.get_instance_file(orthanc_id)
+        blob = fetch(ref.key)
         if with_headers:
             headers[index] = dcmread(io.BytesIO(blob), stop_before_pixels=True)
         codestream = codestream_from_file(blob)
         if codestream is None:
-            codestream = client.instance_frame_raw(orthanc_id)
+            if raw_frame is None:
+                raise VolumeError("an HTJ2K file whose codestream cannot be found")
+            codestream = raw_frame(ref.key)
         decode_frame(codestream, out=pixels[index])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(len(located))))
-    row_mm, col_mm = (float(v) for v in _floats(tags["PixelSpacing"]))
+    row_mm, col_mm = (float(v) for v in _floats(shared["PixelSpacing"]))
     affine = _affine(orientation, normal, (spacing_z, row_mm, col_mm), positions[0])
     return Volume(
         pixels=pixels,
         affine=affine,
         spacing=(spacing_z, row_mm, col_mm),
-        sop_instance_uids=tuple(str(item[3]) for item in located),
-        slope=float(tags.get("RescaleSlope") or 1),
-        intercept=float(tags.get("RescaleIntercept") or 0),
+        sop_instance_uids=tuple(str(item[2].main.get("SOPInstanceUID", "")) for item in located),
+        slope=float(shared.get("RescaleSlope") or 1),
+        intercept=float(shared.get("RescaleIntercept") or 0),
         headers=tuple(h for h in headers if h is not None),
     )
 

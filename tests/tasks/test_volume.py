@@ -57,6 +57,16 @@ def test_htj2k_files_in_any_order_become_the_volume(sample: tuple[list[Path], Pa
     assert volume.sop_instance_uids[0] == first.SOPInstanceUID
 
 
+def test_headers_come_in_slice_order_when_asked_for(sample: tuple[list[Path], Path]) -> None:
+    files, _ = sample
+    blobs = [_htj2k(p) for p in files[:20]]
+    random.Random(3).shuffle(blobs)
+    assert volume_from_files(blobs).headers == ()
+    volume = volume_from_files(blobs, with_headers=True)
+    assert [h.SOPInstanceUID for h in volume.headers] == list(volume.sop_instance_uids)
+    assert "PixelData" not in volume.headers[0]
+
+
 def test_a_missing_slice_is_refused(sample: tuple[list[Path], Path]) -> None:
     files, _ = sample
     blobs = [p.read_bytes() for p in files]
