@@ -6,6 +6,7 @@ any database to the head revision and is safe to call at every start.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Column, Engine, Text, UniqueConstraint, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine
+
+from common.errors import TransientUpstreamError
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -296,9 +299,45 @@ def ensure_schema(url: str) -> None:
 
 
 def migrate(url: str) -> None:
-    """Bring the database at `url` to the newest schema (idempotent)."""
+    """Bring the database at `url` to the newest schema (idempotent).
+
+    Under a lock: web workers and flows starting together on a new database would otherwise
+    each run the first migration, and all but one fail ("table already exists").
+    """
     from alembic import command
 
+    lock_dir = None
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(url), "head")
+        lock_dir = Path(url.removeprefix("sqlite:///")).parent
+        lock_dir.mkdir(parents=True, exist_ok=True)
+    with named_lock(url, "nn-migrate", lock_dir, timeout_s=120):
+        command.upgrade(alembic_config(url), "head")
+
+
+@contextmanager
+def named_lock(
+    url: str, name: str, lock_dir: Path | None, *, timeout_s: int = 30
+) -> Iterator[None]:
+    """One holder at a time, across threads and processes: MySQL's `GET_LOCK`, or a lock file
+    in `lock_dir` (SQLite: the database's own folder). TransientUpstreamError on time-out."""
+    if url.startswith("mysql"):
+        with get_engine(url).connect() as connection:
+            got = connection.execute(
+                text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": timeout_s}
+            ).scalar()
+            if got != 1:
+                raise TransientUpstreamError(f"{name} is busy (lock not granted in {timeout_s} s)")
+            try:
+                yield
+            finally:
+                connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+        return
+    if lock_dir is None:
+        raise ValueError("a lock on this database needs a folder for its lock file")
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with (lock_dir / f"{name}.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

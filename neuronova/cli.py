@@ -222,9 +222,9 @@ def demo() -> None:
     from common.db import migrate
     from neuronova.stack import LocalStack
 
+    migrate(settings.resolved_database_url)  # before the web workers start on it
     with console.status("Starting the local stack (first run installs packages) …"):
         status = LocalStack(settings).up()
-    migrate(settings.resolved_database_url)
     folder = settings.data_dir / "sample-mr-study"
     sample(folder, mr=True)
     use_prefect_server(settings)
@@ -245,7 +245,7 @@ def demo() -> None:
     link = viewer_link(status["gateway"], DEMO_CLINICIAN, password, study_uid)
     ui = status["prefect"].removesuffix("/api")
     console.print(f"\nOrthanc (loopback only, behind the gateway): {status['orthanc']}")
-    console.print(f"Prefect UI: {ui}  (flow run 'ingest_study', artifacts per study)")
+    console.print(f"Prefect UI: {ui}  (flow runs 'ingest_study' and 'run_inference', artifacts)")
     console.print(
         f"Gateway: {status['gateway']}  (user {DEMO_CLINICIAN}, password in "
         f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')})"

@@ -9,7 +9,6 @@ Work for one MRN is serialised across threads and processes by `mrn_lock`: MySQL
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -23,8 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, select
 
-from common.db import CachedPatient, PatientMergeFlag, get_engine, session_scope
-from common.errors import TransientUpstreamError
+from common.db import CachedPatient, PatientMergeFlag, get_engine, named_lock, session_scope
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +53,8 @@ def write_transaction[T](url: str, work: Callable[[Session], T]) -> T:
 def mrn_lock(url: str, mrn: str, lock_dir: Path) -> Iterator[None]:
     """Only one look-up or sync of this MRN at a time, across threads and processes."""
     key = hashlib.sha256(mrn.encode()).hexdigest()[:40]
-    if url.startswith("mysql"):
-        name = f"nn-mrn-{key}"
-        with get_engine(url).connect() as connection:
-            got = connection.execute(
-                text("SELECT GET_LOCK(:name, :timeout)"), {"name": name, "timeout": _LOCK_TIMEOUT_S}
-            ).scalar()
-            if got != 1:
-                raise TransientUpstreamError(
-                    f"MRN {mrn} is busy (lock not granted in {_LOCK_TIMEOUT_S} s)"
-                )
-            try:
-                yield
-            finally:
-                connection.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
-        return
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with (lock_dir / f"{key}.lock").open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with named_lock(url, f"nn-mrn-{key}", lock_dir, timeout_s=_LOCK_TIMEOUT_S):
+        yield
 
 
 def cached_patient(url: str, mrn: str) -> CachedPatient | None:

@@ -224,3 +224,21 @@ def test_the_prefect_ui_gets_a_table_and_the_overlay(ingested: dict[str, Any]) -
     table = json.loads(str(by_key[keys[0]].data))
     assert {"field": "device", "value": "cpu"} in table
     assert "data:image/png;base64," in str(by_key[keys[1]].data)
+
+
+def test_neuronova_infer_prints_the_result_and_says_when_there_is_nothing(
+    ingested: dict[str, Any],
+) -> None:
+    from typer.testing import CliRunner
+
+    from neuronova.cli import app
+
+    runner = CliRunner()
+    study = _reading(ingested)["study_instance_uid"]
+    done = runner.invoke(app, ["infer", study, "--json"])
+    assert done.exit_code == 0, done.output
+    printed = json.loads(done.stdout)
+    assert printed["reused"] and printed["status"] == "completed"
+    nothing = runner.invoke(app, ["infer", "1.2.826.0.1.3680043.10.1245.424242"])
+    assert nothing.exit_code == 4
+    assert "not in the archive" in nothing.output
