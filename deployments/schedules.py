@@ -1,6 +1,6 @@
 """The deployments `neuronova serve` runs: the nightly HTJ2K check over the whole archive, the
-scheduled patient sync from the EMR, and on-demand ingest, per-study checks and per-patient
-syncs (trigger them from the Prefect UI or the CLI).
+scheduled patient sync from the EMR, and on-demand ingest, per-study checks, per-study AI
+readings and per-patient syncs (trigger them from the Prefect UI or the CLI).
 
 Served by a long-lived `neuronova serve` process (Prefect's `serve`), which needs no work
 pool; the operations work (work pools `cpu`/`gpu`, Docker/Kubernetes) builds on these.
@@ -13,6 +13,7 @@ from prefect.deployments.runner import RunnerDeployment
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
 from flows.ingest_study import ingest_study
+from flows.run_inference import run_inference
 from flows.sync_patient import sync_patient
 from flows.sync_patients import sync_patients
 
@@ -41,6 +42,11 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
             cron=settings.patient_sync_cron,
             description="Bulk sync OpenEMR → FHIR → cache (parameter since: OpenEMR date).",
             tags=["patients", "scheduled"],
+        ),
+        run_inference.to_deployment(
+            name="one-study",
+            description="The brain-lesion model on one study (parameter study_uid): SEG, FHIR.",
+            tags=["inference"],
         ),
         sync_patient.to_deployment(
             name="one-patient",

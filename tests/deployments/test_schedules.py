@@ -29,3 +29,10 @@ def test_patient_sync_runs_on_its_own_cron() -> None:
     assert schedule.schedule.cron == "5 * * * *"
     assert deployments["emr-scheduled"].entrypoint.endswith("sync_patients.py:sync_patients")
     assert deployments["one-patient"].entrypoint.endswith("sync_patient.py:sync_patient")
+
+
+def test_inference_can_be_run_for_one_study_from_the_ui() -> None:
+    by_flow = {(d.flow_name, d.name): d for d in build_deployments(Settings())}
+    deployment = by_flow[("run_inference", "one-study")]
+    assert deployment.entrypoint.endswith("run_inference.py:run_inference")
+    assert not deployment.schedules
