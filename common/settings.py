@@ -105,6 +105,22 @@ class Settings(BaseSettings):
     )
     webapp_workers: int = Field(default=2, ge=1, le=64)
     webapp_threads: int = Field(default=4, ge=1, le=64)
+    alerts_url: str = Field(
+        default="http://127.0.0.1:8082",
+        description="The alerts pool (server-sent events), on loopback behind nginx: the same "
+        "app as the webapp in its own processes, so open streams never hold the gate's threads.",
+    )
+    alerts_threads: int = Field(
+        default=64, ge=1, le=1024, description="Open alert streams the alerts pool holds at once."
+    )
+    alerts_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="A comment line this often keeps idle streams open."
+    )
+    redis_url: str | None = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis for alert pub/sub; unset: no alerts are sent or streamed.",
+    )
+    alerts_channel: str = Field(default="neuronova:alerts", min_length=1)
     jwt_secret: SecretStr | None = Field(
         default=None,
         description="Signs every token (>= 32 characters). Required in production; the demo and "
@@ -174,6 +190,10 @@ class Settings(BaseSettings):
     @property
     def webapp_port(self) -> int:
         return urlparse(self.webapp_url).port or 8081
+
+    @property
+    def alerts_port(self) -> int:
+        return urlparse(self.alerts_url).port or 8082
 
     def generated_secret(self, name: str, make: Callable[[], str]) -> str:
         """A secret made once by `make` and kept in `secrets_dir/name` (0600), so that every

@@ -4,7 +4,8 @@ choose the MR series → read it from Orthanc (HTJ2K decoded into one volume) �
 there is one; out of memory → smaller windows → the CPU) → DICOM SEG kept under results/ and
 stored through ingest (verified, indexed, so the viewer may open it) → the patient resolved
 (cache → FHIR → EMR) → Observations and a DiagnosticReport in FHIR → the result row → artifacts
-(a table and the overlay PNG of the slice with the largest lesion area).
+(a table and the overlay PNG of the slice with the largest lesion area) → an alert to the
+clinicians who may open the study (Redis → the webapp's alert streams).
 
 Idempotent per (study, model, version): a completed result is returned as it stands; one whose
 FHIR part is owed (FHIR down, patient not yet known) gets only that part on the next run. A
@@ -26,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from common.db import InferenceResult, ensure_schema
 from common.settings import Settings
 from flows.sync_patient import resolve_patient_task
+from tasks.alerts import AI_RESULT, AlertPublisher, ai_result_facts
 from tasks.dicom_seg import build_lesion_seg
 from tasks.fhir_report import publish_lesion_results
 from tasks.inference import (
@@ -106,6 +108,18 @@ def publish_fhir_task(
             fhir, patient_ref=f"Patient/{patient_fhir_id}", study_uid=study_uid, model=model,
             version=version, lesion_count=count, volume_ml=volume_ml,
         )  # fmt: skip
+
+
+@task(retries=2, retry_delay_seconds=[1, 3], retry_condition_fn=retry_if_transient)
+def alert_clinicians_task(result: dict[str, Any]) -> int:
+    """Tell the clinicians who may open the study (their alert streams filter by policy)."""
+    settings = Settings()
+    if not settings.redis_url:
+        return 0
+    with AlertPublisher(settings.redis_url, settings.alerts_channel) as publisher:
+        return publisher.publish(
+            AI_RESULT, result["study_instance_uid"], result["patient_id"], ai_result_facts(result)
+        )
 
 
 @flow(name="run_inference", log_prints=True)
@@ -201,7 +215,12 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> dict[str, Any]
     })  # fmt: skip
     publish_result_table(row)
     logger.info("DiagnosticReport/%s for Patient/%s", report_id, patient["fhir_id"])
-    return summary(row, reused=False)
+    result = summary(row, reused=False)
+    # The result is stored everywhere already: a failed alert is logged, not a failed run.
+    alerted = alert_clinicians_task(result, return_state=True)
+    if not alerted.is_completed():
+        logger.warning("no alert sent for %s: %s", row.study_instance_uid, alerted.message)
+    return result
 
 
 def _key(row: InferenceResult) -> dict[str, Any]:

@@ -366,17 +366,21 @@ def _webapp_url(settings: Settings) -> str:
 
 def _webapp_command(ctx: Context) -> list[str]:
     s = ctx.settings
+    return _gunicorn_command(s.webapp_port, s.webapp_workers, s.webapp_threads)
+
+
+def _gunicorn_command(port: int, workers: int, threads: int) -> list[str]:
     return [
         str(_venv_script("gunicorn")),
         "--bind",
-        f"127.0.0.1:{s.webapp_port}",
+        f"127.0.0.1:{port}",
         "--workers",
-        str(s.webapp_workers),
+        str(workers),
         # Threads keep connections from nginx alive between requests (sync workers cannot).
         "--worker-class",
         "gthread",
         "--threads",
-        str(s.webapp_threads),
+        str(threads),
         "--keep-alive",
         "75",
         "--graceful-timeout",
@@ -429,6 +433,39 @@ WEBAPP = register(
 )
 
 
+# --------------------------------------------------------------------------- alerts pool
+
+# The same app as the webapp, in its own gunicorn: each open alert stream holds a thread for as
+# long as the browser listens, and those threads must never be the ones the gate needs.
+
+
+def _alerts_url(settings: Settings) -> str:
+    return settings.alerts_url.rstrip("/")
+
+
+def _alerts_command(ctx: Context) -> list[str]:
+    return _gunicorn_command(ctx.settings.alerts_port, 1, ctx.settings.alerts_threads)
+
+
+def _alerts_health(ctx: Context, client: httpx.Client) -> Health:
+    return _http_health(client, f"{_alerts_url(ctx.settings)}/api/health")
+
+
+ALERTS = register(
+    Component(
+        name="alerts",
+        key="alerts",
+        url=_alerts_url,
+        command=_alerts_command,
+        health=_alerts_health,
+        ports=lambda s: [("127.0.0.1", s.alerts_port)],
+        env=_webapp_env,
+        start_timeout_s=60.0,
+        port_hint="choose another port with NEURONOVA_ALERTS_URL",
+    )
+)
+
+
 # --------------------------------------------------------------------------- nginx (gateway)
 
 NGINX_DIR = PROJECT_ROOT / "nginx"
@@ -445,6 +482,7 @@ def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
         "@HOME@": str(home),
         "@GATEWAY_PORT@": str(settings.gateway_port),
         "@WEBAPP@": f"127.0.0.1:{settings.webapp_port}",
+        "@ALERTS@": f"127.0.0.1:{settings.alerts_port}",
         "@ORTHANC@": f"127.0.0.1:{settings.orthanc_http_port}",
         "@OHIF_ROOT@": str(ohif_root),
     }
@@ -793,7 +831,7 @@ def free_ports(count: int) -> list[int]:
 
 def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a stack of its own (tests, benchmarks): its folder, free loopback ports."""
-    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr = free_ports(7)
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr, alerts = free_ports(8)
     values: dict[str, Any] = {
         "environment": "test",
         "data_dir": data_dir,
@@ -804,6 +842,7 @@ def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
         "webapp_url": f"http://127.0.0.1:{webapp}",
         "fhir_url": f"http://127.0.0.1:{fhir}/fhir/R4",
         "emr_url": f"http://127.0.0.1:{emr}",
+        "alerts_url": f"http://127.0.0.1:{alerts}",
     }
     return Settings(**{**values, **overrides})
 

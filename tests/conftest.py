@@ -38,7 +38,7 @@ def stack_settings(
     tmp_path_factory: pytest.TempPathFactory, mariadb_url: str
 ) -> Iterator[Settings]:
     """Settings for the test stack: own folder, free ports, MariaDB, fast retries."""
-    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr = free_ports(7)
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr, alerts = free_ports(8)
     env = {
         "NEURONOVA_ENVIRONMENT": "test",
         "NEURONOVA_DATA_DIR": str(tmp_path_factory.mktemp("neuronova")),
@@ -50,6 +50,10 @@ def stack_settings(
         "NEURONOVA_WEBAPP_URL": f"http://127.0.0.1:{webapp}",
         "NEURONOVA_FHIR_URL": f"http://127.0.0.1:{fhir}/fhir/R4",
         "NEURONOVA_EMR_URL": f"http://127.0.0.1:{emr}",
+        "NEURONOVA_ALERTS_URL": f"http://127.0.0.1:{alerts}",
+        # Its own channel: other test sessions on this machine's Redis hear nothing of ours.
+        "NEURONOVA_ALERTS_CHANNEL": f"neuronova:alerts:test-{uuid.uuid4().hex[:8]}",
+        "NEURONOVA_ALERTS_HEARTBEAT_S": "0.5",
         "NEURONOVA_ORTHANC_RETRY_DELAYS_S": "[0.2, 0.5]",
         "NEURONOVA_INGEST_BATCH_SIZE": "16",
     }
@@ -83,9 +87,9 @@ def prefect_harness() -> Iterator[None]:
 def gateway(orthanc: Settings) -> Iterator[Settings]:
     """The webapp (gunicorn) and nginx with OHIF in front of the test Orthanc, on MariaDB."""
     stack = LocalStack(orthanc)
-    stack.up(["webapp", "nginx"])
+    stack.up(["webapp", "alerts", "nginx"])
     yield orthanc
-    stack.down(["webapp", "nginx"])
+    stack.down(["webapp", "alerts", "nginx"])
 
 
 @pytest.fixture(scope="session")

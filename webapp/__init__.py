@@ -1,7 +1,8 @@
 """The NeuroNova webapp: JWT login, viewer links, and the gate nginx asks before any image leaves.
 
 `create_app(settings)` builds it; gunicorn serves `webapp.wsgi:app` behind nginx. One blueprint
-per concern: `auth` (login, refresh, logout), `links` (study list, viewer links); the `gate`
+per concern: `auth` (login, refresh, logout), `links` (study list, viewer links), `patients`,
+`alerts` (server-sent events when an AI result is ready); the `gate`
 (DICOMweb and WADO-URI requests answered with X-Accel-Redirect or a denial) is a plain WSGI
 app in front of Flask.
 """
@@ -58,12 +59,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import auth, links, patients
+    from webapp import alerts, auth, links, patients
     from webapp.gate import Gate, GateDispatcher
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(patients.bp)
+    app.register_blueprint(alerts.bp)
     # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
     app.wsgi_app = GateDispatcher(Gate(context), app.wsgi_app)  # type: ignore[method-assign]
     app.add_url_rule("/api/health", "health", _health)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import redis
 import requests
 from sqlmodel import select
 
@@ -200,8 +202,18 @@ def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
     with emr_client(patient_sources) as emr:
         ensure_emr_patient(emr, {"pubpid": mrn, "fname": "Late", "lname": "Arrival",
                                  "DOB": "1980-02-03", "sex": "Female"})  # fmt: skip
+    listening = redis.Redis.from_url(str(orthanc.redis_url)).pubsub(ignore_subscribe_messages=True)
+    listening.subscribe(orthanc.alerts_channel)
     second = run_inference(first["study_instance_uid"])
     assert second["status"] == "completed" and second["note"] is None
+    alert, deadline = None, time.monotonic() + 5  # sent once the report is in FHIR
+    while alert is None and time.monotonic() < deadline:
+        alert = listening.get_message(timeout=1)  # None also for the subscription's own reply
+    listening.close()
+    assert alert is not None
+    told = json.loads(alert["data"])
+    assert told["kind"] == "ai-result" and told["study_instance_uid"] == first["study_instance_uid"]
+    assert told["patient_id"] == mrn and told["lesion_count"] == second["lesion_count"]
     assert second["seg"] == first["seg"] and second["fhir"]["report"]
     assert "fhir_s" in second["timings"] and "segment_s" in second["timings"]
     with OrthancClient.from_settings(orthanc) as client:

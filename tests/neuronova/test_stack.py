@@ -185,7 +185,7 @@ def test_unknown_component_is_refused(tmp_path: Path) -> None:
 
 
 def test_default_registry_starts_the_gateway_after_what_it_fronts() -> None:
-    assert list(COMPONENTS) == ["orthanc", "prefect", "webapp", "nginx", "fhir", "emr"]
+    assert list(COMPONENTS) == ["orthanc", "prefect", "webapp", "alerts", "nginx", "fhir", "emr"]
 
 
 def test_settings_env_round_trips_through_the_environment(

@@ -1,0 +1,66 @@
+"""Alerts through Redis pub/sub: a flow announces a result, the webapp's alert streams pass it
+on to the clinicians allowed to see the study (`webapp/alerts.py`).
+
+An alert is a nudge, not the record: the result is already in Orthanc, FHIR and the database
+when it is sent, so a Redis that is down costs the alert (logged), never the result. It carries
+identifiers and counts only, no names or free text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from common.errors import TransientUpstreamError
+
+log = logging.getLogger(__name__)
+
+AI_RESULT = "ai-result"
+
+
+class AlertPublisher:
+    """Publishes alerts on one Redis channel."""
+
+    def __init__(self, redis_url: str, channel: str, *, timeout_s: float = 5.0) -> None:
+        self.channel = channel
+        self._redis = redis.Redis.from_url(
+            redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+        )
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def __enter__(self) -> AlertPublisher:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def publish(self, kind: str, study_uid: str, patient_id: str, facts: dict[str, Any]) -> int:
+        """Send one alert; returns how many alert streams heard it (0 is fine: nobody online)."""
+        message = {
+            "kind": kind,
+            "study_instance_uid": study_uid,
+            "patient_id": patient_id,
+            "at": datetime.now(UTC).isoformat(),
+            **facts,
+        }
+        try:
+            return int(self._redis.publish(self.channel, json.dumps(message)))
+        except redis.RedisError as err:
+            raise TransientUpstreamError(f"Redis did not take the alert: {err}") from err
+
+
+def ai_result_facts(result: dict[str, Any]) -> dict[str, Any]:
+    """What a clinician's alert says about an AI result (run_inference's summary)."""
+    return {
+        "model": f"{result['model']['name']} {result['model']['version']}",
+        "lesion_count": result["lesion_count"],
+        "lesion_volume_ml": result["lesion_volume_ml"],
+        "seg_series_instance_uid": result["seg"]["series_instance_uid"],
+        "note": "AI generated, not for clinical use",
+    }

@@ -1,0 +1,132 @@
+"""AI-result alerts through the real gateway: nginx → the alerts pool (gunicorn) ← Redis (the
+machine's, on loopback). A clinician allowed the study hears it; one who is not, does not; a
+stream closes once its session does."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from common.db import session_scope
+from tasks.alerts import AI_RESULT, AlertPublisher
+from tests.gateway.conftest import PASSWORD, Viewing
+from webapp import accounts
+
+pytestmark = pytest.mark.integration
+
+
+class Listener:
+    """One alert stream read in a thread: its events, and whether the server ended it."""
+
+    def __init__(self, viewing: Viewing, access: str) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.status: int | None = None
+        self.ended = threading.Event()
+        self.opened = threading.Event()
+        self._client = httpx.Client(base_url=viewing.base, timeout=httpx.Timeout(30, read=30))
+        self._thread = threading.Thread(target=self._read, args=(access,), daemon=True)
+        self._thread.start()
+        assert self.opened.wait(10), "the alert stream did not open"
+
+    def _read(self, access: str) -> None:
+        headers = {"Authorization": f"Bearer {access}", "Accept": "text/event-stream"}
+        try:
+            with self._client.stream("GET", "/api/alerts", headers=headers) as response:
+                self.status = response.status_code
+                self.opened.set()
+                kind = "message"
+                for line in response.iter_lines():
+                    if line.startswith("event:"):
+                        kind = line.removeprefix("event:").strip()
+                    elif line.startswith("data:"):
+                        self.events.append((kind, json.loads(line.removeprefix("data:"))))
+                        kind = "message"
+        except httpx.HTTPError:
+            pass
+        finally:
+            self.opened.set()
+            self.ended.set()
+
+    def wait_for(self, kind: str, timeout_s: float = 10) -> dict[str, Any] | None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for seen, data in self.events:
+                if seen == kind:
+                    return data
+            time.sleep(0.05)
+        return None
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _access(viewing: Viewing, username: str) -> str:
+    with viewing.client() as client:
+        return viewing.login(client, username)["access_token"]
+
+
+@pytest.fixture(scope="module")
+def dora(viewing: Viewing) -> str:
+    """A clinician with nobody on her care list."""
+    with session_scope(viewing.settings.resolved_database_url) as session:
+        if accounts.find_user(session, "dora") is None:
+            accounts.add_user(session, "dora", "clinician", PASSWORD)
+    return "dora"
+
+
+def _publish(viewing: Viewing, study: str) -> int:
+    settings = viewing.settings
+    assert settings.redis_url
+    with AlertPublisher(settings.redis_url, settings.alerts_channel) as publisher:
+        return publisher.publish(AI_RESULT, study, viewing.patient_a, {"lesion_count": 2})
+
+
+def test_an_ai_result_reaches_those_allowed_the_study_only(viewing: Viewing, dora: str) -> None:
+    listeners = {name: Listener(viewing, _access(viewing, name)) for name in ("cara", "rex", dora)}
+    try:
+        assert all(listener.status == 200 for listener in listeners.values())
+        heard_by = _publish(viewing, viewing.study_a)
+        assert heard_by >= 3  # every stream is subscribed; the policy filters afterwards
+        for name in ("cara", "rex"):
+            alert = listeners[name].wait_for(AI_RESULT)
+            assert alert is not None, f"{name} was not told"
+            assert alert["study_instance_uid"] == viewing.study_a and alert["lesion_count"] == 2
+        time.sleep(1.0)  # dora's stream has had every chance to receive it
+        assert all(kind != AI_RESULT for kind, _ in listeners[dora].events)
+    finally:
+        for listener in listeners.values():
+            listener.close()
+
+
+def test_a_stream_closes_when_its_session_does(viewing: Viewing) -> None:
+    access = _access(viewing, "cara")
+    listener = Listener(viewing, access)
+    try:
+        assert listener.status == 200
+        out = httpx.post(
+            f"{viewing.base}/api/auth/logout", headers={"Authorization": f"Bearer {access}"}
+        )
+        assert out.status_code == 200
+        assert listener.wait_for("closed", timeout_s=10) is not None
+        assert listener.ended.wait(5)
+        _publish(viewing, viewing.study_a)
+        time.sleep(0.5)
+        assert all(kind != AI_RESULT for kind, _ in listener.events)
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer not-a-token"}, {"Authorization": "Basic Y2FyYTpwdw=="}],
+    ids=["none", "garbage", "basic"],
+)
+def test_no_stream_without_a_valid_token(viewing: Viewing, headers: dict[str, str]) -> None:
+    response = httpx.get(f"{viewing.base}/api/alerts", headers=headers, timeout=10)
+    assert response.status_code == 401
+    assert "text/event-stream" not in response.headers.get("content-type", "")

@@ -1,0 +1,113 @@
+"""`GET /api/alerts`: server-sent events telling a logged-in user that an AI result is ready
+for a study they may open.
+
+Served by the alerts pool (the same app in its own gunicorn, see `neuronova/stack.py`), so open
+streams never hold the gate's threads. Each alert from Redis (`tasks/alerts.py`) is checked
+against the policy when it arrives, so a care list changed a minute ago counts. The stream ends
+when the access token expires (an `expired` event: reconnect with a fresh token) or as soon as
+the session is closed (logout, a new password), checked at every heartbeat. Browsers read it
+with `fetch` (the token goes in the Authorization header, never in the URL).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from flask import Blueprint, Response, stream_with_context
+from flask_jwt_extended import current_user, get_jwt, jwt_required
+
+from common.db import User, get_engine
+from webapp import accounts
+from webapp.context import WebContext, audit, db_session, deny_response, web_context
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("alerts", __name__, url_prefix="/api")
+
+_POLL_S = 1.0  # the longest a new alert or a closed session waits to be noticed
+
+
+@bp.get("/alerts")
+@jwt_required()
+def stream_alerts() -> Response:
+    """The caller's alert stream (text/event-stream)."""
+    ctx = web_context()
+    user: User = current_user
+    claims = get_jwt()
+    if not ctx.settings.redis_url:
+        audit("alerts", 503, username=user.username, reason="alerts not configured")
+        return deny_response(503, "alerts are not configured")
+    try:
+        client = redis.Redis.from_url(ctx.settings.redis_url, socket_connect_timeout=5)
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(ctx.settings.alerts_channel)
+    except redis.RedisError:
+        log.warning("alerts: Redis unreachable")
+        audit("alerts", 503, username=user.username, reason="redis unreachable")
+        return deny_response(503, "alerts are unavailable; try again shortly")
+    audit("alerts", 200, username=user.username)
+    events = _events(ctx, user, claims, pubsub)
+    response = Response(stream_with_context(events), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def _events(
+    ctx: WebContext, user: User, claims: dict[str, Any], pubsub: redis.client.PubSub
+) -> Iterator[str]:
+    heartbeat_s = ctx.settings.alerts_heartbeat_s
+    expires_at = float(claims["exp"])
+    try:
+        yield "retry: 5000\n: connected\n\n"
+        last_beat = time.monotonic()
+        while time.time() < expires_at:
+            message = pubsub.get_message(timeout=min(_POLL_S, heartbeat_s))
+            if message is not None and message.get("type") == "message":
+                alert = _parse(message.get("data"))
+                if alert is not None and _may_see(user, alert):
+                    yield _event(alert)
+            if time.monotonic() - last_beat >= heartbeat_s:
+                if not _session_open(ctx, claims):
+                    yield 'event: closed\ndata: {"reason": "session closed"}\n\n'
+                    return
+                yield ": keep-alive\n\n"
+                last_beat = time.monotonic()
+        yield 'event: expired\ndata: {"reason": "token expired: reconnect"}\n\n'
+    except redis.RedisError:
+        log.warning("alerts: Redis connection lost; the client reconnects")
+    finally:
+        pubsub.close()
+
+
+def _parse(data: object) -> dict[str, Any] | None:
+    try:
+        alert = json.loads(data if isinstance(data, bytes | str) else b"")
+    except ValueError:
+        return None
+    if not isinstance(alert, dict) or not isinstance(alert.get("study_instance_uid"), str):
+        return None
+    return alert
+
+
+def _may_see(user: User, alert: dict[str, Any]) -> bool:
+    with db_session() as session:
+        return accounts.may_open_study(session, user, alert["study_instance_uid"])
+
+
+def _session_open(ctx: WebContext, claims: dict[str, Any]) -> bool:
+    with get_engine(ctx.database_url).connect() as connection:
+        user = accounts.api_token_user(
+            connection, sid=claims["sid"], jti=claims["jti"], username=claims["sub"]
+        )
+    return user is not None
+
+
+def _event(alert: dict[str, Any]) -> str:
+    kind = str(alert.get("kind", "alert")).replace("\n", " ")
+    return f"event: {kind}\ndata: {json.dumps(alert)}\n\n"
