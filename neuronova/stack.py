@@ -38,8 +38,9 @@ from common.settings import PROJECT_ROOT, Settings
 logger = logging.getLogger(__name__)
 
 # Debian packages that no component runs but the tests and benchmarks call: storescu and
-# dciodvfy (ingest), Chromium (the viewer tests, driven by Playwright), wrk (the gate benchmark).
-TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools", "chromium", "wrk")
+# dciodvfy (ingest), Chromium (the viewer tests, driven by Playwright), wrk (the gate benchmark),
+# docker-compose (its `config` checks the production compose file; no Docker engine runs here).
+TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools", "chromium", "wrk", "docker-compose")
 
 DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
     "/usr/share/orthanc/plugins/*DicomWeb*.so*",

@@ -1,0 +1,110 @@
+"""The production compose file, as Debian's `docker-compose config` reads it (no Docker engine
+runs here): the services a hospital deploys, who can reach whom, and no default secrets."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from common.settings import PROJECT_ROOT
+
+COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
+SECRETS = {
+    "MYSQL_PASSWORD": "m" * 24,
+    "MYSQL_ROOT_PASSWORD": "r" * 24,
+    "PREFECT_DB_PASSWORD": "p" * 24,
+    "FHIR_DB_PASSWORD": "f" * 24,
+    "OPENEMR_DB_PASSWORD": "o" * 24,
+    "NEURONOVA_JWT_SECRET": "j" * 40,
+    "NEURONOVA_PUBLIC_URL": "https://neuronova.hospital.example",
+    "NEURONOVA_EMR_CLIENT_ID": "client-id",
+    "NEURONOVA_EMR_CLIENT_SECRET": "c" * 24,
+    "NEURONOVA_EMR_USERNAME": "neuronova",
+    "NEURONOVA_EMR_PASSWORD": "e" * 24,
+}
+
+
+def _config(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("docker-compose")
+    assert tool, "Debian's docker-compose is missing: run `make system`"
+    shutil.copy(COMPOSE_FILE, folder / "docker-compose.yml")  # no .env of the developer's
+    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    return subprocess.run(
+        [tool, "--project-directory", str(folder), "-f", str(folder / "docker-compose.yml"),
+         "config"],
+        env=clean | env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    result = _config(SECRETS, tmp_path_factory.mktemp("compose"))
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, Any] = yaml.safe_load(result.stdout)
+    return parsed
+
+
+def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == {
+        "nginx", "webapp", "alerts", "orthanc", "mysql", "redis", "prefect-server", "prefect-db",
+        "worker-cpu", "worker-gpu", "hapi-fhir", "fhir-db", "openemr",
+    }  # fmt: skip
+    services = config["services"]
+    assert services["mysql"]["image"].startswith("mysql:8")
+    assert (
+        "postgresql"
+        in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    )
+    assert "--pool cpu" in _command(services["worker-cpu"])
+    assert "--pool gpu" in _command(services["worker-gpu"])
+    # Workers, the webapp and the alerts pool run the same image.
+    assert all(
+        "build" in services[name] for name in ("worker-cpu", "worker-gpu", "webapp", "alerts")
+    )
+
+
+def _command(service: dict[str, Any]) -> str:
+    command = service["command"]
+    return command if isinstance(command, str) else " ".join(command)
+
+
+def test_the_gpu_worker_reserves_a_gpu(config: dict[str, Any]) -> None:
+    devices = config["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"capabilities": ["gpu"], "count": 1, "driver": "nvidia"}]
+    assert config["services"]["worker-gpu"]["environment"]["NEURONOVA_INFERENCE_DEVICE"] == "cuda"
+
+
+def test_only_nginx_publishes_ports_and_orthanc_is_unreachable_from_outside(
+    config: dict[str, Any],
+) -> None:
+    services, networks = config["services"], config["networks"]
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published == {"nginx"}
+    # Every network but the frontend is internal: no way in from outside but nginx.
+    assert {name for name, n in networks.items() if not n.get("internal")} == {"frontend"}
+    assert set(services["orthanc"]["networks"]) == {"pacs"}
+    on_pacs = {name for name, s in services.items() if "pacs" in s.get("networks", {})}
+    assert on_pacs == {"orthanc", "nginx", "worker-cpu", "worker-gpu"}  # not the webapp
+    assert "frontend" in services["nginx"]["networks"]
+
+
+def test_no_password_has_a_default() -> None:
+    text = COMPOSE_FILE.read_text()
+    for line in text.splitlines():
+        if re.search(r"(PASSWORD|PASS|SECRET)[A-Za-z_.]*:\s*\S", line, re.IGNORECASE):
+            assert "${" in line and ":?" in line, f"a secret without a required variable: {line}"
+
+
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_a_missing_secret_stops_compose_with_its_name(missing: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in SECRETS.items() if k != missing}
+    result = _config(env, tmp_path)
+    assert result.returncode != 0
+    assert missing in result.stderr
