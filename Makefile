@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 NEURONOVA := $(VENV)/bin/neuronova
 
-.PHONY: setup system demo test lint typecheck pytest bench stack-down clean
+.PHONY: setup system demo deploy test lint typecheck pytest bench stack-down clean
 
 setup: $(VENV)/.synced  ## the Python environment alone (.venv/)
 
@@ -16,6 +16,9 @@ system: setup  ## Debian packages the stack and tests need (Orthanc, nginx, Chro
 
 demo: setup system  ## start the local stack, ingest the sample study, print a viewer link
 	$(NEURONOVA) demo
+
+deploy: setup  ## work pools cpu/gpu and every deployment, on the running Prefect server
+	$(NEURONOVA) deploy
 
 test: setup system lint typecheck pytest  ## the full suite
 

@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         default=None,
         description="torch device for inference (cuda, cuda:1, cpu); CUDA when present if unset.",
     )
+    gpu_pool_concurrency: int = Field(
+        default=1, ge=1, description="Inference runs at once on the gpu work pool: one per GPU."
+    )
     inference_after_ingest: bool = Field(
         default=True, description="Run inference when ingest stores an MR brain study."
     )

@@ -191,6 +191,25 @@ def serve() -> None:
 
 
 @app.command()
+def deploy() -> None:
+    """Register the work pools (cpu, gpu) and every deployment on a running Prefect server."""
+    settings = Settings()
+    if use_prefect_server(settings) is None:
+        console.print(
+            f"[red]no Prefect server answers at {settings.prefect_api_url}[/red]\n"
+            "start one (`neuronova stack up`) or set PREFECT_API_URL, then run this again"
+        )
+        raise typer.Exit(EXIT_FAILED)
+    from deployments.work_pools import pool_limits, register_deployments
+
+    registered = register_deployments(settings)
+    for name in registered:
+        console.print(f"deployed {name}")
+    limits = ", ".join(f"{p} (limit {n or 'none'})" for p, n in pool_limits(settings).items())
+    console.print(f"work pools: {limits}; start workers with `prefect worker start --pool cpu`")
+
+
+@app.command()
 def sample(
     folder: Annotated[Path, typer.Argument(help="Where to write the sample study.")],
     slices: Annotated[int, typer.Option(min=1, max=512)] = 24,
