@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     gpu_pool_concurrency: int = Field(
         default=1, ge=1, description="Inference runs at once on the gpu work pool: one per GPU."
     )
+    patient_sync_after_ingest: bool = Field(
+        default=True, description="Sync each ingested study's patient (cache → FHIR → EMR)."
+    )
     inference_after_ingest: bool = Field(
         default=True, description="Run inference when ingest stores an MR brain study."
     )

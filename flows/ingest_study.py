@@ -1,8 +1,10 @@
 """Flow `ingest_study`: files, a folder or a zip become verified HTJ2K instances in Orthanc.
 
 collect inputs → batches of `ingest_batch` (parse, validate, transcode, verify, store, read
-back, index; quarantine the bad) → one artifact table per study → a report. Batches retry on
-transient Orthanc failures; a run that still fails has deleted nothing and can be re-run.
+back, index; quarantine the bad) → one artifact table per study → a report → hand-offs: each
+study's patient synced (`sync_patient`), MR studies of the head read by the AI
+(`run_inference`). Batches retry on transient Orthanc failures; a run that still fails has
+deleted nothing and can be re-run.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
+from sqlmodel import col, select
 
-from common.db import ensure_schema
+from common.db import Study, ensure_schema, session_scope
 from common.settings import Settings
+from flows.sync_patient import sync_patient
 from tasks.ingest import ingest_batch
 from tasks.inputs import InputRef, collect_inputs
 from tasks.prepare import CONFLICT, DUPLICATE, QUARANTINED, STORED, FileOutcome
@@ -67,9 +71,33 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
         "studies": [{"study_instance_uid": uid, "series": rows} for uid, rows in studies.items()],
     }
     logger.info("ingest finished: %s", report["counts"])
+    # Hand-offs, as subflows (linked runs in the UI): the patient first, so that the AI's report
+    # finds it in the cache; their failures are reported, the stored images stay stored.
+    if settings.patient_sync_after_ingest:
+        report["patients"] = [sync_study_patient(mrn) for mrn in patients_of(settings, studies)]
     if settings.inference_after_ingest:
         report["inference"] = [read_study(uid) for uid in studies_with_mr(studies)]
     return report
+
+
+def patients_of(settings: Settings, studies: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The MRNs (PatientID) of the stored studies, from the archive index."""
+    if not studies:
+        return []
+    query = select(Study.patient_id).where(col(Study.study_instance_uid).in_(list(studies)))
+    with session_scope(settings.resolved_database_url) as session:
+        return sorted(set(session.exec(query)))
+
+
+def sync_study_patient(mrn: str) -> dict[str, Any]:
+    """Resolve the study's patient (cache → FHIR → EMR) as a linked `sync_patient` run."""
+    state = sync_patient(mrn, return_state=True)
+    if state.is_completed():
+        result: dict[str, Any] = state.result()
+        return result
+    get_run_logger().error("patient sync of %s failed (%s); re-run `neuronova patient %s`",
+                           mrn, state.message, mrn)  # fmt: skip
+    return {"mrn": mrn, "found": False, "failed": True, "message": state.message or ""}
 
 
 def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:

@@ -54,6 +54,9 @@ def stack_settings(
         # Its own channel: other test sessions on this machine's Redis hear nothing of ours.
         "NEURONOVA_ALERTS_CHANNEL": f"neuronova:alerts:test-{uuid.uuid4().hex[:8]}",
         "NEURONOVA_ALERTS_HEARTBEAT_S": "0.5",
+        # Most tests ingest without the FHIR server and the EMR running; the tests of the
+        # hand-off turn it on (tests/flows/test_run_inference.py).
+        "NEURONOVA_PATIENT_SYNC_AFTER_INGEST": "false",
         "NEURONOVA_ORTHANC_RETRY_DELAYS_S": "[0.2, 0.5]",
         "NEURONOVA_INGEST_BATCH_SIZE": "16",
     }

@@ -46,7 +46,9 @@ def ingested(
 ) -> dict[str, Any]:
     from flows.ingest_study import ingest_study
 
-    report: dict[str, Any] = ingest_study(str(sample_mr[0]))
+    with pytest.MonkeyPatch.context() as patch:  # the hand-off to patient sync, on here
+        patch.setenv("NEURONOVA_PATIENT_SYNC_AFTER_INGEST", "true")
+        report: dict[str, Any] = ingest_study(str(sample_mr[0]))
     return report
 
 
@@ -68,6 +70,12 @@ def _fhir_search(settings: Settings, resource: str, key: str) -> list[dict[str, 
 def _key(reading: dict[str, Any], kind: str) -> str:
     model = reading["model"]
     return result_key(reading["study_instance_uid"], model["name"], model["version"], kind)
+
+
+def test_ingest_hands_the_patient_to_patient_sync(ingested: dict[str, Any]) -> None:
+    (patient,) = ingested["patients"]
+    assert patient["mrn"] == "NN-DEMO-0001" and patient["found"] and patient["fhir_id"]
+    assert _reading(ingested)["fhir"]["patient"] == f"Patient/{patient['fhir_id']}"
 
 
 def test_ingest_of_a_brain_mr_runs_inference(ingested: dict[str, Any]) -> None:
