@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import torch
 
 from neuronova.sample_mr import write_sample_mr_study
@@ -115,9 +116,7 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
         use_prefect_server(settings)  # before Prefect is first imported
         migrate(settings.resolved_database_url)
         ingest_batch(settings, collect_inputs(files[0].parent))
-        study_uid = str(
-            __import__("pydicom").dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-        )
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
 
         from flows.run_inference import run_inference
 

@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger, task
+from prefect import State, flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlmodel import col, select
@@ -92,12 +92,8 @@ def patients_of(settings: Settings, studies: dict[str, list[dict[str, Any]]]) ->
 def sync_study_patient(mrn: str) -> dict[str, Any]:
     """Resolve the study's patient (cache → FHIR → EMR) as a linked `sync_patient` run."""
     state = sync_patient(mrn, return_state=True)
-    if state.is_completed():
-        result: dict[str, Any] = state.result()
-        return result
-    get_run_logger().error("patient sync of %s failed (%s); re-run `neuronova patient %s`",
-                           mrn, state.message, mrn)  # fmt: skip
-    return {"mrn": mrn, "found": False, "failed": True, "message": state.message or ""}
+    return _hand_off_result(state, f"patient sync of {mrn}", f"neuronova patient {mrn}",
+                            {"mrn": mrn, "found": False, "failed": True})  # fmt: skip
 
 
 def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -106,19 +102,24 @@ def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 
 def read_study(study_uid: str) -> dict[str, Any]:
-    """Hand a stored study to `run_inference` (a subflow, linked in the UI). Its failure is
-    reported, not raised: the images are safely stored, and inference can be re-run alone."""
+    """Hand a stored study to `run_inference` (a subflow, linked in the UI)."""
     from flows.run_inference import run_inference  # here: MONAI and torch cost seconds
 
     state = run_inference(study_uid, require_brain=True, return_state=True)
+    return _hand_off_result(state, f"inference of {study_uid}", f"neuronova infer {study_uid}",
+                            {"status": "failed", "study_instance_uid": study_uid})  # fmt: skip
+
+
+def _hand_off_result(
+    state: State[Any], what: str, rerun: str, failed: dict[str, Any]
+) -> dict[str, Any]:
+    """A hand-off's result, or `failed` with the reason: reported, never raised, since the
+    images are safely stored and the hand-off can be re-run alone (`rerun`)."""
     if state.is_completed():
         result: dict[str, Any] = state.result()
         return result
-    get_run_logger().error(
-        "inference of %s failed (%s); re-run with `neuronova infer %s`",
-        study_uid, state.message, study_uid,
-    )  # fmt: skip
-    return {"status": "failed", "study_instance_uid": study_uid, "message": state.message or ""}
+    get_run_logger().error("%s failed (%s); re-run with `%s`", what, state.message, rerun)
+    return failed | {"message": state.message or ""}
 
 
 def count_statuses(outcomes: list[FileOutcome]) -> dict[str, int]:

@@ -176,11 +176,10 @@ def _segment_and_store(
     store_seg_task(volume, run.mask, study_uid, model, version)
     seg_s = time.perf_counter() - started
     seg_series, seg_sop = seg_uids(study_uid, model, version)
-    bundle = cached_bundle(settings.model_bundle_dir, settings.inference_device)
     row = save_result(settings, {
         "study_instance_uid": study_uid, "series_instance_uid": choice.series_uid,
         "patient_id": str(study_tags.get("PatientID", "")), "model_name": model,
-        "model_version": version, "model_sha256": bundle.sha256, "status": "segmented",
+        "model_version": version, "model_sha256": run.model_sha256, "status": "segmented",
         "device": run.device, "lesion_count": measured.count,
         "lesion_volume_ml": round(measured.volume_ml, 3), "seg_series_uid": seg_series,
         "seg_sop_instance_uid": seg_sop,

@@ -145,6 +145,7 @@ class SegmentationRun:
     mask: np.ndarray  # uint8 (slice, row, column), on the source grid
     device: str
     attempts: tuple[str, ...]  # what was tried, in order, and how it ended
+    model_sha256: str  # the weights that produced it
 
 
 FallbackPlan = tuple[str, Callable[[], LoadedBundle]]
@@ -211,7 +212,7 @@ def segment_volume(bundle: LoadedBundle, volume: Volume) -> SegmentationRun:
     grid = to_model_grid(volume, bundle.spacing_mm)
     labels, device, attempts = segment_with_fallback(bundle, grid.image)
     mask = labels_to_volume_grid(labels, grid)
-    return SegmentationRun(mask=mask, device=device, attempts=attempts)
+    return SegmentationRun(mask=mask, device=device, attempts=attempts, model_sha256=bundle.sha256)
 
 
 # ----------------------------------------------------------------------------- measurements

@@ -66,53 +66,35 @@ def volume_from_files(
             _SliceRef(key=index, main=tags)
             for index, tags in enumerate(s for s in scanned if s is not None)
         ]
-        return _assemble(
-            slices, slices[0].main, lambda index: blobs[index], None, workers, with_headers
-        )
+        read = _htj2k_reader(lambda index: blobs[index], None, with_headers)
+        return _assemble(slices, slices[0].main, read, workers)
     return _volume_from_datasets(blobs, workers)
 
 
 def _volume_from_datasets(blobs: Sequence[bytes], workers: int) -> Volume:
     """The general path: every file parsed by pydicom, pixels decoded per transfer syntax."""
     datasets = [dcmread(io.BytesIO(blob)) for blob in blobs]
-    first = datasets[0]
-    rows, columns = int(first.Rows), int(first.Columns)
-    orientation = np.array(first.ImageOrientationPatient, dtype=np.float64).reshape(2, 3)
-    normal = np.cross(orientation[0], orientation[1])
-    for ds in datasets:
-        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
-            raise VolumeError("slices of different sizes")
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
-            raise VolumeError("multi-frame instances are not read as slices")
-        other = np.array(ds.ImageOrientationPatient, dtype=np.float64).reshape(2, 3)
-        if not np.allclose(other, orientation, atol=1e-4):
-            raise VolumeError("slices with different orientations")
-    positions = [np.array(ds.ImagePositionPatient, dtype=np.float64) for ds in datasets]
-    order = np.argsort([float(p @ normal) for p in positions])
-    datasets = [datasets[i] for i in order]
-    positions = [positions[i] for i in order]
-    spacing_z = _slice_spacing(positions, normal)
-    dtype = _pixel_dtype(int(first.PixelRepresentation), int(first.BitsAllocated))
-    pixels = np.empty((len(datasets), rows, columns), dtype=dtype)
+    slices = [_SliceRef(key=index, main=_main_tags(ds)) for index, ds in enumerate(datasets)]
 
-    def fill(index: int) -> None:
-        _decode_into(datasets[index], pixels[index])
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(fill, range(len(datasets))))
-    row_mm, col_mm = (float(v) for v in first.PixelSpacing)
-    affine = _affine(orientation, normal, (spacing_z, row_mm, col_mm), positions[0])
-    for ds in datasets:
+    def read(index: int, out: np.ndarray) -> Dataset:
+        ds = datasets[index]
+        _decode_into(ds, out)
         del ds.PixelData  # the headers stay; the pixels live in the volume
-    return Volume(
-        pixels=pixels,
-        affine=affine,
-        spacing=(spacing_z, row_mm, col_mm),
-        sop_instance_uids=tuple(str(ds.SOPInstanceUID) for ds in datasets),
-        slope=float(getattr(first, "RescaleSlope", 1) or 1),
-        intercept=float(getattr(first, "RescaleIntercept", 0) or 0),
-        headers=tuple(datasets),
-    )
+        return ds
+
+    return _assemble(slices, slices[0].main, read, workers)
+
+
+_ASSEMBLY_TAGS = (
+    "SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient", "Rows", "Columns",
+    "NumberOfFrames", "PixelSpacing", "PixelRepresentation", "BitsAllocated", "RescaleSlope",
+    "RescaleIntercept",
+)  # fmt: skip
+
+
+def _main_tags(ds: Dataset) -> dict[str, Any]:
+    """The attributes a volume is assembled from, as `_assemble` reads them."""
+    return {name: ds.get(name) for name in _ASSEMBLY_TAGS if ds.get(name) is not None}
 
 
 def _pixel_dtype(pixel_representation: int, bits_allocated: int) -> np.dtype:
@@ -181,9 +163,8 @@ def read_series_from_orthanc(
             blobs = list(pool.map(client.get_instance_file, [i["ID"] for i in instances]))
         return volume_from_files(blobs, workers=min(workers, 4), with_headers=with_headers)
     slices = [_SliceRef(key=i["ID"], main=i.get("MainDicomTags", {})) for i in instances]
-    return _assemble(
-        slices, tags, client.get_instance_file, client.instance_frame_raw, workers, with_headers
-    )
+    read = _htj2k_reader(client.get_instance_file, client.instance_frame_raw, with_headers)
+    return _assemble(slices, tags, read, workers)
 
 
 @dataclass(frozen=True)
@@ -192,19 +173,41 @@ class _SliceRef:
     main: dict[str, Any]  # its position, orientation, SOP UID (strings, as Orthanc gives them)
 
 
-def _assemble(
-    slices: list[_SliceRef],
-    shared: dict[str, Any],
-    fetch: Callable[[Any], bytes],
-    raw_frame: Callable[[Any], bytes] | None,
-    workers: int,
-    with_headers: bool,
-) -> Volume:
-    """Order HTJ2K slices by position, then fetch, cut and decode each into place in parallel.
+# Decodes one slice (by its key) into the array given; returns its header when it has one.
+SliceReader = Callable[[Any, np.ndarray], Dataset | None]
 
-    `shared` holds what all slices have in common (size, spacing, pixel representation);
-    `raw_frame` gives a slice's codestream when its file is not in our shape.
+
+def _htj2k_reader(
+    fetch: Callable[[Any], bytes], raw_frame: Callable[[Any], bytes] | None, with_headers: bool
+) -> SliceReader:
+    """Fetch a slice's file, cut its HTJ2K codestream out and decode it into place.
+
+    `raw_frame` gives the codestream when the file is not in our shape; `with_headers` also
+    parses the file's attributes up to the pixel data.
     """
+
+    def read(key: Any, out: np.ndarray) -> Dataset | None:
+        # The stored file is Orthanc's cheapest answer; cutting its codestream out here costs
+        # microseconds, where Orthanc's own /frames/0/raw parses the file for every slice.
+        blob = fetch(key)
+        header = dcmread(io.BytesIO(blob), stop_before_pixels=True) if with_headers else None
+        codestream = codestream_from_file(blob)
+        if codestream is None:
+            if raw_frame is None:
+                raise VolumeError("an HTJ2K file whose codestream cannot be found")
+            codestream = raw_frame(key)
+        decode_frame(codestream, out=out)
+        return header
+
+    return read
+
+
+def _assemble(
+    slices: list[_SliceRef], shared: dict[str, Any], read: SliceReader, workers: int
+) -> Volume:
+    """Order slices by position, check they make one regular volume, then `read` each into
+    place in parallel. `shared` holds what all slices have in common (size, spacing, pixel
+    representation)."""
     rows, columns = int(shared["Rows"]), int(shared["Columns"])
     orientation = _floats(shared["ImageOrientationPatient"]).reshape(2, 3)
     normal = np.cross(orientation[0], orientation[1])
@@ -234,18 +237,7 @@ def _assemble(
     headers: list[Dataset | None] = [None] * len(located)
 
     def fill(index: int) -> None:
-        ref = located[index][2]
-        # The stored file is Orthanc's cheapest answer; cutting its codestream out here costs
-        # microseconds, where Orthanc's own /frames/0/raw parses the file for every slice.
-        blob = fetch(ref.key)
-        if with_headers:
-            headers[index] = dcmread(io.BytesIO(blob), stop_before_pixels=True)
-        codestream = codestream_from_file(blob)
-        if codestream is None:
-            if raw_frame is None:
-                raise VolumeError("an HTJ2K file whose codestream cannot be found")
-            codestream = raw_frame(ref.key)
-        decode_frame(codestream, out=pixels[index])
+        headers[index] = read(located[index][2].key, pixels[index])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(fill, range(len(located))))

@@ -31,17 +31,21 @@ def grey(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
 
 
-def canvas_pixels(page: Any) -> np.ndarray | None:
-    """What cornerstone drew in the viewport's canvas (no overlays, no tooltips), or None."""
+def _canvas_png(page: Any) -> bytes | None:
+    """The viewport's canvas as PNG (cornerstone draws images and segmentations into it)."""
     data = page.evaluate(
         """() => {
             const canvas = document.querySelector('canvas.cornerstone-canvas');
             return canvas && canvas.width > 0 ? canvas.toDataURL('image/png') : null;
         }"""
     )
-    if not data:
-        return None
-    return grey(base64.b64decode(data.split(",", 1)[1]))
+    return base64.b64decode(data.split(",", 1)[1]) if data else None
+
+
+def canvas_pixels(page: Any) -> np.ndarray | None:
+    """What cornerstone drew in the viewport's canvas (no overlays, no tooltips), or None."""
+    png = _canvas_png(page)
+    return grey(png) if png is not None else None
 
 
 def wait_for_image(page: Any, timeout_s: float, poll_ms: int = 50) -> np.ndarray | None:
@@ -101,15 +105,9 @@ def canvas_rgb(page: Any) -> np.ndarray | None:
     """The viewport's canvas in colour (segmentations are drawn into it), or None."""
     from PIL import Image
 
-    data = page.evaluate(
-        """() => {
-            const canvas = document.querySelector('canvas.cornerstone-canvas');
-            return canvas && canvas.width > 0 ? canvas.toDataURL('image/png') : null;
-        }"""
-    )
-    if not data:
+    png = _canvas_png(page)
+    if png is None:
         return None
-    png = base64.b64decode(data.split(",", 1)[1])
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
 
 

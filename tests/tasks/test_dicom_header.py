@@ -69,7 +69,6 @@ def test_sequences_of_any_length_are_skipped(tmp_path: Path) -> None:
     nested = Dataset()
     nested.ConceptNameCodeSequence = Sequence([inner])
     ds.ContentSequence = Sequence([nested, nested])  # (0040,A730), before the geometry tags
-    blob = to_part10(ds)
     for undefined in (True, False):
         path = tmp_path / f"seq-{undefined}.dcm"
         ds.ContentSequence.is_undefined_length = undefined

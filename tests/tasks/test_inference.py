@@ -3,6 +3,7 @@ the measurements, the overlay and the SEG's stable UIDs."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from typing import Any
 
@@ -187,7 +188,7 @@ def test_the_overlay_is_a_png_with_red_where_the_lesion_is() -> None:
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[10:20, 30:40] = 1
     png = overlay_png(image, mask)
-    picture = np.asarray(Image.open(__import__("io").BytesIO(png)).convert("RGB"))
+    picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     assert picture.shape == (256, 256, 3)  # scaled up to be readable
     red, grey = picture[60, 140], picture[200, 200]
     assert red[0] > red[1] + 80 and abs(int(grey[0]) - int(grey[1])) < 5

@@ -67,6 +67,19 @@ def test_headers_come_in_slice_order_when_asked_for(sample: tuple[list[Path], Pa
     assert "PixelData" not in volume.headers[0]
 
 
+def test_native_files_take_the_pydicom_path_to_the_same_volume(
+    sample: tuple[list[Path], Path],
+) -> None:
+    files, _ = sample
+    blobs = [p.read_bytes() for p in files]
+    random.Random(5).shuffle(blobs)
+    volume = volume_from_files(blobs)
+    expected, _mask = mr_volume()
+    assert np.array_equal(volume.pixels, expected) and volume.spacing == (2.0, 2.0, 2.0)
+    assert [h.SOPInstanceUID for h in volume.headers] == list(volume.sop_instance_uids)
+    assert "PixelData" not in volume.headers[0]
+
+
 def test_a_missing_slice_is_refused(sample: tuple[list[Path], Path]) -> None:
     files, _ = sample
     blobs = [p.read_bytes() for p in files]
