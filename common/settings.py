@@ -102,6 +102,32 @@ class Settings(BaseSettings):
     inference_after_ingest: bool = Field(
         default=True, description="Run inference when ingest stores an MR brain study."
     )
+    handoff: Literal["subflow", "deployment"] = Field(
+        default="subflow",
+        description="How ingest hands a study to inference: `subflow` runs it in the ingest "
+        "run's own process; `deployment` triggers `run_inference/one-study` on the gpu pool and "
+        "waits for it. Both show as linked runs in the UI. Patient sync is always a subflow.",
+    )
+    handoff_timeout_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="How long ingest waits for a hand-off deployment run before reporting it "
+        "as still running (it goes on; its result is in the UI and `inference_results`).",
+    )
+    worker_limit: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Flow runs at once per local-stack worker (`prefect worker start --limit`): "
+        "each is a process that loads the flow's code (~0.3 GB).",
+    )
+    worker_health_port: int = Field(
+        default=8085,
+        ge=1,
+        le=65535,
+        description="The local stack's cpu worker answers /health here (loopback); the gpu "
+        "worker on the next port.",
+    )
     inference_min_slices: int = Field(
         default=16, ge=1, description="Fewer slices than this is not a volume worth segmenting."
     )

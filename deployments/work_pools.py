@@ -52,16 +52,14 @@ def register_deployments(settings: Settings) -> dict[str, UUID]:
     for spec in DEPLOYMENTS:
         flow = load_flow(spec.entrypoint)
         source = flow.from_source(source=str(PROJECT_ROOT), entrypoint=spec.entrypoint)
-        deployment_id = source.deploy(  # type: ignore[union-attr]
+        # to_deployment + apply rather than deploy(): no image to build, nothing printed.
+        deployment = source.to_deployment(  # type: ignore[union-attr]
             name=spec.name,
             work_pool_name=spec.pool,
             cron=spec.cron(settings) if spec.cron else None,
             description=spec.description,
             tags=list(spec.tags),
-            build=False,
-            push=False,
-            print_next_steps=False,
-            ignore_warnings=True,
         )
+        deployment_id = deployment.apply()  # type: ignore[union-attr]  # sync here
         registered[f"{flow.name}/{spec.name}"] = UUID(str(deployment_id))
     return registered

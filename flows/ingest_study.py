@@ -10,16 +10,22 @@ deleted nothing and can be re-run.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prefect import State, flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Running
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlmodel import col, select
 
 from common.db import Study, ensure_schema, session_scope
 from common.settings import Settings
+from flows import REPORTED
 from flows.sync_patient import sync_patient
 from tasks.ingest import ingest_batch
 from tasks.inputs import InputRef, collect_inputs
@@ -45,7 +51,7 @@ def ingest_batch_task(refs: list[InputRef], remove_originals: bool = False) -> l
     return ingest_batch(Settings(), refs, remove_originals=remove_originals)
 
 
-@flow(name="ingest_study", task_runner=ThreadPoolTaskRunner(max_workers=2))  # type: ignore[arg-type]
+@flow(name="ingest_study", task_runner=ThreadPoolTaskRunner(max_workers=2), **REPORTED)  # type: ignore[arg-type]
 def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     """Ingest a file, folder or zip; return the per-file report with per-study summaries."""
     settings = Settings()
@@ -91,6 +97,8 @@ def patients_of(settings: Settings, studies: dict[str, list[dict[str, Any]]]) ->
 
 def sync_study_patient(mrn: str) -> dict[str, Any]:
     """Resolve the study's patient (cache → FHIR → EMR) as a linked `sync_patient` run."""
+    # Always in this process: a few HTTP calls, and a run on the cpu pool waiting for another
+    # run on the same pool could wait forever once every slot held an ingest.
     state = sync_patient(mrn, return_state=True)
     return _hand_off_result(state, f"patient sync of {mrn}", f"neuronova patient {mrn}",
                             {"mrn": mrn, "found": False, "failed": True})  # fmt: skip
@@ -103,11 +111,44 @@ def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
 
 def read_study(study_uid: str) -> dict[str, Any]:
     """Hand a stored study to `run_inference` (a subflow, linked in the UI)."""
-    from flows.run_inference import run_inference  # here: MONAI and torch cost seconds
 
-    state = run_inference(study_uid, require_brain=True, return_state=True)
+    def in_process() -> State[Any]:
+        from flows.run_inference import run_inference  # here: MONAI and torch cost seconds
+
+        return run_inference(study_uid, require_brain=True, return_state=True)
+
+    parameters = {"study_uid": study_uid, "require_brain": True}
+    state = _run_linked("run_inference/one-study", parameters, in_process)
     return _hand_off_result(state, f"inference of {study_uid}", f"neuronova infer {study_uid}",
                             {"status": "failed", "study_instance_uid": study_uid})  # fmt: skip
+
+
+def _run_linked(
+    deployment: str, parameters: dict[str, Any], in_process: Callable[[], State[Any]]
+) -> State[Any]:
+    """Run a hand-off as a linked run: through its deployment (on that deployment's work pool)
+    when `NEURONOVA_HANDOFF=deployment`, else as a subflow in this process.
+
+    A deployment that is not registered falls back to the subflow, with a warning: the study
+    is still read, only not on the pool meant for it (run `make deploy`).
+    """
+    settings = Settings()
+    if settings.handoff != "deployment":
+        return in_process()
+    try:
+        run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync in a sync flow
+            deployment, parameters=parameters, timeout=settings.handoff_timeout_s
+        )
+    except ObjectNotFound:
+        get_run_logger().warning(
+            "deployment %s is not registered (`make deploy`); running it in this process",
+            deployment,
+        )
+        return in_process()
+    if run.state is None or not run.state.is_final():
+        return Running(message=f"flow run {run.name} ({run.id}) still running after "
+                       f"{settings.handoff_timeout_s:.0f} s; see the Prefect UI")  # fmt: skip
+    return run.state
 
 
 def _hand_off_result(
@@ -118,6 +159,9 @@ def _hand_off_result(
     if state.is_completed():
         result: dict[str, Any] = state.result()
         return result
+    if state.is_running():
+        get_run_logger().warning("%s: %s", what, state.message)
+        return failed | {"status": "running", "failed": False, "message": state.message or ""}
     get_run_logger().error("%s failed (%s); re-run with `%s`", what, state.message, rerun)
     return failed | {"message": state.message or ""}
 

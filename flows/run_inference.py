@@ -26,6 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from common.db import InferenceResult, ensure_schema
 from common.settings import Settings
+from flows import REPORTED
 from flows.sync_patient import resolve_patient_task
 from tasks.alerts import AI_RESULT, AlertPublisher, ai_result_facts
 from tasks.dicom_seg import build_lesion_seg
@@ -122,7 +123,7 @@ def alert_clinicians_task(result: dict[str, Any]) -> int:
         )
 
 
-@flow(name="run_inference", log_prints=True)
+@flow(name="run_inference", log_prints=True, **REPORTED)
 def run_inference(study_uid: str, require_brain: bool = False) -> dict[str, Any]:
     """Segment one study's brain MR and publish the result; see the module's docstring.
 

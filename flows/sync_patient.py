@@ -13,6 +13,7 @@ from prefect import flow, task
 
 from common.db import ensure_schema
 from common.settings import Settings
+from flows import REPORTED
 from tasks.patient_sync import emr_client, fhir_client, resolve_patient
 from tasks.retry import retry_if_transient
 
@@ -32,7 +33,7 @@ def resolve_patient_task(mrn: str) -> dict[str, Any]:
     }
 
 
-@flow(name="sync_patient", log_prints=True)
+@flow(name="sync_patient", log_prints=True, **REPORTED)
 def sync_patient(mrn: str) -> dict[str, Any]:
     """Resolve one MRN; returns where it was found and whether FHIR is still owed a write."""
     ensure_schema(Settings().resolved_database_url)

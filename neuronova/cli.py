@@ -19,7 +19,7 @@ from rich.table import Table
 
 from common.settings import Settings
 from neuronova import stack_cli, users_cli
-from neuronova.prefect_env import use_prefect_server
+from neuronova.prefect_env import use_prefect_server, use_stack_prefect
 
 app = typer.Typer(help="NeuroNova: verified HTJ2K ingest, AI reading, secure viewing.")
 app.add_typer(stack_cli.app, name="stack")
@@ -242,15 +242,25 @@ def demo() -> None:
     from neuronova.stack import LocalStack
 
     migrate(settings.resolved_database_url)  # before the web workers start on it
+    use_stack_prefect(settings)  # before the stack code imports Prefect
     with console.status("Starting the local stack (first run installs packages) …"):
         status = LocalStack(settings).up()
     folder = settings.data_dir / "sample-mr-study"
     sample(folder, mr=True)
-    use_prefect_server(settings)
-    from flows.ingest_study import ingest_study
+    from neuronova.demo import ingest_on_worker, register_for_workers
 
-    with console.status("Ingesting the sample brain MR (then the AI reads it) …"):
-        report = ingest_study(str(folder))
+    with console.status("Registering the deployments on the work pools …"):
+        register_for_workers(settings)
+    ui = status["prefect"].removesuffix("/api")
+    with console.status("The cpu worker ingests the sample brain MR; the gpu worker reads it …"):
+        run_id, report = ingest_on_worker(settings, folder)
+    console.print(f"ingest flow run: {ui}/runs/flow-run/{run_id}")
+    if report is None:
+        console.print(
+            f"[red]the ingest run did not complete[/red]: see the run above and the worker log "
+            f"{status['components']['worker-cpu']['log']}; `make demo` again is safe"
+        )
+        raise typer.Exit(EXIT_FAILED)
     _print_ingest(report, as_json=False)
     for reading in report.get("inference", []):
         if "model" in reading:
@@ -262,9 +272,11 @@ def demo() -> None:
     password = ensure_demo_clinician(settings)
     study_uid = report["studies"][0]["study_instance_uid"]
     link = viewer_link(status["gateway"], DEMO_CLINICIAN, password, study_uid)
-    ui = status["prefect"].removesuffix("/api")
     console.print(f"\nOrthanc (loopback only, behind the gateway): {status['orthanc']}")
-    console.print(f"Prefect UI: {ui}  (flow runs 'ingest_study' and 'run_inference', artifacts)")
+    console.print(
+        f"Prefect UI: {ui}  (flow runs: 'ingest_study' and its linked 'sync_patient' on pool "
+        "cpu, 'run_inference' on pool gpu; artifacts)"
+    )
     console.print(
         f"Gateway: {status['gateway']}  (user {DEMO_CLINICIAN}, password in "
         f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')})"

@@ -8,6 +8,9 @@ logging in through the gateway and asking for it.
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import httpx
 
@@ -52,3 +55,28 @@ def viewer_link(gateway_url: str, username: str, password: str, study_uid: str) 
         link.raise_for_status()
         url: str = link.json()["url"]
         return url
+
+
+def register_for_workers(settings: Settings) -> None:
+    """The work pools and deployments on the stack's Prefect server (what `make deploy` does)."""
+    from deployments.work_pools import register_deployments
+
+    register_deployments(settings)
+
+
+def ingest_on_worker(settings: Settings, folder: Path) -> tuple[UUID, dict[str, Any] | None]:
+    """Trigger `ingest_study/on-demand` for `folder` and wait for the cpu worker to run it (its
+    hand-offs go on to their own pools). Returns the flow run id and its report, None when the
+    run did not complete."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+
+    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync outside a flow
+        "ingest_study/on-demand",
+        parameters={"path": str(folder.resolve())},
+        timeout=settings.handoff_timeout_s,
+    )
+    if run.state is None or not run.state.is_completed():
+        return run.id, None
+    report: dict[str, Any] = run.state.result()
+    return run.id, report

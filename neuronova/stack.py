@@ -34,6 +34,7 @@ from pydantic import SecretStr
 
 from common.errors import StackError
 from common.settings import PROJECT_ROOT, Settings
+from neuronova.prefect_env import prefect_results_dir
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ class Component:
     # What `status()` shows under `key` when more than a URL (e.g. the EMR's demo account).
     status_value: Callable[[Context], Any] | None = None
     start_timeout_s: float = 30.0
+    # Sent in turn, each followed by a share of the stop timeout, before SIGKILL.
+    stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)
     port_hint: str = ""  # how to move it to other ports, for the "port in use" message
 
 
@@ -674,6 +677,121 @@ EMR = register(
 )
 
 
+# --------------------------------------------------------------------------- Prefect workers
+
+# One process worker per work pool, as in production (compose services worker-cpu and
+# worker-gpu): `cpu` runs ingest, checks and patient syncs; `gpu` runs inference, one at a time
+# per GPU (the pool's limit), on the CPU where there is none. They load the flows from this
+# checkout (the deployments' pull step), so `make deploy` must have registered them; the demo
+# does. Each answers /health on loopback (Prefect's worker webserver).
+
+WORKER_POOLS: tuple[str, ...] = ("cpu", "gpu")
+
+
+def worker_name(pool: str) -> str:
+    """The name the pool's worker registers under (several stacks have several servers)."""
+    return f"neuronova-{pool}@{socket.gethostname()}"
+
+
+def worker_health_port(settings: Settings, pool: str) -> int:
+    return settings.worker_health_port + WORKER_POOLS.index(pool)
+
+
+def _worker_health_url(settings: Settings, pool: str) -> str:
+    return f"http://127.0.0.1:{worker_health_port(settings, pool)}/health"
+
+
+def _worker_command(pool: str) -> Callable[[Context], list[str]]:
+    def command(ctx: Context) -> list[str]:
+        return [
+            str(find_prefect_executable()),
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",  # deployments.work_pools.POOL_TYPE (not imported: it pulls in Prefect)
+            "--name",
+            worker_name(pool),
+            "--with-healthcheck",
+            "--limit",
+            str(ctx.settings.worker_limit),
+        ]
+
+    return command
+
+
+def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
+    def env(ctx: Context) -> dict[str, str]:
+        s = ctx.settings
+        return settings_env(s) | {
+            "PREFECT_HOME": str(ctx.home),
+            "PREFECT_API_URL": _prefect_url(s),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # Poll every 2 s: a triggered run starts sooner, for one cheap request.
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+            "PREFECT_WORKER_WEBSERVER_PORT": str(worker_health_port(s, pool)),
+            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(s)),
+            # Runs on these workers hand studies on through the deployments, so inference
+            # lands on the gpu pool.
+            "NEURONOVA_HANDOFF": "deployment",
+        }
+
+    return env
+
+
+def _prepare_worker(ctx: Context) -> None:
+    """The pools exist with their limits before a worker polls them (`make deploy` does the
+    same); the worker's own `--type` would create one without the gpu pool's limit."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from deployments.work_pools import ensure_work_pools
+
+    prefect_results_dir(ctx.settings).mkdir(parents=True, exist_ok=True)
+    with temporary_settings({PREFECT_API_URL: _prefect_url(ctx.settings)}):
+        ensure_work_pools(ctx.settings)
+
+
+def _worker_health(pool: str) -> Callable[[Context, httpx.Client], Health]:
+    """The worker's /health answers OK and the Prefect server lists it as ONLINE in its pool."""
+
+    def health(ctx: Context, client: httpx.Client) -> Health:
+        own = _http_health(client, _worker_health_url(ctx.settings, pool))
+        if not own.ok:
+            return own
+        try:
+            response = client.post(f"{_prefect_url(ctx.settings)}/work_pools/{pool}/workers/filter")
+            workers = {w["name"]: w for w in response.json()} if response.status_code == 200 else {}
+        except (httpx.HTTPError, ValueError) as err:
+            return Health(False, error=f"Prefect server: {type(err).__name__}: {err}")
+        mine = workers.get(worker_name(pool))
+        if mine is None or mine.get("status") != "ONLINE":
+            return Health(False, error=f"not ONLINE in work pool {pool} yet")
+        return Health(True)
+
+    return health
+
+
+for _pool in WORKER_POOLS:
+    register(
+        Component(
+            name=f"worker-{_pool}",
+            key=f"worker_{_pool}",
+            url=lambda s, pool=_pool: _worker_health_url(s, pool),  # type: ignore[misc]
+            command=_worker_command(_pool),
+            health=_worker_health(_pool),
+            ports=lambda s, pool=_pool: [("127.0.0.1", worker_health_port(s, pool))],  # type: ignore[misc]
+            prepare=_prepare_worker,
+            env=_worker_env(_pool),
+            # A Prefect worker takes SIGINT as "finish up and stop"; it may need it twice.
+            stop_signals=(signal.SIGINT, signal.SIGINT, signal.SIGTERM),
+            start_timeout_s=90.0,
+            port_hint="choose other ports with NEURONOVA_WORKER_HEALTH_PORT",
+        )
+    )
+
+
 # --------------------------------------------------------------------------- system packages
 
 _apt_updated = False
@@ -830,6 +948,15 @@ def free_ports(count: int) -> list[int]:
         return [int(sock.getsockname()[1]) for sock in socks]
 
 
+def free_consecutive_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive free loopback ports (the workers' health ports)."""
+    for _ in range(attempts):
+        (first,) = free_ports(1)
+        if all(_port_free("127.0.0.1", first + n) for n in range(count)):
+            return first
+    raise StackError(f"found no {count} consecutive free loopback ports")
+
+
 def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a stack of its own (tests, benchmarks): its folder, free loopback ports."""
     orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr, alerts = free_ports(8)
@@ -844,6 +971,7 @@ def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
         "fhir_url": f"http://127.0.0.1:{fhir}/fhir/R4",
         "emr_url": f"http://127.0.0.1:{emr}",
         "alerts_url": f"http://127.0.0.1:{alerts}",
+        "worker_health_port": free_consecutive_ports(len(WORKER_POOLS)),
     }
     return Settings(**{**values, **overrides})
 
@@ -1140,8 +1268,12 @@ class LocalStack:
         logger.info("stopping %s (pid %d)", component.name, pid)
         # start_new_session made the process a session leader: the session holds whatever it
         # forked too, and no other program can share its ID while one of them lives.
-        _signal_session(pid, signal.SIGTERM)
-        if not _wait_gone(pid, _STOP_TIMEOUT_S):
+        signals = component.stop_signals
+        for sig in signals:
+            _signal_session(pid, sig)
+            if _wait_gone(pid, _STOP_TIMEOUT_S / len(signals)):
+                break
+        else:
             logger.warning("%s did not stop in %.0f s: SIGKILL", component.name, _STOP_TIMEOUT_S)
             _signal_session(pid, signal.SIGKILL)
             if not _wait_gone(pid, _KILL_TIMEOUT_S):

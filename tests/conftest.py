@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from common.db import migrate
 from common.settings import Settings
-from neuronova.stack import LocalStack, free_ports
+from neuronova.stack import WORKER_POOLS, LocalStack, free_consecutive_ports, free_ports
 
 MARIADB_SERVER = os.environ.get("NEURONOVA_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
 
@@ -51,6 +51,7 @@ def stack_settings(
         "NEURONOVA_FHIR_URL": f"http://127.0.0.1:{fhir}/fhir/R4",
         "NEURONOVA_EMR_URL": f"http://127.0.0.1:{emr}",
         "NEURONOVA_ALERTS_URL": f"http://127.0.0.1:{alerts}",
+        "NEURONOVA_WORKER_HEALTH_PORT": str(free_consecutive_ports(len(WORKER_POOLS))),
         # Its own channel: other test sessions on this machine's Redis hear nothing of ours.
         "NEURONOVA_ALERTS_CHANNEL": f"neuronova:alerts:test-{uuid.uuid4().hex[:8]}",
         "NEURONOVA_ALERTS_HEARTBEAT_S": "0.5",

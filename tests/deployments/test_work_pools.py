@@ -3,6 +3,7 @@ deployment to completion and then stops on its signals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -10,11 +11,16 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from uuid import UUID
 
 import pytest
+from prefect.client.schemas.objects import FlowRun
 
 from common.settings import Settings
-from neuronova.stack import LocalStack
+from neuronova.prefect_env import prefect_results_dir
+from neuronova.stack import Component, LocalStack
+from tests.dicom_factory import make_dataset, to_part10
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +60,7 @@ def test_deploy_registers_the_pools_and_every_deployment(
     assert set(deployments) >= {"ingest_study/on-demand", "sync_patients/emr-scheduled"}
 
 
-def test_a_worker_runs_a_triggered_deployment_and_stops(
+def test_the_stacks_worker_runs_a_triggered_deployment_and_stops(
     prefect_server: str, stack_settings: Settings, tmp_path: Path
 ) -> None:
     from prefect.client.schemas.objects import StateType
@@ -63,36 +69,200 @@ def test_a_worker_runs_a_triggered_deployment_and_stops(
     from deployments.work_pools import register_deployments
 
     register_deployments(stack_settings)
-    env = os.environ | {"PREFECT_API_URL": prefect_server, "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "cpu"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    stack = LocalStack(stack_settings)
+    worker = stack.registry["worker-cpu"]
     try:
+        status = stack.up(["worker-cpu"])
+        assert status["components"]["worker-cpu"]["healthy"], status["components"]["worker-cpu"]
         empty = tmp_path / "inbox"
         empty.mkdir()
         started = time.monotonic()
         run = run_deployment("ingest_study/on-demand", parameters={"path": str(empty)}, timeout=240)
         waited = time.monotonic() - started
-        assert run.state is not None and run.state.type == StateType.COMPLETED, (
-            tmp_path / "worker.log"
-        ).read_text()[-3000:]
+        assert run.state is not None and run.state.type == StateType.COMPLETED, _log(stack, worker)
+        # The report comes back from the worker's result storage (flows.REPORTED).
+        with _results_of(stack_settings):
+            report = run.state.result()
+        assert report["counts"] == {"stored": 0, "duplicate": 0, "quarantined": 0, "conflict": 0}
         assert run.start_time is not None and run.expected_start_time is not None
         delay = (run.start_time - run.expected_start_time).total_seconds()
         print(f"\ntriggered → running in {delay:.1f} s; completed after {waited:.1f} s")
     finally:
-        # A worker needs more than one signal to stop: SIGINT up to three times, then SIGKILL.
-        for _ in range(3):
-            if worker.poll() is not None:
-                break
-            os.killpg(worker.pid, signal.SIGINT)
-            try:
-                worker.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                continue
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
-        log.close()
-    assert worker.returncode == 0, "the worker did not stop on SIGINT"
+        pid = stack.running_pid(worker)
+        stack.down(["worker-cpu"])  # SIGINT, SIGINT, SIGTERM, then SIGKILL
+    assert pid is not None and not _alive(pid)
+    assert stack.status()["components"]["worker-cpu"]["running"] is False
+
+
+def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
+    prefect_server: str, orthanc: Settings, tmp_path: Path
+) -> None:
+    """The stack's cpu worker and a second one (as an operator adds on another machine) take
+    runs from the same pool: every run completes, each study is stored once, both did work."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    from deployments.work_pools import register_deployments
+    from tasks.orthanc import OrthancClient
+
+    register_deployments(orthanc)
+    stack = LocalStack(orthanc)
+    second_log = tmp_path / "second-worker.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(orthanc)),
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    }
+    folders = []
+    for n in range(20):
+        folder = tmp_path / f"burst-{n:02d}"
+        folder.mkdir()
+        ds = make_dataset(32, 32, modality="CT", seed=n, patient_id=f"NN-BURST-{n:02d}")
+        (folder / "image.dcm").write_bytes(to_part10(ds))
+        folders.append(folder)
+    with second_log.open("w") as log:
+        second = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "cpu",
+             "--name", "second-cpu-worker", "--limit", str(orthanc.worker_limit)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        stack.up(["worker-cpu"])
+        started = time.monotonic()
+        runs = [
+            run_deployment("ingest_study/on-demand", parameters={"path": str(f)}, timeout=0)
+            for f in folders
+        ]
+        ids = {run.id for run in runs}
+        deadline = time.monotonic() + 540
+        with get_client(sync_client=True) as client:
+            while True:
+                finished = [client.read_flow_run(i) for i in ids]
+                if all(r.state is not None and r.state.is_final() for r in finished):
+                    break
+                assert time.monotonic() < deadline, "the burst did not finish in 9 minutes"
+                time.sleep(2)
+        elapsed = time.monotonic() - started
+        states = {r.state.type for r in finished if r.state is not None}
+        assert states == {StateType.COMPLETED}, _log(stack, stack.registry["worker-cpu"])
+        with _results_of(orthanc):
+            reports = [r.state.result() for r in finished if r.state is not None]
+        assert sum(r["counts"]["stored"] for r in reports) == 20
+        stored = {r["studies"][0]["study_instance_uid"] for r in reports}
+        assert len(stored) == 20
+        pacs = OrthancClient.from_settings(orthanc)
+        try:
+            assert all(pacs.lookup(uid, "Study") is not None for uid in stored)
+        finally:
+            pacs.close()
+        mine = _runs_taken(stack.log_path(stack.registry["worker-cpu"]).read_text(), finished)
+        theirs = _runs_taken(second_log.read_text(), finished)
+        print(
+            f"\n20 runs in {elapsed:.0f} s: stack worker {len(mine)}, second worker {len(theirs)}"
+        )
+        assert mine | theirs == ids and not mine & theirs
+        assert mine and theirs, "one worker took the whole burst"
+    finally:
+        stack.down(["worker-cpu"])
+        _stop_worker(second)
+    assert second.returncode == 0, "the second worker did not stop on SIGINT"
+
+
+def test_ingest_on_a_worker_hands_an_mr_study_to_the_gpu_pool(
+    prefect_server: str, orthanc: Settings, patient_sources: Settings, tmp_path: Path
+) -> None:
+    """The demo's path: the cpu worker ingests, then triggers `run_inference/one-study`, which
+    the gpu worker runs as a linked run; its result comes back into the ingest report."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from deployments.work_pools import register_deployments
+    from neuronova.sample_mr import write_sample_mr_study
+
+    register_deployments(orthanc)
+    write_sample_mr_study(tmp_path / "mr", seed=4242)  # a study no other test reads
+    stack = LocalStack(orthanc)
+    try:
+        stack.up(["worker-cpu", "worker-gpu"])
+        run = run_deployment(
+            "ingest_study/on-demand", parameters={"path": str(tmp_path / "mr")}, timeout=420
+        )
+        assert run.state is not None and run.state.is_completed(), _log(
+            stack, stack.registry["worker-cpu"]
+        ) + _log(stack, stack.registry["worker-gpu"])
+        with _results_of(orthanc):
+            report = run.state.result()
+        (reading,) = report["inference"]
+        assert reading["status"] == "completed", reading
+        assert reading["fhir"]["report"], reading
+        assert reading["lesion_count"] >= 1 and reading["seg"]["series_instance_uid"]
+        with get_client(sync_client=True) as client:
+            inference = client.read_flow_run(_child_run_id(client, run.id, "run_inference"))
+        assert inference.work_pool_name == "gpu"
+        assert inference.parent_task_run_id is not None  # linked under the ingest run in the UI
+    finally:
+        stack.down(["worker-cpu", "worker-gpu"])
+
+
+def _child_run_id(client: Any, parent: UUID, flow_name: str) -> UUID:
+    """The flow run of `flow_name` started from inside the flow run `parent`."""
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    runs = client.read_flow_runs(
+        flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])),
+        flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent])
+        ),
+    )
+    assert len(runs) == 1, f"expected one {flow_name} run under {parent}, found {len(runs)}"
+    run_id: UUID = runs[0].id
+    return run_id
+
+
+def _runs_taken(log: str, runs: list[FlowRun]) -> set[UUID]:
+    """The flow runs a worker's log says it started. ("submitting" is not enough: two workers
+    may both try a run, and the server lets only one move it to Pending.)"""
+    return {r.id for r in runs if f"Flow run '{r.name}' submitted to infrastructure" in log}
+
+
+def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    """A worker needs more than one signal to stop: SIGINT up to three times, then SIGKILL."""
+    for _ in range(3):
+        if worker.poll() is not None:
+            return
+        os.killpg(worker.pid, signal.SIGINT)
+        try:
+            worker.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            continue
+    if worker.poll() is None:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+
+
+@contextlib.contextmanager
+def _results_of(settings: Settings) -> Iterator[None]:
+    """Read flow reports from where the stack's workers persist them."""
+    from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH, temporary_settings
+
+    with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: prefect_results_dir(settings)}):
+        yield
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _log(stack: LocalStack, component: Component) -> str:
+    return stack.log_path(component).read_text()[-3000:]

@@ -185,7 +185,26 @@ def test_unknown_component_is_refused(tmp_path: Path) -> None:
 
 
 def test_default_registry_starts_the_gateway_after_what_it_fronts() -> None:
-    assert list(COMPONENTS) == ["orthanc", "prefect", "webapp", "alerts", "nginx", "fhir", "emr"]
+    # The workers come last: the flows they run need every other part.
+    assert list(COMPONENTS) == [
+        "orthanc", "prefect", "webapp", "alerts", "nginx", "fhir", "emr", "worker-cpu",
+        "worker-gpu",
+    ]  # fmt: skip
+
+
+def test_workers_stop_on_sigint_first_and_have_health_ports_of_their_own(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path)
+    cpu, gpu = COMPONENTS["worker-cpu"], COMPONENTS["worker-gpu"]
+    assert cpu.stop_signals[0] == signal.SIGINT
+    assert [p for _, p in cpu.ports(settings)] == [settings.worker_health_port]
+    assert [p for _, p in gpu.ports(settings)] == [settings.worker_health_port + 1]
+    command = cpu.command(Context(settings, tmp_path))
+    assert command[command.index("--pool") + 1] == "cpu"
+    assert command[command.index("--limit") + 1] == str(settings.worker_limit)
+    env = gpu.env(Context(settings, tmp_path))
+    assert env["NEURONOVA_HANDOFF"] == "deployment"
+    assert env["PREFECT_WORKER_WEBSERVER_HOST"] == "127.0.0.1"
+    assert env["PREFECT_API_URL"] == settings.prefect_api_url
 
 
 def test_settings_env_round_trips_through_the_environment(
