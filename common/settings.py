@@ -114,6 +114,37 @@ class Settings(BaseSettings):
         description="How long ingest waits for a hand-off deployment run before reporting it "
         "as still running (it goes on; its result is in the UI and `inference_results`).",
     )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="The services' logs (webapp, workers) on stderr: JSON lines carrying "
+        "request_id / study_uid / flow_run_id (common.logs), or text for reading by eye.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads",
+        description="How a flow fans its tasks out: `threads` in the flow run's own process, "
+        "`dask` over a Dask cluster (NEURONOVA_DASK_ADDRESS, or a local one on loopback).",
+    )
+    task_runner_workers: int = Field(
+        default=2, ge=1, le=256, description="Threads, or local Dask worker processes, per run."
+    )
+    dask_address: str | None = Field(
+        default=None,
+        description="An existing Dask scheduler (tcp://host:8786) for `task_runner=dask`; unset: "
+        "each run starts a local cluster on loopback.",
+    )
+    dask_scheduler_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="The local Dask cluster's scheduler port on 127.0.0.1 (0: any free port).",
+    )
+    dask_dashboard_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The local Dask cluster's dashboard on 127.0.0.1; unset: no dashboard.",
+    )
     worker_limit: int = Field(
         default=4,
         ge=1,

@@ -24,6 +24,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sqlmodel import col, select
 
 from common.db import Study, ensure_schema, session_scope
+from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import sync_patient
@@ -71,6 +72,9 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     studies = summarise_studies(outcomes)
     for study_uid, series_rows in studies.items():
         publish_study_artifact(study_uid, series_rows)
+        with correlation(study_uid=study_uid):
+            logger.info("study stored: %d series, %d instances", len(series_rows),
+                        sum(r["instances"] for r in series_rows))  # fmt: skip
     report: dict[str, Any] = {
         "files": [o.public() for o in outcomes],
         "counts": count_statuses(outcomes),
@@ -118,7 +122,8 @@ def read_study(study_uid: str) -> dict[str, Any]:
         return run_inference(study_uid, require_brain=True, return_state=True)
 
     parameters = {"study_uid": study_uid, "require_brain": True}
-    state = _run_linked("run_inference/one-study", parameters, in_process)
+    with correlation(study_uid=study_uid):
+        state = _run_linked("run_inference/one-study", parameters, in_process)
     return _hand_off_result(state, f"inference of {study_uid}", f"neuronova infer {study_uid}",
                             {"status": "failed", "study_instance_uid": study_uid})  # fmt: skip
 

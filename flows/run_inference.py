@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from common.db import InferenceResult, ensure_schema
+from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import resolve_patient_task
@@ -129,6 +130,11 @@ def run_inference(study_uid: str, require_brain: bool = False) -> dict[str, Any]
 
     `require_brain`: only read a series that a tag places in the head (ingest's trigger).
     """
+    with correlation(study_uid=study_uid):  # on every log line of this run (common.logs)
+        return _read_study(study_uid, require_brain)
+
+
+def _read_study(study_uid: str, require_brain: bool) -> dict[str, Any]:
     settings = Settings()
     logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)

@@ -686,6 +686,8 @@ EMR = register(
 # does. Each answers /health on loopback (Prefect's worker webserver).
 
 WORKER_POOLS: tuple[str, ...] = ("cpu", "gpu")
+# JSON lines with flow_run_id / study_uid, for the worker and every run it starts.
+WORKER_LOGGING_CONFIG = PROJECT_ROOT / "deployments" / "logging.yml"
 
 
 def worker_name(pool: str) -> str:
@@ -724,7 +726,12 @@ def _worker_command(pool: str) -> Callable[[Context], list[str]]:
 def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
     def env(ctx: Context) -> dict[str, str]:
         s = ctx.settings
-        return settings_env(s) | {
+        logging_config = (
+            {"PREFECT_LOGGING_SETTINGS_PATH": str(WORKER_LOGGING_CONFIG)}
+            if s.log_format == "json"
+            else {}
+        )
+        return settings_env(s) | logging_config | {
             "PREFECT_HOME": str(ctx.home),
             "PREFECT_API_URL": _prefect_url(s),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

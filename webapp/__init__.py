@@ -61,13 +61,15 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from webapp import alerts, auth, links, patients
     from webapp.gate import Gate, GateDispatcher
+    from webapp.request_log import RequestLog
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(links.bp)
     app.register_blueprint(patients.bp)
     app.register_blueprint(alerts.bp)
     # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
-    app.wsgi_app = GateDispatcher(Gate(context), app.wsgi_app)  # type: ignore[method-assign]
+    # Outermost, the request log: one request id and its line for both.
+    app.wsgi_app = RequestLog(GateDispatcher(Gate(context), app.wsgi_app))  # type: ignore[method-assign]
     app.add_url_rule("/api/health", "health", _health)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)

@@ -40,6 +40,11 @@ def db_session() -> Iterator[Session]:
         yield session
 
 
+# Where handlers leave the study a request concerned (the gate, viewer links), so that the
+# request's log line (webapp.request_log) names it.
+STUDY_KEY = "neuronova.study_uid"
+
+
 def request_id_from(environ: dict[str, Any]) -> str:
     """nginx's $request_id when it sent a sane one, else our own."""
     sent = environ.get("HTTP_X_REQUEST_ID", "")
@@ -89,6 +94,8 @@ def audit(
     now: bool = True,
 ) -> None:
     """Record one audit row for the current request (now, or in the next batch)."""
+    if study:
+        request.environ[STUDY_KEY] = study  # for the request's log line (webapp.request_log)
     record = AuditRecord(
         action=action,
         outcome="allowed" if status < 400 else "denied",

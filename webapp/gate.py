@@ -24,7 +24,7 @@ from sqlmodel import select
 from common.db import Instance, Series, get_engine, session_scope
 from webapp import accounts
 from webapp.audit import AuditRecord
-from webapp.context import WebContext, client_addr_from, request_id_from
+from webapp.context import STUDY_KEY, WebContext, client_addr_from, request_id_from
 from webapp.gate_paths import (
     DICOMWEB_ROOT,
     INTERNAL_PREFIX,
@@ -199,6 +199,8 @@ class Gate:
         reason: str | None,
     ) -> None:
         """Denials are written before the answer; allowed reads in the next batch."""
+        if study:
+            environ[STUDY_KEY] = study  # for the request's log line
         record = AuditRecord(
             action=kind,
             outcome="allowed" if status < 400 else "denied",

@@ -4,6 +4,7 @@ deployment to completion and then stops on its signals."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -202,6 +203,13 @@ def test_ingest_on_a_worker_hands_an_mr_study_to_the_gpu_pool(
             inference = client.read_flow_run(_child_run_id(client, run.id, "run_inference"))
         assert inference.work_pool_name == "gpu"
         assert inference.parent_task_run_id is not None  # linked under the ingest run in the UI
+        # The gpu worker's log: JSON lines tying the run to its study (common.logs).
+        log = stack.log_path(stack.registry["worker-gpu"]).read_text().splitlines()
+        lines = [json.loads(x) for x in log if x.startswith('{"ts"')]
+        segmented = [x for x in lines if x["message"].startswith("segmented on ")]
+        assert segmented, log[-20:]
+        assert segmented[-1]["flow_run_id"] == str(inference.id)
+        assert segmented[-1]["study_uid"] == reading["study_instance_uid"]
     finally:
         stack.down(["worker-cpu", "worker-gpu"])
 

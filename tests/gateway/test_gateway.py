@@ -306,6 +306,25 @@ def test_gate_requests_are_audited_with_nginx_request_ids(
     assert all(session_tokens["viewer"] not in repr(r.model_dump()) for r in rows)
 
 
+def test_the_webapps_log_line_shares_the_audit_rows_request_id_and_names_the_study(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    denied = _get(
+        viewing, f"/dicom-web/studies/{viewing.study_b}/metadata", session_tokens["viewer"]
+    )
+    request_id = denied.headers["x-request-id"]
+    log = viewing.settings.stack_dir / "webapp" / "webapp.log"
+    deadline = datetime.now(UTC) + timedelta(seconds=5)
+    while request_id not in log.read_text() and datetime.now(UTC) < deadline:
+        time.sleep(0.05)
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith('{"ts"')]
+    (line,) = [x for x in lines if x.get("request_id") == request_id]
+    # The study the viewer token was made for, as the audit row of this request names it.
+    assert line["study_uid"] == viewing.study_a and line["service"] == "webapp"
+    assert line["message"].startswith(f"GET /dicom-web/studies/{viewing.study_b}/metadata 403 ")
+    assert session_tokens["viewer"] not in log.read_text()
+
+
 def test_the_access_log_never_holds_a_viewer_token(
     viewing: Viewing, session_tokens: dict[str, str]
 ) -> None:
