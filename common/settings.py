@@ -207,10 +207,9 @@ class Settings(BaseSettings):
         # Fail at start-up rather than run a hospital on the demo's embedded database.
         if self.environment == "production" and not self.database_url:
             raise ValueError("NEURONOVA_DATABASE_URL must be set in production")
-        if self.environment == "production" and self.jwt_secret is None:
-            raise ValueError(
-                f"NEURONOVA_JWT_SECRET must be set in production ({MIN_SECRET_LENGTH}+ characters)"
-            )
+        # The signing secret is required where tokens are signed and checked: the webapp
+        # refuses to start without it (`jwt_secret_bytes`). The Prefect workers never sign
+        # anything, so they are not given it (docker-compose.yml), and must still start.
         # A short secret is refused everywhere: anyone could compute the signing keys.
         if (
             self.jwt_secret is not None

@@ -12,7 +12,6 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from common.db import ensure_schema
 from common.errors import PermanentUpstreamError
@@ -21,6 +20,7 @@ from tasks.archive_check import CheckOutcome, check_study
 from tasks.orthanc import OrthancClient
 from tasks.replace import recover_backups
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
+from tasks.task_runners import task_runner
 
 _NETWORK_TASK = {
     "retries": 3,
@@ -59,7 +59,7 @@ def check_study_task(study_id: str) -> list[CheckOutcome]:
         return check_study(settings, client, study_id)
 
 
-@flow(name="check_htj2k", task_runner=ThreadPoolTaskRunner(max_workers=2))  # type: ignore[arg-type]
+@flow(name="check_htj2k", task_runner=task_runner(Settings()))
 def check_htj2k(study_instance_uid: str | None = None) -> dict[str, Any]:
     """Check one study, or the whole archive when no UID is given; return the report."""
     settings = Settings()

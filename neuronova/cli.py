@@ -251,10 +251,10 @@ def demo() -> None:
 
     with console.status("Registering the deployments on the work pools …"):
         register_for_workers(settings)
-    ui = status["prefect"].removesuffix("/api")
+    ui = f"{status['gateway']}/prefect/"
     with console.status("The cpu worker ingests the sample brain MR; the gpu worker reads it …"):
         run_id, report = ingest_on_worker(settings, folder)
-    console.print(f"ingest flow run: {ui}/runs/flow-run/{run_id}")
+    console.print(f"ingest flow run: {status['gateway']}/prefect/runs/flow-run/{run_id}")
     if report is None:
         console.print(
             f"[red]the ingest run did not complete[/red]: see the run above and the worker log "
@@ -267,16 +267,26 @@ def demo() -> None:
             _print_inference(reading)
         else:
             console.print(f"[yellow]AI: {reading.get('message', reading['status'])}[/yellow]")
-    from neuronova.demo import DEMO_CLINICIAN, ensure_demo_clinician, viewer_link
+    from neuronova.demo import (
+        DEMO_ADMIN,
+        DEMO_CLINICIAN,
+        ensure_demo_admin,
+        ensure_demo_clinician,
+        prefect_ui_link,
+        viewer_link,
+    )
 
     password = ensure_demo_clinician(settings)
     study_uid = report["studies"][0]["study_instance_uid"]
     link = viewer_link(status["gateway"], DEMO_CLINICIAN, password, study_uid)
+    ui_link = prefect_ui_link(status["gateway"], DEMO_ADMIN, ensure_demo_admin(settings))
     console.print(f"\nOrthanc (loopback only, behind the gateway): {status['orthanc']}")
     console.print(
-        f"Prefect UI: {ui}  (flow runs: 'ingest_study' and its linked 'sync_patient' on pool "
-        "cpu, 'run_inference' on pool gpu; artifacts)"
+        f"Prefect UI, for admins, behind the gateway: {ui}  (flow runs: 'ingest_study' and its "
+        "linked 'sync_patient' on pool cpu, 'run_inference' on pool gpu; artifacts). "
+        f"This one-use link logs {DEMO_ADMIN} in for the next minute:"
     )
+    print(ui_link)
     console.print(
         f"Gateway: {status['gateway']}  (user {DEMO_CLINICIAN}, password in "
         f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')})"

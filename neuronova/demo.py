@@ -45,6 +45,36 @@ def ensure_demo_clinician(settings: Settings) -> str:
     return password
 
 
+DEMO_ADMIN = "demo-admin"
+
+
+def ensure_demo_admin(settings: Settings) -> str:
+    """Create (or re-key) the demo's admin, who may open the Prefect UI behind the gateway."""
+    if settings.environment == "production":
+        raise RuntimeError("the demo account is not created in production")
+    password = settings.generated_secret(
+        f"{DEMO_ADMIN}.password", lambda: secrets.token_urlsafe(18)
+    )
+    with session_scope(settings.resolved_database_url) as session:
+        if accounts.find_user(session, DEMO_ADMIN) is None:
+            accounts.add_user(session, DEMO_ADMIN, "admin", password)
+        else:
+            accounts.set_password(session, DEMO_ADMIN, password)
+    return password
+
+
+def prefect_ui_link(gateway_url: str, username: str, password: str) -> str:
+    """Log an admin in through the gateway and ask for a one-use Prefect UI link."""
+    with httpx.Client(base_url=gateway_url, timeout=30) as client:
+        login = client.post("/api/auth/login", json={"username": username, "password": password})
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        link = client.post("/api/admin/prefect-link", headers=headers)
+        link.raise_for_status()
+        url: str = link.json()["url"]
+        return url
+
+
 def viewer_link(gateway_url: str, username: str, password: str, study_uid: str) -> str:
     """Log in through the gateway and ask for a viewer link, as a portal would."""
     with httpx.Client(base_url=gateway_url, timeout=30) as client:

@@ -284,9 +284,11 @@ def prefect_env(ctx: Context) -> dict[str, str]:
         "PREFECT_UI_ENABLED": "true",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(ctx.settings.prefect_port),
-        # The UI must talk to this server, not to a PREFECT_API_URL inherited from a shell.
         "PREFECT_API_URL": api_url,
-        "PREFECT_UI_API_URL": api_url,
+        # The UI is for admins, behind the gateway (webapp/admin_ui.py): served under
+        # /prefect, its API calls go through the gateway too.
+        "PREFECT_UI_SERVE_BASE": "/prefect",
+        "PREFECT_UI_API_URL": f"{ctx.settings.gateway_url.rstrip('/')}/prefect/api",
     }
 
 
@@ -488,6 +490,7 @@ def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
         "@WEBAPP@": f"127.0.0.1:{settings.webapp_port}",
         "@ALERTS@": f"127.0.0.1:{settings.alerts_port}",
         "@ORTHANC@": f"127.0.0.1:{settings.orthanc_http_port}",
+        "@PREFECT@": f"127.0.0.1:{settings.prefect_port}",
         "@OHIF_ROOT@": str(ohif_root),
     }
     text = (NGINX_DIR / "local.conf.template").read_text()
@@ -731,19 +734,23 @@ def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
             if s.log_format == "json"
             else {}
         )
-        return settings_env(s) | logging_config | {
-            "PREFECT_HOME": str(ctx.home),
-            "PREFECT_API_URL": _prefect_url(s),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            # Poll every 2 s: a triggered run starts sooner, for one cheap request.
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
-            "PREFECT_WORKER_WEBSERVER_PORT": str(worker_health_port(s, pool)),
-            "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(s)),
-            # Runs on these workers hand studies on through the deployments, so inference
-            # lands on the gpu pool.
-            "NEURONOVA_HANDOFF": "deployment",
-        }
+        return (
+            settings_env(s)
+            | logging_config
+            | {
+                "PREFECT_HOME": str(ctx.home),
+                "PREFECT_API_URL": _prefect_url(s),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                # Poll every 2 s: a triggered run starts sooner, for one cheap request.
+                "PREFECT_WORKER_QUERY_SECONDS": "2",
+                "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+                "PREFECT_WORKER_WEBSERVER_PORT": str(worker_health_port(s, pool)),
+                "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(s)),
+                # Runs on these workers hand studies on through the deployments, so inference
+                # lands on the gpu pool.
+                "NEURONOVA_HANDOFF": "deployment",
+            }
+        )
 
     return env
 

@@ -88,6 +88,16 @@ def prefect_harness() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def stack_prefect(stack_settings: Settings) -> Iterator[str]:
+    """The stack's Prefect server (the same code as `neuronova stack up`): for the workers'
+    tests and the Prefect UI behind the gateway. Returns its API URL."""
+    stack = LocalStack(stack_settings)
+    stack.up(["prefect"])
+    yield stack_settings.prefect_api_url
+    stack.down(["prefect"])
+
+
+@pytest.fixture(scope="session")
 def gateway(orthanc: Settings) -> Iterator[Settings]:
     """The webapp (gunicorn) and nginx with OHIF in front of the test Orthanc, on MariaDB."""
     stack = LocalStack(orthanc)

@@ -55,11 +55,12 @@ def create_app(settings: Settings | None = None) -> Flask:
         viewer_key=derive_key(secret, "viewer"),
         audit=AuditLog(database_url),
         trusted_proxies=frozenset(settings.trusted_proxies),
+        admin_key=derive_key(secret, "admin-ui"),
     )
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import alerts, auth, links, patients
+    from webapp import admin_ui, alerts, auth, links, patients
     from webapp.gate import Gate, GateDispatcher
     from webapp.request_log import RequestLog
 
@@ -67,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(links.bp)
     app.register_blueprint(patients.bp)
     app.register_blueprint(alerts.bp)
+    app.register_blueprint(admin_ui.bp)
     # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
     # Outermost, the request log: one request id and its line for both.
     app.wsgi_app = RequestLog(GateDispatcher(Gate(context), app.wsgi_app))  # type: ignore[method-assign]

@@ -23,6 +23,9 @@ ALGORITHM = "HS256"
 ISSUER = "neuronova"
 API_AUDIENCE = "neuronova-api"
 VIEWER_AUDIENCE = "neuronova-viewer"
+# The Prefect UI behind the gateway: a one-use link, then a cookie scoped to /prefect.
+ADMIN_LINK_AUDIENCE = "neuronova-admin-link"
+ADMIN_UI_AUDIENCE = "neuronova-admin-ui"
 # A signed viewer token is ~450 bytes; anything far larger is not ours and is not parsed.
 MAX_TOKEN_LENGTH = 4096
 # Clocks of gunicorn workers and the issuing process are one machine's, so little leeway.
@@ -142,3 +145,51 @@ def verify_viewer_token(key: bytes, token: str) -> ViewerClaims:
         jti=jti,
         expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
     )
+
+
+@dataclass(frozen=True)
+class AdminClaims:
+    """What a verified admin-UI token (link or cookie) says."""
+
+    username: str
+    sid: str
+    jti: str
+    expires_at: datetime
+
+
+def issue_admin_token(
+    key: bytes, *, audience: str, username: str, sid: str, ttl_s: int
+) -> tuple[str, AdminClaims]:
+    """A signed token for the admin UI: a one-use link (ADMIN_LINK_AUDIENCE) or the cookie
+    the link is exchanged for (ADMIN_UI_AUDIENCE), bound to one login session."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    claims = AdminClaims(username=username, sid=sid, jti=uuid.uuid4().hex,
+                         expires_at=now + timedelta(seconds=ttl_s))  # fmt: skip
+    payload = {"iss": ISSUER, "aud": audience, "sub": username, "sid": sid, "jti": claims.jti,
+               "iat": now, "nbf": now, "exp": claims.expires_at}  # fmt: skip
+    return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"typ": "JWT"}), claims
+
+
+def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
+    """The claims of a valid admin-UI token of that audience; TokenRejected for anything else."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("token missing or oversized")
+    try:
+        payload = jwt.decode(
+            token, key, algorithms=[ALGORITHM], audience=audience, issuer=ISSUER,
+            leeway=LEEWAY_S,
+            options={"require": ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp"]},
+        )  # fmt: skip
+    except jwt.ExpiredSignatureError:
+        raise TokenRejected("token expired") from None
+    except jwt.InvalidAudienceError:
+        raise TokenRejected("not an admin UI token of this kind") from None
+    except jwt.PyJWTError as err:
+        raise TokenRejected(f"invalid token ({type(err).__name__})") from None
+    sub, sid, jti = (payload.get(k) for k in ("sub", "sid", "jti"))
+    if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(jti, str)):
+        raise TokenRejected("invalid token claims")
+    if not (sub and sid and jti):
+        raise TokenRejected("invalid token claims")
+    return AdminClaims(username=sub, sid=sid, jti=jti,
+                       expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC))  # fmt: skip

@@ -22,9 +22,16 @@ def test_a_short_jwt_secret_is_refused_everywhere(environment: str, tmp_path: Pa
         )
 
 
-def test_production_needs_a_jwt_secret(tmp_path: Path) -> None:
-    with pytest.raises(ValidationError, match="NEURONOVA_JWT_SECRET must be set"):
-        Settings(environment="production", data_dir=tmp_path, database_url="sqlite:///x.db")
+def test_production_signs_nothing_without_a_jwt_secret_and_workers_need_none(
+    tmp_path: Path,
+) -> None:
+    # A worker's settings (no secret: it signs nothing) are valid…
+    worker = Settings(environment="production", data_dir=tmp_path, database_url="sqlite:///x.db")
+    # …and the webapp, which calls this at start, refuses to run without one.
+    with pytest.raises(ValueError, match="NEURONOVA_JWT_SECRET must be set"):
+        worker.jwt_secret_bytes()
+    with pytest.raises(ValidationError, match="NEURONOVA_DATABASE_URL must be set"):
+        Settings(environment="production", data_dir=tmp_path)
 
 
 def test_the_demo_secret_is_generated_once_private_and_shared(tmp_path: Path) -> None:

@@ -27,15 +27,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def prefect_server(stack_settings: Settings) -> Iterator[str]:
-    """The stack's Prefect server (the same code as `neuronova stack up`), as the API in use."""
+def prefect_server(stack_prefect: str) -> Iterator[str]:
+    """The stack's Prefect server, as the API in use."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    stack = LocalStack(stack_settings)
-    stack.up(["prefect"])
-    with temporary_settings({PREFECT_API_URL: stack_settings.prefect_api_url}):
-        yield stack_settings.prefect_api_url
-    stack.down(["prefect"])
+    with temporary_settings({PREFECT_API_URL: stack_prefect}):
+        yield stack_prefect
 
 
 def test_deploy_registers_the_pools_and_every_deployment(

@@ -6,6 +6,7 @@ HTTP through nginx to the gunicorn webapp and back through nginx's internal loca
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -16,6 +17,7 @@ import pytest
 from common.db import session_scope
 from common.settings import Settings
 from neuronova.sample import ct_slice_dataset, head_phantom, write_sample_study
+from tests.gateway.browser_tools import CHROMIUM, CHROMIUM_ARGS
 from webapp import accounts
 
 PASSWORD = "gateway test password"
@@ -68,6 +70,18 @@ def _write_study_b(folder: Path) -> None:
         ds.PatientID = "NN-TEST-B"
         ds.PatientName = "Test^B"
         ds.save_as(folder / f"B{index}.dcm", enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """Debian's Chromium, driven by Playwright (the viewer and admin UI tests)."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's chromium is missing: run `make system`"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ import io
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlparse
@@ -25,8 +24,6 @@ from common.settings import PROJECT_ROOT, Settings
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.orthanc import OrthancClient
 from tests.gateway.browser_tools import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     best_match,
     canvas_rgb,
     head_box,
@@ -40,17 +37,6 @@ pytestmark = pytest.mark.integration
 
 ARTIFACTS = Path(os.environ.get("NEURONOVA_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
 FIRST_IMAGE_TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "Debian's chromium is missing: run `make system`"
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _login_in_page(page, viewing: Viewing, username: str = "cara") -> str:  # type: ignore[no-untyped-def]
