@@ -284,7 +284,7 @@ def demo() -> None:
     console.print(
         f"Prefect UI, for admins, behind the gateway: {ui}  (flow runs: 'ingest_study' and its "
         "linked 'sync_patient' on pool cpu, 'run_inference' on pool gpu; artifacts). "
-        f"This one-use link logs {DEMO_ADMIN} in for the next minute:"
+        f"This link logs {DEMO_ADMIN} in (one use, within 5 minutes):"
     )
     print(ui_link)
     console.print(

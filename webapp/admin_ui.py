@@ -4,7 +4,7 @@ The Prefect server itself has no users, so nginx asks the webapp before every re
 `/prefect/…` (`auth_request` → `GET /api/admin/ui-auth`):
 
 1. An admin, logged in through the API, asks `POST /api/admin/prefect-link` for a link. It is
-   signed, bound to the admin's login session, valid for a minute and good for one use.
+   signed, bound to the admin's login session, valid for five minutes and good for one use.
 2. Opening it (`GET /prefect-login?token=…`) spends the link and sets a cookie scoped to
    `/prefect` (HttpOnly, SameSite=Strict, Secure over HTTPS), then redirects to the UI.
 3. Each UI request is allowed while the cookie's session is open, the user active and still an
@@ -39,7 +39,7 @@ bp = Blueprint("admin_ui", __name__)
 COOKIE = "neuronova_admin_ui"
 COOKIE_PATH = "/prefect"
 UI_PATH = "/prefect/"
-LINK_TTL_S = 60
+LINK_TTL_S = 300  # one use; long enough to copy it from a terminal
 
 
 @bp.post("/api/admin/prefect-link")
