@@ -18,10 +18,11 @@ The services install it: the webapp at start (`configure_logging`), the Prefect 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,18 @@ def correlation(**ids: str | None) -> Iterator[dict[str, str]]:
         yield current
     finally:
         _correlation.reset(token)
+
+
+def carry_context[**P, R](fn: Callable[P, R]) -> Callable[P, R]:
+    """`fn`, run in a copy of the caller's context whichever thread calls it: for plain thread
+    pools (`pool.map(carry_context(f), items)`), whose threads otherwise log without the
+    correlation ids and the Prefect run (Prefect's own task runners copy it already)."""
+    parent = contextvars.copy_context()
+
+    def in_context(*args: P.args, **kwargs: P.kwargs) -> R:
+        return parent.copy().run(fn, *args, **kwargs)  # a copy each: threads run at once
+
+    return in_context
 
 
 def current_correlation() -> dict[str, str]:

@@ -155,7 +155,7 @@ class Settings(BaseSettings):
     worker_health_port: int = Field(
         default=8085,
         ge=1,
-        le=65535,
+        le=65534,  # the gpu worker takes the next port
         description="The local stack's cpu worker answers /health here (loopback); the gpu "
         "worker on the next port.",
     )

@@ -19,7 +19,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Running
+from prefect.runtime import flow_run
+from prefect.states import Failed, Running
 from prefect.task_runners import ThreadPoolTaskRunner
 from sqlmodel import col, select
 
@@ -140,18 +141,24 @@ def _run_linked(
     settings = Settings()
     if settings.handoff != "deployment":
         return in_process()
+    # The same hand-off of the same ingest run (a re-run after a crash) finds its run again.
+    key = f"{flow_run.id}:{deployment}:{sorted(parameters.items())}"
     try:
         run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync in a sync flow
-            deployment, parameters=parameters, timeout=settings.handoff_timeout_s
-        )
+            deployment, parameters=parameters, timeout=settings.handoff_timeout_s,
+            idempotency_key=key,
+        )  # fmt: skip
     except ObjectNotFound:
         get_run_logger().warning(
             "deployment %s is not registered (`make deploy`); running it in this process",
             deployment,
         )
         return in_process()
+    except Exception as err:  # the API failing must not fail an ingest whose images are stored
+        return Failed(message=f"could not run {deployment}: {type(err).__name__}: {err}")
     if run.state is None or not run.state.is_final():
-        return Running(message=f"flow run {run.name} ({run.id}) still running after "
+        now = run.state.name if run.state is not None else "unknown"
+        return Running(message=f"flow run {run.name} ({run.id}) is {now} after "
                        f"{settings.handoff_timeout_s:.0f} s; see the Prefect UI")  # fmt: skip
     return run.state
 
@@ -162,8 +169,11 @@ def _hand_off_result(
     """A hand-off's result, or `failed` with the reason: reported, never raised, since the
     images are safely stored and the hand-off can be re-run alone (`rerun`)."""
     if state.is_completed():
-        result: dict[str, Any] = state.result()
-        return result
+        try:
+            result: dict[str, Any] = state.result()
+            return result
+        except Exception as err:  # e.g. the result storage is not shared with that worker
+            state = Failed(message=f"completed, but its report could not be read: {err}")
     if state.is_running():
         get_run_logger().warning("%s: %s", what, state.message)
         return failed | {"status": "running", "failed": False, "message": state.message or ""}

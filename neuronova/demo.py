@@ -104,7 +104,8 @@ def ingest_on_worker(settings: Settings, folder: Path) -> tuple[UUID, dict[str, 
     run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync outside a flow
         "ingest_study/on-demand",
         parameters={"path": str(folder.resolve())},
-        timeout=settings.handoff_timeout_s,
+        # Longer than ingest's own wait for its hand-off, so that ingest reports first.
+        timeout=settings.handoff_timeout_s + 600,
     )
     if run.state is None or not run.state.is_completed():
         return run.id, None

@@ -16,6 +16,7 @@ from typing import Any
 
 from common.db import Instance, session_scope
 from common.errors import IngestError, NeuroNovaError, UpstreamError
+from common.logs import carry_context
 from common.settings import Settings
 from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
 from tasks.dicom import parse_dicom, validate_identifiers
@@ -66,15 +67,14 @@ def check_study(settings: Settings, client: OrthancClient, study_id: str) -> lis
     instances = client.study_instances(study_id)
     with session_scope(settings.resolved_database_url) as session:
         known = known_instances(session, (_sop_uid(i) for i in instances))
-    with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
-        work = list(
-            pool.map(
-                lambda info: _check_instance(
-                    settings, client, _located(info, study_id), known.get(_sop_uid(info))
-                ),
-                instances,
-            )
+
+    def check(info: dict[str, Any]) -> _Work:
+        return _check_instance(
+            settings, client, _located(info, study_id), known.get(_sop_uid(info))
         )
+
+    with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
+        work = list(pool.map(carry_context(check), instances))
     with session_scope(settings.resolved_database_url) as session:
         index_instances(session, (w.entry for w in work if w.entry is not None))
         for w in work:

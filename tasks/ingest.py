@@ -27,6 +27,7 @@ from common.errors import (
     TransientUpstreamError,
     VerificationError,
 )
+from common.logs import carry_context
 from common.settings import Settings
 from tasks.archive_index import IndexEntry, entry_for, index_instances, known_instances
 from tasks.dicom import content_sha256, parse_dicom
@@ -57,17 +58,16 @@ def ingest_batch(
     # Threads, not processes: a process pool would re-import the caller's main module in
     # every worker (seconds here), which costs more than the GIL does on a batch.
     with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
-        items = list(pool.map(prepare_input, refs))
+        items = list(pool.map(carry_context(prepare_input), refs))
         _settle_repeats_within_batch(items)
         with session_scope(settings.resolved_database_url) as session:
             known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
         with OrthancClient.from_settings(settings) as client:
-            list(
-                pool.map(
-                    lambda item: _store(item, client, known.get(_sop(item)), settings.backup_dir),
-                    items,
-                )
-            )
+
+            def store(item: PreparedInput) -> None:
+                _store(item, client, known.get(_sop(item)), settings.backup_dir)
+
+            list(pool.map(carry_context(store), items))
     with session_scope(settings.resolved_database_url) as session:
         _record(settings, session, items)
     errors = [i.upstream_error for i in items if i.upstream_error is not None]

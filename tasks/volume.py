@@ -21,6 +21,7 @@ from pydicom import Dataset, dcmread
 from pydicom.encaps import generate_frames
 
 from common.errors import NeuroNovaError
+from common.logs import carry_context
 from tasks.dicom_header import scan_header
 from tasks.htj2k import HTJ2K_SYNTAXES, decode_frame
 from tasks.orthanc import OrthancClient
@@ -160,7 +161,8 @@ def read_series_from_orthanc(
     syntax = client.instance_transfer_syntax(instances[0]["ID"])
     if syntax not in HTJ2K_SYNTAXES:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            blobs = list(pool.map(client.get_instance_file, [i["ID"] for i in instances]))
+            fetch = carry_context(client.get_instance_file)
+            blobs = list(pool.map(fetch, [i["ID"] for i in instances]))
         return volume_from_files(blobs, workers=min(workers, 4), with_headers=with_headers)
     slices = [_SliceRef(key=i["ID"], main=i.get("MainDicomTags", {})) for i in instances]
     read = _htj2k_reader(client.get_instance_file, client.instance_frame_raw, with_headers)

@@ -5,8 +5,12 @@ The Prefect server itself has no users, so nginx asks the webapp before every re
 
 1. An admin, logged in through the API, asks `POST /api/admin/prefect-link` for a link. It is
    signed, bound to the admin's login session, valid for five minutes and good for one use.
-2. Opening it (`GET /prefect-login?token=…`) spends the link and sets a cookie scoped to
-   `/prefect` (HttpOnly, SameSite=Strict, Secure over HTTPS), then redirects to the UI.
+   The token is in the link's fragment (`/prefect-login#token=…`), which browsers never send:
+   it cannot land in any log of nginx or of a proxy on the way.
+2. The page at `/prefect-login` (its script, `/prefect-login.js`: the CSP allows no inline
+   script) posts the token to `POST /prefect-login`, which spends it and sets a cookie scoped
+   to `/prefect` (HttpOnly, SameSite=Strict, Secure when the gateway is HTTPS); the page then
+   goes to the UI. Being a same-site navigation, it works from a link clicked in a mail too.
 3. Each UI request is allowed while the cookie's session is open, the user active and still an
    admin. Logging out, deactivating the account or changing its role closes the UI at once.
 
@@ -16,11 +20,10 @@ Every refusal is audited without the token; allowed UI requests are not (a page 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
-from flask import Blueprint, Response, jsonify, redirect, request
+from flask import Blueprint, Response, jsonify, request
 from flask_jwt_extended import current_user, get_jwt, jwt_required
-from werkzeug.wrappers import Response as WerkzeugResponse
 
 from common.db import User, get_engine
 from webapp import accounts
@@ -38,7 +41,6 @@ bp = Blueprint("admin_ui", __name__)
 
 COOKIE = "neuronova_admin_ui"
 COOKIE_PATH = "/prefect"
-UI_PATH = "/prefect/"
 LINK_TTL_S = 300  # one use; long enough to copy it from a terminal
 
 
@@ -56,16 +58,52 @@ def prefect_link() -> Response | tuple[Response, int]:
                                       ttl_s=LINK_TTL_S)  # fmt: skip
     audit("admin-ui-link", 200, username=user.username)
     base = ctx.settings.gateway_url.rstrip("/")
-    return jsonify({"url": f"{base}/prefect-login?{urlencode({'token': token})}",
+    return jsonify({"url": f"{base}/prefect-login#{urlencode({'token': token})}",
                     "expires_at": claims.expires_at.isoformat()})  # fmt: skip
 
 
+_LOGIN_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>NeuroNova: Prefect UI</title>
+<script src="/prefect-login.js" defer></script></head>
+<body><p id="status">Opening the Prefect UI…</p></body></html>
+"""
+
+# Takes the token from the fragment (and out of the address bar and history), posts it, then
+# goes to the UI; a refusal is shown as the server words it.
+_LOGIN_SCRIPT = """(async () => {
+  const status = document.getElementById("status");
+  const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
+  history.replaceState(null, "", location.pathname);
+  const answer = await fetch("/prefect-login", {
+    method: "POST", credentials: "same-origin",
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({token}),
+  });
+  if (answer.status === 204) { location.replace("/prefect/"); return; }
+  const body = await answer.json().catch(() => ({}));
+  status.textContent = body.error || `refused (HTTP ${answer.status})`;
+})();
+"""
+
+
 @bp.get("/prefect-login")
-def prefect_login() -> WerkzeugResponse | tuple[Response, int]:
-    """Spend a link: set the UI cookie and go to the UI."""
+def prefect_login_page() -> Response:
+    """The landing page of a link (the token stays in the fragment, in the browser)."""
+    return Response(_LOGIN_PAGE, mimetype="text/html", headers={"Cache-Control": "no-store"})
+
+
+@bp.get("/prefect-login.js")
+def prefect_login_script() -> Response:
+    return Response(_LOGIN_SCRIPT, mimetype="text/javascript")
+
+
+@bp.post("/prefect-login")
+def prefect_login() -> Response | tuple[Response, int]:
+    """Spend a link: set the UI cookie (204); the page then goes to the UI."""
     ctx = web_context()
+    body = request.get_json(silent=True)
+    sent = body.get("token") if isinstance(body, dict) else None
     try:
-        link = verify_admin_token(ctx.admin_key, request.args.get("token", ""),
+        link = verify_admin_token(ctx.admin_key, sent if isinstance(sent, str) else "",
                                   audience=ADMIN_LINK_AUDIENCE)  # fmt: skip
         _check_admin(link)
         with db_session() as session:  # one use: the link's jti joins the blocklist
@@ -80,12 +118,12 @@ def prefect_login() -> WerkzeugResponse | tuple[Response, int]:
                                        username=link.username, sid=link.sid,
                                        ttl_s=session_ttl)  # fmt: skip
     audit("admin-ui-login", 200, username=link.username)
-    response = redirect(UI_PATH, code=303)
+    response = Response(status=204, headers={"Cache-Control": "no-store"})
     response.set_cookie(
         COOKIE, cookie, max_age=session_ttl, path=COOKIE_PATH, httponly=True, samesite="Strict",
-        secure=request.headers.get("X-Forwarded-Proto", request.scheme) == "https",
+        # From the configured address, not a header: behind TLS the cookie is always Secure.
+        secure=urlsplit(ctx.settings.gateway_url).scheme == "https",
     )  # fmt: skip
-    response.headers["Cache-Control"] = "no-store"
     return response
 
 

@@ -27,7 +27,7 @@ class WebContext:
     viewer_key: bytes
     audit: AuditLog
     trusted_proxies: frozenset[str]
-    admin_key: bytes = b""  # the admin UI's links and cookies (webapp.admin_ui)
+    admin_key: bytes  # the admin UI's links and cookies (webapp.admin_ui)
 
 
 def web_context() -> WebContext:

@@ -5,7 +5,8 @@ webapp is called directly) so the log line, the audit row and nginx's access lin
 the ids in force while the request is handled (`common.logs.correlation`); and, once the answer
 starts, logs method, path, status and time to the answer. The query string is never logged: a
 viewer link carries its token there. Image reads the gate allows are logged at DEBUG only (one
-per frame, and the audit trail has each); everything else at INFO, 5xx at ERROR.
+per frame, and the audit trail has each), as are nginx's allowed questions for the Prefect UI;
+everything else at INFO, 5xx at ERROR.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from webapp.context import STUDY_KEY, request_id_from
 from webapp.gate import is_gate_path
 
 log = logging.getLogger("webapp.requests")
+
+# Asked many times a page (nginx's question before each Prefect UI request): DEBUG when allowed.
+QUIET_PATHS = frozenset({"/api/admin/ui-auth"})
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
@@ -52,7 +56,7 @@ class RequestLog:
             logging.ERROR
             if status >= 500
             else logging.DEBUG
-            if status < 400 and is_gate_path(path)
+            if status < 400 and (is_gate_path(path) or path in QUIET_PATHS)
             else logging.INFO
         )
         if not log.isEnabledFor(level):

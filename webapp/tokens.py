@@ -14,6 +14,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import jwt
 from argon2 import PasswordHasher
@@ -112,25 +113,7 @@ def issue_viewer_token(
 
 def verify_viewer_token(key: bytes, token: str) -> ViewerClaims:
     """The claims of a valid viewer token; TokenRejected for anything else (fails closed)."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
-        raise TokenRejected("token missing or oversized")
-    try:
-        payload = jwt.decode(
-            token,
-            key,
-            algorithms=[ALGORITHM],
-            audience=VIEWER_AUDIENCE,
-            issuer=ISSUER,
-            leeway=LEEWAY_S,
-            options={"require": ["iss", "aud", "sub", "study", "sid", "jti", "iat", "nbf", "exp"]},
-        )
-    except jwt.ExpiredSignatureError:
-        raise TokenRejected("token expired") from None
-    except jwt.InvalidAudienceError:
-        raise TokenRejected("not a viewer token") from None
-    except jwt.PyJWTError as err:
-        # The class name says what failed (signature, algorithm, format) without any token bytes.
-        raise TokenRejected(f"invalid token ({type(err).__name__})") from None
+    payload = _decode(key, token, VIEWER_AUDIENCE, "study", kind="a viewer token")
     study, sub, sid, jti = (payload.get(k) for k in ("study", "sub", "sid", "jti"))
     if not all(isinstance(v, str) and v for v in (study, sub, sid, jti)):
         raise TokenRejected("invalid token claims")
@@ -172,20 +155,7 @@ def issue_admin_token(
 
 def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
     """The claims of a valid admin-UI token of that audience; TokenRejected for anything else."""
-    if not token or len(token) > MAX_TOKEN_LENGTH:
-        raise TokenRejected("token missing or oversized")
-    try:
-        payload = jwt.decode(
-            token, key, algorithms=[ALGORITHM], audience=audience, issuer=ISSUER,
-            leeway=LEEWAY_S,
-            options={"require": ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp"]},
-        )  # fmt: skip
-    except jwt.ExpiredSignatureError:
-        raise TokenRejected("token expired") from None
-    except jwt.InvalidAudienceError:
-        raise TokenRejected("not an admin UI token of this kind") from None
-    except jwt.PyJWTError as err:
-        raise TokenRejected(f"invalid token ({type(err).__name__})") from None
+    payload = _decode(key, token, audience, kind="an admin UI token of this kind")
     sub, sid, jti = (payload.get(k) for k in ("sub", "sid", "jti"))
     if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(jti, str)):
         raise TokenRejected("invalid token claims")
@@ -193,3 +163,24 @@ def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
         raise TokenRejected("invalid token claims")
     return AdminClaims(username=sub, sid=sid, jti=jti,
                        expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC))  # fmt: skip
+
+
+def _decode(key: bytes, token: str, audience: str, *claims: str, kind: str) -> dict[str, Any]:
+    """The payload of a token signed with `key` for `audience`, with the standard claims and
+    `claims` present; TokenRejected (saying what failed, never the token) for anything else."""
+    if not token or len(token) > MAX_TOKEN_LENGTH:
+        raise TokenRejected("token missing or oversized")
+    required = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", *claims]
+    try:
+        payload: dict[str, Any] = jwt.decode(
+            token, key, algorithms=[ALGORITHM], audience=audience, issuer=ISSUER,
+            leeway=LEEWAY_S, options={"require": required},
+        )  # fmt: skip
+    except jwt.ExpiredSignatureError:
+        raise TokenRejected("token expired") from None
+    except jwt.InvalidAudienceError:
+        raise TokenRejected(f"not {kind}") from None
+    except jwt.PyJWTError as err:
+        # The class name says what failed (signature, algorithm, format) without any token bytes.
+        raise TokenRejected(f"invalid token ({type(err).__name__})") from None
+    return payload

@@ -135,3 +135,21 @@ def test_without_nginx_one_id_is_made_and_gate_reads_log_only_when_denied(
     _call(RequestLog(_app(seen, "403 Forbidden")), "/dicom-web/studies/1.2.3.4/metadata", "", {})
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2 and " 403 " in messages[1]
+
+
+def test_a_plain_thread_pool_keeps_the_ids_when_asked(
+    json_lines: tuple[logging.Logger, io.StringIO],
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.logs import carry_context
+
+    logger, buffer = json_lines
+    with correlation(study_uid="1.2.5"), ThreadPoolExecutor(max_workers=3) as pool:
+        list(pool.map(carry_context(lambda n: logger.info("carried %d", n)), range(6)))
+        list(pool.map(lambda n: logger.info("bare %d", n), range(2)))
+    lines = _lines(buffer)
+    carried = [x for x in lines if x["message"].startswith("carried")]
+    bare = [x for x in lines if x["message"].startswith("bare")]
+    assert len(carried) == 6 and all(x["study_uid"] == "1.2.5" for x in carried)
+    assert len(bare) == 2 and all("study_uid" not in x for x in bare)  # why the helper exists

@@ -23,8 +23,10 @@ def test_a_short_jwt_secret_is_refused_everywhere(environment: str, tmp_path: Pa
 
 
 def test_production_signs_nothing_without_a_jwt_secret_and_workers_need_none(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    for name in ("NEURONOVA_DATABASE_URL", "NEURONOVA_JWT_SECRET"):  # a test stack's, maybe
+        monkeypatch.delenv(name, raising=False)
     # A worker's settings (no secret: it signs nothing) are valid…
     worker = Settings(environment="production", data_dir=tmp_path, database_url="sqlite:///x.db")
     # …and the webapp, which calls this at start, refuses to run without one.

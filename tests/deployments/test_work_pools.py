@@ -128,19 +128,20 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
         )  # fmt: skip
     try:
         stack.up(["worker-cpu"])
+        _wait_online("cpu", {"second-cpu-worker"}, second_log)  # both poll before the burst
         started = time.monotonic()
         runs = [
             run_deployment("ingest_study/on-demand", parameters={"path": str(f)}, timeout=0)
             for f in folders
         ]
         ids = {run.id for run in runs}
-        deadline = time.monotonic() + 540
+        deadline = time.monotonic() + 900  # 274 s measured; this machine is shared
         with get_client(sync_client=True) as client:
             while True:
                 finished = [client.read_flow_run(i) for i in ids]
                 if all(r.state is not None and r.state.is_final() for r in finished):
                     break
-                assert time.monotonic() < deadline, "the burst did not finish in 9 minutes"
+                assert time.monotonic() < deadline, "the burst did not finish in 15 minutes"
                 time.sleep(2)
         elapsed = time.monotonic() - started
         states = {r.state.type for r in finished if r.state is not None}
@@ -229,6 +230,21 @@ def _child_run_id(client: Any, parent: UUID, flow_name: str) -> UUID:
     assert len(runs) == 1, f"expected one {flow_name} run under {parent}, found {len(runs)}"
     run_id: UUID = runs[0].id
     return run_id
+
+
+def _wait_online(pool: str, names: set[str], log: Path, timeout_s: float = 120) -> None:
+    """Until the Prefect server lists these workers ONLINE in the pool."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            online = {w.name for w in client.read_workers_for_work_pool(pool)
+                      if w.status is not None and w.status.value == "ONLINE"}  # fmt: skip
+            if names <= online:
+                return
+            assert time.monotonic() < deadline, f"{names - online} not online:\n{log.read_text()}"
+            time.sleep(1)
 
 
 def _runs_taken(log: str, runs: list[FlowRun]) -> set[UUID]:

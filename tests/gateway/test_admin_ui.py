@@ -58,12 +58,22 @@ def test_only_an_admin_is_given_a_link(admin: Viewing) -> None:
         assert client.post("/api/admin/prefect-link").status_code == 401
 
 
+def _spend(client: httpx.Client, url: str) -> httpx.Response:
+    """What the landing page's script does: post the fragment's token."""
+    link = urlparse(url)
+    assert link.path == "/prefect-login" and not link.query  # the token never reaches a server
+    token = link.fragment.removeprefix("token=")
+    return client.post("/prefect-login", json={"token": token})
+
+
 def test_an_admin_link_opens_the_ui_once_and_logout_closes_it(admin: Viewing) -> None:
     with admin.client() as client:
         access, url = _link(client, admin)
-        link = urlparse(url)
-        landing = client.get(f"{link.path}?{link.query}")
-        assert landing.status_code == 303 and landing.headers["location"] == "/prefect/"
+        page = client.get("/prefect-login")
+        assert page.status_code == 200 and 'src="/prefect-login.js"' in page.text
+        assert "fetch(" in client.get("/prefect-login.js").text
+        landing = _spend(client, url)
+        assert landing.status_code == 204
         set_cookie = landing.headers["set-cookie"]
         assert "Path=/prefect" in set_cookie and "HttpOnly" in set_cookie
         assert "SameSite=Strict" in set_cookie
@@ -75,8 +85,10 @@ def test_an_admin_link_opens_the_ui_once_and_logout_closes_it(admin: Viewing) ->
         assert page.status_code == 200 and 'href="/prefect/' in page.text
         settings = client.get("/prefect/ui-settings").json()
         assert settings["api_url"] == f"{admin.base}/prefect/api"  # the UI calls back through us
-        again = client.get(f"{link.path}?{link.query}")
-        assert again.status_code == 401, "a link is good for one use"
+        # Another page of this "site" (another origin) may not drive the UI with the cookie.
+        other = client.get("/prefect/api/health", headers={"Sec-Fetch-Site": "same-site"})
+        assert other.status_code == 403
+        assert _spend(client, url).status_code == 401, "a link is good for one use"
         logout = client.post("/api/auth/logout", headers={"Authorization": f"Bearer {access}"})
         assert logout.status_code in (200, 204)
         assert client.get("/prefect/api/health").status_code == 401
@@ -86,6 +98,31 @@ def test_an_admin_link_opens_the_ui_once_and_logout_closes_it(admin: Viewing) ->
         ).all()
     assert any(d.outcome == "denied" and d.reason for d in denials)
     assert all(cookie not in repr(d.model_dump()) for d in denials)
+    logs = [admin.settings.stack_dir / "nginx" / n for n in ("access.log", "error.log")]
+    logs.append(admin.settings.stack_dir / "webapp" / "webapp.log")
+    assert all(cookie not in p.read_text() and url.split("=")[-1] not in p.read_text()
+               for p in logs)  # fmt: skip
+
+
+def test_a_link_of_another_kind_or_after_a_role_change_opens_nothing(admin: Viewing) -> None:
+    with admin.client() as client:
+        viewer_link = admin.link(client, admin.login(client, "cara")["access_token"])
+        viewer_token = viewer_link.split("token=")[-1]
+        assert client.post("/prefect-login", json={"token": viewer_token}).status_code == 401
+        _, url = _link(client, admin)
+        with session_scope(admin.settings.resolved_database_url) as session:
+            user = accounts.find_user(session, ADMIN)
+            assert user is not None
+            user.role = "radiologist"
+            session.add(user)
+        try:
+            assert _spend(client, url).status_code == 401  # no longer an admin
+        finally:
+            with session_scope(admin.settings.resolved_database_url) as session:
+                user = accounts.find_user(session, ADMIN)
+                assert user is not None
+                user.role = "admin"
+                session.add(user)
 
 
 def test_an_admin_sees_the_prefect_ui_in_a_browser(admin: Viewing, browser: object) -> None:
