@@ -109,8 +109,11 @@ class Component:
     # What `status()` shows under `key` when more than a URL (e.g. the EMR's demo account).
     status_value: Callable[[Context], Any] | None = None
     start_timeout_s: float = 30.0
-    # Sent in turn, each followed by a share of the stop timeout, before SIGKILL.
+    # Sent in turn, each followed by a share of the stop timeout, before SIGKILL (to the whole
+    # session). To the session too, unless the leader forwards them itself (`signal_leader`).
     stop_signals: tuple[signal.Signals, ...] = (signal.SIGTERM,)
+    signal_leader: bool = False
+    stop_timeout_s: float = _STOP_TIMEOUT_S
     port_hint: str = ""  # how to move it to other ports, for the "port in use" message
 
 
@@ -798,8 +801,12 @@ for _pool in WORKER_POOLS:
             ports=lambda s, pool=_pool: [("127.0.0.1", worker_health_port(s, pool))],  # type: ignore[misc]
             prepare=_prepare_worker,
             env=_worker_env(_pool),
-            # A Prefect worker takes SIGINT as "finish up and stop"; it may need it twice.
-            stop_signals=(signal.SIGINT, signal.SIGINT, signal.SIGTERM),
+            # `prefect worker start` forwards a SIGINT to its worker ("finish up and stop") and
+            # turns a second one into SIGKILL: one SIGINT to it alone, time to stop (slow on a
+            # busy machine), then SIGTERM.
+            stop_signals=(signal.SIGINT, signal.SIGTERM),
+            signal_leader=True,
+            stop_timeout_s=90.0,
             start_timeout_s=90.0,
             port_hint="choose other ports with NEURONOVA_WORKER_HEALTH_PORT",
         )
@@ -1284,11 +1291,17 @@ class LocalStack:
         # forked too, and no other program can share its ID while one of them lives.
         signals = component.stop_signals
         for sig in signals:
-            _signal_session(pid, sig)
-            if _wait_gone(pid, _STOP_TIMEOUT_S / len(signals)):
+            if component.signal_leader:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            else:
+                _signal_session(pid, sig)
+            if _wait_gone(pid, component.stop_timeout_s / len(signals)):
                 break
         else:
-            logger.warning("%s did not stop in %.0f s: SIGKILL", component.name, _STOP_TIMEOUT_S)
+            logger.warning(
+                "%s did not stop in %.0f s: SIGKILL", component.name, component.stop_timeout_s
+            )
             _signal_session(pid, signal.SIGKILL)
             if not _wait_gone(pid, _KILL_TIMEOUT_S):
                 raise StackError(f"{component.name} (pid {pid}) survived SIGKILL")

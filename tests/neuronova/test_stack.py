@@ -195,7 +195,7 @@ def test_default_registry_starts_the_gateway_after_what_it_fronts() -> None:
 def test_workers_stop_on_sigint_first_and_have_health_ports_of_their_own(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     cpu, gpu = COMPONENTS["worker-cpu"], COMPONENTS["worker-gpu"]
-    assert cpu.stop_signals[0] == signal.SIGINT
+    assert cpu.stop_signals[0] == signal.SIGINT and cpu.signal_leader  # it forwards to its worker
     assert [p for _, p in cpu.ports(settings)] == [settings.worker_health_port]
     assert [p for _, p in gpu.ports(settings)] == [settings.worker_health_port + 1]
     command = cpu.command(Context(settings, tmp_path))
