@@ -802,11 +802,11 @@ for _pool in WORKER_POOLS:
             prepare=_prepare_worker,
             env=_worker_env(_pool),
             # `prefect worker start` forwards a SIGINT to its worker ("finish up and stop") and
-            # turns a second one into SIGKILL: one SIGINT to it alone, time to stop (slow on a
-            # busy machine), then SIGTERM.
-            stop_signals=(signal.SIGINT, signal.SIGTERM),
+            # turns a second one into SIGKILL of it. The graceful stop sometimes never ends
+            # (seen under CI), hence the second SIGINT, then SIGTERM, then SIGKILL.
+            stop_signals=(signal.SIGINT, signal.SIGINT, signal.SIGTERM),
             signal_leader=True,
-            stop_timeout_s=90.0,
+            stop_timeout_s=45.0,
             start_timeout_s=90.0,
             port_hint="choose other ports with NEURONOVA_WORKER_HEALTH_PORT",
         )
