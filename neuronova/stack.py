@@ -895,18 +895,28 @@ def _proc_cmdline(pid: int) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-def _reap(pid: int) -> None:
+def _reap(pid: int, timeout_s: float = 0.0) -> None:
     """Collect the exit status of a child of ours (Popen keeps it for the error message)."""
     child = _CHILDREN.get(pid)
-    if child is not None:
+    if child is None:
+        return
+    if timeout_s <= 0:
         child.poll()
+        return
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=timeout_s)
 
 
 def _alive(pid: int) -> bool:
     """Whether the PID runs (a zombie or a dead process does not)."""
     _reap(pid)
     fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
+    if fields is not None and fields[0] == "Z":
+        # It may have died between the reap and the read: reap it now, or the zombie of our
+        # own child stays in the process table for as long as this process lives.
+        _reap(pid)
+        return False
+    return fields is not None and fields[0] != "X"
 
 
 def _session_members(sid: int) -> set[int]:
@@ -1305,6 +1315,9 @@ class LocalStack:
             _signal_session(pid, signal.SIGKILL)
             if not _wait_gone(pid, _KILL_TIMEOUT_S):
                 raise StackError(f"{component.name} (pid {pid}) survived SIGKILL")
+        # Gone means dead, not yet collected: a child of ours is reaped before we return, so
+        # that nothing, not even a zombie, holds its PID after `down` (found by CI).
+        _reap(pid, timeout_s=_KILL_TIMEOUT_S)
         path.unlink(missing_ok=True)
 
 

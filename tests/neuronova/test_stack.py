@@ -52,6 +52,15 @@ def gone(pid: int) -> bool:
     return not stack_module._alive(pid)
 
 
+def reaped(pid: int) -> bool:
+    """Whether the PID has left the process table: not even a zombie of ours holds it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def processes_mentioning(text: str) -> list[int]:
     """PIDs whose command line contains `text` (e.g. a stack folder)."""
     found = []
@@ -273,6 +282,7 @@ def test_up_status_down_with_stand_ins(tmp_path: Path) -> None:
 
     stack.down()
     assert all(gone(pid) for pid in [*pids.values(), grandchild])
+    assert all(reaped(pid) for pid in pids.values())  # our children are collected, too
     assert not any(stack.pidfile_path(c).exists() for c in stack.registry.values())
     assert stack.status()["up"] is False
     stack.down()  # nothing left to stop: a no-op
@@ -323,6 +333,31 @@ def test_a_process_that_ignores_sigterm_is_killed(
 
     stack.down()
     assert gone(pid)
+
+
+def test_a_child_that_dies_between_reap_and_look_is_still_reaped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race CI found: the child exits after `_alive` polled it and before it read /proc,
+    so it is seen as a zombie; `_alive` must collect it then, not leave it in the table."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    monkeypatch.setitem(stack_module._CHILDREN, child.pid, child)
+    deadline = time.monotonic() + 10
+    while (stack_module._proc_stat(child.pid) or ["Z"])[0] != "Z":  # a zombie, not yet waited
+        assert time.monotonic() < deadline, "the child did not exit"
+        time.sleep(0.02)
+    real_reap = stack_module._reap
+    calls: list[int] = []
+
+    def reap_late(pid: int, timeout_s: float = 0.0) -> None:
+        calls.append(pid)
+        if len(calls) > 1:  # the first poll "comes too early", as in the race
+            real_reap(pid, timeout_s)
+
+    monkeypatch.setattr(stack_module, "_reap", reap_late)
+    assert stack_module._alive(child.pid) is False
+    assert reaped(child.pid)
+    assert child.returncode == 0
 
 
 def test_a_taken_port_is_reported_before_anything_starts(tmp_path: Path) -> None:
