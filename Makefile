@@ -40,6 +40,7 @@ bench: setup system  ## benchmarks: ratios against baselines measured in the sam
 	$(VENV)/bin/python bench/bench_patients.py
 	$(VENV)/bin/python bench/bench_volume.py
 	$(VENV)/bin/python bench/bench_inference.py
+	$(VENV)/bin/python bench/bench_trigger.py
 
 stack-down:
 	$(NEURONOVA) stack down
