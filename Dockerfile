@@ -11,7 +11,16 @@ COPY flows flows
 COPY webapp webapp
 COPY neuronova neuronova
 COPY deployments deployments
-RUN uv sync --frozen --no-dev && useradd --system --uid 10001 neuronova
-ENV PATH=/app/.venv/bin:$PATH PREFECT_SERVER_ANALYTICS_ENABLED=false
+# The MONAI bundle the gpu worker reads (Settings.model_bundle_dir: models/brain_lesion_seg).
+COPY models models
+# Bytecode compiled now: the image's user cannot write /app, and every flow run is a new
+# process that would otherwise compile Prefect and the flows again before it starts.
+RUN uv sync --frozen --no-dev --compile-bytecode \
+    && .venv/bin/python -m compileall -q common tasks flows webapp neuronova deployments models \
+    && useradd --system --uid 10001 neuronova \
+    && mkdir -p /data && chown neuronova:neuronova /data
+# /data: NEURONOVA_DATA_DIR in compose. A named volume mounted there starts as a copy of this
+# folder, owned by the image's user, so the workers can write their reports into it.
+ENV PATH=/app/.venv/bin:$PATH PREFECT_SERVER_ANALYTICS_ENABLED=false NEURONOVA_DATA_DIR=/data
 USER neuronova
 CMD ["prefect", "worker", "start", "--pool", "cpu"]

@@ -108,3 +108,83 @@ def test_a_missing_secret_stops_compose_with_its_name(missing: str, tmp_path: Pa
     result = _config(env, tmp_path)
     assert result.returncode != 0
     assert missing in result.stderr
+
+
+# --------------------------------------------------------------------------- the app image
+# No engine builds it here: the Dockerfile is read as the builder would (continuation lines
+# joined, one instruction per line) and held to what the services need of it at run time.
+
+DOCKERFILE = PROJECT_ROOT / "Dockerfile"
+
+
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, comments dropped, continuation lines joined."""
+    logical, current = [], ""
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+
+
+def _copied_paths(instructions: list[tuple[str, str]]) -> set[str]:
+    sources: set[str] = set()
+    for name, args in instructions:
+        if name == "COPY" and not args.startswith("--from"):
+            sources.update(p.rstrip("/") for p in args.split()[:-1])
+    return sources
+
+
+def test_the_image_carries_every_package_and_the_model_the_services_load() -> None:
+    from common.settings import Settings
+
+    copied = _copied_paths(_instructions(DOCKERFILE))
+    first_party = {
+        entry.name
+        for entry in PROJECT_ROOT.iterdir()
+        if (entry / "__init__.py").exists() and entry.name not in {"tests", "bench"}
+    }
+    assert first_party - copied == set(), "packages the image lacks"
+    # The gpu worker reads the bundle from its default place under the project.
+    bundle = Settings().model_bundle_dir.resolve().relative_to(PROJECT_ROOT)
+    assert bundle.parts[0] in copied, f"the image lacks the model bundle {bundle}"
+
+
+def test_the_image_runs_as_its_own_user_and_can_write_its_data_dir(
+    config: dict[str, Any],
+) -> None:
+    instructions = _instructions(DOCKERFILE)
+    users = [args.strip() for name, args in instructions if name == "USER"]
+    assert users and users[-1] not in {"root", "0"}, "the image must not run as root"
+    run = " ".join(args for name, args in instructions if name == "RUN")
+    data_dir = config["services"]["worker-cpu"]["environment"]["NEURONOVA_DATA_DIR"]
+    # A named volume starts as a copy of the image's folder, ownership included.
+    assert f"mkdir -p {data_dir}" in run and f"chown {users[-1]}:{users[-1]} {data_dir}" in run
+    for service in ("worker-cpu", "worker-gpu"):
+        # docker-compose 1.29 writes mounts as "source:target[:mode]".
+        mounts = [m.split(":")[:2] for m in config["services"][service]["volumes"]]
+        assert any(
+            target == data_dir and source in config["volumes"] for source, target in mounts
+        ), f"{service}: {data_dir} is not a named volume"
+
+
+def test_the_image_ships_compiled_bytecode() -> None:
+    # Its user cannot write /app: without this every flow run's new process compiles Prefect
+    # and the flows before it starts.
+    run = " ".join(args for name, args in _instructions(DOCKERFILE) if name == "RUN")
+    assert re.search(r"uv sync [^&]*--compile-bytecode", run)
+    assert "compileall" in run
+
+
+def test_the_build_context_leaves_out_local_state() -> None:
+    ignored = {
+        line.strip().strip("/")
+        for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    # The developer's environment, data and secrets never reach an image.
+    assert {".venv", ".tools", ".cache", "var", ".git", "secrets", ".env"} <= ignored
