@@ -95,6 +95,27 @@ def test_only_nginx_publishes_ports_and_orthanc_is_unreachable_from_outside(
     assert "frontend" in services["nginx"]["networks"]
 
 
+def test_services_restart_and_ours_report_their_health(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert {name for name, s in services.items() if s.get("restart") != "unless-stopped"} == set()
+    ours = {name for name, s in services.items() if "build" in s}
+    assert ours == {"webapp", "alerts", "worker-cpu", "worker-gpu", "nginx"}
+    stateful = {"mysql", "prefect-db", "fhir-db", "redis", "prefect-server"}
+    assert {name for name in ours | stateful if "healthcheck" not in services[name]} == set()
+    for worker in ("worker-cpu", "worker-gpu"):
+        service = services[worker]
+        # The probe asks the worker's own webserver, which only --with-healthcheck starts.
+        assert "--with-healthcheck" in _command(service)
+        port = service["environment"]["PREFECT_WORKER_WEBSERVER_PORT"]
+        assert f"127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
+        # A worker that starts before the Prefect server answers would exit: it waits.
+        needs = service["depends_on"]
+        assert needs["prefect-server"]["condition"] == "service_healthy"
+        assert needs["mysql"]["condition"] == "service_healthy"
+    nginx_needs = services["nginx"]["depends_on"]
+    assert nginx_needs["webapp"]["condition"] == "service_healthy"
+
+
 def test_no_password_has_a_default() -> None:
     text = COMPOSE_FILE.read_text()
     for line in text.splitlines():
