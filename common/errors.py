@@ -41,3 +41,7 @@ class PermanentUpstreamError(UpstreamError):
 
 class StackError(NeuroNovaError):
     """The local stack could not be installed, started or stopped."""
+
+
+class ConfigError(NeuroNovaError):
+    """A configuration file of the project cannot be used as it is."""

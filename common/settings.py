@@ -47,13 +47,15 @@ class Settings(BaseSettings):
     )
 
     prefect_api_url: str = "http://127.0.0.1:4200/api"
-    htj2k_check_cron: str = Field(
-        default="30 2 * * *", description="When the archive-wide HTJ2K check runs (cron, UTC)."
+    # Unset: the schedules in deployments/prefect.yaml (02:30 and every 30 minutes, UTC).
+    htj2k_check_cron: str | None = Field(
+        default=None,
+        description="When the archive-wide HTJ2K check runs (cron, UTC); unset: prefect.yaml's.",
     )
 
-    patient_sync_cron: str = Field(
-        default="*/30 * * * *",
-        description="When the bulk EMR → FHIR → cache sync runs (cron, UTC).",
+    patient_sync_cron: str | None = Field(
+        default=None,
+        description="When the bulk EMR → FHIR → cache sync runs (cron, UTC); unset: the yaml's.",
     )
     ingest_workers: int = Field(default=4, ge=1, le=64, description="Concurrent Orthanc uploads.")
     ingest_batch_size: int = Field(

@@ -1,25 +1,40 @@
-"""NeuroNova's deployments, described once: the nightly HTJ2K check over the whole archive, the
-scheduled patient sync from the EMR, and on-demand ingest, per-study checks, per-study AI
-readings and per-patient syncs (trigger them from the Prefect UI or the CLI).
+"""NeuroNova's deployments, as `deployments/prefect.yaml` describes them: the nightly HTJ2K check
+over the whole archive, the scheduled patient sync from the EMR, and on-demand ingest,
+per-study checks, per-study AI readings and per-patient syncs (trigger them from the Prefect UI
+or the CLI).
 
-Two ways to run them:
+Three ways to run them, all from that one file:
 - `neuronova serve` (`build_deployments`): one long-lived process serves them all, no work pool;
   the simplest for one machine.
 - `neuronova deploy` / `make deploy` (`deployments/work_pools.py`): registered on the work pools
   `cpu` and `gpu`, for Prefect workers to pick up (inference on `gpu`, the rest on `cpu`).
+- `prefect deploy --all --prefect-file deployments/prefect.yaml`: Prefect's CLI, as it is.
+
+The two scheduled deployments take their cron from the settings when those are set
+(`NEURONOVA_HTJ2K_CHECK_CRON`, `NEURONOVA_PATIENT_SYNC_CRON`), else from the file.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 
+from common.errors import ConfigError
 from common.settings import Settings
+
+PREFECT_YAML = Path(__file__).with_name("prefect.yaml")
+
+# (flow function, deployment name) → the setting that overrides the file's cron.
+CRON_SETTINGS: dict[tuple[str, str], str] = {
+    ("check_htj2k", "archive-nightly"): "htj2k_check_cron",
+    ("sync_patients", "emr-scheduled"): "patient_sync_cron",
+}
 
 
 @dataclass(frozen=True)
@@ -29,39 +44,41 @@ class DeploymentSpec:
     description: str
     tags: tuple[str, ...]
     pool: str  # the work pool when deployed to workers
-    cron: Callable[[Settings], str] | None = None
+    cron: str | None = None  # the file's schedule (UTC)
+
+    def cron_for(self, settings: Settings) -> str | None:
+        """The schedule to register: the setting that overrides this one when set, else the
+        file's."""
+        field = CRON_SETTINGS.get((self.entrypoint.split(":")[1], self.name))
+        override: str | None = getattr(settings, field) if field else None
+        return override or self.cron
 
 
-DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
-    DeploymentSpec(
-        "flows/check_htj2k.py:check_htj2k", "archive-nightly",
-        "Find instances that are not HTJ2K lossless; transcode, verify, replace.",
-        ("htj2k", "scheduled"), "cpu", cron=lambda s: s.htj2k_check_cron,
-    ),
-    DeploymentSpec(
-        "flows/check_htj2k.py:check_htj2k", "one-study",
-        "Check one study (parameter study_instance_uid), e.g. after a C-STORE.", ("htj2k",), "cpu",
-    ),
-    DeploymentSpec(
-        "flows/ingest_study.py:ingest_study", "on-demand",
-        "Ingest a file, folder or zip visible to the worker (parameter path).", ("ingest",), "cpu",
-    ),
-    DeploymentSpec(
-        "flows/run_inference.py:run_inference", "one-study",
-        "The brain-lesion model on one study (parameter study_uid): SEG, FHIR.", ("inference",),
-        "gpu",
-    ),
-    DeploymentSpec(
-        "flows/sync_patients.py:sync_patients", "emr-scheduled",
-        "Bulk sync OpenEMR → FHIR → cache (parameter since: OpenEMR date).",
-        ("patients", "scheduled"), "cpu", cron=lambda s: s.patient_sync_cron,
-    ),
-    DeploymentSpec(
-        "flows/sync_patient.py:sync_patient", "one-patient",
-        "Resolve one MRN: cache, FHIR, OpenEMR, with write-backs (parameter mrn).",
-        ("patients",), "cpu",
-    ),
-)  # fmt: skip
+def read_deployments(path: Path = PREFECT_YAML) -> tuple[DeploymentSpec, ...]:
+    """The deployments of a prefect.yaml; a clear error for a shape we do not register."""
+    try:
+        document = yaml.safe_load(path.read_text())
+        specs = tuple(_spec(entry) for entry in document["deployments"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: cannot read the deployments ({err}); fix the file") from err
+    return specs
+
+
+def _spec(entry: dict[str, Any]) -> DeploymentSpec:
+    schedules = entry.get("schedules") or []
+    if len(schedules) > 1 or any(s.get("timezone", "UTC") != "UTC" for s in schedules):
+        raise ValueError(f"{entry['name']}: one cron schedule in UTC at most")
+    return DeploymentSpec(
+        entrypoint=entry["entrypoint"],
+        name=entry["name"],
+        description=entry.get("description", ""),
+        tags=tuple(entry.get("tags") or ()),
+        pool=entry["work_pool"]["name"],
+        cron=schedules[0]["cron"] if schedules else None,
+    )
+
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = read_deployments()
 
 
 def load_flow(entrypoint: str) -> Flow[..., Any]:
@@ -78,7 +95,7 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
     """The deployments for `neuronova serve`, with the schedules taken from settings."""
     built = []
     for spec in DEPLOYMENTS:
-        cron = spec.cron(settings) if spec.cron else None
+        cron = spec.cron_for(settings)
         built.append(
             load_flow(spec.entrypoint).to_deployment(
                 name=spec.name, cron=cron, description=spec.description, tags=list(spec.tags)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from common.errors import ConfigError
 from common.settings import Settings
-from deployments.schedules import build_deployments
+from deployments.schedules import CRON_SETTINGS, DEPLOYMENTS, build_deployments, read_deployments
 
 
 def test_nightly_archive_check_follows_the_setting() -> None:
@@ -36,3 +41,33 @@ def test_inference_can_be_run_for_one_study_from_the_ui() -> None:
     deployment = by_flow[("run_inference", "one-study")]
     assert deployment.entrypoint.endswith("run_inference.py:run_inference")
     assert not deployment.schedules
+
+
+def test_unset_schedules_come_from_prefect_yaml() -> None:
+    deployments = {(d.flow_name, d.name): d for d in build_deployments(Settings())}
+    [nightly] = deployments[("check_htj2k", "archive-nightly")].schedules
+    [sync] = deployments[("sync_patients", "emr-scheduled")].schedules
+    assert (nightly.schedule.cron, sync.schedule.cron) == ("30 2 * * *", "*/30 * * * *")  # type: ignore[union-attr]
+    assert CRON_SETTINGS.keys() <= {
+        (spec.entrypoint.split(":")[1], spec.name) for spec in DEPLOYMENTS if spec.cron
+    }, "a setting overrides a deployment that has no schedule"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("deployments: [{name: x, entrypoint: 'a.py:f'}]", "work_pool"),
+        ("deployments:\n  - {name: x, entrypoint: 'a.py:f', work_pool: {name: cpu},\n"
+         "     schedules: [{cron: '0 1 * * *', timezone: Europe/Paris}]}", "UTC"),
+        ("deployments: [", "cannot read"),
+        ("name: no deployments here", "deployments"),
+    ],
+)  # fmt: skip
+def test_a_prefect_yaml_we_cannot_register_is_refused_with_its_path(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "prefect.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as raised:
+        read_deployments(path)
+    assert str(path) in str(raised.value)

@@ -54,8 +54,50 @@ def test_deploy_registers_the_pools_and_every_deployment(
     others = {d.work_pool_name for n, d in deployments.items() if not n.startswith("run_inference")}
     assert others == {"cpu"}
     nightly = deployments["check_htj2k/archive-nightly"]
-    assert nightly.schedules[0].schedule.cron == stack_settings.htj2k_check_cron  # type: ignore[union-attr]
+    assert nightly.schedules[0].schedule.cron == "30 2 * * *"  # type: ignore[union-attr]  # prefect.yaml's
     assert set(deployments) >= {"ingest_study/on-demand", "sync_patients/emr-scheduled"}
+
+
+def test_prefects_own_cli_deploys_the_same_deployments_from_prefect_yaml(
+    prefect_server: str, stack_settings: Settings
+) -> None:
+    """`prefect deploy --all --prefect-file deployments/prefect.yaml`, as an operator runs it from
+    the project root, registers what `make deploy` registers: same flows, pools, schedules,
+    tags, descriptions and pull step (updated in place, no second copy)."""
+    from prefect.client.orchestration import get_client
+
+    from common.settings import PROJECT_ROOT
+    from deployments.work_pools import register_deployments
+
+    def registered(ids: dict[str, UUID]) -> dict[str, dict[str, Any]]:
+        with get_client(sync_client=True) as client:
+            found = {name: client.read_deployment(i) for name, i in ids.items()}
+        return {
+            name: {
+                "id": d.id,
+                "pool": d.work_pool_name,
+                "entrypoint": d.entrypoint,
+                "tags": sorted(d.tags),
+                "description": d.description,
+                "crons": [s.schedule.cron for s in d.schedules],  # type: ignore[union-attr]
+                "pull": d.pull_steps,
+            }
+            for name, d in found.items()
+        }
+
+    ids = register_deployments(stack_settings)
+    ours = registered(ids)
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("prefect")), "deploy", "--all",
+         "--prefect-file", "deployments/prefect.yaml"],
+        cwd=PROJECT_ROOT, env=os.environ | {"PREFECT_API_URL": prefect_server,
+                                            "PWD": str(PROJECT_ROOT)},
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert registered(ids) == ours
+    with get_client(sync_client=True) as client:
+        assert len(client.read_deployments()) == len(ours)  # updated in place, none added
 
 
 def test_the_stacks_worker_runs_a_triggered_deployment_and_stops(
