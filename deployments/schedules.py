@@ -92,7 +92,8 @@ def load_flow(entrypoint: str) -> Flow[..., Any]:
 
 
 def build_deployments(settings: Settings) -> list[RunnerDeployment]:
-    """The deployments for `neuronova serve`, with the schedules taken from settings."""
+    """The deployments for `neuronova serve`: the file's schedules, or the settings that override
+    them."""
     built = []
     for spec in DEPLOYMENTS:
         cron = spec.cron_for(settings)
