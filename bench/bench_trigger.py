@@ -29,6 +29,7 @@ import random
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -80,7 +81,7 @@ def trigger_from_cli(settings: Settings, inbox: Path) -> tuple[float, str]:
     started = time.time()
     done = subprocess.run(
         [
-            str(Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "prefect"),
+            str(Path(sys.executable).with_name("prefect")),  # this environment's CLI
             "deployment",
             "run",
             DEPLOYMENT,

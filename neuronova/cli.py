@@ -254,7 +254,7 @@ def demo() -> None:
     ui = f"{status['gateway']}/prefect/"
     with console.status("The cpu worker ingests the sample brain MR; the gpu worker reads it …"):
         run_id, report = ingest_on_worker(settings, folder)
-    console.print(f"ingest flow run: {status['gateway']}/prefect/runs/flow-run/{run_id}")
+    console.print(f"ingest flow run: {ui}runs/flow-run/{run_id}")
     if report is None:
         console.print(
             f"[red]the ingest run did not complete[/red]: see the run above and the worker log "

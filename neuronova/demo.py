@@ -1,8 +1,9 @@
-"""The demo's clinician: an account with the sample patient on its care list, and a viewer link.
+"""The demo's accounts: a clinician with the sample patient on its care list and a viewer link,
+and an admin with a one-use link into the Prefect UI.
 
-The password is generated once and kept in `var/secrets/` (0600), so `make demo` can be run
-again and the account can be used by hand; the link is obtained the way a portal would, by
-logging in through the gateway and asking for it.
+Passwords are generated once and kept in `var/secrets/` (0600), so `make demo` can be run
+again and the accounts can be used by hand; links are obtained the way a portal would, by
+logging in through the gateway and asking for them.
 """
 
 from __future__ import annotations
@@ -20,71 +21,60 @@ from neuronova.sample import SAMPLE_PATIENT_ID
 from webapp import accounts
 
 DEMO_CLINICIAN = "demo-clinician"
+DEMO_ADMIN = "demo-admin"  # may open the Prefect UI behind the gateway
 
 
-def demo_password(settings: Settings) -> str:
-    """The demo clinician's password, generated on first use."""
-    return settings.generated_secret(
-        f"{DEMO_CLINICIAN}.password", lambda: secrets.token_urlsafe(18)
-    )
+def demo_password(settings: Settings, username: str = DEMO_CLINICIAN) -> str:
+    """A demo account's password, generated on first use."""
+    return settings.generated_secret(f"{username}.password", lambda: secrets.token_urlsafe(18))
+
+
+def _ensure_account(settings: Settings, username: str, role: str) -> str:
+    """Create the demo account, or give it its kept password again; returns the password."""
+    if settings.environment == "production":
+        raise RuntimeError("the demo accounts are not created in production")
+    password = demo_password(settings, username)
+    with session_scope(settings.resolved_database_url) as session:
+        if accounts.find_user(session, username) is None:
+            accounts.add_user(session, username, role, password)
+        else:
+            accounts.set_password(session, username, password)
+    return password
 
 
 def ensure_demo_clinician(settings: Settings) -> str:
     """Create (or re-key) the demo clinician with the sample patient on its care list."""
-    if settings.environment == "production":
-        raise RuntimeError("the demo account is not created in production")
-    password = demo_password(settings)
-    url = settings.resolved_database_url
-    with session_scope(url) as session:
-        if accounts.find_user(session, DEMO_CLINICIAN) is None:
-            accounts.add_user(session, DEMO_CLINICIAN, "clinician", password)
-        else:
-            accounts.set_password(session, DEMO_CLINICIAN, password)
-    with session_scope(url) as session:
+    password = _ensure_account(settings, DEMO_CLINICIAN, "clinician")
+    with session_scope(settings.resolved_database_url) as session:
         accounts.grant_patient(session, DEMO_CLINICIAN, SAMPLE_PATIENT_ID)
     return password
 
 
-DEMO_ADMIN = "demo-admin"
-
-
 def ensure_demo_admin(settings: Settings) -> str:
     """Create (or re-key) the demo's admin, who may open the Prefect UI behind the gateway."""
-    if settings.environment == "production":
-        raise RuntimeError("the demo account is not created in production")
-    password = settings.generated_secret(
-        f"{DEMO_ADMIN}.password", lambda: secrets.token_urlsafe(18)
-    )
-    with session_scope(settings.resolved_database_url) as session:
-        if accounts.find_user(session, DEMO_ADMIN) is None:
-            accounts.add_user(session, DEMO_ADMIN, "admin", password)
-        else:
-            accounts.set_password(session, DEMO_ADMIN, password)
-    return password
+    return _ensure_account(settings, DEMO_ADMIN, "admin")
+
+
+def _link_for(gateway_url: str, username: str, password: str, path: str) -> str:
+    """Log in through the gateway and POST `path` for a link, as a portal would."""
+    with httpx.Client(base_url=gateway_url, timeout=30) as client:
+        login = client.post("/api/auth/login", json={"username": username, "password": password})
+        login.raise_for_status()
+        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
+        link = client.post(path, headers=headers)
+        link.raise_for_status()
+        url: str = link.json()["url"]
+        return url
 
 
 def prefect_ui_link(gateway_url: str, username: str, password: str) -> str:
-    """Log an admin in through the gateway and ask for a one-use Prefect UI link."""
-    with httpx.Client(base_url=gateway_url, timeout=30) as client:
-        login = client.post("/api/auth/login", json={"username": username, "password": password})
-        login.raise_for_status()
-        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-        link = client.post("/api/admin/prefect-link", headers=headers)
-        link.raise_for_status()
-        url: str = link.json()["url"]
-        return url
+    """A one-use link into the Prefect UI, for an admin."""
+    return _link_for(gateway_url, username, password, "/api/admin/prefect-link")
 
 
 def viewer_link(gateway_url: str, username: str, password: str, study_uid: str) -> str:
-    """Log in through the gateway and ask for a viewer link, as a portal would."""
-    with httpx.Client(base_url=gateway_url, timeout=30) as client:
-        login = client.post("/api/auth/login", json={"username": username, "password": password})
-        login.raise_for_status()
-        headers = {"Authorization": f"Bearer {login.json()['access_token']}"}
-        link = client.post(f"/api/studies/{study_uid}/viewer-link", headers=headers)
-        link.raise_for_status()
-        url: str = link.json()["url"]
-        return url
+    """A viewer link to one study, for a user allowed to see it."""
+    return _link_for(gateway_url, username, password, f"/api/studies/{study_uid}/viewer-link")
 
 
 def register_for_workers(settings: Settings) -> None:

@@ -22,6 +22,7 @@ from common.settings import Settings
 from neuronova.prefect_env import prefect_results_dir
 from neuronova.stack import Component, LocalStack
 from tests.dicom_factory import make_dataset, to_part10
+from tests.processes import group_reaped, reaped
 
 pytestmark = pytest.mark.integration
 
@@ -130,7 +131,7 @@ def test_the_stacks_worker_runs_a_triggered_deployment_and_stops(
     finally:
         pid = stack.running_pid(worker)
         stack.down(["worker-cpu"])  # SIGINT, SIGINT, SIGTERM, then SIGKILL
-    assert pid is not None and not _alive(pid)
+    assert pid is not None and reaped(pid)
     assert stack.status()["components"]["worker-cpu"]["running"] is False
 
 
@@ -208,7 +209,7 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
     finally:
         stack.down(["worker-cpu"])
         _stop_worker(second)
-    assert second.returncode is not None and _group_gone(second.pid), "the worker outlived stop"
+    assert second.returncode is not None and group_reaped(second.pid), "the worker outlived stop"
 
 
 def test_ingest_on_a_worker_hands_an_mr_study_to_the_gpu_pool(
@@ -289,14 +290,6 @@ def _wait_online(pool: str, names: set[str], log: Path, timeout_s: float = 120) 
             time.sleep(1)
 
 
-def _group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 def _runs_taken(log: str, runs: list[FlowRun]) -> set[UUID]:
     """The flow runs a worker's log says it started. ("submitting" is not enough: two workers
     may both try a run, and the server lets only one move it to Pending.)"""
@@ -325,14 +318,6 @@ def _results_of(settings: Settings) -> Iterator[None]:
 
     with temporary_settings({PREFECT_RESULTS_LOCAL_STORAGE_PATH: prefect_results_dir(settings)}):
         yield
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _log(stack: LocalStack, component: Component) -> str:

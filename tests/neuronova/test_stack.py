@@ -38,6 +38,7 @@ from neuronova.stack import (
     settings_on_free_ports,
 )
 from neuronova.stack_cli import app
+from tests.processes import reaped
 
 # --------------------------------------------------------------------------- helpers
 
@@ -50,15 +51,6 @@ def make_settings(data_dir: Path) -> Settings:
 def gone(pid: int) -> bool:
     """Whether the PID no longer runs (a zombie counts as gone)."""
     return not stack_module._alive(pid)
-
-
-def reaped(pid: int) -> bool:
-    """Whether the PID has left the process table: not even a zombie of ours holds it."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def processes_mentioning(text: str) -> list[int]:
