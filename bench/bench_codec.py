@@ -1,7 +1,7 @@
 """HTJ2K codec speed next to its baselines, measured side by side on the same pixels.
 
 For each real image from pydicom-data (a 512² CT, a 1024² MR, a 1955×1841 CR):
-  1. our HTJ2K encode (tasks.htj2k) vs JPEG 2000 Lossless encode through pydicom
+  1. our HTJ2K encode (tasks.dicom.htj2k) vs JPEG 2000 Lossless encode through pydicom
      (`Dataset.compress`, pylibjpeg-openjpeg);
   2. our HTJ2K decode vs JPEG 2000 Lossless decode through pydicom;
   3. our HTJ2K decode vs pydicom's default HTJ2K decode path (pylibjpeg-openjpeg);
@@ -30,8 +30,8 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import JPEG2000Lossless
 
-from tasks.htj2k import HTJ2K_LOSSLESS, decode_frame, encode_frame
-from tasks.transcode import transcode_to_htj2k
+from tasks.dicom.htj2k import HTJ2K_LOSSLESS, decode_frame, encode_frame
+from tasks.dicom.transcode import transcode_to_htj2k
 
 IMAGES = ("693_UNCR.dcm", "MR2_UNCR.dcm", "RG1_UNCR.dcm")
 TARGETS = {"encode vs J2K": 10.0, "decode vs J2K": 10.0, "decode vs pydicom HTJ2K": 2.0}

@@ -35,8 +35,8 @@ from common.settings import Settings
 from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
 from neuronova.stack import LocalStack, free_ports, settings_on_free_ports
-from tasks.ingest import ingest_batch
-from tasks.inputs import collect_inputs
+from tasks.ingest.batch import ingest_batch
+from tasks.ingest.inputs import collect_inputs
 from webapp import accounts
 
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306"

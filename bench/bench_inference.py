@@ -34,10 +34,10 @@ import pydicom
 import torch
 
 from neuronova.sample_mr import write_sample_mr_study
-from tasks.dicom_seg import build_lesion_seg
-from tasks.inference import measure_lesions, seg_uids, segment_volume
-from tasks.segmentation import load_bundle
-from tasks.volume import Volume, volume_from_files
+from tasks.dicom.seg import build_lesion_seg
+from tasks.dicom.volume import Volume, volume_from_files
+from tasks.inference.segmentation import load_bundle
+from tasks.inference.units import measure_lesions, seg_uids, segment_volume
 
 BUNDLE = Path(__file__).resolve().parent.parent / "models" / "brain_lesion_seg"
 
@@ -100,13 +100,13 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
     from common.db import migrate
     from neuronova.prefect_env import use_prefect_server
     from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
-    from tasks.fhir_report import publish_lesion_results
-    from tasks.inference import choose_series, find_study_series, store_seg
-    from tasks.ingest import ingest_batch
-    from tasks.inputs import collect_inputs
-    from tasks.orthanc import OrthancClient
-    from tasks.patient_sync import emr_client, fhir_client, resolve_patient
-    from tasks.volume import read_series_from_orthanc
+    from tasks.archive.orthanc import OrthancClient
+    from tasks.dicom.volume import read_series_from_orthanc
+    from tasks.inference.report import publish_lesion_results
+    from tasks.inference.units import choose_series, find_study_series, store_seg
+    from tasks.ingest.batch import ingest_batch
+    from tasks.ingest.inputs import collect_inputs
+    from tasks.patients.sync import emr_client, fhir_client, resolve_patient
 
     settings = settings_on_free_ports(tmp / "var", inference_device="cpu")
     os.environ.update(settings_env(settings))  # the flow builds its own Settings from these

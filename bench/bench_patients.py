@@ -31,8 +31,8 @@ from sqlalchemy import create_engine, text
 
 from common.db import migrate, session_scope
 from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
-from tasks.patient_convert import emr_to_fhir_patient
-from tasks.patient_sync import emr_client, fhir_client
+from tasks.patients.convert import emr_to_fhir_patient
+from tasks.patients.sync import emr_client, fhir_client
 from webapp import accounts
 
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306"

@@ -23,8 +23,8 @@ from common.db import migrate, session_scope
 from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
 from neuronova.stack import LocalStack, settings_on_free_ports
-from tasks.ingest import ingest_batch
-from tasks.inputs import collect_inputs
+from tasks.ingest.batch import ingest_batch
+from tasks.ingest.inputs import collect_inputs
 from tests.gateway.browser_tools import (
     CHROMIUM,
     CHROMIUM_ARGS,

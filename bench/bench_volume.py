@@ -33,11 +33,11 @@ import pydicom
 from common.db import migrate
 from neuronova.sample_mr import write_sample_mr_study
 from neuronova.stack import LocalStack, settings_on_free_ports
-from tasks.ingest import ingest_batch
-from tasks.inputs import collect_inputs
-from tasks.orthanc import OrthancClient
-from tasks.transcode import transcode_to_htj2k
-from tasks.volume import read_series_from_orthanc, volume_from_files
+from tasks.archive.orthanc import OrthancClient
+from tasks.dicom.transcode import transcode_to_htj2k
+from tasks.dicom.volume import read_series_from_orthanc, volume_from_files
+from tasks.ingest.batch import ingest_batch
+from tasks.ingest.inputs import collect_inputs
 
 
 def pydicom_volume(blobs: list[bytes]) -> np.ndarray:

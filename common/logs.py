@@ -68,7 +68,7 @@ def current_correlation() -> dict[str, str]:
 
 class CorrelationFilter(logging.Filter):
     """Copies the ids in force onto each record (a record's own extra wins), and the Prefect
-    run's ids onto records of plain loggers (`tasks.ingest`…) logged inside a run."""
+    run's ids onto records of plain loggers (`tasks.ingest.batch`…) logged inside a run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in (_prefect_run_ids() | _ids()).items():

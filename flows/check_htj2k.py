@@ -16,11 +16,11 @@ from prefect.artifacts import create_table_artifact
 from common.db import ensure_schema
 from common.errors import PermanentUpstreamError
 from common.settings import Settings
-from tasks.archive_check import CheckOutcome, check_study
-from tasks.orthanc import OrthancClient
-from tasks.replace import recover_backups
+from tasks.archive.check import CheckOutcome, check_study
+from tasks.archive.orthanc import OrthancClient
+from tasks.archive.replace import recover_backups
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
-from tasks.task_runners import task_runner
+from tasks.runners import task_runner
 
 _NETWORK_TASK = {
     "retries": 3,

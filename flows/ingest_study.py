@@ -29,9 +29,9 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import sync_patient
-from tasks.ingest import ingest_batch
-from tasks.inputs import InputRef, collect_inputs
-from tasks.prepare import CONFLICT, DUPLICATE, QUARANTINED, STORED, FileOutcome
+from tasks.ingest.batch import ingest_batch
+from tasks.ingest.inputs import InputRef, collect_inputs
+from tasks.ingest.prepare import CONFLICT, DUPLICATE, QUARANTINED, STORED, FileOutcome
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
 
 

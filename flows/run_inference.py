@@ -29,10 +29,13 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import resolve_patient_task
-from tasks.alerts import AI_RESULT, AlertPublisher, ai_result_facts
-from tasks.dicom_seg import build_lesion_seg
-from tasks.fhir_report import publish_lesion_results
-from tasks.inference import (
+from tasks.archive.orthanc import OrthancClient
+from tasks.dicom.seg import build_lesion_seg
+from tasks.dicom.volume import Volume, read_series_from_orthanc
+from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
+from tasks.inference.report import publish_lesion_results
+from tasks.inference.segmentation import bundle_identity, cached_bundle
+from tasks.inference.units import (
     NoSuitableSeries,
     SegmentationRun,
     SeriesChoice,
@@ -46,11 +49,8 @@ from tasks.inference import (
     segment_volume,
     store_seg,
 )
-from tasks.orthanc import OrthancClient
-from tasks.patient_sync import fhir_client
+from tasks.patients.sync import fhir_client
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
-from tasks.segmentation import bundle_identity, cached_bundle
-from tasks.volume import Volume, read_series_from_orthanc
 
 _NETWORK_RETRIES: dict[str, Any] = {
     "retries": 3,

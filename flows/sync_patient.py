@@ -1,6 +1,6 @@
 """`sync_patient(mrn)`: resolve one patient (cache → FHIR → OpenEMR, with write-backs).
 
-The work is `tasks.patient_sync.resolve_patient`, run as one Prefect task with retries on
+The work is `tasks.patients.sync.resolve_patient`, run as one Prefect task with retries on
 upstream hiccups (timeouts, 5xx); a 412 (several FHIR Patients for the MRN) is not retried:
 the MRN is flagged for a merge and the run fails with that message.
 """
@@ -14,7 +14,7 @@ from prefect import flow, task
 from common.db import ensure_schema
 from common.settings import Settings
 from flows import REPORTED
-from tasks.patient_sync import emr_client, fhir_client, resolve_patient
+from tasks.patients.sync import emr_client, fhir_client, resolve_patient
 from tasks.retry import retry_if_transient
 
 

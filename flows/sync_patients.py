@@ -20,8 +20,8 @@ from prefect.artifacts import create_table_artifact
 from common.db import ensure_schema
 from common.errors import NeuroNovaError, TransientUpstreamError
 from common.settings import Settings
-from tasks import patient_cache
-from tasks.patient_sync import emr_client, fhir_client, resolve_patient, sync_emr_record
+from tasks.patients import cache as patient_cache
+from tasks.patients.sync import emr_client, fhir_client, resolve_patient, sync_emr_record
 from tasks.retry import retry_if_transient
 
 PAGE_SIZE = 200

@@ -24,7 +24,7 @@ from monai.bundle import ConfigParser
 from monai.losses import DiceCELoss
 
 from models.synthetic_lesions import SyntheticCase, dice, make_case
-from tasks.segmentation import remove_small_components
+from tasks.inference.segmentation import remove_small_components
 
 BUNDLE = Path(__file__).resolve().parent / "brain_lesion_seg"
 HELD_OUT_SEED = 10_000

@@ -81,7 +81,7 @@ def patient(
     """
     from common.db import ensure_schema
     from common.errors import UpstreamError
-    from tasks.patient_sync import emr_client, fhir_client, resolve_patient
+    from tasks.patients.sync import emr_client, fhir_client, resolve_patient
 
     settings = Settings()
     ensure_schema(settings.resolved_database_url)

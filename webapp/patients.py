@@ -12,8 +12,8 @@ from flask_jwt_extended import current_user, jwt_required
 
 from common.db import User
 from common.errors import UpstreamError
-from tasks.fhir import MultiplePatientsForMrn
-from tasks.patient_sync import cached_lookup, emr_client, fhir_client, resolve_patient
+from tasks.patients.fhir import MultiplePatientsForMrn
+from tasks.patients.sync import cached_lookup, emr_client, fhir_client, resolve_patient
 from webapp.context import audit, deny_response, web_context
 
 bp = Blueprint("patients", __name__, url_prefix="/api/patients")

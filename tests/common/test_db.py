@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 from sqlmodel import select
 
 from common.db import Instance, Study, get_engine, migrate, session_scope
-from tasks.archive_index import IndexEntry, index_instances
+from tasks.archive.index import IndexEntry, index_instances
 
 TABLES = {"studies", "series", "instances", "quarantine", "alembic_version"}
 

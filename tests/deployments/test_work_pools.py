@@ -145,7 +145,7 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
     from prefect.deployments import run_deployment
 
     from deployments.work_pools import register_deployments
-    from tasks.orthanc import OrthancClient
+    from tasks.archive.orthanc import OrthancClient
 
     register_deployments(orthanc)
     stack = LocalStack(orthanc)

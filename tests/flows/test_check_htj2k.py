@@ -18,9 +18,9 @@ from common.db import Instance, session_scope
 from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
-from tasks.htj2k import HTJ2K_LOSSLESS
-from tasks.orthanc import OrthancClient
-from tasks.replace import recover_backups, replace_in_orthanc
+from tasks.archive.orthanc import OrthancClient
+from tasks.archive.replace import recover_backups, replace_in_orthanc
+from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tests.flows.test_ingest_study import dicom_bytes, make_ct, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]

@@ -26,7 +26,7 @@ from common.settings import Settings
 from flows.ingest_study import ingest_study
 from neuronova.cli import app
 from neuronova.sample import ct_slice_dataset, head_phantom
-from tasks.htj2k import HTJ2K_LOSSLESS
+from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
 

@@ -23,9 +23,9 @@ from common.settings import Settings
 from models.synthetic_lesions import dice, make_case
 from neuronova.sample import write_sample_study
 from neuronova.sample_mr import SAMPLE_MR_SEED, write_sample_mr_study
-from tasks.fhir_report import RESULT_SYSTEM, result_key
-from tasks.orthanc import OrthancClient
-from tasks.segmentation import file_sha256, load_bundle, segment
+from tasks.archive.orthanc import OrthancClient
+from tasks.inference.report import RESULT_SYSTEM, result_key
+from tasks.inference.segmentation import file_sha256, load_bundle, segment
 
 pytestmark = pytest.mark.integration
 
@@ -194,8 +194,8 @@ def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
     next run writes the report alone (no second SEG)."""
     from flows.ingest_study import ingest_study
     from flows.run_inference import run_inference
-    from tasks.emr_sync import ensure_emr_patient
-    from tasks.patient_sync import emr_client
+    from tasks.patients.emr_write import ensure_emr_patient
+    from tasks.patients.sync import emr_client
 
     files, _mask = write_sample_mr_study(tmp_path / "other", seed=SAMPLE_MR_SEED + 1)
     mrn = "NN-LATE-0001"

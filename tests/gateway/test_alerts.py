@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from common.db import session_scope
-from tasks.alerts import AI_RESULT, AlertPublisher
+from tasks.inference.alerts import AI_RESULT, AlertPublisher
 from tests.gateway.conftest import PASSWORD, Viewing
 from webapp import accounts
 

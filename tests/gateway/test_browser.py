@@ -22,7 +22,7 @@ import pytest
 
 from common.settings import PROJECT_ROOT, Settings
 from neuronova.sample_mr import write_sample_mr_study
-from tasks.orthanc import OrthancClient
+from tasks.archive.orthanc import OrthancClient
 from tests.gateway.browser_tools import (
     best_match,
     canvas_rgb,

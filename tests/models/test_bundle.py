@@ -11,7 +11,7 @@ import pytest
 
 from common.settings import Settings
 from models.synthetic_lesions import dice, make_case
-from tasks.segmentation import BundleError, file_sha256, load_bundle, segment
+from tasks.inference.segmentation import BundleError, file_sha256, load_bundle, segment
 
 BUNDLE = Settings().model_bundle_dir
 HELD_OUT_SEED = 10_000

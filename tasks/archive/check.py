@@ -1,0 +1,169 @@
+"""The unit of the HTJ2K check: one study in Orthanc → every instance HTJ2K lossless, indexed.
+
+Instances that arrived some other way (C-STORE, a tool that POSTed straight to Orthanc) are
+transcoded, verified bit for bit and swapped in place (`tasks.archive.replace`); lossy and other
+kept-as-is instances are indexed with the reason; invalid ones are copied to quarantine and
+left in Orthanc (nothing is deleted on doubt).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from common.db import Instance, session_scope
+from common.errors import IngestError, NeuroNovaError, UpstreamError
+from common.logs import carry_context
+from common.settings import Settings
+from tasks.archive.index import IndexEntry, entry_for, index_instances, known_instances
+from tasks.archive.orthanc import OrthancClient, StoredInstance
+from tasks.archive.quarantine import quarantine_bytes
+from tasks.archive.replace import replace_in_orthanc
+from tasks.dicom.htj2k import HTJ2K_LOSSLESS_SYNTAXES
+from tasks.dicom.parse import parse_dicom, validate_identifiers
+from tasks.dicom.transcode import transcode_to_htj2k
+
+log = logging.getLogger(__name__)
+
+OK, REPLACED, INDEXED, KEPT, INVALID, CONFLICT, FAILED = (
+    "ok",
+    "replaced",
+    "indexed",
+    "kept",
+    "invalid",
+    "conflict",
+    "failed",
+)
+
+
+@dataclass
+class CheckOutcome:
+    """What the check did to one instance."""
+
+    orthanc_id: str
+    status: str
+    sop_instance_uid: str | None = None
+    transfer_syntax_before: str | None = None
+    transfer_syntax_after: str | None = None
+    reason: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _Work:
+    outcome: CheckOutcome
+    entry: IndexEntry | None = None
+    quarantine: bytes | None = None
+    upstream_error: UpstreamError | None = None
+
+
+def check_study(settings: Settings, client: OrthancClient, study_id: str) -> list[CheckOutcome]:
+    """Bring one Orthanc study to verified HTJ2K; raise the first upstream error at the end."""
+    instances = client.study_instances(study_id)
+    with session_scope(settings.resolved_database_url) as session:
+        known = known_instances(session, (_sop_uid(i) for i in instances))
+
+    def check(info: dict[str, Any]) -> _Work:
+        return _check_instance(
+            settings, client, _located(info, study_id), known.get(_sop_uid(info))
+        )
+
+    with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
+        work = list(pool.map(carry_context(check), instances))
+    with session_scope(settings.resolved_database_url) as session:
+        index_instances(session, (w.entry for w in work if w.entry is not None))
+        for w in work:
+            if w.quarantine is not None:
+                quarantine_bytes(
+                    session,
+                    settings.quarantine_dir,
+                    data=w.quarantine,
+                    source=f"orthanc:/instances/{w.outcome.orthanc_id}",
+                    name=f"{w.outcome.orthanc_id}.dcm",
+                    reason=w.outcome.reason or "invalid",
+                    sop_instance_uid=w.outcome.sop_instance_uid,
+                )
+    errors = [w.upstream_error for w in work if w.upstream_error is not None]
+    if errors:
+        raise errors[0]
+    return [w.outcome for w in work]
+
+
+def _sop_uid(info: dict[str, Any]) -> str:
+    return str(info.get("MainDicomTags", {}).get("SOPInstanceUID", ""))
+
+
+def _located(info: dict[str, Any], study_id: str) -> StoredInstance:
+    """Where an instance lives in Orthanc, from the study's instance listing."""
+    return StoredInstance(info["ID"], "AlreadyStored", info["ParentSeries"], study_id)
+
+
+def _already_settled(known: Instance, orthanc_id: str, ts: str) -> bool:
+    """Indexed as this very Orthanc instance in this transfer syntax, and nothing left to do:
+    HTJ2K lossless, or kept as it is for a recorded reason (lossy, colour, no pixels …)."""
+    return (
+        known.orthanc_id == orthanc_id
+        and known.transfer_syntax == ts
+        and (ts in HTJ2K_LOSSLESS_SYNTAXES or known.action != "transcoded")
+    )
+
+
+def _check_instance(
+    settings: Settings, client: OrthancClient, located: StoredInstance, known: Instance | None
+) -> _Work:
+    orthanc_id = located.orthanc_id
+    outcome = CheckOutcome(orthanc_id=orthanc_id, status=FAILED)
+    work = _Work(outcome)
+    try:
+        ts = client.instance_transfer_syntax(orthanc_id)
+        outcome.transfer_syntax_before = outcome.transfer_syntax_after = ts
+        if known is not None and _already_settled(known, orthanc_id, ts):
+            outcome.status, outcome.sop_instance_uid = OK, known.sop_instance_uid
+            return work
+        if known is not None and known.orthanc_id != orthanc_id:
+            # Same SOPInstanceUID under another patient/study/series: never index over it.
+            outcome.status, outcome.sop_instance_uid = CONFLICT, known.sop_instance_uid
+            outcome.reason = "SOPInstanceUID already indexed for another instance; left as is"
+            return work
+        _bring_to_htj2k(settings, client, located, work)
+    except UpstreamError as err:
+        outcome.reason = str(err)
+        work.upstream_error = err
+    except NeuroNovaError as err:  # verification failed: the original was restored
+        outcome.reason = str(err)
+    return work
+
+
+def _bring_to_htj2k(
+    settings: Settings, client: OrthancClient, stored: StoredInstance, work: _Work
+) -> None:
+    outcome, orthanc_id = work.outcome, stored.orthanc_id
+    original = client.get_instance_file(orthanc_id)
+    try:
+        ds = parse_dicom(original)
+        ids = validate_identifiers(ds)
+        result = transcode_to_htj2k(ds, bytes_in=len(original))
+    except IngestError as err:
+        outcome.status, outcome.reason = INVALID, str(err)
+        work.quarantine = original
+        return
+    outcome.sop_instance_uid = ids.sop_uid
+    if result.action == "transcoded":
+        stored, stored_sha = replace_in_orthanc(
+            client,
+            orthanc_id,
+            original=original,
+            replacement=result.data,
+            backup_dir=settings.backup_dir,
+        )
+        outcome.status, outcome.transfer_syntax_after = REPLACED, result.transfer_syntax
+    else:
+        stored_sha = hashlib.sha256(original).hexdigest()
+        outcome.status = INDEXED if result.action == "already_htj2k" else KEPT
+        outcome.reason = result.reason
+    work.entry = entry_for(ids, result, stored, stored_sha256=stored_sha, source="orthanc")

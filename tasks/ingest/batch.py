@@ -1,0 +1,278 @@
+"""The unit of ingest: one batch of inputs → verified HTJ2K instances in Orthanc, indexed.
+
+Per instance: parse → validate → transcode (decoded again and compared bit for bit) → store →
+read back and compare bytes → index. A batch runs in phases: prepare (thread pool), one index
+look-up, upload (thread pool, overlapping with Orthanc's own work), one database transaction.
+Bad inputs are quarantined with a reason; a different payload under a known SOPInstanceUID is
+a conflict and nothing is overwritten; a transient Orthanc failure fails the batch after what
+is final was written, so that Prefect retries it (every step is idempotent: a retry or a
+re-run converges).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from sqlmodel import Session
+
+from common.db import Instance, session_scope
+from common.errors import (
+    IngestError,
+    PermanentUpstreamError,
+    TransientUpstreamError,
+    VerificationError,
+)
+from common.logs import carry_context
+from common.settings import Settings
+from tasks.archive.index import IndexEntry, entry_for, index_instances, known_instances
+from tasks.archive.orthanc import OrthancClient, StoredInstance
+from tasks.archive.quarantine import quarantine_bytes
+from tasks.archive.replace import replace_in_orthanc
+from tasks.dicom.htj2k import HTJ2K_LOSSLESS_SYNTAXES
+from tasks.dicom.parse import content_sha256, parse_dicom
+from tasks.dicom.transcode import transcode_to_htj2k
+from tasks.ingest.inputs import InputRef, read_input
+from tasks.ingest.prepare import (
+    CONFLICT,
+    DUPLICATE,
+    QUARANTINED,
+    STORED,
+    FileOutcome,
+    PreparedInput,
+    outcome_for,
+    prepare_input,
+)
+
+log = logging.getLogger(__name__)
+
+
+def ingest_batch(
+    settings: Settings, refs: Sequence[InputRef], *, remove_originals: bool = False
+) -> list[FileOutcome]:
+    """Ingest `refs`. Raises the first `UpstreamError` after recording everything final."""
+    # Threads, not processes: a process pool would re-import the caller's main module in
+    # every worker (seconds here), which costs more than the GIL does on a batch.
+    with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
+        items = list(pool.map(carry_context(prepare_input), refs))
+        _settle_repeats_within_batch(items)
+        with session_scope(settings.resolved_database_url) as session:
+            known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
+        with OrthancClient.from_settings(settings) as client:
+
+            def store(item: PreparedInput) -> None:
+                _store(item, client, known.get(_sop(item)), settings.backup_dir)
+
+            list(pool.map(carry_context(store), items))
+    with session_scope(settings.resolved_database_url) as session:
+        _record(settings, session, items)
+    errors = [i.upstream_error for i in items if i.upstream_error is not None]
+    if errors:
+        # Originals stay until the batch succeeds: its retry reads them again.
+        raise errors[0]
+    if remove_originals:
+        _remove_originals(items)
+    return [i.outcome for i in items if i.outcome is not None]
+
+
+def _settle_repeats_within_batch(items: list[PreparedInput]) -> None:
+    """A SOP UID seen twice in one batch: the first goes on; a repeat with the same HTJ2K bytes
+    is a duplicate of it, one with other bytes a conflict (Orthanc keys instances by patient,
+    study, series and SOP UID, so it would not catch every such pair by itself)."""
+    first: dict[str, PreparedInput] = {}
+    for item in items:
+        if item.ids is None or item.result is None or item.outcome is not None:
+            continue
+        earlier = first.setdefault(item.ids.sop_uid, item)
+        if earlier is item:
+            continue
+        assert earlier.result is not None
+        if earlier.result.data == item.result.data:
+            item.outcome = outcome_for(item, DUPLICATE, reason="repeated in this batch")
+            item.outcome.verified = True
+        else:
+            item.outcome = _conflict(item)
+
+
+def _sop(item: PreparedInput) -> str:
+    return item.ids.sop_uid if item.ids else ""
+
+
+def _input_bytes(item: PreparedInput) -> bytes:
+    """The input's bytes, read again where preparing did not keep them (it keeps few)."""
+    if item.data is None:
+        item.data = read_input(item.ref)
+    return item.data
+
+
+def _store(
+    item: PreparedInput, client: OrthancClient, known: Instance | None, backup_dir: Path
+) -> None:
+    """Upload one prepared instance unless it is a known duplicate or a conflict."""
+    if item.outcome is not None or item.result is None or item.ids is None:
+        return
+    try:
+        if known is not None:
+            _decide_known(item, client, known, backup_dir)
+            return
+        stored = client.store_instance(item.result.data)
+        if stored.already_stored:
+            _decide_already_in_orthanc(item, client, stored, backup_dir)
+        else:
+            _verify_read_back(item, client, stored)
+    except TransientUpstreamError as err:
+        # The input is untouched and a re-run is safe; the batch fails so Prefect retries it.
+        item.upstream_error = err
+    except (PermanentUpstreamError, VerificationError) as err:
+        # Orthanc refused this instance, or its copy did not verify: keep it with the reason.
+        item.outcome = outcome_for(item, QUARANTINED, reason=str(err))
+    except Exception as err:  # a bug or a surprising answer: keep the input, say so, go on
+        log.exception("unexpected error storing %s", item.ref.name)
+        item.outcome = outcome_for(
+            item, QUARANTINED, reason=f"unexpected error while storing ({type(err).__name__})"
+        )
+
+
+def _decide_known(
+    item: PreparedInput, client: OrthancClient, known: Instance, backup_dir: Path
+) -> None:
+    """An indexed UID. Transcoding is deterministic, so the same input gives the same bytes:
+    equal bytes → duplicate (stored again if Orthanc lost it); other bytes → compare content
+    with Orthanc's copy; other bytes and no copy to compare with → conflict."""
+    assert item.result is not None
+    same_bytes = hashlib.sha256(item.result.data).hexdigest() == known.stored_sha256
+    in_orthanc = client.instance_exists(known.orthanc_id)
+    if same_bytes and in_orthanc:
+        item.outcome = outcome_for(item, DUPLICATE, ts=known.transfer_syntax)
+        item.outcome.verified = True
+    elif same_bytes:
+        log.warning("indexed instance missing from Orthanc, storing it again")
+        _verify_read_back(item, client, client.store_instance(item.result.data))
+    elif in_orthanc:
+        series_id, study_id = client.instance_parents(known.orthanc_id)
+        located = StoredInstance(known.orthanc_id, "AlreadyStored", series_id, study_id)
+        _decide_already_in_orthanc(item, client, located, backup_dir)
+    else:
+        item.outcome = _conflict(item)
+
+
+def _decide_already_in_orthanc(
+    item: PreparedInput, client: OrthancClient, stored: StoredInstance, backup_dir: Path
+) -> None:
+    """Orthanc has the UID but our index does not: compare content before calling it the same.
+
+    Same content in another encoding (e.g. received by C-STORE) is upgraded to our verified
+    HTJ2K copy on the spot; different content is a conflict.
+    """
+    assert item.result is not None
+    existing = client.get_instance_file(stored.orthanc_id)
+    if existing == item.result.data:
+        item.outcome = outcome_for(item, DUPLICATE)
+        item.outcome.verified = True
+        item.entry = _index_entry(item, stored, hashlib.sha256(existing).hexdigest())
+        return
+    existing_ts, existing_content = _describe(existing)
+    ours = parse_dicom(_input_bytes(item))
+    if existing_content != content_sha256(ours, item.result.pixel_sha256):
+        item.outcome = _conflict(item)
+        return
+    if existing_ts in HTJ2K_LOSSLESS_SYNTAXES or item.result.action != "transcoded":
+        # Equivalent content that needs no upgrade: keep Orthanc's copy, index what it holds.
+        item.outcome = outcome_for(item, DUPLICATE, ts=existing_ts)
+        item.outcome.verified = True
+        return
+    stored, back_sha = replace_in_orthanc(
+        client,
+        stored.orthanc_id,
+        original=existing,
+        replacement=item.result.data,
+        backup_dir=backup_dir,
+    )
+    item.outcome = outcome_for(
+        item, DUPLICATE, reason=f"already in Orthanc as {existing_ts}; replaced by verified HTJ2K"
+    )
+    item.outcome.verified = True
+    item.entry = _index_entry(item, stored, back_sha)
+
+
+def _describe(data: bytes) -> tuple[str | None, str | None]:
+    """Transfer syntax and content hash of a stored file (None where it cannot be read).
+
+    The hash goes through the same normalisation as ingest (`transcode_to_htj2k`), so lossy
+    data is hashed by its bytes on both sides and equal content compares equal.
+    """
+    try:
+        ds = parse_dicom(data)
+        result = transcode_to_htj2k(ds, bytes_in=len(data))
+    except IngestError:
+        return None, None
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) or None, content_sha256(
+        ds, result.pixel_sha256
+    )
+
+
+def _verify_read_back(item: PreparedInput, client: OrthancClient, stored: StoredInstance) -> None:
+    """Read the stored file back; it must be the bytes we sent."""
+    assert item.result is not None
+    sent_sha = hashlib.sha256(item.result.data).hexdigest()
+    back_sha = hashlib.sha256(client.get_instance_file(stored.orthanc_id)).hexdigest()
+    if back_sha != sent_sha:
+        raise VerificationError(
+            f"read-back from Orthanc differs from what was sent (instance {stored.orthanc_id})"
+        )
+    item.outcome = outcome_for(item, STORED)
+    item.outcome.verified = True
+    item.entry = _index_entry(item, stored, back_sha)
+
+
+def _record(settings: Settings, session: Session, items: list[PreparedInput]) -> None:
+    """One transaction: index what was stored, keep what was refused."""
+    index_instances(session, (i.entry for i in items if i.entry is not None))
+    for item in items:
+        outcome = item.outcome
+        if outcome is None or outcome.status not in (QUARANTINED, CONFLICT) or not item.readable:
+            continue  # an unreadable input stays where it is; its outcome says why
+        quarantine_bytes(
+            session,
+            settings.quarantine_dir,
+            data=_input_bytes(item),
+            source=item.ref.display,
+            name=item.ref.name,
+            reason=outcome.reason or outcome.status,
+            kind=outcome.status,
+            sop_instance_uid=outcome.sop_instance_uid,
+        )
+
+
+def _remove_originals(items: list[PreparedInput]) -> None:
+    """Delete plain input files whose verified copy is in Orthanc (never zip members)."""
+    for item in items:
+        outcome = item.outcome
+        if item.ref.member is None and outcome and outcome.verified:
+            try:
+                os.remove(item.ref.path)
+            except OSError as err:
+                log.warning("could not remove original %s: %s", Path(item.ref.path).name, err)
+
+
+def _conflict(item: PreparedInput) -> FileOutcome:
+    return outcome_for(
+        item,
+        CONFLICT,
+        reason="SOPInstanceUID already stored with different content; nothing overwritten",
+    )
+
+
+def _index_entry(item: PreparedInput, stored: StoredInstance, stored_sha: str) -> IndexEntry:
+    assert item.ids is not None and item.result is not None
+    return entry_for(
+        item.ids,
+        item.result,
+        stored,
+        stored_sha256=stored_sha,
+        source="ingest",
+    )

@@ -1,0 +1,109 @@
+"""Preparing one input for ingest: read, parse, validate, transcode, verify (no network).
+
+Pure CPU work on one input, run on the batch's threads: it imports no database, HTTP client
+or Prefect. It keeps the input's bytes only for an input that is quarantined; a later step
+that needs them again reads them again, so a batch holds HTJ2K files, not originals.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from common.errors import IngestError, UpstreamError, VerificationError
+from tasks.dicom.parse import InstanceIds, parse_dicom, validate_identifiers
+from tasks.dicom.transcode import TranscodeResult, transcode_to_htj2k
+from tasks.ingest.inputs import InputRef, read_input
+
+if TYPE_CHECKING:
+    from tasks.archive.index import IndexEntry
+
+log = logging.getLogger(__name__)
+
+STORED, DUPLICATE, QUARANTINED, CONFLICT = "stored", "duplicate", "quarantined", "conflict"
+_PUBLIC_FIELDS = ("path", "status", "sop_instance_uid", "transfer_syntax", "reason")
+
+
+@dataclass
+class FileOutcome:
+    """What happened to one input; the first five fields are the public report."""
+
+    path: str
+    status: str
+    sop_instance_uid: str | None = None
+    transfer_syntax: str | None = None
+    reason: str | None = None
+    study_uid: str | None = None
+    series_uid: str | None = None
+    modality: str | None = None
+    bytes_in: int = 0
+    bytes_stored: int = 0
+    verified: bool = False
+
+    def public(self) -> dict[str, Any]:
+        """The `neuronova ingest --json` shape of this outcome."""
+        return {k: v for k, v in asdict(self).items() if k in _PUBLIC_FIELDS}
+
+
+@dataclass
+class PreparedInput:
+    """One input on its way through the batch."""
+
+    ref: InputRef
+    readable: bool = True
+    bytes_in: int = 0
+    data: bytes | None = None  # the input's bytes, kept only while a decision may need them
+    outcome: FileOutcome | None = None  # set once the input's fate is decided
+    ids: InstanceIds | None = None
+    result: TranscodeResult | None = None
+    entry: IndexEntry | None = None  # what to index, when stored or found duplicate
+    upstream_error: UpstreamError | None = None
+
+
+def prepare_input(ref: InputRef) -> PreparedInput:
+    """Read, parse, validate and transcode one input (CPU work, no network; runs in a worker).
+
+    Only what the batch needs travels back: the HTJ2K file, or the input's bytes when the
+    input is quarantined.
+    """
+    item = PreparedInput(ref)
+    try:
+        data = read_input(ref)
+    except (OSError, IngestError) as err:
+        item.readable = False
+        item.outcome = outcome_for(item, QUARANTINED, reason=f"cannot read input: {err}")
+        return item
+    item.bytes_in = len(data)
+    try:
+        ds = parse_dicom(data)
+        item.ids = validate_identifiers(ds)
+        item.result = transcode_to_htj2k(ds, bytes_in=len(data), source=data)
+    except (IngestError, VerificationError) as err:
+        item.data = data
+        item.outcome = outcome_for(item, QUARANTINED, reason=str(err))
+    except Exception as err:  # a bug or a pydicom surprise: keep the file, say so, go on
+        log.exception("unexpected error preparing %s", ref.name)
+        item.data = data
+        item.outcome = outcome_for(
+            item, QUARANTINED, reason=f"unexpected error while reading ({type(err).__name__})"
+        )
+    return item
+
+
+def outcome_for(
+    item: PreparedInput, status: str, *, reason: str | None = None, ts: str | None = None
+) -> FileOutcome:
+    ids, result = item.ids, item.result
+    return FileOutcome(
+        path=item.ref.display,
+        status=status,
+        sop_instance_uid=ids.sop_uid if ids else None,
+        transfer_syntax=ts or (result.transfer_syntax if result else None),
+        reason=reason or (result.reason if result else None),
+        study_uid=ids.study_uid if ids else None,
+        series_uid=ids.series_uid if ids else None,
+        modality=ids.modality if ids else None,
+        bytes_in=item.bytes_in,
+        bytes_stored=result.bytes_out if result and status in (STORED, DUPLICATE) else 0,
+    )

@@ -1,0 +1,176 @@
+"""Resolve a patient by MRN: the cache, then FHIR, then OpenEMR, writing back on the way.
+
+    cache hit (and nothing owed to FHIR)  → the cached Patient
+    FHIR hit                              → saved to the cache
+    EMR hit                               → converted, created in FHIR conditionally
+                                            (If-None-Exist on the MRN), saved to the cache
+    nowhere                               → None
+
+FHIR down does not stop a look-up: the EMR's answer is cached with the write-back marked as
+owed, and the next look-up or the bulk sync pays it. Several FHIR Patients for one MRN stop the
+look-up and flag the MRN for a merge. Everything for one MRN runs under its lock, so parallel
+look-ups of a new patient create one FHIR Patient; a run interrupted at any step converges when
+run again (the conditional create finds what an earlier run made).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from common.errors import TransientUpstreamError
+from common.settings import Settings
+from tasks.patients import cache as patient_cache
+from tasks.patients.convert import emr_to_fhir_patient
+from tasks.patients.emr import OpenEmrClient
+from tasks.patients.fhir import FhirClient, MultiplePatientsForMrn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatientLookup:
+    mrn: str
+    resource: dict[str, Any] | None  # the FHIR Patient, or None when the MRN is nowhere
+    source: str  # cache, fhir, emr, none
+    fhir_pending: bool = False
+
+
+def fhir_client(settings: Settings) -> FhirClient:
+    return FhirClient(settings.fhir_url, timeout_s=settings.fhir_timeout_s)
+
+
+def emr_client(settings: Settings) -> OpenEmrClient:
+    credentials = settings.emr_credentials()
+    return OpenEmrClient(
+        settings.emr_url,
+        client_id=credentials["client_id"],
+        client_secret=credentials["client_secret"],
+        username=credentials["username"],
+        password=credentials["password"],
+        timeout_s=settings.emr_timeout_s,
+    )
+
+
+def cached_lookup(settings: Settings, mrn: str) -> PatientLookup | None:
+    """The cache alone (the fast path): None unless cached with nothing owed to FHIR."""
+    cached = patient_cache.cached_resource(settings.resolved_database_url, mrn)
+    if cached is None:
+        return None
+    return PatientLookup(mrn, json.loads(cached), "cache")
+
+
+def resolve_patient(
+    settings: Settings, mrn: str, *, fhir: FhirClient, emr: OpenEmrClient
+) -> PatientLookup:
+    """The look-up order with write-backs (see the module's docstring)."""
+    url = settings.resolved_database_url
+    with patient_cache.mrn_lock(url, mrn, settings.data_dir / "locks"):
+        row = patient_cache.cached_patient(url, mrn)
+        if row is not None and not row.fhir_pending:
+            return PatientLookup(mrn, json.loads(row.resource), "cache")
+        if row is not None:  # found in the EMR earlier while FHIR was down: pay the write-back
+            return _write_back(settings, fhir, mrn, json.loads(row.resource), row.emr_uuid, "emr")
+
+        try:
+            matches = fhir.search_by_identifier("Patient", settings.mrn_system, mrn)
+        except TransientUpstreamError as err:
+            log.warning("FHIR unavailable for MRN look-up (%s); asking the EMR", err)
+            matches = None
+        if matches:
+            if len(matches) > 1:
+                patient_cache.flag_for_merge(url, mrn, f"{len(matches)} FHIR Patients")
+                raise MultiplePatientsForMrn(mrn)
+            saved = patient_cache.save_patient(
+                url, mrn=mrn, resource=matches[0], source="fhir", fhir_pending=False
+            )
+            return PatientLookup(mrn, json.loads(saved.resource), "fhir")
+
+        record = emr.find_by_mrn(mrn)
+        if record is None:
+            return PatientLookup(mrn, None, "none")
+        resource = emr_to_fhir_patient(record, mrn_system=settings.mrn_system, source=emr.base_url)
+        if matches is None:  # FHIR was down: keep the answer, owe the write-back
+            patient_cache.save_patient(
+                url, mrn=mrn, resource=resource, source="emr", fhir_pending=True,
+                emr_uuid=record.get("uuid"), emr_updated=record.get("date"),
+            )  # fmt: skip
+            return PatientLookup(mrn, resource, "emr", fhir_pending=True)
+        return _write_back(
+            settings, fhir, mrn, resource, record.get("uuid"), "emr", record.get("date")
+        )
+
+
+def _write_back(
+    settings: Settings,
+    fhir: FhirClient,
+    mrn: str,
+    resource: dict[str, Any],
+    emr_uuid: str | None,
+    source: str,
+    emr_updated: str | None = None,
+) -> PatientLookup:
+    """Create in FHIR unless there (conditional on the MRN), then cache the server's version."""
+    url = settings.resolved_database_url
+    body = {k: v for k, v in resource.items() if k not in ("id", "meta")} | {
+        "meta": {"source": resource.get("meta", {}).get("source", "")}
+    }
+    try:
+        stored, _created = fhir.conditional_create(body, system=settings.mrn_system, value=mrn)
+    except MultiplePatientsForMrn:
+        patient_cache.flag_for_merge(url, mrn, "several FHIR Patients at write-back")
+        raise
+    except TransientUpstreamError as err:
+        log.warning("FHIR write-back for MRN failed (%s); kept as owed", err)
+        patient_cache.save_patient(
+            url, mrn=mrn, resource=resource, source=source, fhir_pending=True,
+            emr_uuid=emr_uuid, emr_updated=emr_updated,
+        )  # fmt: skip
+        return PatientLookup(mrn, resource, source, fhir_pending=True)
+    patient_cache.save_patient(
+        url, mrn=mrn, resource=stored, source=source, fhir_pending=False,
+        emr_uuid=emr_uuid, emr_updated=emr_updated,
+    )  # fmt: skip
+    return PatientLookup(mrn, stored, source)
+
+
+def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]) -> str:
+    """Bring one EMR patient into FHIR and the cache: created, linked (FHIR had it), updated,
+    unchanged, flagged (several FHIR Patients: a merge) or pending (FHIR down).
+
+    Unchanged means the cache already holds this EMR version (OpenEMR's `date`) with nothing
+    owed to FHIR; an already-known FHIR Patient gets a new version (PUT) when the EMR changed.
+    """
+    url = settings.resolved_database_url
+    mrn = (record.get("pubpid") or "").strip()
+    resource = emr_to_fhir_patient(record, mrn_system=settings.mrn_system, source=settings.emr_url)
+    uuid, updated = record.get("uuid"), record.get("date")
+    with patient_cache.mrn_lock(url, mrn, settings.data_dir / "locks"):
+        row = patient_cache.cached_patient(url, mrn)
+        if row is not None and not row.fhir_pending and updated and row.emr_updated == updated:
+            return "unchanged"
+        try:
+            if row is not None and row.fhir_id:
+                stored = fhir.update({**resource, "id": row.fhir_id})
+                outcome = "updated"
+            else:
+                stored, created = fhir.conditional_create(
+                    resource, system=settings.mrn_system, value=mrn
+                )
+                outcome = "created" if created else "linked"
+        except MultiplePatientsForMrn:
+            patient_cache.flag_for_merge(url, mrn, "several FHIR Patients at bulk sync")
+            return "flagged"
+        except TransientUpstreamError:
+            patient_cache.save_patient(
+                url, mrn=mrn, resource=resource, source="emr", fhir_pending=True,
+                emr_uuid=uuid, emr_updated=updated,
+            )  # fmt: skip
+            return "pending"
+        patient_cache.save_patient(
+            url, mrn=mrn, resource=stored, source="emr", fhir_pending=False,
+            emr_uuid=uuid, emr_updated=updated,
+        )  # fmt: skip
+        return outcome
