@@ -36,8 +36,9 @@ import torch
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.dicom.seg import build_lesion_seg
 from tasks.dicom.volume import Volume, volume_from_files
-from tasks.inference.segmentation import load_bundle
-from tasks.inference.units import measure_lesions, seg_uids, segment_volume
+from tasks.inference.lesions import measure_lesions
+from tasks.inference.results import seg_uids
+from tasks.inference.segmentation import load_bundle, segment_volume
 
 BUNDLE = Path(__file__).resolve().parent.parent / "models" / "brain_lesion_seg"
 
@@ -103,10 +104,13 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
     from tasks.archive.orthanc import OrthancClient
     from tasks.dicom.volume import read_series_from_orthanc
     from tasks.inference.report import publish_lesion_results
-    from tasks.inference.units import choose_series, find_study_series, store_seg
+    from tasks.inference.results import store_seg
+    from tasks.inference.series import choose_series, find_study_series
     from tasks.ingest.batch import ingest_batch
     from tasks.ingest.inputs import collect_inputs
-    from tasks.patients.sync import emr_client, fhir_client, resolve_patient
+    from tasks.patients.emr import OpenEmrClient
+    from tasks.patients.fhir import FhirClient
+    from tasks.patients.sync import resolve_patient
 
     settings = settings_on_free_ports(tmp / "var", inference_device="cpu")
     os.environ.update(settings_env(settings))  # the flow builds its own Settings from these
@@ -127,8 +131,8 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
 
         bundle = load_bundle(BUNDLE, "cpu")
         rows: dict[str, list[float]] = {"read": [], "segment": [], "seg": [], "fhir": []}
-        with OrthancClient.from_settings(settings) as client, fhir_client(settings) as fhir, \
-                emr_client(settings) as emr:  # fmt: skip
+        with OrthancClient.from_settings(settings) as client, FhirClient.from_settings(settings) as fhir, \
+                OpenEmrClient.from_settings(settings) as emr:  # fmt: skip
             for i in range(repeats):
                 # A new model version per run: a real SEG and real FHIR creates every time.
                 version = f"bench-{time.time_ns()}-{i}"

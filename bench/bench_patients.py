@@ -32,7 +32,8 @@ from sqlalchemy import create_engine, text
 from common.db import migrate, session_scope
 from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
 from tasks.patients.convert import emr_to_fhir_patient
-from tasks.patients.sync import emr_client, fhir_client
+from tasks.patients.emr import OpenEmrClient
+from tasks.patients.fhir import FhirClient
 from webapp import accounts
 
 MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
@@ -89,10 +90,10 @@ def main() -> None:
 
 
 def _lookups(settings, n: int) -> None:  # type: ignore[no-untyped-def]
-    with emr_client(settings) as emr:
+    with OpenEmrClient.from_settings(settings) as emr:
         records = emr.list_patients(limit=2 * n + 1, offset=0)
     fhir_only, emr_only, cached = records[:n], records[n : 2 * n], records[2 * n]
-    with fhir_client(settings) as fhir:  # FHIR has these, the cache does not
+    with FhirClient.from_settings(settings) as fhir:  # FHIR has these, the cache does not
         for record in fhir_only:
             resource = emr_to_fhir_patient(
                 record, mrn_system=settings.mrn_system, source=settings.emr_url
@@ -119,7 +120,7 @@ def _lookups(settings, n: int) -> None:  # type: ignore[no-untyped-def]
 def _bulk(settings, patients: int) -> None:  # type: ignore[no-untyped-def]
     from flows.sync_patients import PAGE_SIZE, sync_page
 
-    with emr_client(settings) as emr:
+    with OpenEmrClient.from_settings(settings) as emr:
         records = list(emr.iter_patients(page_size=PAGE_SIZE))
     start = time.perf_counter()
     counts: dict[str, int] = {}

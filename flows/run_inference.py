@@ -33,23 +33,17 @@ from tasks.archive.orthanc import OrthancClient
 from tasks.dicom.seg import build_lesion_seg
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
+from tasks.inference.lesions import measure_lesions, overlay_png
 from tasks.inference.report import publish_lesion_results
-from tasks.inference.segmentation import bundle_identity, cached_bundle
-from tasks.inference.units import (
-    NoSuitableSeries,
+from tasks.inference.results import find_result, save_result, seg_uids, store_seg
+from tasks.inference.segmentation import (
     SegmentationRun,
-    SeriesChoice,
-    choose_series,
-    find_result,
-    find_study_series,
-    measure_lesions,
-    overlay_png,
-    save_result,
-    seg_uids,
+    bundle_identity,
+    cached_bundle,
     segment_volume,
-    store_seg,
 )
-from tasks.patients.sync import fhir_client
+from tasks.inference.series import NoSuitableSeries, SeriesChoice, choose_series, find_study_series
+from tasks.patients.fhir import FhirClient
 from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
 
 _NETWORK_RETRIES: dict[str, Any] = {
@@ -105,7 +99,7 @@ def publish_fhir_task(
     patient_fhir_id: str, study_uid: str, model: str, version: str, count: int, volume_ml: float
 ) -> tuple[str, list[str]]:
     """Observations and the DiagnosticReport, each created once (conditional creates)."""
-    with fhir_client(Settings()) as fhir:
+    with FhirClient.from_settings(Settings()) as fhir:
         return publish_lesion_results(
             fhir, patient_ref=f"Patient/{patient_fhir_id}", study_uid=study_uid, model=model,
             version=version, lesion_count=count, volume_ml=volume_ml,

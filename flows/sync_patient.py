@@ -14,7 +14,7 @@ from prefect import flow, task
 from common.db import ensure_schema
 from common.settings import Settings
 from flows import REPORTED
-from tasks.patients.sync import emr_client, fhir_client, resolve_patient
+from tasks.patients.sync import look_up_patient
 from tasks.retry import retry_if_transient
 
 
@@ -22,8 +22,7 @@ from tasks.retry import retry_if_transient
       retry_condition_fn=retry_if_transient)  # fmt: skip
 def resolve_patient_task(mrn: str) -> dict[str, Any]:
     settings = Settings()
-    with fhir_client(settings) as fhir, emr_client(settings) as emr:
-        lookup = resolve_patient(settings, mrn, fhir=fhir, emr=emr)
+    lookup = look_up_patient(settings, mrn)
     return {
         "mrn": lookup.mrn,
         "source": lookup.source,

@@ -21,7 +21,9 @@ from common.db import ensure_schema
 from common.errors import NeuroNovaError, TransientUpstreamError
 from common.settings import Settings
 from tasks.patients import cache as patient_cache
-from tasks.patients.sync import emr_client, fhir_client, resolve_patient, sync_emr_record
+from tasks.patients.emr import OpenEmrClient
+from tasks.patients.fhir import FhirClient
+from tasks.patients.sync import resolve_patient, sync_emr_record
 from tasks.retry import retry_if_transient
 
 PAGE_SIZE = 200
@@ -31,7 +33,7 @@ THREADS = 4
 @task(retries=3, retry_delay_seconds=[2, 10, 30], retry_jitter_factor=0.5,
       retry_condition_fn=retry_if_transient)  # fmt: skip
 def fetch_emr_page(offset: int, limit: int) -> list[dict[str, Any]]:
-    with emr_client(Settings()) as emr:
+    with OpenEmrClient.from_settings(Settings()) as emr:
         return emr.list_patients(limit=limit, offset=offset)
 
 
@@ -41,7 +43,7 @@ def sync_page(records: list[dict[str, Any]]) -> dict[str, int]:
     """Sync one page's patients; a patient that cannot be converted is counted, not fatal."""
     settings = Settings()
     counts: Counter[str] = Counter()
-    with fhir_client(settings) as fhir:
+    with FhirClient.from_settings(settings) as fhir:
 
         def one(record: dict[str, Any]) -> str:
             try:
@@ -61,7 +63,7 @@ def pay_owed_write_backs() -> int:
     """Patients found while FHIR was down get their FHIR Patient now."""
     settings = Settings()
     owed = patient_cache.pending_write_backs(settings.resolved_database_url)
-    with fhir_client(settings) as fhir, emr_client(settings) as emr:
+    with FhirClient.from_settings(settings) as fhir, OpenEmrClient.from_settings(settings) as emr:
         for row in owed:
             resolve_patient(settings, row.mrn, fhir=fhir, emr=emr)
     return len(owed)

@@ -81,13 +81,12 @@ def patient(
     """
     from common.db import ensure_schema
     from common.errors import UpstreamError
-    from tasks.patients.sync import emr_client, fhir_client, resolve_patient
+    from tasks.patients.sync import look_up_patient
 
     settings = Settings()
     ensure_schema(settings.resolved_database_url)
     try:
-        with fhir_client(settings) as fhir, emr_client(settings) as emr:
-            lookup = resolve_patient(settings, mrn, fhir=fhir, emr=emr)
+        lookup = look_up_patient(settings, mrn)
     except UpstreamError as err:
         console.print(f"[red]{err}[/red]")
         raise typer.Exit(EXIT_FAILED) from None

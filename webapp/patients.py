@@ -13,7 +13,7 @@ from flask_jwt_extended import current_user, jwt_required
 from common.db import User
 from common.errors import UpstreamError
 from tasks.patients.fhir import MultiplePatientsForMrn
-from tasks.patients.sync import cached_lookup, emr_client, fhir_client, resolve_patient
+from tasks.patients.sync import cached_lookup, look_up_patient
 from webapp.context import audit, deny_response, web_context
 
 bp = Blueprint("patients", __name__, url_prefix="/api/patients")
@@ -32,8 +32,7 @@ def get_patient(mrn: str) -> Response | tuple[Response, int]:
     lookup = cached_lookup(settings, mrn)
     if lookup is None:
         try:
-            with fhir_client(settings) as fhir, emr_client(settings) as emr:
-                lookup = resolve_patient(settings, mrn, fhir=fhir, emr=emr)
+            lookup = look_up_patient(settings, mrn)
         except MultiplePatientsForMrn:
             audit(
                 "patient-lookup",

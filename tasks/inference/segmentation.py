@@ -9,18 +9,23 @@ downloaded: no `monai.bundle.load`, no schema fetch.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from common.errors import NeuroNovaError
+from tasks.dicom.volume import Volume
+from tasks.inference.model_space import labels_to_volume_grid, to_model_grid
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +138,6 @@ def remove_small_components(
     Done here rather than in the bundle's post-processing: MONAI's RemoveSmallObjects needs
     scikit-image, and the smallest finding worth reporting is the platform's call.
     """
-    from scipy import ndimage
 
     foreground = labels > 0
     components, count = ndimage.label(foreground, structure=np.ones((3, 3, 3), dtype=bool))
@@ -157,3 +161,80 @@ def segment(
         logits = bundle.inferer(image, bundle.network)
     labels = bundle.postprocessing(logits[0].float().cpu())
     return remove_small_components(np.asarray(labels[0], dtype=np.uint8), min_voxels)
+
+
+# The segmentation of one volume, with its fallbacks: a GPU out of memory is tried again with
+# smaller windows, then on the CPU.
+@dataclass(frozen=True)
+class SegmentationRun:
+    mask: np.ndarray  # uint8 (slice, row, column), on the source grid
+    device: str
+    attempts: tuple[str, ...]  # what was tried, in order, and how it ended
+    model_sha256: str  # the weights that produced it
+
+
+FallbackPlan = tuple[str, Callable[[], LoadedBundle]]
+
+
+def fallback_plans(bundle: LoadedBundle) -> list[FallbackPlan]:
+    """How to get through an out-of-memory: as configured, smaller windows, then the CPU."""
+    plans: list[FallbackPlan] = [("as configured", lambda: bundle)]
+    plans.append(("smaller windows", lambda: with_smaller_windows(bundle)))
+    if bundle.device.type != "cpu":
+        plans.append(("on the CPU", lambda: on_cpu(bundle)))
+    return plans
+
+
+def with_smaller_windows(bundle: LoadedBundle) -> LoadedBundle:
+    """One window at a time, half the size (multiples of 16), stitched in host memory."""
+    from monai.inferers import SlidingWindowInferer
+
+    inferer = bundle.inferer
+    roi = getattr(inferer, "roi_size", (64, 64, 64))
+    smaller = [max(16, (int(r) // 2) // 16 * 16) for r in roi]
+    return replace(
+        bundle,
+        inferer=SlidingWindowInferer(
+            roi_size=smaller,
+            sw_batch_size=1,
+            overlap=float(getattr(inferer, "overlap", 0.25)),
+            mode=getattr(inferer, "mode", "gaussian"),
+            device=torch.device("cpu"),
+        ),
+    )
+
+
+def on_cpu(bundle: LoadedBundle) -> LoadedBundle:
+    """A CPU copy of the bundle (the cached GPU one stays as it is for the next study)."""
+    torch.set_flush_denormal(True)
+    network = copy.deepcopy(bundle.network).to("cpu")
+    return replace(with_smaller_windows(bundle), network=network, device=torch.device("cpu"))
+
+
+def segment_with_fallback(
+    bundle: LoadedBundle, image: np.ndarray
+) -> tuple[np.ndarray, str, tuple[str, ...]]:
+    """Labels for a model-grid image, trying each plan in turn on out-of-memory errors."""
+    attempts: list[str] = []
+    for name, make in fallback_plans(bundle):
+        plan = make()
+        try:
+            labels = segment(plan, image)
+        except torch.OutOfMemoryError as err:
+            attempts.append(f"{name} on {plan.device}: out of memory")
+            log.warning("inference %s on %s ran out of memory (%s); next plan", name, plan.device,
+                        str(err).splitlines()[0][:120])  # fmt: skip
+            if plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+            continue
+        attempts.append(f"{name} on {plan.device}: ok")
+        return labels, str(plan.device), tuple(attempts)
+    raise torch.OutOfMemoryError("; ".join(attempts))
+
+
+def segment_volume(bundle: LoadedBundle, volume: Volume) -> SegmentationRun:
+    """The lesion mask on the volume's own grid: to RAS at the model's spacing, and back."""
+    grid = to_model_grid(volume, bundle.spacing_mm)
+    labels, device, attempts = segment_with_fallback(bundle, grid.image)
+    mask = labels_to_volume_grid(labels, grid)
+    return SegmentationRun(mask=mask, device=device, attempts=attempts, model_sha256=bundle.sha256)

@@ -12,11 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from common.errors import PermanentUpstreamError, TransientUpstreamError
+
+if TYPE_CHECKING:
+    from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,19 @@ class OpenEmrClient:
         self._refresh: str | None = None
         self._expires = 0.0
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenEmrClient:
+        """A client for the configured OpenEMR, with its OAuth2 client and API user."""
+        credentials = settings.emr_credentials()
+        return cls(
+            settings.emr_url,
+            client_id=credentials["client_id"],
+            client_secret=credentials["client_secret"],
+            username=credentials["username"],
+            password=credentials["password"],
+            timeout_s=settings.emr_timeout_s,
+        )
 
     def close(self) -> None:
         self.session.close()
@@ -175,3 +191,36 @@ class OpenEmrClient:
         raise PermanentUpstreamError(
             f"OpenEMR refused the token request (HTTP {response.status_code})"
         )
+
+
+# Writing to OpenEMR without ever creating a patient twice. A create whose answer was lost (a
+# timeout, a dropped connection) may or may not have happened, so before any second POST the
+# MRN is looked up: found, the first one landed; not found, it is safe to try again. The MRN
+# (`pubpid`) is the business key that makes this idempotent.
+_CREATE_ATTEMPTS = 3
+
+
+def ensure_emr_patient(emr: OpenEmrClient, fields: dict[str, str]) -> dict[str, Any]:
+    """The EMR's patient with `fields["pubpid"]`, created once if it does not exist."""
+    mrn = fields.get("pubpid", "")
+    if not mrn:
+        raise PermanentUpstreamError("an EMR patient needs its MRN (pubpid)")
+    for attempt in range(1, _CREATE_ATTEMPTS + 1):
+        existing = emr.find_by_mrn(mrn)
+        if existing is not None:
+            return existing
+        try:
+            created = emr.create_patient(fields)
+        except TransientUpstreamError as err:
+            # The create may have landed: the next turn of the loop looks before posting again.
+            log.warning("EMR create for an MRN lost its answer (%s); looking it up", err)
+            time.sleep(0.5 * attempt)
+            continue
+        found = emr.get_patient(str(created.get("uuid", ""))) if created.get("uuid") else None
+        return found or {**fields, **created}
+    existing = emr.find_by_mrn(mrn)
+    if existing is not None:
+        return existing
+    raise TransientUpstreamError(
+        f"EMR create for MRN {mrn} did not complete after {_CREATE_ATTEMPTS} tries"
+    )

@@ -12,11 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 
 from common.errors import PermanentUpstreamError, TransientUpstreamError
+
+if TYPE_CHECKING:
+    from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,11 @@ class FhirClient:
         self.max_attempts = max_attempts
         self.session = session or requests.Session()
         self.session.headers.update({"Accept": FHIR_JSON})
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FhirClient:
+        """A client for the configured FHIR server."""
+        return cls(settings.fhir_url, timeout_s=settings.fhir_timeout_s)
 
     def close(self) -> None:
         self.session.close()

@@ -38,28 +38,18 @@ class PatientLookup:
     fhir_pending: bool = False
 
 
-def fhir_client(settings: Settings) -> FhirClient:
-    return FhirClient(settings.fhir_url, timeout_s=settings.fhir_timeout_s)
-
-
-def emr_client(settings: Settings) -> OpenEmrClient:
-    credentials = settings.emr_credentials()
-    return OpenEmrClient(
-        settings.emr_url,
-        client_id=credentials["client_id"],
-        client_secret=credentials["client_secret"],
-        username=credentials["username"],
-        password=credentials["password"],
-        timeout_s=settings.emr_timeout_s,
-    )
-
-
 def cached_lookup(settings: Settings, mrn: str) -> PatientLookup | None:
     """The cache alone (the fast path): None unless cached with nothing owed to FHIR."""
     cached = patient_cache.cached_resource(settings.resolved_database_url, mrn)
     if cached is None:
         return None
     return PatientLookup(mrn, json.loads(cached), "cache")
+
+
+def look_up_patient(settings: Settings, mrn: str) -> PatientLookup:
+    """`resolve_patient` with clients for the configured FHIR server and OpenEMR."""
+    with FhirClient.from_settings(settings) as fhir, OpenEmrClient.from_settings(settings) as emr:
+        return resolve_patient(settings, mrn, fhir=fhir, emr=emr)
 
 
 def resolve_patient(

@@ -194,8 +194,7 @@ def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
     next run writes the report alone (no second SEG)."""
     from flows.ingest_study import ingest_study
     from flows.run_inference import run_inference
-    from tasks.patients.emr_write import ensure_emr_patient
-    from tasks.patients.sync import emr_client
+    from tasks.patients.emr import OpenEmrClient, ensure_emr_patient
 
     files, _mask = write_sample_mr_study(tmp_path / "other", seed=SAMPLE_MR_SEED + 1)
     mrn = "NN-LATE-0001"
@@ -207,7 +206,7 @@ def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
     assert first["status"] == "segmented" and first["fhir"]["report"] is None
     assert f"patient {mrn} is not known to the EMR" in first["note"]
 
-    with emr_client(patient_sources) as emr:
+    with OpenEmrClient.from_settings(patient_sources) as emr:
         ensure_emr_patient(emr, {"pubpid": mrn, "fname": "Late", "lname": "Arrival",
                                  "DOB": "1980-02-03", "sex": "Female"})  # fmt: skip
     listening = redis.Redis.from_url(str(orthanc.redis_url)).pubsub(ignore_subscribe_messages=True)

@@ -9,7 +9,8 @@ import httpx
 import pytest
 
 from common.settings import Settings
-from tasks.patients.sync import emr_client, fhir_client
+from tasks.patients.emr import OpenEmrClient
+from tasks.patients.fhir import FhirClient
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ def test_bulk_sync_creates_then_leaves_alone_then_updates(
     from flows.sync_patients import sync_patients
 
     settings = patient_sources
-    with emr_client(settings) as emr:
+    with OpenEmrClient.from_settings(settings) as emr:
         total = sum(1 for _ in emr.iter_patients())
     first = sync_patients()["counts"]
     assert first["seen"] == total
@@ -36,7 +37,7 @@ def test_bulk_sync_creates_then_leaves_alone_then_updates(
     time.sleep(1.1)  # OpenEMR's `date` has whole seconds: what comes next is strictly later
     since = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
     time.sleep(1.1)
-    with emr_client(settings) as emr:
+    with OpenEmrClient.from_settings(settings) as emr:
         record = emr.list_patients(limit=1, offset=3)[0]
         token = emr._access_token()
     changed = httpx.put(
@@ -47,7 +48,7 @@ def test_bulk_sync_creates_then_leaves_alone_then_updates(
     assert changed.status_code == 200
     third = sync_patients(since=since)["counts"]
     assert third.get("updated") == 1 and third["skipped_unchanged_since"] == total - 1
-    with fhir_client(settings) as fhir:
+    with FhirClient.from_settings(settings) as fhir:
         (patient,) = fhir.search_by_identifier("Patient", settings.mrn_system, record["pubpid"])
     assert patient["name"][0]["family"] == "Renamed"
     assert patient["meta"]["versionId"]

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from common.db import AuditEvent, session_scope
 from common.settings import Settings
 from neuronova.cli import app as cli
-from tasks.patients.sync import emr_client
+from tasks.patients.emr import OpenEmrClient
 from webapp import accounts
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def api(gateway: Settings, patient_sources: Settings) -> httpx.Client:
 
 def _emr_patient(settings: Settings) -> str:
     mrn = f"A-{uuid.uuid4().hex[:10]}"
-    with emr_client(settings) as emr:
+    with OpenEmrClient.from_settings(settings) as emr:
         emr.create_patient(
             {"fname": "Api", "lname": "Test", "DOB": "1975-06-07", "sex": "Male", "pubpid": mrn}
         )

@@ -19,8 +19,8 @@ from common.settings import Settings
 from neuronova.stack import free_ports
 from tasks.patients import cache as patient_cache
 from tasks.patients.emr import OpenEmrClient
-from tasks.patients.fhir import MultiplePatientsForMrn
-from tasks.patients.sync import emr_client, fhir_client, resolve_patient
+from tasks.patients.fhir import FhirClient, MultiplePatientsForMrn
+from tasks.patients.sync import look_up_patient
 
 pytestmark = pytest.mark.integration
 
@@ -39,20 +39,19 @@ def _fhir_root(settings: Settings) -> str:
 def _new_emr_patient(settings: Settings, **fields: str) -> str:
     """A patient created in the EMR (as a registration desk would); returns its MRN."""
     mrn = fields.pop("pubpid", f"T-{uuid.uuid4().hex[:10]}")
-    with emr_client(settings) as emr:
+    with OpenEmrClient.from_settings(settings) as emr:
         emr.create_patient({"fname": "Test", "lname": "Patient", "DOB": "1980-02-03", "sex": "Female",
                             "pubpid": mrn, **fields})  # fmt: skip
     return mrn
 
 
 def _fhir_patients(settings: Settings, mrn: str) -> list[dict]:  # type: ignore[type-arg]
-    with fhir_client(settings) as fhir:
+    with FhirClient.from_settings(settings) as fhir:
         return fhir.search_by_identifier("Patient", settings.mrn_system, mrn)
 
 
 def _resolve(settings: Settings, mrn: str):  # type: ignore[no-untyped-def]
-    with fhir_client(settings) as fhir, emr_client(settings) as emr:
-        return resolve_patient(settings, mrn, fhir=fhir, emr=emr)
+    return look_up_patient(settings, mrn)
 
 
 def test_emr_hit_is_written_to_fhir_and_the_cache_then_served_from_the_cache(
@@ -69,7 +68,7 @@ def test_emr_hit_is_written_to_fhir_and_the_cache_then_served_from_the_cache(
 
 def test_fhir_hit_is_saved_to_the_cache(sources: Settings) -> None:
     mrn = f"F-{uuid.uuid4().hex[:10]}"
-    with fhir_client(sources) as fhir:
+    with FhirClient.from_settings(sources) as fhir:
         created, was_new = fhir.conditional_create(
             {"resourceType": "Patient", "identifier": [{"system": sources.mrn_system, "value": mrn}], "gender": "other"},
             system=sources.mrn_system, value=mrn,
@@ -114,7 +113,7 @@ def test_fhir_down_still_answers_from_the_emr_and_the_write_back_is_paid_later(
 
 def test_a_rerun_after_a_crash_between_cache_and_fhir_converges(sources: Settings) -> None:
     mrn = _new_emr_patient(sources)
-    with emr_client(sources) as emr:
+    with OpenEmrClient.from_settings(sources) as emr:
         record = emr.find_by_mrn(mrn)
     from tasks.patients.convert import emr_to_fhir_patient
 
@@ -159,14 +158,14 @@ def test_several_fhir_patients_for_one_mrn_stop_and_flag_a_merge(sources: Settin
 
 
 def test_emr_tokens_are_refreshed_when_expired(sources: Settings) -> None:
-    with emr_client(sources) as emr:
+    with OpenEmrClient.from_settings(sources) as emr:
         assert emr.list_patients(limit=1)
         httpx.post(f"{sources.emr_url}/_emulator/faults", json={"expire_tokens": True})
         assert emr.list_patients(limit=1)  # a 401, a new token, the same answer
 
 
 def test_emr_pages_with_limit_and_offset(sources: Settings) -> None:
-    with emr_client(sources) as emr:
+    with OpenEmrClient.from_settings(sources) as emr:
         first, second = emr.list_patients(limit=5, offset=0), emr.list_patients(limit=5, offset=5)
     assert len(first) == len(second) == 5
     assert {p["uuid"] for p in first}.isdisjoint({p["uuid"] for p in second})
@@ -174,17 +173,17 @@ def test_emr_pages_with_limit_and_offset(sources: Settings) -> None:
 
 
 def test_an_emr_timeout_after_a_create_is_looked_up_never_posted_twice(sources: Settings) -> None:
-    from tasks.patients.emr_write import ensure_emr_patient
+    from tasks.patients.emr import ensure_emr_patient
 
     mrn = f"E-{uuid.uuid4().hex[:10]}"
     fields = {"fname": "Late", "lname": "Answer", "DOB": "1990-01-01", "sex": "Male", "pubpid": mrn}
-    credentials = emr_client(sources)
+    credentials = OpenEmrClient.from_settings(sources)
     fast = OpenEmrClient(sources.emr_url, client_id=credentials._client[0], client_secret=credentials._client[1],
                          username=credentials._user[0], password=credentials._user[1], timeout_s=1.0)  # fmt: skip
     httpx.post(f"{sources.emr_url}/_emulator/faults", json={"hang_next": 1, "hang_s": 3})
     record = ensure_emr_patient(fast, fields)
     assert record["pubpid"] == mrn
-    with emr_client(sources) as emr:
+    with OpenEmrClient.from_settings(sources) as emr:
         assert sum(1 for p in emr.iter_patients() if p["pubpid"] == mrn) == 1
 
 

@@ -1,0 +1,50 @@
+"""What the mask says: lesions counted and measured, and the slice with the largest lesion area
+drawn as a PNG (lesions in red) for the artifact and the results folder.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class LesionMeasurements:
+    count: int
+    volume_ml: float
+    largest_slice: int | None  # the slice with the most lesion voxels
+
+
+def measure_lesions(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> LesionMeasurements:
+    """Lesions are 26-connected components; their volume from the voxel size."""
+    _labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    voxels = int(np.count_nonzero(mask))
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    per_slice = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+    largest = int(np.argmax(per_slice)) if voxels else None
+    return LesionMeasurements(count=int(count), volume_ml=voxels * voxel_ml, largest_slice=largest)
+
+
+def overlay_png(image: np.ndarray, mask: np.ndarray, *, min_side: int = 256) -> bytes:
+    """One slice, windowed to its 1st-99th percentiles, lesions in translucent red, as PNG."""
+    from PIL import Image
+
+    values = image.astype(np.float32)
+    inside = values[values > 0]
+    low, high = np.percentile(inside, (1, 99)) if inside.size else (0.0, 1.0)
+    grey = np.clip((values - low) / max(float(high - low), 1e-6), 0, 1) * 255
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    red = np.array([255.0, 40.0, 40.0])
+    lesion = mask > 0
+    rgb[lesion] = 0.45 * rgb[lesion] + 0.55 * red
+    picture = Image.fromarray(rgb.astype(np.uint8), mode="RGB")
+    scale = max(1, -(-min_side // min(picture.size)))
+    picture = picture.resize(
+        (picture.width * scale, picture.height * scale), Image.Resampling.NEAREST
+    )
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

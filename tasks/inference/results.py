@@ -1,0 +1,92 @@
+"""The AI result kept: the DICOM SEG stored through ingest (verified, indexed) and the result row.
+
+Idempotency rests on the business key (study, model, version): the SEG's UIDs are derived from
+it, so a second run finds the SEG in the archive index instead of making another, and the
+result row is unique on it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydicom.uid import generate_uid
+from sqlmodel import select
+
+from common.db import InferenceResult, session_scope, utcnow
+from common.errors import NeuroNovaError
+from common.settings import Settings
+from tasks.ingest.batch import ingest_batch
+from tasks.ingest.inputs import InputRef
+from tasks.ingest.prepare import DUPLICATE, STORED
+
+
+class SegNotStored(NeuroNovaError):
+    """The SEG did not reach the archive verified (the message gives ingest's reason)."""
+
+
+def seg_uids(study_uid: str, model: str, version: str) -> tuple[str, str]:
+    """(series UID, SOP instance UID) of the SEG: the same for the same study and model version."""
+    key = [study_uid, model, version]
+    return (
+        generate_uid(entropy_srcs=[*key, "seg-series"]),
+        generate_uid(entropy_srcs=[*key, "seg-instance"]),
+    )
+
+
+def store_seg(settings: Settings, data: bytes, study_uid: str, sop_uid: str) -> Path:
+    """Keep the SEG under results/ and ingest it (verified, indexed); returns the kept file.
+
+    Through ingest rather than a bare upload: the archive index must place it in its study,
+    or the gate would not let the viewer open it.
+    """
+    folder = settings.results_dir / study_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"SEG-{sop_uid}.dcm"
+    if not path.exists():  # an earlier run's file is the same result: keep its bytes
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    (outcome,) = ingest_batch(settings, [InputRef(str(path))])
+    if outcome.status not in (STORED, DUPLICATE):
+        raise SegNotStored(
+            f"the SEG {path.name} was not stored: {outcome.status}, {outcome.reason}"
+        )
+    return path
+
+
+def find_result(
+    settings: Settings, study_uid: str, model: str, version: str
+) -> InferenceResult | None:
+    with session_scope(settings.resolved_database_url) as session:
+        query = select(InferenceResult).where(
+            InferenceResult.study_instance_uid == study_uid,
+            InferenceResult.model_name == model,
+            InferenceResult.model_version == version,
+        )
+        return session.exec(query).first()
+
+
+def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:
+    """Insert or update the row for (study, model, version); timings merged, not replaced."""
+    with session_scope(settings.resolved_database_url) as session:
+        query = select(InferenceResult).where(
+            InferenceResult.study_instance_uid == values["study_instance_uid"],
+            InferenceResult.model_name == values["model_name"],
+            InferenceResult.model_version == values["model_version"],
+        )
+        row = session.exec(query).first()
+        timings = dict(values.pop("timings", {}))
+        if row is None:
+            row = InferenceResult(**values, timings=json.dumps(timings))
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.timings = json.dumps(json.loads(row.timings) | timings)
+        if row.status == "completed" and row.completed_at is None:
+            row.completed_at = utcnow()
+        session.add(row)
+        session.flush()
+        session.refresh(row)
+        return row

@@ -1,0 +1,34 @@
+"""Lesions counted and measured; the overlay PNG."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from tasks.inference.lesions import measure_lesions, overlay_png
+
+
+def test_lesions_are_counted_and_measured() -> None:
+    mask = np.zeros((10, 20, 20), dtype=np.uint8)
+    mask[2:4, 2:7, 2:7] = 1  # 50 voxels
+    mask[6:9, 10:17, 10:17] = 1  # 147 voxels, the largest area on slices 6-8
+    measured = measure_lesions(mask, (2.0, 1.0, 1.0))
+    assert measured.count == 2
+    assert measured.volume_ml == pytest.approx(197 * 2.0 / 1000)
+    assert measured.largest_slice == 6
+    assert measure_lesions(np.zeros_like(mask), (1.0, 1.0, 1.0)).largest_slice is None
+
+
+def test_the_overlay_is_a_png_with_red_where_the_lesion_is() -> None:
+    from PIL import Image
+
+    image = np.full((64, 64), 500, dtype=np.uint16)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[10:20, 30:40] = 1
+    png = overlay_png(image, mask)
+    picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert picture.shape == (256, 256, 3)  # scaled up to be readable
+    red, grey = picture[60, 140], picture[200, 200]
+    assert red[0] > red[1] + 80 and abs(int(grey[0]) - int(grey[1])) < 5
