@@ -78,9 +78,20 @@ def wrk(
     script = work / f"script-{uuid.uuid4().hex}.lua"
     script.write_text(LUA % (listing, token))
     out = subprocess.run(
-        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            "wrk",
+            f"-t{min(2, connections)}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     if "Non-2xx" in out:
         raise SystemExit(f"wrk saw errors:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -173,27 +184,40 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
     token = parse_qs(urlparse(link).query)["token"][0]
 
     def frames(r: object) -> str:
-        return (f"/dicom-web/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"  # type: ignore[attr-defined]
-                f"/instances/{r.sop_instance_uid}/frames/1")  # type: ignore[attr-defined]  # fmt: skip
+        return (
+            f"/dicom-web/studies/{r.study_instance_uid}/series/{r.series_instance_uid}"  # type: ignore[attr-defined]
+            f"/instances/{r.sop_instance_uid}/frames/1"
+        )  # type: ignore[attr-defined]
 
     cases = {
         "instance (baseline: the same WADO-URI request direct)": (
-            [f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
-             f"&objectUID={r.sop_instance_uid}&contentType=application/dicom" for r in rows],
-            [f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
-             f"&objectUID={r.sop_instance_uid}&contentType=application/dicom" for r in rows],
+            [
+                f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
+                f"&objectUID={r.sop_instance_uid}&contentType=application/dicom"
+                for r in rows
+            ],
+            [
+                f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
+                f"&objectUID={r.sop_instance_uid}&contentType=application/dicom"
+                for r in rows
+            ],
         ),
         "instance (baseline: /instances/ID/file direct, what the gate forwards to)": (
-            [f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
-             f"&objectUID={r.sop_instance_uid}&contentType=application/dicom" for r in rows],
+            [
+                f"/wado?requestType=WADO&studyUID={r.study_instance_uid}&seriesUID={r.series_instance_uid}"
+                f"&objectUID={r.sop_instance_uid}&contentType=application/dicom"
+                for r in rows
+            ],
             [f"/instances/{r.orthanc_id}/file" for r in rows],
         ),
         "frame": ([frames(r) for r in rows], [frames(r) for r in rows]),
-    }  # fmt: skip
+    }
     _check_same_bytes(gateway, direct, cases, token)
     size = sum(r.bytes_stored for r in rows) / len(rows) / 1024
-    print(f"{len(rows)} instances, {size:.0f} KiB each on average; wrk: 2 threads, "
-          f"{args.connections} connections, {args.seconds} s per run, {args.rounds} rounds\n")  # fmt: skip
+    print(
+        f"{len(rows)} instances, {size:.0f} KiB each on average; wrk: 2 threads, "
+        f"{args.connections} connections, {args.seconds} s per run, {args.rounds} rounds\n"
+    )
     for name, (gated_paths, direct_paths) in cases.items():
         gated_runs, direct_runs = [], []
         for _ in range(args.rounds):
@@ -214,8 +238,10 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         ratios = ", ".join(
             f"{gr['rps'] / dr['rps']:.2f}" for gr, dr in zip(gated_runs, direct_runs, strict=True)
         )
-        print(f"{'':9s} gated/direct throughput {g['rps'] / d['rps']:.2f} (rounds: {ratios}); "
-              f"at saturation p50 {g['p50'] - d['p50']:+.2f} ms, p99 {g['p99'] - d['p99']:+.2f} ms")  # fmt: skip
+        print(
+            f"{'':9s} gated/direct throughput {g['rps'] / d['rps']:.2f} (rounds: {ratios}); "
+            f"at saturation p50 {g['p50'] - d['p50']:+.2f} ms, p99 {g['p99'] - d['p99']:+.2f} ms"
+        )
         # The gate's own cost, without queueing: one connection, one request at a time.
         d1 = _median(
             [wrk(direct, direct_paths, token, args.seconds, 1, work) for _ in range(args.rounds)]
@@ -223,9 +249,11 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         g1 = _median(
             [wrk(gateway, gated_paths, token, args.seconds, 1, work) for _ in range(args.rounds)]
         )
-        print(f"{'':9s} one connection: direct p50 {d1['p50']:.2f} p99 {d1['p99']:.2f} ms, gated p50 "
-              f"{g1['p50']:.2f} p99 {g1['p99']:.2f} ms; added p50 {g1['p50'] - d1['p50']:+.2f} ms, "
-              f"p99 {g1['p99'] - d1['p99']:+.2f} ms\n")  # fmt: skip
+        print(
+            f"{'':9s} one connection: direct p50 {d1['p50']:.2f} p99 {d1['p99']:.2f} ms, gated p50 "
+            f"{g1['p50']:.2f} p99 {g1['p99']:.2f} ms; added p50 {g1['p50'] - d1['p50']:+.2f} ms, "
+            f"p99 {g1['p99'] - d1['p99']:+.2f} ms\n"
+        )
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:

@@ -51,8 +51,14 @@ def timed(run: Callable[[], Any]) -> tuple[Any, float]:
 
 def seg_bytes(volume: Volume, mask: Any, study_uid: str, version: str) -> bytes:
     series_uid, sop_uid = seg_uids(study_uid, "bench", version)
-    seg = build_lesion_seg(volume.headers, mask, algorithm_name="bench", algorithm_version=version,
-                           series_instance_uid=series_uid, sop_instance_uid=sop_uid)  # fmt: skip
+    seg = build_lesion_seg(
+        volume.headers,
+        mask,
+        algorithm_name="bench",
+        algorithm_version=version,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+    )
     buffer = io.BytesIO()
     seg.save_as(buffer)
     return buffer.getvalue()
@@ -85,8 +91,10 @@ def segmentation_by_device(volume: Volume, devices: list[str], repeats: int) -> 
 def in_memory(files: list[Path], devices: list[str], repeats: int) -> None:
     blobs = [p.read_bytes() for p in files]
     volume, read_s = timed(lambda: volume_from_files(blobs, with_headers=True))
-    print(f"{len(blobs)} slices {volume.pixels.shape[1]}x{volume.pixels.shape[2]}, "
-          f"spacing {volume.spacing} mm; read from memory {read_s:.2f} s")  # fmt: skip
+    print(
+        f"{len(blobs)} slices {volume.pixels.shape[1]}x{volume.pixels.shape[2]}, "
+        f"spacing {volume.spacing} mm; read from memory {read_s:.2f} s"
+    )
     medians = segmentation_by_device(volume, devices, repeats)
     best = min(medians, key=lambda d: medians[d])
     bundle = load_bundle(BUNDLE, best)
@@ -131,8 +139,11 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
 
         bundle = load_bundle(BUNDLE, "cpu")
         rows: dict[str, list[float]] = {"read": [], "segment": [], "seg": [], "fhir": []}
-        with OrthancClient.from_settings(settings) as client, FhirClient.from_settings(settings) as fhir, \
-                OpenEmrClient.from_settings(settings) as emr:  # fmt: skip
+        with (
+            OrthancClient.from_settings(settings) as client,
+            FhirClient.from_settings(settings) as fhir,
+            OpenEmrClient.from_settings(settings) as emr,
+        ):
             for i in range(repeats):
                 # A new model version per run: a real SEG and real FHIR creates every time.
                 version = f"bench-{time.time_ns()}-{i}"
@@ -155,16 +166,22 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
                 patient = resolve_patient(settings, str(tags["PatientID"]), fhir=fhir, emr=emr)
                 assert patient.resource is not None
                 publish_lesion_results(
-                    fhir, patient_ref=f"Patient/{patient.resource['id']}", study_uid=study_uid,
-                    model="bench", version=version, lesion_count=measured.count,
+                    fhir,
+                    patient_ref=f"Patient/{patient.resource['id']}",
+                    study_uid=study_uid,
+                    model="bench",
+                    version=version,
+                    lesion_count=measured.count,
                     volume_ml=measured.volume_ml,
-                )  # fmt: skip
+                )
                 rows["fhir"].append(time.perf_counter() - clock)
         medians = {k: statistics.median(v) for k, v in rows.items()}
         total = sum(medians.values())
-        print(f"warm, without Prefect, median of {repeats}: " +
-              ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in medians.items()) +
-              f"; study end to end {total:.2f} s")  # fmt: skip
+        print(
+            f"warm, without Prefect, median of {repeats}: "
+            + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in medians.items())
+            + f"; study end to end {total:.2f} s"
+        )
         segmentation_by_device(volume, devices, repeats)
     finally:
         stack.down()
@@ -180,8 +197,10 @@ def main() -> None:
     parser.add_argument("--in-memory", action="store_true", help="no Orthanc/FHIR (GPU machine)")
     args = parser.parse_args()
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: "
-          f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: "
+        f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}"
+    )
     with tempfile.TemporaryDirectory(prefix="nn-bench-inference-") as tmp:
         files, _mask = write_sample_mr_study(Path(tmp) / "study", spacing_mm=args.spacing)
         if args.in_memory:

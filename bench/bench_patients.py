@@ -109,8 +109,12 @@ def _lookups(settings, n: int) -> None:  # type: ignore[no-untyped-def]
         emr_hits = timed(client, [f"/api/patients/{r['pubpid']}" for r in emr_only])
     print(f"look-ups through nginx, {n} each, sequential (ms):")
     base = statistics.median(floor)
-    for name, values in (("nginx /healthz (floor)", floor), ("cache hit", cache),
-                         ("FHIR hit", fhir_hits), ("EMR hit", emr_hits)):  # fmt: skip
+    for name, values in (
+        ("nginx /healthz (floor)", floor),
+        ("cache hit", cache),
+        ("FHIR hit", fhir_hits),
+        ("EMR hit", emr_hits),
+    ):
         median = statistics.median(values)
         print(
             f"  {name:24s} p50 {median:7.2f}  p99 {p(values, 0.99):7.2f}  ({median / base:5.1f}x the floor)"
@@ -118,14 +122,15 @@ def _lookups(settings, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 def _bulk(settings, patients: int) -> None:  # type: ignore[no-untyped-def]
-    from flows.sync_patients import PAGE_SIZE, sync_page
+    from flows.sync_patients import PAGE_SIZE
+    from tasks.patients.prefect_tasks import sync_emr_page
 
     with OpenEmrClient.from_settings(settings) as emr:
         records = list(emr.iter_patients(page_size=PAGE_SIZE))
     start = time.perf_counter()
     counts: dict[str, int] = {}
     for offset in range(0, len(records), PAGE_SIZE):
-        for key, value in sync_page.fn(records[offset : offset + PAGE_SIZE]).items():
+        for key, value in sync_emr_page.fn(settings, records[offset : offset + PAGE_SIZE]).items():
             counts[key] = counts.get(key, 0) + value
     ours = time.perf_counter() - start
     # Baseline: the same Patients POSTed to FHIR without condition, cache or lock, 4 threads.
@@ -145,9 +150,11 @@ def _bulk(settings, patients: int) -> None:  # type: ignore[no-untyped-def]
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(post, resources))
         bare = time.perf_counter() - start
-    print(f"\nbulk sync of {len(records)} EMR patients: {len(records) / ours:.0f} patients/s "
-          f"({ours:.1f} s; {counts}); bare FHIR POSTs of the same Patients: "
-          f"{len(records) / bare:.0f}/s; ours/bare {bare / ours:.2f}")  # fmt: skip
+    print(
+        f"\nbulk sync of {len(records)} EMR patients: {len(records) / ours:.0f} patients/s "
+        f"({ours:.1f} s; {counts}); bare FHIR POSTs of the same Patients: "
+        f"{len(records) / bare:.0f}/s; ours/bare {bare / ours:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -108,8 +108,10 @@ def main() -> None:
         load = statistics.median(r[0] for r in runs)
         first = statistics.median(r[1] for r in runs)
         all_runs = ", ".join(f"{r[1]:.2f}" for r in runs)
-        print(f"  {name}: app shell loaded {load:.2f} s, first image {first:.2f} s "
-              f"({first / load:.1f}x the shell; runs: {all_runs})")  # fmt: skip
+        print(
+            f"  {name}: app shell loaded {load:.2f} s, first image {first:.2f} s "
+            f"({first / load:.1f}x the shell; runs: {all_runs})"
+        )
 
 
 if __name__ == "__main__":

@@ -104,10 +104,14 @@ def main() -> None:
     print(
         f"{len(blobs)} HTJ2K slices {reference.shape[1]}x{reference.shape[2]} ({mb:.1f} MB), median of {args.repeats}:"
     )
-    print(f"  from Orthanc: ours {orthanc_ours:6.1f} ms, fetch files + dcmread + pixel_array {orthanc_usual:6.1f} ms"
-          f"  → {orthanc_usual / orthanc_ours:.1f}x")  # fmt: skip
-    print(f"  in memory:    ours {memory_ours:6.1f} ms, dcmread + pixel_array {memory_usual:6.1f} ms"
-          f"  → {memory_usual / memory_ours:.1f}x")  # fmt: skip
+    print(
+        f"  from Orthanc: ours {orthanc_ours:6.1f} ms, fetch files + dcmread + pixel_array {orthanc_usual:6.1f} ms"
+        f"  → {orthanc_usual / orthanc_ours:.1f}x"
+    )
+    print(
+        f"  in memory:    ours {memory_ours:6.1f} ms, dcmread + pixel_array {memory_usual:6.1f} ms"
+        f"  → {memory_usual / memory_ours:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -85,8 +85,10 @@ def _prefect_run_ids() -> dict[str, str]:
 
     task_run = TaskRunContext.get()
     if task_run is not None:
-        return {"flow_run_id": str(task_run.task_run.flow_run_id or ""),
-                "task_run_id": str(task_run.task_run.id)}  # fmt: skip
+        return {
+            "flow_run_id": str(task_run.task_run.flow_run_id or ""),
+            "task_run_id": str(task_run.task_run.id),
+        }
     flow_run = FlowRunContext.get()
     if flow_run is not None and flow_run.flow_run is not None:
         return {"flow_run_id": str(flow_run.flow_run.id)}

@@ -9,13 +9,10 @@ deleted nothing and can be re-run.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from prefect import State, flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect import State, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
@@ -29,28 +26,9 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import sync_patient
-from tasks.ingest.batch import ingest_batch
-from tasks.ingest.inputs import InputRef, collect_inputs
-from tasks.ingest.prepare import CONFLICT, DUPLICATE, QUARANTINED, STORED, FileOutcome
-from tasks.retry import RETRY_JITTER_FACTOR, retry_if_transient
-
-
-@task(name="collect_inputs")
-def collect_inputs_task(path: str) -> list[InputRef]:
-    """List every file (and zip member) under `path`."""
-    return collect_inputs(Path(path))
-
-
-@task(
-    name="ingest_batch",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_jitter_factor=RETRY_JITTER_FACTOR,
-    retry_condition_fn=retry_if_transient,
-)
-def ingest_batch_task(refs: list[InputRef], remove_originals: bool = False) -> list[FileOutcome]:
-    """Ingest one batch (sized so Prefect's per-task overhead stays small)."""
-    return ingest_batch(Settings(), refs, remove_originals=remove_originals)
+from tasks.ingest.prefect_tasks import collect_inputs_task, ingest_batch_task
+from tasks.ingest.report import count_statuses, publish_study_artifact, summarise_studies
+from tasks.retry import network_retries
 
 
 @flow(name="ingest_study", task_runner=ThreadPoolTaskRunner(max_workers=2), **REPORTED)  # type: ignore[arg-type]
@@ -61,12 +39,11 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     ensure_schema(settings.resolved_database_url)
     refs = collect_inputs_task(path)
     logger.info("ingesting %d inputs in batches of %d", len(refs), settings.ingest_batch_size)
-    batch_task = ingest_batch_task.with_options(
-        retries=len(settings.orthanc_retry_delays_s),
-        retry_delay_seconds=settings.orthanc_retry_delays_s,
-    )
+    batch_task = ingest_batch_task.with_options(**network_retries(settings.orthanc_retry_delays_s))
     futures = [
-        batch_task.submit(refs[start : start + settings.ingest_batch_size], remove_originals)
+        batch_task.submit(
+            settings, refs[start : start + settings.ingest_batch_size], remove_originals
+        )
         for start in range(0, len(refs), settings.ingest_batch_size)
     ]
     outcomes = [outcome for future in futures for outcome in future.result()]
@@ -74,8 +51,11 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     for study_uid, series_rows in studies.items():
         publish_study_artifact(study_uid, series_rows)
         with correlation(study_uid=study_uid):
-            logger.info("study stored: %d series, %d instances", len(series_rows),
-                        sum(r["instances"] for r in series_rows))  # fmt: skip
+            logger.info(
+                "study stored: %d series, %d instances",
+                len(series_rows),
+                sum(r["instances"] for r in series_rows),
+            )
     report: dict[str, Any] = {
         "files": [o.public() for o in outcomes],
         "counts": count_statuses(outcomes),
@@ -87,7 +67,7 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     if settings.patient_sync_after_ingest:
         report["patients"] = [sync_study_patient(mrn) for mrn in patients_of(settings, studies)]
     if settings.inference_after_ingest:
-        report["inference"] = [read_study(uid) for uid in studies_with_mr(studies)]
+        report["inference"] = [read_study(settings, uid) for uid in studies_with_mr(studies)]
     return report
 
 
@@ -105,8 +85,12 @@ def sync_study_patient(mrn: str) -> dict[str, Any]:
     # Always in this process: a few HTTP calls, and a run on the cpu pool waiting for another
     # run on the same pool could wait forever once every slot held an ingest.
     state = sync_patient(mrn, return_state=True)
-    return _hand_off_result(state, f"patient sync of {mrn}", f"neuronova patient {mrn}",
-                            {"mrn": mrn, "found": False, "failed": True})  # fmt: skip
+    return _hand_off_result(
+        state,
+        f"patient sync of {mrn}",
+        f"neuronova patient {mrn}",
+        {"mrn": mrn, "found": False, "failed": True},
+    )
 
 
 def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -114,7 +98,7 @@ def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
     return [uid for uid, rows in studies.items() if any(r["modality"] == "MR" for r in rows)]
 
 
-def read_study(study_uid: str) -> dict[str, Any]:
+def read_study(settings: Settings, study_uid: str) -> dict[str, Any]:
     """Hand a stored study to `run_inference` (a subflow, linked in the UI)."""
 
     def in_process() -> State[Any]:
@@ -124,13 +108,20 @@ def read_study(study_uid: str) -> dict[str, Any]:
 
     parameters = {"study_uid": study_uid, "require_brain": True}
     with correlation(study_uid=study_uid):
-        state = _run_linked("run_inference/one-study", parameters, in_process)
-    return _hand_off_result(state, f"inference of {study_uid}", f"neuronova infer {study_uid}",
-                            {"status": "failed", "study_instance_uid": study_uid})  # fmt: skip
+        state = _run_linked(settings, "run_inference/one-study", parameters, in_process)
+    return _hand_off_result(
+        state,
+        f"inference of {study_uid}",
+        f"neuronova infer {study_uid}",
+        {"status": "failed", "study_instance_uid": study_uid},
+    )
 
 
 def _run_linked(
-    deployment: str, parameters: dict[str, Any], in_process: Callable[[], State[Any]]
+    settings: Settings,
+    deployment: str,
+    parameters: dict[str, Any],
+    in_process: Callable[[], State[Any]],
 ) -> State[Any]:
     """Run a hand-off as a linked run: through its deployment (on that deployment's work pool)
     when `NEURONOVA_HANDOFF=deployment`, else as a subflow in this process.
@@ -138,16 +129,17 @@ def _run_linked(
     A deployment that is not registered falls back to the subflow, with a warning: the study
     is still read, only not on the pool meant for it (run `make deploy`).
     """
-    settings = Settings()
     if settings.handoff != "deployment":
         return in_process()
     # The same hand-off of the same ingest run (a re-run after a crash) finds its run again.
     key = f"{flow_run.id}:{deployment}:{sorted(parameters.items())}"
     try:
         run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync in a sync flow
-            deployment, parameters=parameters, timeout=settings.handoff_timeout_s,
+            deployment,
+            parameters=parameters,
+            timeout=settings.handoff_timeout_s,
             idempotency_key=key,
-        )  # fmt: skip
+        )
     except ObjectNotFound:
         get_run_logger().warning(
             "deployment %s is not registered (`make deploy`); running it in this process",
@@ -158,8 +150,10 @@ def _run_linked(
         return Failed(message=f"could not run {deployment}: {type(err).__name__}: {err}")
     if run.state is None or not run.state.is_final():
         now = run.state.name if run.state is not None else "unknown"
-        return Running(message=f"flow run {run.name} ({run.id}) is {now} after "
-                       f"{settings.handoff_timeout_s:.0f} s; see the Prefect UI")  # fmt: skip
+        return Running(
+            message=f"flow run {run.name} ({run.id}) is {now} after "
+            f"{settings.handoff_timeout_s:.0f} s; see the Prefect UI"
+        )
     return run.state
 
 
@@ -179,50 +173,3 @@ def _hand_off_result(
         return failed | {"status": "running", "failed": False, "message": state.message or ""}
     get_run_logger().error("%s failed (%s); re-run with `%s`", what, state.message, rerun)
     return failed | {"message": state.message or ""}
-
-
-def count_statuses(outcomes: list[FileOutcome]) -> dict[str, int]:
-    """How many inputs ended in each status."""
-    counts = dict.fromkeys((STORED, DUPLICATE, QUARANTINED, CONFLICT), 0)
-    for outcome in outcomes:
-        counts[outcome.status] += 1
-    return counts
-
-
-def summarise_studies(outcomes: list[FileOutcome]) -> dict[str, list[dict[str, Any]]]:
-    """Per study, per series: instances, bytes before/after, ratio, verification."""
-    grouped: dict[str, dict[str, list[FileOutcome]]] = defaultdict(lambda: defaultdict(list))
-    for outcome in outcomes:
-        if outcome.study_uid and outcome.series_uid and outcome.status in (STORED, DUPLICATE):
-            grouped[outcome.study_uid][outcome.series_uid].append(outcome)
-    return {
-        study: [_series_row(series, items) for series, items in sorted(by_series.items())]
-        for study, by_series in grouped.items()
-    }
-
-
-def _series_row(series_uid: str, items: list[FileOutcome]) -> dict[str, Any]:
-    before = sum(i.bytes_in for i in items)
-    after = sum(i.bytes_stored for i in items)
-    verified = sum(1 for i in items if i.verified)
-    return {
-        "series_instance_uid": series_uid,
-        "modality": items[0].modality or "",
-        "instances": len(items),
-        "stored": sum(1 for i in items if i.status == STORED),
-        "duplicates": sum(1 for i in items if i.status == DUPLICATE),
-        "bytes_before": before,
-        "bytes_after": after,
-        "ratio": round(before / after, 3) if after else None,
-        "verification": f"{verified}/{len(items)} verified bit-exact",
-        "transfer_syntaxes": ", ".join(sorted({i.transfer_syntax or "" for i in items})),
-    }
-
-
-def publish_study_artifact(study_uid: str, rows: list[dict[str, Any]]) -> None:
-    """A table artifact per study, keyed so the UI shows its history across runs."""
-    create_table_artifact(
-        key=f"ingest-{study_uid.replace('.', '-')}"[:100],
-        table=rows,
-        description=f"Ingest of study `{study_uid}`: series, bytes before/after, verification.",
-    )

@@ -8,13 +8,16 @@ most runs, whose tasks wait on Orthanc and the database rather than on the CPU.
 scheduler (`NEURONOVA_DASK_ADDRESS`). Without an address each flow run starts its own local
 cluster of worker processes, bound to loopback only, and closes it when the run ends.
 
-With dask, tasks run in other processes (maybe other machines): their arguments and results
-must pickle, and each worker reads its own `Settings()` from its environment.
+With dask, tasks run in other processes (maybe other machines): their arguments (the flow's
+`Settings` among them) and results must pickle.
+
+A flow names `ConfiguredTaskRunner()` in its decorator: the choice is read from the settings when
+a run starts, never when the flow's module is imported.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -58,3 +61,15 @@ def local_cluster_kwargs(settings: Settings) -> dict[str, Any]:
         # default: any free loopback port instead, so concurrent runs do not fight over 8787.
         kwargs["scheduler_kwargs"] = {"dashboard_address": f"{LOOPBACK}:0"}
     return kwargs
+
+
+class ConfiguredTaskRunner(ThreadPoolTaskRunner[Any]):
+    """The task runner that `Settings.task_runner` names, chosen at the start of each flow run.
+
+    Prefect calls `duplicate()` on a flow's task runner once per run and uses the copy; this one
+    answers with the configured runner. Used without a run (never in practice), it is threads.
+    """
+
+    def duplicate(self) -> Self:
+        # The flow run is an entry point: its settings come from its environment, read now.
+        return task_runner(Settings())  # type: ignore[return-value]  # any TaskRunner will do

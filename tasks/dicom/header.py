@@ -48,8 +48,11 @@ def scan_header(blob: bytes) -> dict[str, str] | None:
         position = _walk(blob, 132, found, meta_only=True)
         syntax = found.get("TransferSyntaxUID", "")
         # Encapsulated syntaxes (HTJ2K, JPEG …) encode the dataset as explicit VR LE too.
-        if syntax.startswith("1.2.840.10008.1.2.4.") or syntax in _EXPLICIT_LE or \
-                syntax == "1.2.840.10008.1.2.5":  # fmt: skip
+        if (
+            syntax.startswith("1.2.840.10008.1.2.4.")
+            or syntax in _EXPLICIT_LE
+            or syntax == "1.2.840.10008.1.2.5"
+        ):
             _walk(blob, position, found, meta_only=False)
             return found
         return None

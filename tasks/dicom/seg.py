@@ -90,10 +90,14 @@ def frames_to_store(mask: np.ndarray) -> list[int] | None:
         return list(range(mask.shape[0]))
     chosen = set(with_lesion) or {0}
     extra = next(
-        (i for c in sorted(chosen) for i in (c - 1, c + 1)
-         if 0 <= i < mask.shape[0] and i not in chosen),
+        (
+            i
+            for c in sorted(chosen)
+            for i in (c - 1, c + 1)
+            if 0 <= i < mask.shape[0] and i not in chosen
+        ),
         None,
-    )  # fmt: skip
+    )
     if extra is None:  # a single-slice volume: nothing to add; no viewer reads it as a stack
         return None
     return sorted(chosen | {extra})

@@ -49,10 +49,12 @@ def _observation(
     resource = {
         **common,
         "identifier": [{"system": RESULT_SYSTEM, "value": key}],
-        "code": {"coding": [{"system": CODE_SYSTEM, "code": code, "display": display}],
-                 "text": display},
+        "code": {
+            "coding": [{"system": CODE_SYSTEM, "code": code, "display": display}],
+            "text": display,
+        },
         **value,
-    }  # fmt: skip
+    }
     return Observation.model_validate(resource).model_dump(mode="json", exclude_none=True)
 
 
@@ -142,17 +144,25 @@ def publish_lesion_results(
     """
     observation_ids = []
     for observation in lesion_observations(
-        patient_ref=patient_ref, study_uid=study_uid, model=model, version=version,
-        lesion_count=lesion_count, volume_ml=volume_ml,
-    ):  # fmt: skip
+        patient_ref=patient_ref,
+        study_uid=study_uid,
+        model=model,
+        version=version,
+        lesion_count=lesion_count,
+        volume_ml=volume_ml,
+    ):
         key = observation["identifier"][0]["value"]
         stored, _created = fhir.conditional_create(observation, system=RESULT_SYSTEM, value=key)
         observation_ids.append(str(stored["id"]))
     report = lesion_report(
-        patient_ref=patient_ref, study_uid=study_uid, model=model, version=version,
+        patient_ref=patient_ref,
+        study_uid=study_uid,
+        model=model,
+        version=version,
         observation_refs=[f"Observation/{i}" for i in observation_ids],
-        lesion_count=lesion_count, volume_ml=volume_ml,
-    )  # fmt: skip
+        lesion_count=lesion_count,
+        volume_ml=volume_ml,
+    )
     key = result_key(study_uid, model, version, "report")
     stored, _created = fhir.conditional_create(report, system=RESULT_SYSTEM, value=key)
     return str(stored["id"]), observation_ids

@@ -90,3 +90,28 @@ def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:
         session.flush()
         session.refresh(row)
         return row
+
+
+def result_summary(row: InferenceResult, *, reused: bool) -> dict[str, Any]:
+    """What the flow returns and `neuronova infer --json` prints."""
+    return {
+        "status": row.status,
+        "reused": reused,
+        "study_instance_uid": row.study_instance_uid,
+        "series_instance_uid": row.series_instance_uid,
+        "patient_id": row.patient_id,
+        "model": {"name": row.model_name, "version": row.model_version, "sha256": row.model_sha256},
+        "device": row.device,
+        "lesion_count": row.lesion_count,
+        "lesion_volume_ml": row.lesion_volume_ml,
+        "seg": {
+            "series_instance_uid": row.seg_series_uid,
+            "sop_instance_uid": row.seg_sop_instance_uid,
+        },
+        "fhir": {
+            "report": f"DiagnosticReport/{row.fhir_report_id}" if row.fhir_report_id else None,
+            "patient": f"Patient/{row.fhir_patient_id}" if row.fhir_patient_id else None,
+        },
+        "note": row.note,
+        "timings": json.loads(row.timings),
+    }

@@ -222,8 +222,12 @@ def segment_with_fallback(
             labels = segment(plan, image)
         except torch.OutOfMemoryError as err:
             attempts.append(f"{name} on {plan.device}: out of memory")
-            log.warning("inference %s on %s ran out of memory (%s); next plan", name, plan.device,
-                        str(err).splitlines()[0][:120])  # fmt: skip
+            log.warning(
+                "inference %s on %s ran out of memory (%s); next plan",
+                name,
+                plan.device,
+                str(err).splitlines()[0][:120],
+            )
             if plan.device.type == "cuda":
                 torch.cuda.empty_cache()
             continue

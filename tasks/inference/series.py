@@ -67,9 +67,10 @@ def choose_series(
             study_tags.get("StudyDescription"),
         )
         candidates.append(
-            SeriesChoice(item["ID"], str(tags.get("SeriesInstanceUID", "")), description, count,
-                         evidence)
-        )  # fmt: skip
+            SeriesChoice(
+                item["ID"], str(tags.get("SeriesInstanceUID", "")), description, count, evidence
+            )
+        )
     if require_brain and candidates and not any(c.brain_evidence for c in candidates):
         raise NoSuitableSeries(
             "no MR series says it is of the head (BodyPartExamined, series or study description,"
@@ -84,10 +85,13 @@ def choose_series(
 
     def rank(choice: SeriesChoice) -> tuple[int, int, int]:
         preference = next(
-            (len(_SEQUENCE_PREFERENCE) - i for i, p in enumerate(_SEQUENCE_PREFERENCE)
-             if p.search(choice.description)),
+            (
+                len(_SEQUENCE_PREFERENCE) - i
+                for i, p in enumerate(_SEQUENCE_PREFERENCE)
+                if p.search(choice.description)
+            ),
             0,
-        )  # fmt: skip
+        )
         return (choice.brain_evidence is not None, preference, choice.instances)
 
     return max(candidates, key=rank)

@@ -104,8 +104,12 @@ def _address(record: dict[str, Any]) -> dict[str, Any]:
     address: dict[str, Any] = {}
     if _text(record, "street"):
         address["line"] = [_text(record, "street")]
-    for key, fhir_key in (("city", "city"), ("state", "state"), ("postal_code", "postalCode"),
-                          ("country_code", "country")):  # fmt: skip
+    for key, fhir_key in (
+        ("city", "city"),
+        ("state", "state"),
+        ("postal_code", "postalCode"),
+        ("country_code", "country"),
+    ):
         if _text(record, key):
             address[fhir_key] = _text(record, key)
     return address

@@ -162,10 +162,15 @@ class OpenEmrClient:
                 body = self._token_request(refresh, allow_failure=True)
             if body is None:
                 body = self._token_request(
-                    {"grant_type": "password", "username": self._user[0], "password": self._user[1],
-                     "user_role": "users", "scope": self.scope},
+                    {
+                        "grant_type": "password",
+                        "username": self._user[0],
+                        "password": self._user[1],
+                        "user_role": "users",
+                        "scope": self.scope,
+                    },
                     allow_failure=False,
-                )  # fmt: skip
+                )
             assert body is not None
             self._token = str(body["access_token"])
             self._refresh = body.get("refresh_token") or self._refresh

@@ -84,9 +84,14 @@ def resolve_patient(
         resource = emr_to_fhir_patient(record, mrn_system=settings.mrn_system, source=emr.base_url)
         if matches is None:  # FHIR was down: keep the answer, owe the write-back
             patient_cache.save_patient(
-                url, mrn=mrn, resource=resource, source="emr", fhir_pending=True,
-                emr_uuid=record.get("uuid"), emr_updated=record.get("date"),
-            )  # fmt: skip
+                url,
+                mrn=mrn,
+                resource=resource,
+                source="emr",
+                fhir_pending=True,
+                emr_uuid=record.get("uuid"),
+                emr_updated=record.get("date"),
+            )
             return PatientLookup(mrn, resource, "emr", fhir_pending=True)
         return _write_back(
             settings, fhir, mrn, resource, record.get("uuid"), "emr", record.get("date")
@@ -115,14 +120,24 @@ def _write_back(
     except TransientUpstreamError as err:
         log.warning("FHIR write-back for MRN failed (%s); kept as owed", err)
         patient_cache.save_patient(
-            url, mrn=mrn, resource=resource, source=source, fhir_pending=True,
-            emr_uuid=emr_uuid, emr_updated=emr_updated,
-        )  # fmt: skip
+            url,
+            mrn=mrn,
+            resource=resource,
+            source=source,
+            fhir_pending=True,
+            emr_uuid=emr_uuid,
+            emr_updated=emr_updated,
+        )
         return PatientLookup(mrn, resource, source, fhir_pending=True)
     patient_cache.save_patient(
-        url, mrn=mrn, resource=stored, source=source, fhir_pending=False,
-        emr_uuid=emr_uuid, emr_updated=emr_updated,
-    )  # fmt: skip
+        url,
+        mrn=mrn,
+        resource=stored,
+        source=source,
+        fhir_pending=False,
+        emr_uuid=emr_uuid,
+        emr_updated=emr_updated,
+    )
     return PatientLookup(mrn, stored, source)
 
 
@@ -155,12 +170,22 @@ def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]
             return "flagged"
         except TransientUpstreamError:
             patient_cache.save_patient(
-                url, mrn=mrn, resource=resource, source="emr", fhir_pending=True,
-                emr_uuid=uuid, emr_updated=updated,
-            )  # fmt: skip
+                url,
+                mrn=mrn,
+                resource=resource,
+                source="emr",
+                fhir_pending=True,
+                emr_uuid=uuid,
+                emr_updated=updated,
+            )
             return "pending"
         patient_cache.save_patient(
-            url, mrn=mrn, resource=stored, source="emr", fhir_pending=False,
-            emr_uuid=uuid, emr_updated=updated,
-        )  # fmt: skip
+            url,
+            mrn=mrn,
+            resource=stored,
+            source="emr",
+            fhir_pending=False,
+            emr_uuid=uuid,
+            emr_updated=updated,
+        )
         return outcome

@@ -96,8 +96,12 @@ def test_ids_reach_prefect_task_threads_with_the_run_ids(
 
 def _app(seen: list[dict[str, Any]], status: str = "200 OK") -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        seen.append({"request_id": current_correlation().get("request_id"),
-                     "header": environ.get("HTTP_X_REQUEST_ID")})  # fmt: skip
+        seen.append(
+            {
+                "request_id": current_correlation().get("request_id"),
+                "header": environ.get("HTTP_X_REQUEST_ID"),
+            }
+        )
         environ[STUDY_KEY] = "1.2.3.4"
         start_response(status, [("Content-Type", "text/plain")])
         return [b"ok"]

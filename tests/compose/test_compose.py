@@ -37,10 +37,20 @@ def _config(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[st
     shutil.copy(COMPOSE_FILE, folder / "docker-compose.yml")  # no .env of the developer's
     clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
     return subprocess.run(
-        [tool, "--project-directory", str(folder), "-f", str(folder / "docker-compose.yml"),
-         "config"],
-        env=clean | env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            tool,
+            "--project-directory",
+            str(folder),
+            "-f",
+            str(folder / "docker-compose.yml"),
+            "config",
+        ],
+        env=clean | env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +63,20 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
     assert set(config["services"]) == {
-        "nginx", "webapp", "alerts", "orthanc", "mysql", "redis", "prefect-server", "prefect-db",
-        "worker-cpu", "worker-gpu", "hapi-fhir", "fhir-db", "openemr",
-    }  # fmt: skip
+        "nginx",
+        "webapp",
+        "alerts",
+        "orthanc",
+        "mysql",
+        "redis",
+        "prefect-server",
+        "prefect-db",
+        "worker-cpu",
+        "worker-gpu",
+        "hapi-fhir",
+        "fhir-db",
+        "openemr",
+    }
     services = config["services"]
     assert services["mysql"]["image"].startswith("mysql:8")
     assert (

@@ -89,12 +89,20 @@ def test_prefects_own_cli_deploys_the_same_deployments_from_prefect_yaml(
     ids = register_deployments(stack_settings)
     ours = registered(ids)
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("prefect")), "deploy", "--all",
-         "--prefect-file", "deployments/prefect.yaml"],
-        cwd=PROJECT_ROOT, env=os.environ | {"PREFECT_API_URL": prefect_server,
-                                            "PWD": str(PROJECT_ROOT)},
-        capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "deploy",
+            "--all",
+            "--prefect-file",
+            "deployments/prefect.yaml",
+        ],
+        cwd=PROJECT_ROOT,
+        env=os.environ | {"PREFECT_API_URL": prefect_server, "PWD": str(PROJECT_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert registered(ids) == ours
     with get_client(sync_client=True) as client:
@@ -165,10 +173,22 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
         folders.append(folder)
     with second_log.open("w") as log:
         second = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "worker", "start", "--pool", "cpu",
-             "--name", "second-cpu-worker", "--limit", str(orthanc.worker_limit)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                str(Path(sys.executable).parent / "prefect"),
+                "worker",
+                "start",
+                "--pool",
+                "cpu",
+                "--name",
+                "second-cpu-worker",
+                "--limit",
+                str(orthanc.worker_limit),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         stack.up(["worker-cpu"])
         _wait_online("cpu", {"second-cpu-worker"}, second_log)  # both poll before the burst
@@ -282,8 +302,11 @@ def _wait_online(pool: str, names: set[str], log: Path, timeout_s: float = 120) 
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
-            online = {w.name for w in client.read_workers_for_work_pool(pool)
-                      if w.status is not None and w.status.value == "ONLINE"}  # fmt: skip
+            online = {
+                w.name
+                for w in client.read_workers_for_work_pool(pool)
+                if w.status is not None and w.status.value == "ONLINE"
+            }
             if names <= online:
                 return
             assert time.monotonic() < deadline, f"{names - online} not online:\n{log.read_text()}"

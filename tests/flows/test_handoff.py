@@ -14,6 +14,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.states import Completed, Scheduled, State
 
 import flows.ingest_study as ingest
+from common.settings import Settings
 
 pytestmark = pytest.mark.integration  # a Prefect test harness
 
@@ -32,9 +33,11 @@ def _hand_off(answer: Callable[..., FlowRun]) -> tuple[dict[str, Any], list[dict
     @flow
     def ingest_like() -> dict[str, Any]:
         state = ingest._run_linked(
-            "run_inference/one-study", {"study_uid": "1.2.3"},
+            Settings(),
+            "run_inference/one-study",
+            {"study_uid": "1.2.3"},
             lambda: Completed(data={"status": "completed", "in_process": True}),
-        )  # fmt: skip
+        )
         return ingest._hand_off_result(state, "inference of 1.2.3", "neuronova infer", FAILED)
 
     with pytest.MonkeyPatch.context() as patch:

@@ -207,8 +207,16 @@ def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
     assert f"patient {mrn} is not known to the EMR" in first["note"]
 
     with OpenEmrClient.from_settings(patient_sources) as emr:
-        ensure_emr_patient(emr, {"pubpid": mrn, "fname": "Late", "lname": "Arrival",
-                                 "DOB": "1980-02-03", "sex": "Female"})  # fmt: skip
+        ensure_emr_patient(
+            emr,
+            {
+                "pubpid": mrn,
+                "fname": "Late",
+                "lname": "Arrival",
+                "DOB": "1980-02-03",
+                "sex": "Female",
+            },
+        )
     listening = redis.Redis.from_url(str(orthanc.redis_url)).pubsub(ignore_subscribe_messages=True)
     listening.subscribe(orthanc.alerts_channel)
     second = run_inference(first["study_instance_uid"])

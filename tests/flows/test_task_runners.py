@@ -20,7 +20,7 @@ from common.settings import Settings
 from flows.check_htj2k import check_htj2k
 from neuronova.stack import free_ports
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
-from tasks.runners import task_runner
+from tasks.runners import ConfiguredTaskRunner, task_runner
 from tests.flows.test_ingest_study import dicom_bytes, make_ct
 
 LOOPBACK = "127.0.0.1"
@@ -31,6 +31,21 @@ def test_threads_runner_has_the_configured_workers() -> None:
 
     assert isinstance(runner, ThreadPoolTaskRunner)
     assert runner._max_workers == 3
+
+
+def test_a_flow_s_runner_is_chosen_when_its_run_starts_not_at_import(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    configured = ConfiguredTaskRunner()
+    monkeypatch.setenv("NEURONOVA_TASK_RUNNER", "dask")
+    monkeypatch.setenv("NEURONOVA_DASK_ADDRESS", "tcp://10.1.2.3:8786")
+    assert isinstance(configured.duplicate(), DaskTaskRunner)
+    monkeypatch.setenv("NEURONOVA_TASK_RUNNER", "threads")
+    monkeypatch.setenv("NEURONOVA_TASK_RUNNER_WORKERS", "3")
+    threads = configured.duplicate()
+    assert isinstance(threads, ThreadPoolTaskRunner) and threads._max_workers == 3
 
 
 @pytest.mark.parametrize(

@@ -100,8 +100,9 @@ def test_an_admin_link_opens_the_ui_once_and_logout_closes_it(admin: Viewing) ->
     assert all(cookie not in repr(d.model_dump()) for d in denials)
     logs = [admin.settings.stack_dir / "nginx" / n for n in ("access.log", "error.log")]
     logs.append(admin.settings.stack_dir / "webapp" / "webapp.log")
-    assert all(cookie not in p.read_text() and url.split("=")[-1] not in p.read_text()
-               for p in logs)  # fmt: skip
+    assert all(
+        cookie not in p.read_text() and url.split("=")[-1] not in p.read_text() for p in logs
+    )
 
 
 def test_a_link_of_another_kind_or_after_a_role_change_opens_nothing(admin: Viewing) -> None:

@@ -142,8 +142,10 @@ def brain_mr(
 def _seg_mask_for_instance(settings: Settings, reading: dict[str, Any], number: int) -> np.ndarray:
     """The AI's mask on the MR slice with that InstanceNumber, from the SEG stored in Orthanc."""
     folder: Path = reading["folder"]
-    sources = {int(ds.InstanceNumber): ds for ds in
-               (pydicom.dcmread(f, stop_before_pixels=True) for f in folder.glob("*.dcm"))}  # fmt: skip
+    sources = {
+        int(ds.InstanceNumber): ds
+        for ds in (pydicom.dcmread(f, stop_before_pixels=True) for f in folder.glob("*.dcm"))
+    }
     with OrthancClient.from_settings(settings) as client:
         seg_id = client.lookup(reading["seg"]["sop_instance_uid"])
         assert seg_id is not None
@@ -193,20 +195,26 @@ def test_the_ai_seg_is_drawn_over_the_mr_where_the_model_found_the_lesion(  # ty
     # Map the mask's lesion centre into the canvas through the head's extent in both.
     grey_canvas = drawn.mean(axis=2) * ~red_overlay(drawn)
     canvas_box, reference = head_box(grey_canvas), reference_slices(brain_mr["folder"])
-    number_to_index = {int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber): i
-                       for i, f in enumerate(sorted(brain_mr["folder"].glob("*.dcm")))}  # fmt: skip
+    number_to_index = {
+        int(pydicom.dcmread(f, stop_before_pixels=True).InstanceNumber): i
+        for i, f in enumerate(sorted(brain_mr["folder"].glob("*.dcm")))
+    }
     slice_box = head_box(reference[number_to_index[int(match.group(1))]])
     assert canvas_box and slice_box
     rows, cols = np.nonzero(mask)
     scale_r = (canvas_box[1] - canvas_box[0]) / (slice_box[1] - slice_box[0])
     scale_c = (canvas_box[3] - canvas_box[2]) / (slice_box[3] - slice_box[2])
-    expected = (canvas_box[0] + (rows.mean() + 0.5 - slice_box[0]) * scale_r,
-                canvas_box[2] + (cols.mean() + 0.5 - slice_box[2]) * scale_c)  # fmt: skip
+    expected = (
+        canvas_box[0] + (rows.mean() + 0.5 - slice_box[0]) * scale_r,
+        canvas_box[2] + (cols.mean() + 0.5 - slice_box[2]) * scale_c,
+    )
     red_rows, red_cols = np.nonzero(red_overlay(drawn))
     distance_voxels = np.hypot(
         (red_rows.mean() - expected[0]) / scale_r, (red_cols.mean() - expected[1]) / scale_c
     )
-    print(f"\nSEG drawn on instance {match.group(1)}, {red_rows.size} red pixels, "
-          f"{distance_voxels:.2f} voxels from where the SEG puts the lesion; screenshot {shot}")  # fmt: skip
+    print(
+        f"\nSEG drawn on instance {match.group(1)}, {red_rows.size} red pixels, "
+        f"{distance_voxels:.2f} voxels from where the SEG puts the lesion; screenshot {shot}"
+    )
     assert distance_voxels < 2.0
     context.close()

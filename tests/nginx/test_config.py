@@ -70,9 +70,20 @@ def test_nginx_accepts_the_rendered_local_config(rendered_local: Path) -> None:
     assert nginx is not None, "nginx is missing: run `make system`"
     home = rendered_local.parent
     result = subprocess.run(
-        [str(nginx), "-t", "-p", str(home), "-c", str(rendered_local), "-e", str(home / "error.log")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            str(nginx),
+            "-t",
+            "-p",
+            str(home),
+            "-c",
+            str(rendered_local),
+            "-e",
+            str(home / "error.log"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 

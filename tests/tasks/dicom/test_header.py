@@ -84,8 +84,11 @@ def test_other_encodings_are_left_to_pydicom(tmp_path: Path, syntax: str) -> Non
     ds = make_dataset()
     ds.file_meta.TransferSyntaxUID = syntax
     path = tmp_path / "other.dcm"
-    ds.save_as(path, implicit_vr=syntax == ImplicitVRLittleEndian,
-               little_endian=syntax == ImplicitVRLittleEndian)  # fmt: skip
+    ds.save_as(
+        path,
+        implicit_vr=syntax == ImplicitVRLittleEndian,
+        little_endian=syntax == ImplicitVRLittleEndian,
+    )
     assert scan_header(path.read_bytes()) is None
 
 

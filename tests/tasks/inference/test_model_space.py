@@ -42,8 +42,10 @@ def test_the_model_grid_is_ras_and_labels_come_back_in_place(orientation: list[f
     where = np.argwhere(grid.image == value)
     corners = [
         (volume.affine @ np.array([c, r, s, 1.0]))[:3] * np.array([-1.0, -1.0, 1.0])
-        for c in (0, 15) for r in (0, 13) for s in (0, 11)
-    ]  # fmt: skip
+        for c in (0, 15)
+        for r in (0, 13)
+        for s in (0, 11)
+    ]
     origin = np.min(corners, axis=0)
     assert any(np.allclose(w * 2.0 + origin, ras) for w in where)
     labels = (grid.image > 500).astype(np.uint8)

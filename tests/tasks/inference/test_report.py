@@ -42,9 +42,14 @@ def test_observations_carry_count_volume_and_a_stable_key() -> None:
 
 def test_the_report_names_the_study_and_its_results() -> None:
     report = lesion_report(
-        patient_ref="Patient/p1", study_uid=STUDY, model="brain_lesion_seg", version="0.1.0",
-        observation_refs=["Observation/a", "Observation/b"], lesion_count=2, volume_ml=1.5,
-    )  # fmt: skip
+        patient_ref="Patient/p1",
+        study_uid=STUDY,
+        model="brain_lesion_seg",
+        version="0.1.0",
+        observation_refs=["Observation/a", "Observation/b"],
+        lesion_count=2,
+        volume_ml=1.5,
+    )
     assert {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{STUDY}"} in report["identifier"]
     assert [r["reference"] for r in report["result"]] == ["Observation/a", "Observation/b"]
     assert STUDY in report["conclusion"] and NOT_FOR_CLINICAL_USE in report["conclusion"]

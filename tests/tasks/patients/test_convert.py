@@ -64,8 +64,18 @@ def test_a_missing_or_malformed_birth_date_is_left_out(dob: str) -> None:
 
 
 def test_empty_strings_never_become_empty_elements() -> None:
-    patient = convert(title="", mname="", street="", city="", postal_code="", country_code="",
-                      phone_home="", email="", fname="", lname="Ng")  # fmt: skip
+    patient = convert(
+        title="",
+        mname="",
+        street="",
+        city="",
+        postal_code="",
+        country_code="",
+        phone_home="",
+        email="",
+        fname="",
+        lname="Ng",
+    )
     assert patient["name"] == [{"use": "official", "family": "Ng"}]
     assert "address" not in patient and "telecom" not in patient
 

@@ -40,8 +40,16 @@ def _new_emr_patient(settings: Settings, **fields: str) -> str:
     """A patient created in the EMR (as a registration desk would); returns its MRN."""
     mrn = fields.pop("pubpid", f"T-{uuid.uuid4().hex[:10]}")
     with OpenEmrClient.from_settings(settings) as emr:
-        emr.create_patient({"fname": "Test", "lname": "Patient", "DOB": "1980-02-03", "sex": "Female",
-                            "pubpid": mrn, **fields})  # fmt: skip
+        emr.create_patient(
+            {
+                "fname": "Test",
+                "lname": "Patient",
+                "DOB": "1980-02-03",
+                "sex": "Female",
+                "pubpid": mrn,
+                **fields,
+            }
+        )
     return mrn
 
 
@@ -70,9 +78,14 @@ def test_fhir_hit_is_saved_to_the_cache(sources: Settings) -> None:
     mrn = f"F-{uuid.uuid4().hex[:10]}"
     with FhirClient.from_settings(sources) as fhir:
         created, was_new = fhir.conditional_create(
-            {"resourceType": "Patient", "identifier": [{"system": sources.mrn_system, "value": mrn}], "gender": "other"},
-            system=sources.mrn_system, value=mrn,
-        )  # fmt: skip
+            {
+                "resourceType": "Patient",
+                "identifier": [{"system": sources.mrn_system, "value": mrn}],
+                "gender": "other",
+            },
+            system=sources.mrn_system,
+            value=mrn,
+        )
     assert was_new
     found = _resolve(sources, mrn)
     assert found.source == "fhir" and found.resource["id"] == created["id"]
@@ -178,8 +191,14 @@ def test_an_emr_timeout_after_a_create_is_looked_up_never_posted_twice(sources: 
     mrn = f"E-{uuid.uuid4().hex[:10]}"
     fields = {"fname": "Late", "lname": "Answer", "DOB": "1990-01-01", "sex": "Male", "pubpid": mrn}
     credentials = OpenEmrClient.from_settings(sources)
-    fast = OpenEmrClient(sources.emr_url, client_id=credentials._client[0], client_secret=credentials._client[1],
-                         username=credentials._user[0], password=credentials._user[1], timeout_s=1.0)  # fmt: skip
+    fast = OpenEmrClient(
+        sources.emr_url,
+        client_id=credentials._client[0],
+        client_secret=credentials._client[1],
+        username=credentials._user[0],
+        password=credentials._user[1],
+        timeout_s=1.0,
+    )
     httpx.post(f"{sources.emr_url}/_emulator/faults", json={"hang_next": 1, "hang_s": 3})
     record = ensure_emr_patient(fast, fields)
     assert record["pubpid"] == mrn

@@ -1,0 +1,106 @@
+"""The Prefect tasks of AI inference, which the `run_inference` flow sequences.
+
+Those that talk to Orthanc, FHIR or Redis carry the network retry policy. Those that take or
+return a volume do not hash their inputs (`NO_CACHE`): hashing a few hundred MB of voxels would
+cost more than the task.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from common.settings import Settings
+from tasks.archive.orthanc import OrthancClient
+from tasks.dicom.seg import build_lesion_seg
+from tasks.dicom.volume import Volume, read_series_from_orthanc
+from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
+from tasks.inference.report import publish_lesion_results
+from tasks.inference.results import seg_uids, store_seg
+from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
+from tasks.inference.series import SeriesChoice, choose_series, find_study_series
+from tasks.patients.fhir import FhirClient
+from tasks.retry import NUDGE_DELAYS_S, network_retries
+
+
+@task(name="choose_series", **network_retries())
+def choose_series_task(
+    settings: Settings, study_uid: str, require_brain: bool
+) -> tuple[dict[str, Any], SeriesChoice]:
+    """The study's tags and the MR series the model will read."""
+    with OrthancClient.from_settings(settings) as client:
+        study_tags, series = find_study_series(client, study_uid)
+    choice = choose_series(
+        study_tags, series, min_slices=settings.inference_min_slices, require_brain=require_brain
+    )
+    return study_tags, choice
+
+
+@task(name="read_volume", **network_retries(), cache_policy=NO_CACHE)
+def read_volume_task(settings: Settings, series_id: str) -> Volume:
+    """The series as one volume, with the headers the SEG must reference."""
+    with OrthancClient.from_settings(settings) as client:
+        return read_series_from_orthanc(client, series_id, with_headers=True)
+
+
+@task(name="segment_volume", cache_policy=NO_CACHE)
+def segment_task(settings: Settings, volume: Volume) -> SegmentationRun:
+    """The lesion mask on the series' own grid (the bundle is loaded once per process)."""
+    bundle = cached_bundle(settings.model_bundle_dir, settings.inference_device)
+    return segment_volume(bundle, volume)
+
+
+@task(name="store_seg", **network_retries(), cache_policy=NO_CACHE)
+def store_seg_task(
+    settings: Settings, volume: Volume, mask: Any, study_uid: str, model: str, version: str
+) -> str:
+    """Build the SEG (UIDs derived from study and model version) and store it verified."""
+    series_uid, sop_uid = seg_uids(study_uid, model, version)
+    seg = build_lesion_seg(
+        volume.headers,
+        mask,
+        algorithm_name=model,
+        algorithm_version=version,
+        series_instance_uid=series_uid,
+        sop_instance_uid=sop_uid,
+    )
+    buffer = io.BytesIO()
+    seg.save_as(buffer)
+    return str(store_seg(settings, buffer.getvalue(), study_uid, sop_uid))
+
+
+@task(name="publish_fhir_report", **network_retries())
+def publish_fhir_task(
+    settings: Settings,
+    patient_fhir_id: str,
+    study_uid: str,
+    model: str,
+    version: str,
+    count: int,
+    volume_ml: float,
+) -> tuple[str, list[str]]:
+    """Observations and the DiagnosticReport, each created once (conditional creates)."""
+    with FhirClient.from_settings(settings) as fhir:
+        return publish_lesion_results(
+            fhir,
+            patient_ref=f"Patient/{patient_fhir_id}",
+            study_uid=study_uid,
+            model=model,
+            version=version,
+            lesion_count=count,
+            volume_ml=volume_ml,
+        )
+
+
+@task(name="alert_clinicians", **network_retries(NUDGE_DELAYS_S))
+def alert_clinicians_task(settings: Settings, result: dict[str, Any]) -> int:
+    """Tell the clinicians who may open the study (their alert streams filter by policy)."""
+    if not settings.redis_url:
+        return 0
+    with AlertPublisher(settings.redis_url, settings.alerts_channel) as publisher:
+        return publisher.publish(
+            AI_RESULT, result["study_instance_uid"], result["patient_id"], ai_result_facts(result)
+        )
