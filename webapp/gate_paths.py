@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
-from webapp.tokens import is_uid
+from tasks.dicom.uid import is_uid
 
 INTERNAL_PREFIX = "/_orthanc"
 DICOMWEB_ROOT = "/dicom-web"

@@ -8,9 +8,10 @@ from flask import Blueprint, Response, jsonify
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from common.db import User
+from tasks.dicom.uid import is_uid
 from webapp import accounts
 from webapp.context import audit, db_session, deny_response, web_context
-from webapp.tokens import is_uid, issue_viewer_token
+from webapp.tokens import issue_viewer_token
 
 bp = Blueprint("links", __name__, url_prefix="/api/studies")
 

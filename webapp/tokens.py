@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,8 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from tasks.dicom.uid import is_uid
 
 ALGORITHM = "HS256"
 ISSUER = "neuronova"
@@ -32,18 +33,11 @@ MAX_TOKEN_LENGTH = 4096
 # Clocks of gunicorn workers and the issuing process are one machine's, so little leeway.
 LEEWAY_S = 5
 
-UID_RE = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
-MAX_UID_LENGTH = 64
 
 _hasher = PasswordHasher()
 # Verified against when the user does not exist, so that an unknown name costs as much time
 # as a wrong password and the two cannot be told apart.
 _DUMMY_HASH = _hasher.hash("not a password anyone has")
-
-
-def is_uid(value: str) -> bool:
-    """A DICOM UID: digits and dots, no empty or zero-padded component, at most 64 characters."""
-    return 0 < len(value) <= MAX_UID_LENGTH and UID_RE.fullmatch(value) is not None
 
 
 def derive_key(secret: bytes, purpose: str) -> bytes:

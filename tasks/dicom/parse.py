@@ -7,7 +7,6 @@ must say what is wrong in words an operator can act on.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -20,10 +19,10 @@ from pydicom.tag import Tag
 from pydicom.uid import UID
 
 from common.errors import MalformedDicom, MissingIdentifier, UnreadablePixelData
+from tasks.dicom.uid import is_uid
 
 # Strict enough to keep identifiers safe in URLs and paths, loose enough for real scanners
 # (leading zeros in a component are invalid per PS3.5 but common, so they pass).
-_UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _PIXEL_DATA = Tag(0x7FE0, 0x0010)
 # Attributes a lossless transcode may legitimately rewrite (pixel data, its offset tables,
 # photometric interpretation, planar configuration); excluded from the content hash.
@@ -124,7 +123,7 @@ def _valid_uid(ds: Dataset, keyword: str) -> str:
     value = str(ds.get(keyword, "") or "").strip().rstrip("\x00")
     if not value:
         raise MissingIdentifier(f"missing {keyword}")
-    if len(value) > 64 or not _UID_PATTERN.fullmatch(value):
+    if not is_uid(value):
         raise MissingIdentifier(f"invalid {keyword}: not a DICOM UID (digits and dots, <= 64)")
     return value
 
