@@ -9,12 +9,13 @@ fan out over the task runner that `NEURONOVA_TASK_RUNNER` names (`tasks/runners.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TypedDict
 
 from prefect import flow, get_run_logger
 
 from common.db import ensure_schema
 from common.settings import Settings
+from tasks.archive.check import CheckInstanceReport
 from tasks.archive.prefect_tasks import (
     check_study_task,
     find_studies_task,
@@ -24,8 +25,16 @@ from tasks.archive.prefect_tasks import (
 from tasks.runners import ConfiguredTaskRunner
 
 
+class CheckReport(TypedDict):
+    """What `neuronova check-htj2k --json` prints."""
+
+    counts: dict[str, int]  # per CheckStatus value
+    restored_from_backup: int
+    instances: list[CheckInstanceReport]
+
+
 @flow(name="check_htj2k", task_runner=ConfiguredTaskRunner())  # type: ignore[arg-type]
-def check_htj2k(study_instance_uid: str | None = None) -> dict[str, Any]:
+def check_htj2k(study_instance_uid: str | None = None) -> CheckReport:
     """Check one study, or the whole archive when no UID is given; return the report."""
     settings = Settings()
     logger = get_run_logger()
@@ -34,11 +43,11 @@ def check_htj2k(study_instance_uid: str | None = None) -> dict[str, Any]:
     study_ids = find_studies_task(settings, study_instance_uid)
     futures = {sid: check_study_task.submit(settings, sid) for sid in study_ids}
     per_study = {sid: future.result() for sid, future in futures.items()}
-    counts = Counter(o.status for outcomes in per_study.values() for o in outcomes)
+    counts = Counter(o.status.value for outcomes in per_study.values() for o in outcomes)
     publish_check_report(per_study, restored)
     logger.info("HTJ2K check: %s", dict(counts))
-    return {
-        "counts": dict(counts),
-        "restored_from_backup": restored,
-        "instances": [o.as_dict() for outcomes in per_study.values() for o in outcomes],
-    }
+    return CheckReport(
+        counts=dict(counts),
+        restored_from_backup=restored,
+        instances=[o.as_dict() for outcomes in per_study.values() for o in outcomes],
+    )

@@ -10,7 +10,7 @@ deleted nothing and can be re-run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NotRequired, TypedDict, cast
 
 from prefect import State, flow, get_run_logger
 from prefect.client.schemas.objects import FlowRun
@@ -26,13 +26,32 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import sync_patient
+from tasks.inference.results import InferenceReport
 from tasks.ingest.prefect_tasks import collect_inputs_task, ingest_batch_task
-from tasks.ingest.report import count_statuses, publish_study_artifact, summarise_studies
+from tasks.ingest.prepare import FileReport
+from tasks.ingest.report import (
+    SeriesReport,
+    StudyReport,
+    count_statuses,
+    publish_study_artifact,
+    summarise_studies,
+)
+from tasks.patients.sync import PatientSyncReport
 from tasks.retry import network_retries
 
 
+class IngestReport(TypedDict):
+    """What `neuronova ingest --json` prints: every input, counts, the studies, the hand-offs."""
+
+    files: list[FileReport]
+    counts: dict[str, int]  # per IngestStatus value
+    studies: list[StudyReport]
+    patients: NotRequired[list[PatientSyncReport]]
+    inference: NotRequired[list[InferenceReport]]
+
+
 @flow(name="ingest_study", task_runner=ThreadPoolTaskRunner(max_workers=2), **REPORTED)  # type: ignore[arg-type]
-def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
+def ingest_study(path: str, remove_originals: bool = False) -> IngestReport:
     """Ingest a file, folder or zip; return the per-file report with per-study summaries."""
     settings = Settings()
     logger = get_run_logger()
@@ -56,11 +75,11 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
                 len(series_rows),
                 sum(r["instances"] for r in series_rows),
             )
-    report: dict[str, Any] = {
-        "files": [o.public() for o in outcomes],
-        "counts": count_statuses(outcomes),
-        "studies": [{"study_instance_uid": uid, "series": rows} for uid, rows in studies.items()],
-    }
+    report = IngestReport(
+        files=[o.public() for o in outcomes],
+        counts=count_statuses(outcomes),
+        studies=[StudyReport(study_instance_uid=uid, series=rows) for uid, rows in studies.items()],
+    )
     logger.info("ingest finished: %s", report["counts"])
     # Hand-offs, as subflows (linked runs in the UI): the patient first, so that the AI's report
     # finds it in the cache; their failures are reported, the stored images stay stored.
@@ -71,7 +90,7 @@ def ingest_study(path: str, remove_originals: bool = False) -> dict[str, Any]:
     return report
 
 
-def patients_of(settings: Settings, studies: dict[str, list[dict[str, Any]]]) -> list[str]:
+def patients_of(settings: Settings, studies: dict[str, list[SeriesReport]]) -> list[str]:
     """The MRNs (PatientID) of the stored studies, from the archive index."""
     if not studies:
         return []
@@ -80,7 +99,7 @@ def patients_of(settings: Settings, studies: dict[str, list[dict[str, Any]]]) ->
         return sorted(set(session.exec(query)))
 
 
-def sync_study_patient(mrn: str) -> dict[str, Any]:
+def sync_study_patient(mrn: str) -> PatientSyncReport:
     """Resolve the study's patient (cache → FHIR → EMR) as a linked `sync_patient` run."""
     # Always in this process: a few HTTP calls, and a run on the cpu pool waiting for another
     # run on the same pool could wait forever once every slot held an ingest.
@@ -89,16 +108,16 @@ def sync_study_patient(mrn: str) -> dict[str, Any]:
         state,
         f"patient sync of {mrn}",
         f"neuronova patient {mrn}",
-        {"mrn": mrn, "found": False, "failed": True},
+        PatientSyncReport(mrn=mrn, found=False, failed=True),
     )
 
 
-def studies_with_mr(studies: dict[str, list[dict[str, Any]]]) -> list[str]:
+def studies_with_mr(studies: dict[str, list[SeriesReport]]) -> list[str]:
     """Studies with an MR series stored: candidates for the brain-lesion model."""
     return [uid for uid, rows in studies.items() if any(r["modality"] == "MR" for r in rows)]
 
 
-def read_study(settings: Settings, study_uid: str) -> dict[str, Any]:
+def read_study(settings: Settings, study_uid: str) -> InferenceReport:
     """Hand a stored study to `run_inference` (a subflow, linked in the UI)."""
 
     def in_process() -> State[Any]:
@@ -113,7 +132,7 @@ def read_study(settings: Settings, study_uid: str) -> dict[str, Any]:
         state,
         f"inference of {study_uid}",
         f"neuronova infer {study_uid}",
-        {"status": "failed", "study_instance_uid": study_uid},
+        InferenceReport(status="failed", study_instance_uid=study_uid),
     )
 
 
@@ -157,19 +176,22 @@ def _run_linked(
     return run.state
 
 
-def _hand_off_result(
-    state: State[Any], what: str, rerun: str, failed: dict[str, Any]
-) -> dict[str, Any]:
-    """A hand-off's result, or `failed` with the reason: reported, never raised, since the
-    images are safely stored and the hand-off can be re-run alone (`rerun`)."""
+def _hand_off_result[Report: (PatientSyncReport, InferenceReport)](
+    state: State[Any], what: str, rerun: str, failed: Report
+) -> Report:
+    """A hand-off's report: what the other flow returned, or `failed` with the reason.
+
+    Reported, never raised, since the images are safely stored and the hand-off can be re-run
+    alone (`rerun`).
+    """
     if state.is_completed():
         try:
-            result: dict[str, Any] = state.result()
-            return result
+            return cast(Report, state.result())
         except Exception as err:  # e.g. the result storage is not shared with that worker
             state = Failed(message=f"completed, but its report could not be read: {err}")
     if state.is_running():
         get_run_logger().warning("%s: %s", what, state.message)
-        return failed | {"status": "running", "failed": False, "message": state.message or ""}
+        running = {"status": "running", "failed": False, "message": state.message or ""}
+        return cast(Report, {**failed, **running})
     get_run_logger().error("%s failed (%s); re-run with `%s`", what, state.message, rerun)
-    return failed | {"message": state.message or ""}
+    return cast(Report, {**failed, "message": state.message or ""})

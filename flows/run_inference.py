@@ -33,14 +33,20 @@ from tasks.inference.prefect_tasks import (
     segment_task,
     store_seg_task,
 )
-from tasks.inference.results import find_result, result_summary, save_result, seg_uids
+from tasks.inference.results import (
+    InferenceReport,
+    find_result,
+    result_summary,
+    save_result,
+    seg_uids,
+)
 from tasks.inference.segmentation import bundle_identity
 from tasks.inference.series import NoSuitableSeries, SeriesChoice
 from tasks.patients.prefect_tasks import resolve_patient_task
 
 
 @flow(name="run_inference", log_prints=True, **REPORTED)
-def run_inference(study_uid: str, require_brain: bool = False) -> dict[str, Any]:
+def run_inference(study_uid: str, require_brain: bool = False) -> InferenceReport:
     """Segment one study's brain MR and publish the result; see the module's docstring.
 
     `require_brain`: only read a series that a tag places in the head (ingest's trigger).
@@ -49,7 +55,7 @@ def run_inference(study_uid: str, require_brain: bool = False) -> dict[str, Any]
         return _read_study(study_uid, require_brain)
 
 
-def _read_study(study_uid: str, require_brain: bool) -> dict[str, Any]:
+def _read_study(study_uid: str, require_brain: bool) -> InferenceReport:
     settings = Settings()
     logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)
@@ -64,11 +70,9 @@ def _read_study(study_uid: str, require_brain: bool) -> dict[str, Any]:
             study_tags, choice = choose_series_task(settings, study_uid, require_brain)
         except NoSuitableSeries as err:
             logger.warning("no inference for study %s: %s", study_uid, err)
-            return {
-                "status": "no-suitable-series",
-                "study_instance_uid": study_uid,
-                "message": str(err),
-            }
+            return InferenceReport(
+                status="no-suitable-series", study_instance_uid=study_uid, message=str(err)
+            )
         if choice.brain_evidence is None:
             logger.warning(
                 "series %s does not say it is of the head; read anyway", choice.series_uid
@@ -138,7 +142,7 @@ def _segment_and_store(
     return row
 
 
-def _publish_to_fhir(settings: Settings, row: InferenceResult) -> dict[str, Any]:
+def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceReport:
     """The FHIR part: patient, Observations, report; owed (not failed) when it cannot be paid."""
     logger = get_run_logger()
     started = time.perf_counter()

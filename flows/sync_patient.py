@@ -7,18 +7,17 @@ the MRN is flagged for a merge and the run fails with that message.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from common.db import ensure_schema
 from common.settings import Settings
 from flows import REPORTED
 from tasks.patients.prefect_tasks import resolve_patient_task
+from tasks.patients.sync import PatientSyncReport
 
 
 @flow(name="sync_patient", log_prints=True, **REPORTED)
-def sync_patient(mrn: str) -> dict[str, Any]:
+def sync_patient(mrn: str) -> PatientSyncReport:
     """Resolve one MRN; returns where it was found and whether FHIR is still owed a write."""
     settings = Settings()
     ensure_schema(settings.resolved_database_url)

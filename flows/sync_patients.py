@@ -11,7 +11,7 @@ converges when run again.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TypedDict
 
 from prefect import flow
 from prefect.artifacts import create_table_artifact
@@ -23,8 +23,13 @@ from tasks.patients.prefect_tasks import fetch_emr_page, pay_owed_write_backs, s
 PAGE_SIZE = 200
 
 
+class BulkSyncReport(TypedDict):
+    since: str | None
+    counts: dict[str, int]  # seen, created, updated, unchanged, invalid, write_backs_paid, …
+
+
 @flow(name="sync_patients", log_prints=True)
-def sync_patients(since: str | None = None, page_size: int = PAGE_SIZE) -> dict[str, Any]:
+def sync_patients(since: str | None = None, page_size: int = PAGE_SIZE) -> BulkSyncReport:
     settings = Settings()
     ensure_schema(settings.resolved_database_url)
     counts: Counter[str] = Counter()
@@ -40,7 +45,7 @@ def sync_patients(since: str | None = None, page_size: int = PAGE_SIZE) -> dict[
         if len(page) < page_size:
             break
         offset += page_size
-    report = {"since": since, "counts": dict(counts)}
+    report = BulkSyncReport(since=since, counts=dict(counts))
     create_table_artifact(
         key="sync-patients",
         table=[{"outcome": k, "patients": v} for k, v in sorted(counts.items())],

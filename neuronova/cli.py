@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,6 +20,10 @@ from rich.table import Table
 from common.settings import Settings
 from neuronova import stack_cli, users_cli
 from neuronova.prefect_env import use_prefect_server, use_stack_prefect
+
+if TYPE_CHECKING:  # the flows import Prefect, which must wait for `use_prefect_server`
+    from flows.ingest_study import IngestReport
+    from tasks.inference.results import InferenceReport
 
 app = typer.Typer(help="NeuroNova: verified HTJ2K ingest, AI reading, secure viewing.")
 app.add_typer(stack_cli.app, name="stack")
@@ -133,7 +137,7 @@ def infer(
     raise typer.Exit(EXIT_OK if result["status"] == "completed" else EXIT_PARTIAL)
 
 
-def _print_inference(result: dict[str, Any]) -> None:
+def _print_inference(result: InferenceReport) -> None:
     if result["status"] == "no-suitable-series":
         console.print(f"[yellow]{result['message']}[/yellow]")
         return
@@ -301,7 +305,7 @@ def demo() -> None:
     print(link)
 
 
-def _print_ingest(report: dict[str, Any], as_json: bool) -> None:
+def _print_ingest(report: IngestReport, as_json: bool) -> None:
     if as_json:
         print(json.dumps(report, indent=2))
         return

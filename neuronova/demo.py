@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import httpx
@@ -19,6 +19,9 @@ from common.db import session_scope
 from common.settings import Settings
 from neuronova.sample import SAMPLE_PATIENT_ID
 from webapp import accounts
+
+if TYPE_CHECKING:  # the flow imports Prefect, which must wait for the stack's API URL
+    from flows.ingest_study import IngestReport
 
 DEMO_CLINICIAN = "demo-clinician"
 DEMO_ADMIN = "demo-admin"  # may open the Prefect UI behind the gateway
@@ -84,7 +87,7 @@ def register_for_workers(settings: Settings) -> None:
     register_deployments(settings)
 
 
-def ingest_on_worker(settings: Settings, folder: Path) -> tuple[UUID, dict[str, Any] | None]:
+def ingest_on_worker(settings: Settings, folder: Path) -> tuple[UUID, IngestReport | None]:
     """Trigger `ingest_study/on-demand` for `folder` and wait for the cpu worker to run it (its
     hand-offs go on to their own pools). Returns the flow run id and its report, None when the
     run did not complete."""
@@ -99,5 +102,5 @@ def ingest_on_worker(settings: Settings, folder: Path) -> tuple[UUID, dict[str, 
     )
     if run.state is None or not run.state.is_completed():
         return run.id, None
-    report: dict[str, Any] = run.state.result()
+    report: IngestReport = run.state.result()
     return run.id, report

@@ -12,7 +12,8 @@ import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypedDict
 
 from common.db import Instance, session_scope
 from common.errors import IngestError, NeuroNovaError, UpstreamError
@@ -24,19 +25,32 @@ from tasks.archive.quarantine import quarantine_bytes
 from tasks.archive.replace import replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.dicom.parse import parse_dicom, validate_identifiers
-from tasks.dicom.transcode import transcode_to_htj2k
+from tasks.dicom.transcode import TranscodeAction, transcode_to_htj2k
 
 log = logging.getLogger(__name__)
 
-OK, REPLACED, INDEXED, KEPT, INVALID, CONFLICT, FAILED = (
-    "ok",
-    "replaced",
-    "indexed",
-    "kept",
-    "invalid",
-    "conflict",
-    "failed",
-)
+
+class CheckStatus(StrEnum):
+    """What the check did to one instance; `neuronova check-htj2k --json` prints the value."""
+
+    OK = "ok"  # already verified HTJ2K lossless and indexed
+    REPLACED = "replaced"  # transcoded, verified and swapped in place
+    INDEXED = "indexed"  # HTJ2K lossless already, now in the index
+    KEPT = "kept"  # stored as it is (lossy, colour, unsupported): never relabelled lossless
+    INVALID = "invalid"  # could not be read or lacks an identifier: quarantined
+    CONFLICT = "conflict"  # the index holds other content under its SOPInstanceUID
+    FAILED = "failed"  # an error this run could not get past: re-run the check
+
+
+class CheckInstanceReport(TypedDict):
+    """One instance in `neuronova check-htj2k --json`."""
+
+    orthanc_id: str
+    status: CheckStatus
+    sop_instance_uid: str | None
+    transfer_syntax_before: str | None
+    transfer_syntax_after: str | None
+    reason: str | None
 
 
 @dataclass
@@ -44,14 +58,14 @@ class CheckOutcome:
     """What the check did to one instance."""
 
     orthanc_id: str
-    status: str
+    status: CheckStatus
     sop_instance_uid: str | None = None
     transfer_syntax_before: str | None = None
     transfer_syntax_after: str | None = None
     reason: str | None = None
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_dict(self) -> CheckInstanceReport:
+        return CheckInstanceReport(**asdict(self))  # type: ignore[typeddict-item]
 
 
 @dataclass
@@ -109,7 +123,7 @@ def _already_settled(known: Instance, orthanc_id: str, ts: str) -> bool:
     return (
         known.orthanc_id == orthanc_id
         and known.transfer_syntax == ts
-        and (ts in HTJ2K_LOSSLESS_SYNTAXES or known.action != "transcoded")
+        and (ts in HTJ2K_LOSSLESS_SYNTAXES or known.action != TranscodeAction.TRANSCODED)
     )
 
 
@@ -117,17 +131,17 @@ def _check_instance(
     settings: Settings, client: OrthancClient, located: StoredInstance, known: Instance | None
 ) -> _Work:
     orthanc_id = located.orthanc_id
-    outcome = CheckOutcome(orthanc_id=orthanc_id, status=FAILED)
+    outcome = CheckOutcome(orthanc_id=orthanc_id, status=CheckStatus.FAILED)
     work = _Work(outcome)
     try:
         ts = client.instance_transfer_syntax(orthanc_id)
         outcome.transfer_syntax_before = outcome.transfer_syntax_after = ts
         if known is not None and _already_settled(known, orthanc_id, ts):
-            outcome.status, outcome.sop_instance_uid = OK, known.sop_instance_uid
+            outcome.status, outcome.sop_instance_uid = CheckStatus.OK, known.sop_instance_uid
             return work
         if known is not None and known.orthanc_id != orthanc_id:
             # Same SOPInstanceUID under another patient/study/series: never index over it.
-            outcome.status, outcome.sop_instance_uid = CONFLICT, known.sop_instance_uid
+            outcome.status, outcome.sop_instance_uid = CheckStatus.CONFLICT, known.sop_instance_uid
             outcome.reason = "SOPInstanceUID already indexed for another instance; left as is"
             return work
         _bring_to_htj2k(settings, client, located, work)
@@ -149,11 +163,11 @@ def _bring_to_htj2k(
         ids = validate_identifiers(ds)
         result = transcode_to_htj2k(ds, bytes_in=len(original))
     except IngestError as err:
-        outcome.status, outcome.reason = INVALID, str(err)
+        outcome.status, outcome.reason = CheckStatus.INVALID, str(err)
         work.quarantine = original
         return
     outcome.sop_instance_uid = ids.sop_uid
-    if result.action == "transcoded":
+    if result.action == TranscodeAction.TRANSCODED:
         stored, stored_sha = replace_in_orthanc(
             client,
             orthanc_id,
@@ -161,9 +175,13 @@ def _bring_to_htj2k(
             replacement=result.data,
             backup_dir=settings.backup_dir,
         )
-        outcome.status, outcome.transfer_syntax_after = REPLACED, result.transfer_syntax
+        outcome.status, outcome.transfer_syntax_after = CheckStatus.REPLACED, result.transfer_syntax
     else:
         stored_sha = hashlib.sha256(original).hexdigest()
-        outcome.status = INDEXED if result.action == "already_htj2k" else KEPT
+        outcome.status = (
+            CheckStatus.INDEXED
+            if result.action == TranscodeAction.ALREADY_HTJ2K
+            else CheckStatus.KEPT
+        )
         outcome.reason = result.reason
     work.entry = entry_for(ids, result, stored, stored_sha256=stored_sha, source="orthanc")

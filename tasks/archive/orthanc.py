@@ -15,7 +15,7 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
@@ -33,7 +33,7 @@ class StoredInstance:
     """Orthanc's answer to an upload."""
 
     orthanc_id: str
-    status: str  # "Success" or "AlreadyStored"
+    status: Literal["Success", "AlreadyStored"]  # Orthanc's words
     series_id: str
     study_id: str
 

@@ -54,5 +54,5 @@ def publish_check_report(per_study: dict[str, list[CheckOutcome]], restored: int
 
 
 def _study_row(study_id: str, outcomes: list[CheckOutcome]) -> dict[str, Any]:
-    counts = Counter(o.status for o in outcomes)
+    counts = Counter(o.status.value for o in outcomes)
     return {"orthanc_study": study_id, "instances": len(outcomes), **dict(counts)}

@@ -27,6 +27,7 @@ import hashlib
 import io
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -65,15 +66,17 @@ from tasks.dicom.htj2k import (
 
 logger = logging.getLogger(__name__)
 
-# What `transcode_to_htj2k` did; every action but "transcoded" stores the input as it is.
-ACTIONS = (
-    "transcoded",
-    "already_htj2k",
-    "kept_lossy",
-    "kept_colour",
-    "kept_unsupported",
-    "no_pixels",
-)
+
+class TranscodeAction(StrEnum):
+    """What `transcode_to_htj2k` did; every action but TRANSCODED stores the input as it is."""
+
+    TRANSCODED = "transcoded"
+    ALREADY_HTJ2K = "already_htj2k"
+    KEPT_LOSSY = "kept_lossy"
+    KEPT_COLOUR = "kept_colour"
+    KEPT_UNSUPPORTED = "kept_unsupported"
+    NO_PIXELS = "no_pixels"
+
 
 # Transfer syntaxes whose pixels pydicom decodes exactly as they were before encoding.
 LOSSLESS_SOURCE_SYNTAXES = frozenset(
@@ -122,7 +125,7 @@ class TranscodeResult:
     data: bytes  # the complete DICOM Part 10 file to store (with a correct file meta)
     transfer_syntax: str  # UID of `data`
     source_transfer_syntax: str
-    action: str  # one of ACTIONS
+    action: TranscodeAction
     reason: str | None  # why it was kept as is (None when transcoded)
     lossless: bool  # pixels are exactly as acquired (or there are none); False once lossy
     pixel_sha256: str | None  # sha256 of the decoded pixels (see pixel_sha256); None if not decoded
@@ -176,10 +179,17 @@ def transcode_to_htj2k(
             raise UnreadablePixelData(
                 "the Image Pixel module is present but there is no Pixel Data"
             )
-        return _kept(view, source_ts, bytes_in, "no_pixels", "no pixel data", lossless=True)
+        return _kept(
+            view, source_ts, bytes_in, TranscodeAction.NO_PIXELS, "no pixel data", lossless=True
+        )
     if source_ts not in LOSSLESS_SOURCE_SYNTAXES | HTJ2K_LOSSLESS_SYNTAXES:
         return _kept(
-            view, source_ts, bytes_in, "kept_lossy", _lossy_reason(source_ts), lossless=False
+            view,
+            source_ts,
+            bytes_in,
+            TranscodeAction.KEPT_LOSSY,
+            _lossy_reason(source_ts),
+            lossless=False,
         )
 
     module = _pixel_module(ds)
@@ -190,7 +200,13 @@ def transcode_to_htj2k(
     if unsupported:
         digest = pixel_sha256(_decode_reference(view, source_ts)[0])
         return _kept(
-            view, source_ts, bytes_in, "kept_unsupported", unsupported, not previously_lossy, digest
+            view,
+            source_ts,
+            bytes_in,
+            TranscodeAction.KEPT_UNSUPPORTED,
+            unsupported,
+            not previously_lossy,
+            digest,
         )
 
     native = _native_pixels(ds, source_ts, module)
@@ -201,7 +217,15 @@ def transcode_to_htj2k(
     colour = _colour_reason(module, photometric)
     if colour:
         digest = pixel_sha256(pixels)
-        return _kept(view, source_ts, bytes_in, "kept_colour", colour, not previously_lossy, digest)
+        return _kept(
+            view,
+            source_ts,
+            bytes_in,
+            TranscodeAction.KEPT_COLOUR,
+            colour,
+            not previously_lossy,
+            digest,
+        )
 
     frames = _as_frames(pixels, module)
     codestreams = _encode_frames(frames, module)
@@ -216,7 +240,7 @@ def transcode_to_htj2k(
         data=data,
         transfer_syntax=HTJ2K_LOSSLESS,
         source_transfer_syntax=str(source_ts),
-        action="transcoded",
+        action=TranscodeAction.TRANSCODED,
         reason=None,
         lossless=not previously_lossy,
         pixel_sha256=pixel_sha256(frames),
@@ -605,7 +629,9 @@ def _already_htj2k(
     if irreversible:
         reason = "already HTJ2K, but a codestream uses the irreversible wavelet: not lossless"
     lossless = not previously_lossy and not irreversible
-    return _kept(view, ts, bytes_in, "already_htj2k", reason, lossless, pixel_sha256(pixels))
+    return _kept(
+        view, ts, bytes_in, TranscodeAction.ALREADY_HTJ2K, reason, lossless, pixel_sha256(pixels)
+    )
 
 
 def _frames_of(ds: Dataset, module: _PixelModule) -> list[bytes]:
@@ -660,7 +686,7 @@ def _kept(
     view: Dataset,
     ts: UID,
     bytes_in: int,
-    action: str,
+    action: TranscodeAction,
     reason: str,
     lossless: bool,
     digest: str | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from pydicom.uid import generate_uid
 from sqlmodel import select
@@ -19,7 +19,7 @@ from common.errors import NeuroNovaError
 from common.settings import Settings
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import InputRef
-from tasks.ingest.prepare import DUPLICATE, STORED
+from tasks.ingest.prepare import IngestStatus
 
 
 class SegNotStored(NeuroNovaError):
@@ -49,7 +49,7 @@ def store_seg(settings: Settings, data: bytes, study_uid: str, sop_uid: str) -> 
         partial.write_bytes(data)
         partial.replace(path)
     (outcome,) = ingest_batch(settings, [InputRef(str(path))])
-    if outcome.status not in (STORED, DUPLICATE):
+    if outcome.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
         raise SegNotStored(
             f"the SEG {path.name} was not stored: {outcome.status}, {outcome.reason}"
         )
@@ -92,26 +92,66 @@ def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:
         return row
 
 
-def result_summary(row: InferenceResult, *, reused: bool) -> dict[str, Any]:
-    """What the flow returns and `neuronova infer --json` prints."""
-    return {
-        "status": row.status,
-        "reused": reused,
-        "study_instance_uid": row.study_instance_uid,
-        "series_instance_uid": row.series_instance_uid,
-        "patient_id": row.patient_id,
-        "model": {"name": row.model_name, "version": row.model_version, "sha256": row.model_sha256},
-        "device": row.device,
-        "lesion_count": row.lesion_count,
-        "lesion_volume_ml": row.lesion_volume_ml,
-        "seg": {
-            "series_instance_uid": row.seg_series_uid,
-            "sop_instance_uid": row.seg_sop_instance_uid,
-        },
-        "fhir": {
-            "report": f"DiagnosticReport/{row.fhir_report_id}" if row.fhir_report_id else None,
-            "patient": f"Patient/{row.fhir_patient_id}" if row.fhir_patient_id else None,
-        },
-        "note": row.note,
-        "timings": json.loads(row.timings),
-    }
+class ModelReport(TypedDict):
+    name: str
+    version: str
+    sha256: str
+
+
+class SegReport(TypedDict):
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+
+
+class FhirReferences(TypedDict):
+    report: str | None  # DiagnosticReport/<id>, None while owed
+    patient: str | None  # Patient/<id>
+
+
+class InferenceReport(TypedDict):
+    """What `run_inference` returns and `neuronova infer --json` prints.
+
+    A study with nothing to read, or a hand-off that ingest could not complete, has only
+    `status`, `study_instance_uid` and `message` (and `failed` for the latter).
+    """
+
+    status: str  # segmented, completed, no-suitable-series; in ingest's report also failed, running
+    study_instance_uid: str
+    reused: NotRequired[bool]
+    series_instance_uid: NotRequired[str]
+    patient_id: NotRequired[str]
+    model: NotRequired[ModelReport]
+    device: NotRequired[str]
+    lesion_count: NotRequired[int]
+    lesion_volume_ml: NotRequired[float]
+    seg: NotRequired[SegReport]
+    fhir: NotRequired[FhirReferences]
+    note: NotRequired[str | None]
+    timings: NotRequired[dict[str, float]]
+    message: NotRequired[str]
+    failed: NotRequired[bool]
+
+
+def result_summary(row: InferenceResult, *, reused: bool) -> InferenceReport:
+    """The report of a recorded result."""
+    return InferenceReport(
+        status=row.status,
+        reused=reused,
+        study_instance_uid=row.study_instance_uid,
+        series_instance_uid=row.series_instance_uid,
+        patient_id=row.patient_id,
+        model=ModelReport(name=row.model_name, version=row.model_version, sha256=row.model_sha256),
+        device=row.device,
+        lesion_count=row.lesion_count,
+        lesion_volume_ml=row.lesion_volume_ml,
+        seg=SegReport(
+            series_instance_uid=row.seg_series_uid,
+            sop_instance_uid=row.seg_sop_instance_uid,
+        ),
+        fhir=FhirReferences(
+            report=f"DiagnosticReport/{row.fhir_report_id}" if row.fhir_report_id else None,
+            patient=f"Patient/{row.fhir_patient_id}" if row.fhir_patient_id else None,
+        ),
+        note=row.note,
+        timings=json.loads(row.timings),
+    )

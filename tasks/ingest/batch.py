@@ -35,14 +35,11 @@ from tasks.archive.quarantine import quarantine_bytes
 from tasks.archive.replace import replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.dicom.parse import content_sha256, parse_dicom
-from tasks.dicom.transcode import transcode_to_htj2k
+from tasks.dicom.transcode import TranscodeAction, transcode_to_htj2k
 from tasks.ingest.inputs import InputRef, read_input
 from tasks.ingest.prepare import (
-    CONFLICT,
-    DUPLICATE,
-    QUARANTINED,
-    STORED,
     FileOutcome,
+    IngestStatus,
     PreparedInput,
     outcome_for,
     prepare_input,
@@ -92,7 +89,9 @@ def _settle_repeats_within_batch(items: list[PreparedInput]) -> None:
             continue
         assert earlier.result is not None
         if earlier.result.data == item.result.data:
-            item.outcome = outcome_for(item, DUPLICATE, reason="repeated in this batch")
+            item.outcome = outcome_for(
+                item, IngestStatus.DUPLICATE, reason="repeated in this batch"
+            )
             item.outcome.verified = True
         else:
             item.outcome = _conflict(item)
@@ -129,11 +128,13 @@ def _store(
         item.upstream_error = err
     except (PermanentUpstreamError, VerificationError) as err:
         # Orthanc refused this instance, or its copy did not verify: keep it with the reason.
-        item.outcome = outcome_for(item, QUARANTINED, reason=str(err))
+        item.outcome = outcome_for(item, IngestStatus.QUARANTINED, reason=str(err))
     except Exception as err:  # a bug or a surprising answer: keep the input, say so, go on
         log.exception("unexpected error storing %s", item.ref.name)
         item.outcome = outcome_for(
-            item, QUARANTINED, reason=f"unexpected error while storing ({type(err).__name__})"
+            item,
+            IngestStatus.QUARANTINED,
+            reason=f"unexpected error while storing ({type(err).__name__})",
         )
 
 
@@ -147,7 +148,7 @@ def _decide_known(
     same_bytes = hashlib.sha256(item.result.data).hexdigest() == known.stored_sha256
     in_orthanc = client.instance_exists(known.orthanc_id)
     if same_bytes and in_orthanc:
-        item.outcome = outcome_for(item, DUPLICATE, ts=known.transfer_syntax)
+        item.outcome = outcome_for(item, IngestStatus.DUPLICATE, ts=known.transfer_syntax)
         item.outcome.verified = True
     elif same_bytes:
         log.warning("indexed instance missing from Orthanc, storing it again")
@@ -171,7 +172,7 @@ def _decide_already_in_orthanc(
     assert item.result is not None
     existing = client.get_instance_file(stored.orthanc_id)
     if existing == item.result.data:
-        item.outcome = outcome_for(item, DUPLICATE)
+        item.outcome = outcome_for(item, IngestStatus.DUPLICATE)
         item.outcome.verified = True
         item.entry = _index_entry(item, stored, hashlib.sha256(existing).hexdigest())
         return
@@ -180,9 +181,9 @@ def _decide_already_in_orthanc(
     if existing_content != content_sha256(ours, item.result.pixel_sha256):
         item.outcome = _conflict(item)
         return
-    if existing_ts in HTJ2K_LOSSLESS_SYNTAXES or item.result.action != "transcoded":
+    if existing_ts in HTJ2K_LOSSLESS_SYNTAXES or item.result.action != TranscodeAction.TRANSCODED:
         # Equivalent content that needs no upgrade: keep Orthanc's copy, index what it holds.
-        item.outcome = outcome_for(item, DUPLICATE, ts=existing_ts)
+        item.outcome = outcome_for(item, IngestStatus.DUPLICATE, ts=existing_ts)
         item.outcome.verified = True
         return
     stored, back_sha = replace_in_orthanc(
@@ -193,7 +194,9 @@ def _decide_already_in_orthanc(
         backup_dir=backup_dir,
     )
     item.outcome = outcome_for(
-        item, DUPLICATE, reason=f"already in Orthanc as {existing_ts}; replaced by verified HTJ2K"
+        item,
+        IngestStatus.DUPLICATE,
+        reason=f"already in Orthanc as {existing_ts}; replaced by verified HTJ2K",
     )
     item.outcome.verified = True
     item.entry = _index_entry(item, stored, back_sha)
@@ -224,7 +227,7 @@ def _verify_read_back(item: PreparedInput, client: OrthancClient, stored: Stored
         raise VerificationError(
             f"read-back from Orthanc differs from what was sent (instance {stored.orthanc_id})"
         )
-    item.outcome = outcome_for(item, STORED)
+    item.outcome = outcome_for(item, IngestStatus.STORED)
     item.outcome.verified = True
     item.entry = _index_entry(item, stored, back_sha)
 
@@ -234,7 +237,11 @@ def _record(settings: Settings, session: Session, items: list[PreparedInput]) ->
     index_instances(session, (i.entry for i in items if i.entry is not None))
     for item in items:
         outcome = item.outcome
-        if outcome is None or outcome.status not in (QUARANTINED, CONFLICT) or not item.readable:
+        if (
+            outcome is None
+            or outcome.status not in (IngestStatus.QUARANTINED, IngestStatus.CONFLICT)
+            or not item.readable
+        ):
             continue  # an unreadable input stays where it is; its outcome says why
         quarantine_bytes(
             session,
@@ -262,7 +269,7 @@ def _remove_originals(items: list[PreparedInput]) -> None:
 def _conflict(item: PreparedInput) -> FileOutcome:
     return outcome_for(
         item,
-        CONFLICT,
+        IngestStatus.CONFLICT,
         reason="SOPInstanceUID already stored with different content; nothing overwritten",
     )
 

@@ -8,8 +8,9 @@ that needs them again reads them again, so a batch holds HTJ2K files, not origin
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, TypedDict
 
 from common.errors import IngestError, UpstreamError, VerificationError
 from tasks.dicom.parse import InstanceIds, parse_dicom, validate_identifiers
@@ -21,8 +22,24 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STORED, DUPLICATE, QUARANTINED, CONFLICT = "stored", "duplicate", "quarantined", "conflict"
-_PUBLIC_FIELDS = ("path", "status", "sop_instance_uid", "transfer_syntax", "reason")
+
+class IngestStatus(StrEnum):
+    """What became of one input; `neuronova ingest --json` prints the value."""
+
+    STORED = "stored"  # verified and stored in Orthanc, indexed
+    DUPLICATE = "duplicate"  # the same instance was already stored: nothing to do
+    QUARANTINED = "quarantined"  # kept under quarantine/ with the reason
+    CONFLICT = "conflict"  # the same SOPInstanceUID with other content: nothing overwritten
+
+
+class FileReport(TypedDict):
+    """One input in `neuronova ingest --json`."""
+
+    path: str
+    status: IngestStatus
+    sop_instance_uid: str | None
+    transfer_syntax: str | None
+    reason: str | None
 
 
 @dataclass
@@ -30,7 +47,7 @@ class FileOutcome:
     """What happened to one input; the first five fields are the public report."""
 
     path: str
-    status: str
+    status: IngestStatus
     sop_instance_uid: str | None = None
     transfer_syntax: str | None = None
     reason: str | None = None
@@ -41,9 +58,15 @@ class FileOutcome:
     bytes_stored: int = 0
     verified: bool = False
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> FileReport:
         """The `neuronova ingest --json` shape of this outcome."""
-        return {k: v for k, v in asdict(self).items() if k in _PUBLIC_FIELDS}
+        return FileReport(
+            path=self.path,
+            status=self.status,
+            sop_instance_uid=self.sop_instance_uid,
+            transfer_syntax=self.transfer_syntax,
+            reason=self.reason,
+        )
 
 
 @dataclass
@@ -72,7 +95,9 @@ def prepare_input(ref: InputRef) -> PreparedInput:
         data = read_input(ref)
     except (OSError, IngestError) as err:
         item.readable = False
-        item.outcome = outcome_for(item, QUARANTINED, reason=f"cannot read input: {err}")
+        item.outcome = outcome_for(
+            item, IngestStatus.QUARANTINED, reason=f"cannot read input: {err}"
+        )
         return item
     item.bytes_in = len(data)
     try:
@@ -81,18 +106,20 @@ def prepare_input(ref: InputRef) -> PreparedInput:
         item.result = transcode_to_htj2k(ds, bytes_in=len(data), source=data)
     except (IngestError, VerificationError) as err:
         item.data = data
-        item.outcome = outcome_for(item, QUARANTINED, reason=str(err))
+        item.outcome = outcome_for(item, IngestStatus.QUARANTINED, reason=str(err))
     except Exception as err:  # a bug or a pydicom surprise: keep the file, say so, go on
         log.exception("unexpected error preparing %s", ref.name)
         item.data = data
         item.outcome = outcome_for(
-            item, QUARANTINED, reason=f"unexpected error while reading ({type(err).__name__})"
+            item,
+            IngestStatus.QUARANTINED,
+            reason=f"unexpected error while reading ({type(err).__name__})",
         )
     return item
 
 
 def outcome_for(
-    item: PreparedInput, status: str, *, reason: str | None = None, ts: str | None = None
+    item: PreparedInput, status: IngestStatus, *, reason: str | None = None, ts: str | None = None
 ) -> FileOutcome:
     ids, result = item.ids, item.result
     return FileOutcome(
@@ -105,5 +132,7 @@ def outcome_for(
         series_uid=ids.series_uid if ids else None,
         modality=ids.modality if ids else None,
         bytes_in=item.bytes_in,
-        bytes_stored=result.bytes_out if result and status in (STORED, DUPLICATE) else 0,
+        bytes_stored=result.bytes_out
+        if result and status in (IngestStatus.STORED, IngestStatus.DUPLICATE)
+        else 0,
     )

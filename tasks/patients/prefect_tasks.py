@@ -17,7 +17,12 @@ from common.settings import Settings
 from tasks.patients import cache as patient_cache
 from tasks.patients.emr import OpenEmrClient
 from tasks.patients.fhir import FhirClient
-from tasks.patients.sync import look_up_patient, resolve_patient, sync_emr_record
+from tasks.patients.sync import (
+    PatientSyncReport,
+    look_up_patient,
+    resolve_patient,
+    sync_emr_record,
+)
 from tasks.retry import QUICK_DELAYS_S, network_retries
 
 # Patients of one page synced at once: each waits on FHIR and the database, not on the CPU.
@@ -25,16 +30,9 @@ PAGE_THREADS = 4
 
 
 @task(name="resolve_patient", **network_retries(QUICK_DELAYS_S))
-def resolve_patient_task(settings: Settings, mrn: str) -> dict[str, Any]:
+def resolve_patient_task(settings: Settings, mrn: str) -> PatientSyncReport:
     """Resolve one MRN (cache → FHIR → OpenEMR, with write-backs); where it was found."""
-    lookup = look_up_patient(settings, mrn)
-    return {
-        "mrn": lookup.mrn,
-        "source": lookup.source,
-        "fhir_pending": lookup.fhir_pending,
-        "fhir_id": (lookup.resource or {}).get("id"),
-        "found": lookup.resource is not None,
-    }
+    return look_up_patient(settings, mrn).report()
 
 
 @task(name="fetch_emr_page", **network_retries())

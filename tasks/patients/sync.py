@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, NotRequired, TypedDict
 
 from common.errors import TransientUpstreamError
 from common.settings import Settings
@@ -30,12 +31,45 @@ from tasks.patients.fhir import FhirClient, MultiplePatientsForMrn
 log = logging.getLogger(__name__)
 
 
+class LookupSource(StrEnum):
+    """Where a patient was found."""
+
+    CACHE = "cache"
+    FHIR = "fhir"
+    EMR = "emr"
+    NONE = "none"  # nowhere: the MRN is unknown
+
+
 @dataclass(frozen=True)
 class PatientLookup:
     mrn: str
     resource: dict[str, Any] | None  # the FHIR Patient, or None when the MRN is nowhere
-    source: str  # cache, fhir, emr, none
+    source: LookupSource
     fhir_pending: bool = False
+
+    def report(self) -> PatientSyncReport:
+        """What `sync_patient` returns (and ingest reports per patient)."""
+        return PatientSyncReport(
+            mrn=self.mrn,
+            source=self.source,
+            fhir_pending=self.fhir_pending,
+            fhir_id=(self.resource or {}).get("id"),
+            found=self.resource is not None,
+        )
+
+
+class PatientSyncReport(TypedDict):
+    """A patient's sync: where it was found, and whether FHIR is still owed its write."""
+
+    mrn: str
+    found: bool
+    source: NotRequired[LookupSource]
+    fhir_pending: NotRequired[bool]
+    fhir_id: NotRequired[str | None]
+    # Set when ingest could not get the sync done (its hand-off failed or is still running).
+    failed: NotRequired[bool]
+    status: NotRequired[str]
+    message: NotRequired[str]
 
 
 def cached_lookup(settings: Settings, mrn: str) -> PatientLookup | None:
@@ -43,7 +77,7 @@ def cached_lookup(settings: Settings, mrn: str) -> PatientLookup | None:
     cached = patient_cache.cached_resource(settings.resolved_database_url, mrn)
     if cached is None:
         return None
-    return PatientLookup(mrn, json.loads(cached), "cache")
+    return PatientLookup(mrn, json.loads(cached), LookupSource.CACHE)
 
 
 def look_up_patient(settings: Settings, mrn: str) -> PatientLookup:
@@ -60,9 +94,11 @@ def resolve_patient(
     with patient_cache.mrn_lock(url, mrn, settings.data_dir / "locks"):
         row = patient_cache.cached_patient(url, mrn)
         if row is not None and not row.fhir_pending:
-            return PatientLookup(mrn, json.loads(row.resource), "cache")
+            return PatientLookup(mrn, json.loads(row.resource), LookupSource.CACHE)
         if row is not None:  # found in the EMR earlier while FHIR was down: pay the write-back
-            return _write_back(settings, fhir, mrn, json.loads(row.resource), row.emr_uuid, "emr")
+            return _write_back(
+                settings, fhir, mrn, json.loads(row.resource), row.emr_uuid, LookupSource.EMR
+            )
 
         try:
             matches = fhir.search_by_identifier("Patient", settings.mrn_system, mrn)
@@ -76,11 +112,11 @@ def resolve_patient(
             saved = patient_cache.save_patient(
                 url, mrn=mrn, resource=matches[0], source="fhir", fhir_pending=False
             )
-            return PatientLookup(mrn, json.loads(saved.resource), "fhir")
+            return PatientLookup(mrn, json.loads(saved.resource), LookupSource.FHIR)
 
         record = emr.find_by_mrn(mrn)
         if record is None:
-            return PatientLookup(mrn, None, "none")
+            return PatientLookup(mrn, None, LookupSource.NONE)
         resource = emr_to_fhir_patient(record, mrn_system=settings.mrn_system, source=emr.base_url)
         if matches is None:  # FHIR was down: keep the answer, owe the write-back
             patient_cache.save_patient(
@@ -92,9 +128,9 @@ def resolve_patient(
                 emr_uuid=record.get("uuid"),
                 emr_updated=record.get("date"),
             )
-            return PatientLookup(mrn, resource, "emr", fhir_pending=True)
+            return PatientLookup(mrn, resource, LookupSource.EMR, fhir_pending=True)
         return _write_back(
-            settings, fhir, mrn, resource, record.get("uuid"), "emr", record.get("date")
+            settings, fhir, mrn, resource, record.get("uuid"), LookupSource.EMR, record.get("date")
         )
 
 
@@ -104,7 +140,7 @@ def _write_back(
     mrn: str,
     resource: dict[str, Any],
     emr_uuid: str | None,
-    source: str,
+    source: LookupSource,
     emr_updated: str | None = None,
 ) -> PatientLookup:
     """Create in FHIR unless there (conditional on the MRN), then cache the server's version."""
