@@ -9,17 +9,37 @@ from __future__ import annotations
 import re
 import secrets
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from sqlalchemy import Connection, delete, func, text
 from sqlmodel import Session, select
 
-from common.db import ROLES, AuthSession, CareGrant, LoginFailure, RevokedToken, Study, User
+from common.db import AuthSession, CareGrant, LoginFailure, RevokedToken, Study, User
 from webapp.tokens import hash_password, verify_password
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 12
+
+
+class Role(StrEnum):
+    """A user's role, as stored in `users.role` (the same values as `common.db.ROLES`)."""
+
+    CLINICIAN = "clinician"
+    RADIOLOGIST = "radiologist"
+    ADMIN = "admin"
+
+
+class TokenType(StrEnum):
+    """What a blocklisted jti was (`revoked_tokens.token_type`)."""
+
+    ACCESS = "access"
+    REFRESH = "refresh"
+    VIEWER = "viewer"
+    ADMIN_LINK = "admin-link"
+
+
 # Roles that may open every study; a clinician only the studies of patients on their care list.
-ALL_STUDIES_ROLES = frozenset({"radiologist", "admin"})
+ALL_STUDIES_ROLES = frozenset({Role.RADIOLOGIST, Role.ADMIN})
 
 
 class AccountError(ValueError):
@@ -35,8 +55,8 @@ def add_user(session: Session, username: str, role: str, password: str) -> User:
     """Create a user; the name must be new, the role known, the password long enough."""
     if not USERNAME_RE.fullmatch(username):
         raise AccountError("a user name is 1-64 letters, digits or . _ @ - (starting alphanumeric)")
-    if role not in ROLES:
-        raise AccountError(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    if role not in Role:
+        raise AccountError(f"unknown role {role!r}; choose one of {', '.join(Role)}")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
     if find_user(session, username) is not None:
@@ -148,12 +168,14 @@ def open_session(session: Session, user: User, ttl_s: int) -> AuthSession:
 
 
 def revoke_token(
-    session: Session, jti: str, token_type: str, user_id: int | None, expires_at: datetime
+    session: Session, jti: str, token_type: TokenType, user_id: int | None, expires_at: datetime
 ) -> None:
     """Put a jti on the blocklist (idempotent)."""
     if session.get(RevokedToken, jti) is None:
         session.add(
-            RevokedToken(jti=jti, token_type=token_type, user_id=user_id, expires_at=expires_at)
+            RevokedToken(
+                jti=jti, token_type=str(token_type), user_id=user_id, expires_at=expires_at
+            )
         )
 
 
@@ -175,7 +197,7 @@ def may_open_study(session: Session, user: User, study_instance_uid: str) -> boo
         return False
     if user.role in ALL_STUDIES_ROLES:
         return True
-    if user.role != "clinician":
+    if user.role != Role.CLINICIAN:
         return False  # an unknown role opens nothing
     return session.get(CareGrant, (user.id, study.patient_id)) is not None
 
@@ -185,7 +207,7 @@ def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
     query = select(Study).order_by(Study.study_date.desc(), Study.created_at.desc())  # type: ignore[union-attr,attr-defined]
     if user.role in ALL_STUDIES_ROLES:
         return list(session.exec(query.limit(limit)))
-    if user.role != "clinician":
+    if user.role != Role.CLINICIAN:
         return []
     patients = select(CareGrant.patient_id).where(CareGrant.user_id == user.id)
     return list(session.exec(query.where(Study.patient_id.in_(patients)).limit(limit)))  # type: ignore[attr-defined]
@@ -232,7 +254,7 @@ def viewer_token_allowed(
         return False
     revoked_at, expires_at, active, role, blocked, granted = row
     live = _token_live(revoked_at, expires_at, active, blocked)
-    return live and (role in ALL_STUDIES_ROLES or (role == "clinician" and granted is not None))
+    return live and (role in ALL_STUDIES_ROLES or (role == Role.CLINICIAN and granted is not None))
 
 
 _API_TOKEN_USER = text(
@@ -253,8 +275,14 @@ def api_token_user(connection: Connection, *, sid: str, jti: str, username: str)
     user_id, name, password_hash, role, active, created_at, revoked_at, expires_at, blocked = row
     if not _token_live(revoked_at, expires_at, active, blocked):
         return None
-    return User(id=user_id, username=name, password_hash=password_hash, role=role,
-                active=bool(active), created_at=created_at)  # fmt: skip
+    return User(
+        id=user_id,
+        username=name,
+        password_hash=password_hash,
+        role=role,
+        active=bool(active),
+        created_at=created_at,
+    )
 
 
 def set_password(session: Session, username: str, password: str) -> None:

@@ -27,6 +27,8 @@ from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from common.db import User, get_engine
 from webapp import accounts
+from webapp.accounts import Role, TokenType
+from webapp.audit import Action
 from webapp.context import audit, db_session, deny_response, web_context
 from webapp.tokens import (
     ADMIN_LINK_AUDIENCE,
@@ -49,17 +51,25 @@ LINK_TTL_S = 300  # one use; long enough to copy it from a terminal
 def prefect_link() -> Response | tuple[Response, int]:
     """A one-use link into the Prefect UI, for admins only."""
     user: User = current_user
-    if user.role != "admin":
-        audit("admin-ui-link", 403, username=user.username, reason="not an admin")
+    if user.role != Role.ADMIN:
+        audit(Action.ADMIN_UI_LINK, 403, username=user.username, reason="not an admin")
         return deny_response(403, "not allowed"), 403
     ctx = web_context()
-    token, claims = issue_admin_token(ctx.admin_key, audience=ADMIN_LINK_AUDIENCE,
-                                      username=user.username, sid=get_jwt()["sid"],
-                                      ttl_s=LINK_TTL_S)  # fmt: skip
-    audit("admin-ui-link", 200, username=user.username)
+    token, claims = issue_admin_token(
+        ctx.admin_key,
+        audience=ADMIN_LINK_AUDIENCE,
+        username=user.username,
+        sid=get_jwt()["sid"],
+        ttl_s=LINK_TTL_S,
+    )
+    audit(Action.ADMIN_UI_LINK, 200, username=user.username)
     base = ctx.settings.gateway_url.rstrip("/")
-    return jsonify({"url": f"{base}/prefect-login#{urlencode({'token': token})}",
-                    "expires_at": claims.expires_at.isoformat()})  # fmt: skip
+    return jsonify(
+        {
+            "url": f"{base}/prefect-login#{urlencode({'token': token})}",
+            "expires_at": claims.expires_at.isoformat(),
+        }
+    )
 
 
 _LOGIN_PAGE = """<!doctype html>
@@ -103,27 +113,38 @@ def prefect_login() -> Response | tuple[Response, int]:
     body = request.get_json(silent=True)
     sent = body.get("token") if isinstance(body, dict) else None
     try:
-        link = verify_admin_token(ctx.admin_key, sent if isinstance(sent, str) else "",
-                                  audience=ADMIN_LINK_AUDIENCE)  # fmt: skip
+        link = verify_admin_token(
+            ctx.admin_key, sent if isinstance(sent, str) else "", audience=ADMIN_LINK_AUDIENCE
+        )
         _check_admin(link)
         with db_session() as session:  # one use: the link's jti joins the blocklist
             user = accounts.find_user(session, link.username)
-            accounts.revoke_token(session, link.jti, "admin-link", user.id if user else None,
-                                  link.expires_at)  # fmt: skip
+            accounts.revoke_token(
+                session, link.jti, TokenType.ADMIN_LINK, user.id if user else None, link.expires_at
+            )
     except TokenRejected as err:
-        audit("admin-ui-login", 401, reason=err.reason)
+        audit(Action.ADMIN_UI_LOGIN, 401, reason=err.reason)
         return deny_response(401, "link invalid, used or expired: ask for a new one"), 401
     session_ttl = ctx.settings.access_token_ttl_s
-    cookie, _ = issue_admin_token(ctx.admin_key, audience=ADMIN_UI_AUDIENCE,
-                                       username=link.username, sid=link.sid,
-                                       ttl_s=session_ttl)  # fmt: skip
-    audit("admin-ui-login", 200, username=link.username)
+    cookie, _ = issue_admin_token(
+        ctx.admin_key,
+        audience=ADMIN_UI_AUDIENCE,
+        username=link.username,
+        sid=link.sid,
+        ttl_s=session_ttl,
+    )
+    audit(Action.ADMIN_UI_LOGIN, 200, username=link.username)
     response = Response(status=204, headers={"Cache-Control": "no-store"})
     response.set_cookie(
-        COOKIE, cookie, max_age=session_ttl, path=COOKIE_PATH, httponly=True, samesite="Strict",
+        COOKIE,
+        cookie,
+        max_age=session_ttl,
+        path=COOKIE_PATH,
+        httponly=True,
+        samesite="Strict",
         # From the configured address, not a header: behind TLS the cookie is always Secure.
         secure=urlsplit(ctx.settings.gateway_url).scheme == "https",
-    )  # fmt: skip
+    )
     return response
 
 
@@ -132,11 +153,12 @@ def ui_auth() -> Response | tuple[Response, int]:
     """nginx's question before each `/prefect/` request: 204 yes, 401/403 no."""
     ctx = web_context()
     try:
-        claims = verify_admin_token(ctx.admin_key, request.cookies.get(COOKIE, ""),
-                                    audience=ADMIN_UI_AUDIENCE)  # fmt: skip
+        claims = verify_admin_token(
+            ctx.admin_key, request.cookies.get(COOKIE, ""), audience=ADMIN_UI_AUDIENCE
+        )
         _check_admin(claims)
     except TokenRejected as err:
-        audit("admin-ui", 401, reason=err.reason)
+        audit(Action.ADMIN_UI, 401, reason=err.reason)
         return deny_response(401, "log in as an admin and open a new Prefect UI link"), 401
     return Response(status=204)
 
@@ -144,11 +166,12 @@ def ui_auth() -> Response | tuple[Response, int]:
 def _check_admin(claims: AdminClaims) -> None:
     """The token's session is open, its user active, an admin, and the jti not spent."""
     with get_engine(web_context().database_url).connect() as connection:
-        user = accounts.api_token_user(connection, sid=claims.sid, jti=claims.jti,
-                                       username=claims.username)  # fmt: skip
+        user = accounts.api_token_user(
+            connection, sid=claims.sid, jti=claims.jti, username=claims.username
+        )
     if user is None:
         raise TokenRejected("session closed, user inactive or token spent")
-    if user.role != "admin":
+    if user.role != Role.ADMIN:
         raise TokenRejected("not an admin")
     if claims.expires_at <= datetime.now(UTC):
         raise TokenRejected("token expired")

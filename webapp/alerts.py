@@ -24,6 +24,7 @@ from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from common.db import User, get_engine
 from webapp import accounts
+from webapp.audit import Action
 from webapp.context import WebContext, audit, db_session, deny_response, web_context
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def stream_alerts() -> Response:
     user: User = current_user
     claims = get_jwt()
     if not ctx.settings.redis_url:
-        audit("alerts", 503, username=user.username, reason="alerts not configured")
+        audit(Action.ALERTS, 503, username=user.username, reason="alerts not configured")
         return deny_response(503, "alerts are not configured")
     try:
         client = redis.Redis.from_url(ctx.settings.redis_url, socket_connect_timeout=5)
@@ -49,9 +50,9 @@ def stream_alerts() -> Response:
         pubsub.subscribe(ctx.settings.alerts_channel)
     except redis.RedisError:
         log.warning("alerts: Redis unreachable")
-        audit("alerts", 503, username=user.username, reason="redis unreachable")
+        audit(Action.ALERTS, 503, username=user.username, reason="redis unreachable")
         return deny_response(503, "alerts are unavailable; try again shortly")
-    audit("alerts", 200, username=user.username)
+    audit(Action.ALERTS, 200, username=user.username)
     events = _events(ctx, user, claims, pubsub)
     response = Response(stream_with_context(events), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"

@@ -16,11 +16,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import insert
 
 from common.db import AuditEvent, get_engine
+from webapp.gate_paths import GateKind
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,29 @@ _FLUSH_INTERVAL_S = 0.2
 _MAX_BATCH = 500
 
 
+class Action(StrEnum):
+    """What an audit row records, besides the gate's reads (those are a `GateKind`)."""
+
+    LOGIN = "login"
+    REFRESH = "refresh"
+    LOGOUT = "logout"
+    STUDY_LIST = "study-list"
+    VIEWER_LINK = "viewer-link"
+    PATIENT_LOOKUP = "patient-lookup"
+    ALERTS = "alerts"
+    ADMIN_UI_LINK = "admin-ui-link"
+    ADMIN_UI_LOGIN = "admin-ui-login"
+    ADMIN_UI = "admin-ui"
+
+
+class Outcome(StrEnum):
+    ALLOWED = "allowed"
+    DENIED = "denied"
+
+
 @dataclass
 class AuditRecord:
-    action: str
-    outcome: str  # "allowed" or "denied"
+    action: Action | GateKind
     status: int
     request_id: str
     username: str | None = None
@@ -41,15 +62,20 @@ class AuditRecord:
     reason: str | None = None
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
+    @property
+    def outcome(self) -> Outcome:
+        """Allowed for a 2xx or 3xx answer, denied for anything else."""
+        return Outcome.ALLOWED if self.status < 400 else Outcome.DENIED
+
     def row(self) -> dict[str, Any]:
         return {
             "at": self.at,
             "username": (self.username or None) and self.username[:64],
             "client_addr": (self.client_addr or None) and self.client_addr[:45],
-            "action": self.action[:32],
+            "action": str(self.action)[:32],
             "study_instance_uid": self.study_instance_uid,
             "patient_id": (self.patient_id or None) and self.patient_id[:64],
-            "outcome": self.outcome,
+            "outcome": str(self.outcome),
             "status": self.status,
             "reason": (self.reason or None) and self.reason[:255],
             "request_id": self.request_id[:64],

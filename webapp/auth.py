@@ -23,6 +23,8 @@ from flask_jwt_extended import (
 
 from common.db import User, get_engine
 from webapp import accounts
+from webapp.accounts import TokenType
+from webapp.audit import Action
 from webapp.context import audit, client_addr, db_session, deny_response, web_context
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -75,15 +77,15 @@ def login() -> Response | tuple[Response, int]:
             access = create_access_token(identity=user.username, additional_claims=claims)
             refresh = create_refresh_token(identity=user.username, additional_claims=claims)
     if blocked:
-        audit("login", 429, reason="too many failed logins")
+        audit(Action.LOGIN, 429, reason="too many failed logins")
         response = deny_response(429, "too many failed logins; try again later")
         response.headers["Retry-After"] = str(settings.login_failure_window_s)
         return response, 429
     if user is None:
         # The typed name is kept only when it is a real account (never a mistyped password).
-        audit("login", 401, username=known_name, reason="bad credentials")
+        audit(Action.LOGIN, 401, username=known_name, reason="bad credentials")
         return deny_response(401, BAD_CREDENTIALS), 401
-    audit("login", 200, username=user.username)
+    audit(Action.LOGIN, 200, username=user.username)
     return jsonify(
         {
             "access_token": access,
@@ -103,7 +105,7 @@ def refresh() -> Response:
     access = create_access_token(
         identity=user.username, additional_claims={"sid": claims["sid"], "role": user.role}
     )
-    audit("refresh", 200, username=user.username)
+    audit(Action.REFRESH, 200, username=user.username)
     return jsonify(
         {
             "access_token": access,
@@ -119,14 +121,14 @@ def logout() -> Response:
     claims = get_jwt()
     user: User = current_user
     with db_session() as session:
-        accounts.revoke_token(session, claims["jti"], "access", user.id, _expiry(claims))
+        accounts.revoke_token(session, claims["jti"], TokenType.ACCESS, user.id, _expiry(claims))
         refresh_claims = _refresh_claims_from_body()
         if refresh_claims is not None and refresh_claims.get("sub") == user.username:
             accounts.revoke_token(
-                session, refresh_claims["jti"], "refresh", user.id, _expiry(refresh_claims)
+                session, refresh_claims["jti"], TokenType.REFRESH, user.id, _expiry(refresh_claims)
             )
         accounts.close_session(session, claims["sid"])
-    audit("logout", 200, username=user.username)
+    audit(Action.LOGOUT, 200, username=user.username)
     return jsonify({"status": "logged out"})
 
 

@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from common.db import session_scope
 from common.settings import Settings
-from webapp.audit import AuditLog, AuditRecord
+from webapp.audit import Action, AuditLog, AuditRecord
 
 _REQUEST_ID = re.compile(r"^[0-9A-Za-z-]{8,64}$")
 _CLIENT_ADDR = re.compile(r"^[0-9A-Fa-f:.]{2,45}$")
@@ -85,7 +85,7 @@ def deny_response(status: int, message: str) -> Response:
 
 
 def audit(
-    action: str,
+    action: Action,
     status: int,
     *,
     username: str | None = None,
@@ -99,7 +99,6 @@ def audit(
         request.environ[STUDY_KEY] = study  # for the request's log line (webapp.request_log)
     record = AuditRecord(
         action=action,
-        outcome="allowed" if status < 400 else "denied",
         status=status,
         request_id=request_id(),
         username=username,

@@ -30,9 +30,9 @@ from webapp.gate_paths import (
     INTERNAL_PREFIX,
     WADO_URI_ROOT,
     GateDenied,
+    GateKind,
     GateRequest,
-    parse_dicomweb,
-    parse_wado_uri,
+    parse_request,
     split_raw_uri,
 )
 from webapp.tokens import MAX_TOKEN_LENGTH, TokenRejected, verify_viewer_token
@@ -102,7 +102,7 @@ class Gate:
     def answer(self, environ: Environ) -> tuple[int, list[tuple[str, str]], bytes]:
         """The status, headers and body for one request, with its audit row recorded."""
         path_info = environ.get("PATH_INFO", "")
-        kind = "wado-uri" if path_info == WADO_URI_ROOT else "dicomweb"
+        kind = GateKind.WADO_URI if path_info == WADO_URI_ROOT else GateKind.DICOMWEB
         username: str | None = None
         study: str | None = None
         try:
@@ -111,8 +111,7 @@ class Gate:
             claims = verify_viewer_token(self.context.viewer_key, _bearer_token(environ))
             username, study = claims.username, claims.study_instance_uid
             path, query = split_raw_uri(_raw_uri(environ))
-            parse = parse_wado_uri if kind == "wado-uri" else parse_dicomweb
-            target = parse(path, query, claims.study_instance_uid)
+            target = parse_request(path, query, claims.study_instance_uid)
             kind = target.kind
             with get_engine(self.context.database_url).connect() as connection:
                 allowed = accounts.viewer_token_allowed(
@@ -152,7 +151,7 @@ class Gate:
             series, study, orthanc_id = self._instance_location(target.instance)
             if study != target.study or (target.series is not None and series != target.series):
                 raise GateDenied(403, "instance not in the token's study")
-            if target.kind == "wado-uri":
+            if target.kind is GateKind.WADO_URI:
                 if not orthanc_id or not set(orthanc_id) <= _ORTHANC_ID_CHARS:
                     raise GateDenied(403, "instance has no archive ID")
                 return f"{INTERNAL_PREFIX}/instances/{orthanc_id}/file"
@@ -192,7 +191,7 @@ class Gate:
     def _audit(
         self,
         environ: Environ,
-        kind: str,
+        kind: GateKind,
         status: int,
         username: str | None,
         study: str | None,
@@ -203,7 +202,6 @@ class Gate:
             environ[STUDY_KEY] = study  # for the request's log line
         record = AuditRecord(
             action=kind,
-            outcome="allowed" if status < 400 else "denied",
             status=status,
             request_id=request_id_from(environ),
             username=username,
@@ -218,8 +216,12 @@ class Gate:
             self.context.audit.record_now(record)
         except Exception:
             # The denial stands; the log keeps what the audit table could not.
-            log.exception("gate: audit write failed for a %d (%s, request %s)",
-                          status, kind, record.request_id)  # fmt: skip
+            log.exception(
+                "gate: audit write failed for a %d (%s, request %s)",
+                status,
+                kind,
+                record.request_id,
+            )
 
 
 def _deny(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:

@@ -1,17 +1,9 @@
 """Parse DICOMweb and WADO-URI requests into allow-listed identifiers, or refuse them.
 
-The gate never forwards what the browser sent: it reads the raw request line, accepts only
-the shapes below with identifiers that are DICOM UIDs, and builds the internal URI from those
+The gate never forwards what the browser sent: it reads the raw request line, accepts only the
+shapes in `ROUTES` with identifiers that are DICOM UIDs, and builds the internal URI from those
 parsed values. Anything else (percent-encoding in the path, `..`, unknown parameters, a
 parameter given twice, another study) is refused here, before any lookup.
-
-    /dicom-web/studies?StudyInstanceUID=A[&…]                QIDO studies (only A)
-    /dicom-web/studies/A/series | /instances                  QIDO within A
-    /dicom-web/studies/A/series/S/instances                   QIDO within S of A
-    /dicom-web/studies/A[/series/S[/instances/I]]/metadata    metadata
-    /dicom-web/studies/A/series/S/instances/I                 one instance
-    /dicom-web/studies/A/series/S/instances/I/frames/1[,2…]   frames
-    /wado?requestType=WADO&studyUID=A&objectUID=I[&…]         WADO-URI (whole file)
 """
 
 from __future__ import annotations
@@ -19,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
 from urllib.parse import parse_qsl, urlencode
 
 from tasks.dicom.uid import is_uid
@@ -29,6 +23,7 @@ WADO_URI_ROOT = "/wado"
 MAX_URI_LENGTH = 2048
 # Study or series retrieval in bulk, bulkdata, rendered and thumbnails: not needed by the viewer.
 UNSUPPORTED = "DICOMweb request not offered through the viewer gate"
+MALFORMED_UID = "malformed UID in path"
 
 _PATH_CHARS = re.compile(r"^[A-Za-z0-9./_,-]+$")
 _FRAMES = re.compile(r"^[1-9][0-9]{0,5}(?:,[1-9][0-9]{0,5}){0,63}$")
@@ -39,6 +34,19 @@ _BOOLEAN = re.compile(r"^(?:true|false)$")
 
 
 Check = Callable[[str], object]
+
+
+class GateKind(StrEnum):
+    """What a request through the gate reads; its audit rows carry this as their action."""
+
+    DICOMWEB = "dicomweb"  # a DICOMweb request refused before its path was parsed
+    QIDO_STUDIES = "qido-studies"
+    QIDO_SERIES = "qido-series"
+    QIDO_INSTANCES = "qido-instances"
+    METADATA = "metadata"
+    INSTANCE = "instance"
+    FRAMES = "frames"
+    WADO_URI = "wado-uri"
 
 
 def _uid_param(value: str) -> bool:
@@ -55,13 +63,30 @@ _QIDO_PARAMS: dict[str, Check] = {
     "offset": _NUMBER.fullmatch,
     "fuzzymatching": _BOOLEAN.fullmatch,
 }
-_WADO_URI_PARAMS: dict[str, Check] = {
+_WADO_PARAMS: dict[str, Check] = {
     "requestType": re.compile(r"^WADO$").fullmatch,
     "studyUID": _uid_param,
     "seriesUID": _uid_param,
     "objectUID": _uid_param,
     "contentType": re.compile(r"^application/dicom$").fullmatch,
     "transferSyntax": lambda v: v == "*" or is_uid(v),
+}
+_NO_PARAMS: dict[str, Check] = {}
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A `{name}` segment of a route's path: what it accepts, and the refusal when it does not."""
+
+    check: Check
+    refusal: str
+
+
+_SLOTS: dict[str, _Slot] = {
+    "study": _Slot(_uid_param, MALFORMED_UID),
+    "series": _Slot(_uid_param, MALFORMED_UID),
+    "instance": _Slot(_uid_param, MALFORMED_UID),
+    "frames": _Slot(_FRAMES.fullmatch, UNSUPPORTED),
 }
 
 
@@ -78,7 +103,7 @@ class GateDenied(Exception):
 class GateRequest:
     """A parsed request: what it reads, inside which study, and where Orthanc serves it."""
 
-    kind: str
+    kind: GateKind
     study: str
     series: str | None = None
     instance: str | None = None
@@ -89,6 +114,116 @@ class GateRequest:
         """The X-Accel-Redirect target: the internal location, parsed values only."""
         suffix = f"?{urlencode(self.query)}" if self.query else ""
         return f"{INTERNAL_PREFIX}{self.internal_path}{suffix}"
+
+
+# A route's builder: the request from the route, its path's slot values, the checked query
+# parameters and the token's study (the matcher checks the study it names against the token).
+Builder = Callable[["Route", Mapping[str, str], Mapping[str, str], str], GateRequest]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One accepted request shape: the path (with `{slot}` segments), what it reads, the query
+    parameters it takes, and how its request (and internal path) is built from parsed values."""
+
+    path: str
+    kind: GateKind
+    params: Mapping[str, Check]
+    build: Builder
+
+    @cached_property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path[1:].split("/"))
+
+    def has_shape_of(self, segments: tuple[str, ...]) -> bool:
+        """Same number of segments, and the same words where the route has no slot."""
+        return len(segments) == len(self.segments) and all(
+            _is_slot(pattern) or pattern == segment
+            for pattern, segment in zip(self.segments, segments, strict=True)
+        )
+
+    def slot_values(self, segments: tuple[str, ...]) -> dict[str, str]:
+        """The values in the route's slots, each checked (a path of the route's shape)."""
+        values: dict[str, str] = {}
+        for pattern, segment in zip(self.segments, segments, strict=True):
+            if _is_slot(pattern):
+                slot = _SLOTS[pattern[1:-1]]
+                if not slot.check(segment):
+                    raise GateDenied(403, slot.refusal)
+                values[pattern[1:-1]] = segment
+        return values
+
+    def internal_path(self, slots: Mapping[str, str]) -> str:
+        """The route's own path with the parsed slot values in place (never the request's)."""
+        return self.path.format_map(slots)
+
+
+def _study_search(
+    route: Route, slots: Mapping[str, str], params: Mapping[str, str], token_study: str
+) -> GateRequest:
+    """QIDO for studies: only with the token's study as the filter."""
+    study = params.get("StudyInstanceUID")
+    if study != token_study:
+        raise GateDenied(403, "study search must be limited to the token's study")
+    return GateRequest(
+        route.kind, study, internal_path=route.internal_path(slots), query=_ordered(params)
+    )
+
+
+def _search(
+    route: Route, slots: Mapping[str, str], params: Mapping[str, str], token_study: str
+) -> GateRequest:
+    """QIDO inside the path's study (or series): filters may repeat the path's UIDs, no others."""
+    study, series = slots["study"], slots.get("series")
+    if params.get("StudyInstanceUID", study) != study:
+        raise GateDenied(403, "another study than the token's")
+    if series is not None and params.get("SeriesInstanceUID", series) != series:
+        raise GateDenied(403, "another series than the path's")
+    return GateRequest(
+        route.kind, study, series, internal_path=route.internal_path(slots), query=_ordered(params)
+    )
+
+
+def _read(
+    route: Route, slots: Mapping[str, str], params: Mapping[str, str], token_study: str
+) -> GateRequest:
+    """Metadata, an instance or its frames, named by the path alone."""
+    study, series, instance = slots["study"], slots.get("series"), slots.get("instance")
+    return GateRequest(
+        route.kind, study, series, instance, internal_path=route.internal_path(slots)
+    )
+
+
+def _wado_uri(
+    route: Route, slots: Mapping[str, str], params: Mapping[str, str], token_study: str
+) -> GateRequest:
+    """A whole DICOM file; the gate finds its internal location once the index names it."""
+    for required in ("requestType", "studyUID", "objectUID"):
+        if required not in params:
+            raise GateDenied(403, f"WADO-URI needs {required}")
+    return GateRequest(route.kind, params["studyUID"], params.get("seriesUID"), params["objectUID"])
+
+
+_STUDIES = DICOMWEB_ROOT + "/studies"
+_STUDY = _STUDIES + "/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+# Every request the gate lets through; nothing else is. Searches (QIDO) take filters, reads
+# take no parameters, WADO-URI names its identifiers in the query.
+ROUTES: tuple[Route, ...] = (
+    #     path                              kind                     query          build
+    Route(_STUDIES,                         GateKind.QIDO_STUDIES,   _QIDO_PARAMS,  _study_search),
+    Route(_STUDY + "/series",               GateKind.QIDO_SERIES,    _QIDO_PARAMS,  _search),
+    Route(_STUDY + "/instances",            GateKind.QIDO_INSTANCES, _QIDO_PARAMS,  _search),
+    Route(_SERIES + "/instances",           GateKind.QIDO_INSTANCES, _QIDO_PARAMS,  _search),
+    Route(_STUDY + "/metadata",             GateKind.METADATA,       _NO_PARAMS,    _read),
+    Route(_SERIES + "/metadata",            GateKind.METADATA,       _NO_PARAMS,    _read),
+    Route(_INSTANCE + "/metadata",          GateKind.METADATA,       _NO_PARAMS,    _read),
+    Route(_INSTANCE,                        GateKind.INSTANCE,       _NO_PARAMS,    _read),
+    Route(_INSTANCE + "/frames/{frames}",   GateKind.FRAMES,         _NO_PARAMS,    _read),
+    Route(WADO_URI_ROOT,                    GateKind.WADO_URI,       _WADO_PARAMS,  _wado_uri),
+)  # fmt: skip
 
 
 def split_raw_uri(raw_uri: str) -> tuple[str, str]:
@@ -123,100 +258,35 @@ def parse_query(query: str, allowed: Mapping[str, Check]) -> dict[str, str]:
     return params
 
 
-def parse_dicomweb(path: str, query: str, token_study: str) -> GateRequest:
-    """A DICOMweb request under /dicom-web, checked against the token's study."""
-    if not path.startswith(DICOMWEB_ROOT + "/"):
-        raise GateDenied(404, "not a DICOMweb path")
-    parts = path[len(DICOMWEB_ROOT) + 1 :].split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise GateDenied(403, "empty or relative path segment")
-    if parts[0] != "studies":
-        raise GateDenied(404, "unknown DICOMweb resource")
-    params = parse_query(query, _QIDO_PARAMS)
-
-    if len(parts) == 1:  # QIDO-RS studies: only with the token's study as filter
-        if params.get("StudyInstanceUID") != token_study:
-            raise GateDenied(403, "study search must be limited to the token's study")
-        return GateRequest(
-            "qido-studies", token_study, internal_path="/dicom-web/studies", query=_ordered(params)
-        )
-
-    study = _uid_at(parts, 1)
-    if study != token_study:
+def parse_request(path: str, query: str, token_study: str) -> GateRequest:
+    """The request, read by the route of `ROUTES` whose shape it has, inside the token's study."""
+    route, slots = match_route(path)
+    if query and not route.params:
+        raise GateDenied(403, "query parameters are only accepted on searches")
+    request = route.build(route, slots, parse_query(query, route.params), token_study)
+    if request.study != token_study:
         raise GateDenied(403, "another study than the token's")
-    rest = parts[2:]
-    base = f"/dicom-web/studies/{study}"
+    return request
 
-    if rest in (["series"], ["instances"]):
-        _only_filters_within(params, study)
-        return GateRequest(
-            f"qido-{rest[0]}", study, internal_path=f"{base}/{rest[0]}", query=_ordered(params)
-        )
-    if rest == ["metadata"]:
-        _no_params(params)
-        return GateRequest("metadata", study, internal_path=f"{base}/metadata")
-    if len(rest) < 2 or rest[0] != "series":
-        raise GateDenied(403, UNSUPPORTED)
-    series = _uid_at(rest, 1)
-    base = f"{base}/series/{series}"
-    tail = rest[2:]
-    if tail == ["instances"]:
-        _only_filters_within(params, study)
-        if params.get("SeriesInstanceUID", series) != series:
-            raise GateDenied(403, "another series than the path's")
-        return GateRequest(
-            "qido-instances", study, series, internal_path=f"{base}/instances",
-            query=_ordered(params),
-        )  # fmt: skip
-    _no_params(params)
-    if tail == ["metadata"]:
-        return GateRequest("metadata", study, series, internal_path=f"{base}/metadata")
-    if len(tail) < 2 or tail[0] != "instances":
-        raise GateDenied(403, UNSUPPORTED)
-    instance = _uid_at(tail, 1)
-    base = f"{base}/instances/{instance}"
-    last = tail[2:]
-    if not last:
-        return GateRequest("instance", study, series, instance, internal_path=base)
-    if last == ["metadata"]:
-        return GateRequest("metadata", study, series, instance, internal_path=f"{base}/metadata")
-    if len(last) == 2 and last[0] == "frames" and _FRAMES.fullmatch(last[1]):
-        return GateRequest(
-            "frames", study, series, instance, internal_path=f"{base}/frames/{last[1]}"
-        )
+
+def match_route(path: str) -> tuple[Route, dict[str, str]]:
+    """The route whose shape the path has, and the values of its slots; GateDenied otherwise."""
+    segments = tuple(path[1:].split("/")) if path.startswith("/") else ()
+    if not any(segments[:1] == route.segments[:1] for route in ROUTES):
+        raise GateDenied(404, "not a DICOMweb or WADO-URI path")
+    if any(segment in ("", ".", "..") for segment in segments):
+        raise GateDenied(403, "empty or relative path segment")
+    if not any(segments[:2] == route.segments[:2] for route in ROUTES):
+        raise GateDenied(404, "unknown DICOMweb resource")
+    for route in ROUTES:
+        if route.has_shape_of(segments):
+            return route, route.slot_values(segments)
     raise GateDenied(403, UNSUPPORTED)
 
 
-def parse_wado_uri(path: str, query: str, token_study: str) -> GateRequest:
-    """A WADO-URI request: whole DICOM files of the token's study only."""
-    if path != WADO_URI_ROOT:
-        raise GateDenied(404, "not a WADO-URI path")
-    params = parse_query(query, _WADO_URI_PARAMS)
-    for required in ("requestType", "studyUID", "objectUID"):
-        if required not in params:
-            raise GateDenied(403, f"WADO-URI needs {required}")
-    if params["studyUID"] != token_study:
-        raise GateDenied(403, "another study than the token's")
-    return GateRequest(
-        "wado-uri", token_study, params.get("seriesUID"), params["objectUID"], internal_path=""
-    )
+def _is_slot(pattern: str) -> bool:
+    return pattern.startswith("{") and pattern.endswith("}")
 
 
-def _uid_at(parts: list[str], index: int) -> str:
-    if index >= len(parts) or not is_uid(parts[index]):
-        raise GateDenied(403, "malformed UID in path")
-    return parts[index]
-
-
-def _only_filters_within(params: dict[str, str], study: str) -> None:
-    if params.get("StudyInstanceUID", study) != study:
-        raise GateDenied(403, "another study than the token's")
-
-
-def _ordered(params: dict[str, str]) -> tuple[tuple[str, str], ...]:
+def _ordered(params: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted(params.items()))
-
-
-def _no_params(params: dict[str, str]) -> None:
-    if params:
-        raise GateDenied(403, "query parameters are only accepted on searches")

@@ -10,6 +10,7 @@ from flask_jwt_extended import current_user, get_jwt, jwt_required
 from common.db import User
 from tasks.dicom.uid import is_uid
 from webapp import accounts
+from webapp.audit import Action
 from webapp.context import audit, db_session, deny_response, web_context
 from webapp.tokens import issue_viewer_token
 
@@ -23,7 +24,7 @@ def list_studies() -> Response:
     user: User = current_user
     with db_session() as session:
         studies = accounts.studies_for(session, user)
-    audit("study-list", 200, username=user.username, now=False)
+    audit(Action.STUDY_LIST, 200, username=user.username, now=False)
     return jsonify(
         {
             "studies": [
@@ -46,13 +47,13 @@ def viewer_link(study_uid: str) -> Response | tuple[Response, int]:
     """A link that opens this study in OHIF for this user, until it expires or they log out."""
     user: User = current_user
     if not is_uid(study_uid):
-        audit("viewer-link", 403, username=user.username, reason="malformed study UID")
+        audit(Action.VIEWER_LINK, 403, username=user.username, reason="malformed study UID")
         return deny_response(403, "not allowed"), 403
     with db_session() as session:
         allowed = accounts.may_open_study(session, user, study_uid)
     if not allowed:
         # Unknown and forbidden studies get the same answer: no probing of the index.
-        audit("viewer-link", 403, username=user.username, study=study_uid, reason="policy")
+        audit(Action.VIEWER_LINK, 403, username=user.username, study=study_uid, reason="policy")
         return deny_response(403, "not allowed"), 403
     ctx = web_context()
     token, claims = issue_viewer_token(
@@ -64,5 +65,5 @@ def viewer_link(study_uid: str) -> Response | tuple[Response, int]:
     )
     query = urlencode({"StudyInstanceUIDs": study_uid, "token": token})
     url = f"{ctx.settings.gateway_url.rstrip('/')}/viewer?{query}"
-    audit("viewer-link", 200, username=user.username, study=study_uid)
+    audit(Action.VIEWER_LINK, 200, username=user.username, study=study_uid)
     return jsonify({"url": url, "expires_at": claims.expires_at.isoformat()})

@@ -14,6 +14,7 @@ from common.db import User
 from common.errors import UpstreamError
 from tasks.patients.fhir import MultiplePatientsForMrn
 from tasks.patients.sync import cached_lookup, look_up_patient
+from webapp.audit import Action
 from webapp.context import audit, deny_response, web_context
 
 bp = Blueprint("patients", __name__, url_prefix="/api/patients")
@@ -26,7 +27,7 @@ def get_patient(mrn: str) -> Response | tuple[Response, int]:
     user: User = current_user
     who = user.username
     if not mrn or len(mrn) > MAX_MRN_LENGTH or not mrn.isprintable():
-        audit("patient-lookup", 404, username=who, reason="malformed MRN")
+        audit(Action.PATIENT_LOOKUP, 404, username=who, reason="malformed MRN")
         return deny_response(404, "not found"), 404
     settings = web_context().settings
     lookup = cached_lookup(settings, mrn)
@@ -35,7 +36,7 @@ def get_patient(mrn: str) -> Response | tuple[Response, int]:
             lookup = look_up_patient(settings, mrn)
         except MultiplePatientsForMrn:
             audit(
-                "patient-lookup",
+                Action.PATIENT_LOOKUP,
                 409,
                 username=user.username,
                 patient=mrn,
@@ -45,13 +46,17 @@ def get_patient(mrn: str) -> Response | tuple[Response, int]:
                 409, "several FHIR Patients carry this MRN; flagged for a merge"
             ), 409
         except UpstreamError as err:
-            audit("patient-lookup", 503, username=who, patient=mrn, reason=str(err)[:200])
+            audit(Action.PATIENT_LOOKUP, 503, username=who, patient=mrn, reason=str(err)[:200])
             return deny_response(503, "patient sources unavailable; try again"), 503
     if lookup.resource is None:
-        audit("patient-lookup", 404, username=who, patient=mrn, reason="nowhere")
+        audit(Action.PATIENT_LOOKUP, 404, username=who, patient=mrn, reason="nowhere")
         return deny_response(404, "not found"), 404
     audit(
-        "patient-lookup", 200, username=user.username, patient=mrn, reason=f"from {lookup.source}"
+        Action.PATIENT_LOOKUP,
+        200,
+        username=user.username,
+        patient=mrn,
+        reason=f"from {lookup.source}",
     )
     response = jsonify(lookup.resource)
     response.headers["Content-Type"] = "application/fhir+json"

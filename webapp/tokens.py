@@ -91,18 +91,7 @@ def issue_viewer_token(
         jti=uuid.uuid4().hex,
         expires_at=now + timedelta(seconds=ttl_s),
     )
-    payload = {
-        "iss": ISSUER,
-        "aud": VIEWER_AUDIENCE,
-        "sub": username,
-        "study": study_instance_uid,
-        "sid": sid,
-        "jti": claims.jti,
-        "iat": now,
-        "nbf": now,
-        "exp": claims.expires_at,
-    }
-    return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"typ": "JWT"}), claims
+    return _sign(key, VIEWER_AUDIENCE, claims, now, study=study_instance_uid), claims
 
 
 def verify_viewer_token(key: bytes, token: str) -> ViewerClaims:
@@ -140,11 +129,10 @@ def issue_admin_token(
     """A signed token for the admin UI: a one-use link (ADMIN_LINK_AUDIENCE) or the cookie
     the link is exchanged for (ADMIN_UI_AUDIENCE), bound to one login session."""
     now = datetime.now(UTC).replace(microsecond=0)
-    claims = AdminClaims(username=username, sid=sid, jti=uuid.uuid4().hex,
-                         expires_at=now + timedelta(seconds=ttl_s))  # fmt: skip
-    payload = {"iss": ISSUER, "aud": audience, "sub": username, "sid": sid, "jti": claims.jti,
-               "iat": now, "nbf": now, "exp": claims.expires_at}  # fmt: skip
-    return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"typ": "JWT"}), claims
+    claims = AdminClaims(
+        username=username, sid=sid, jti=uuid.uuid4().hex, expires_at=now + timedelta(seconds=ttl_s)
+    )
+    return _sign(key, audience, claims, now), claims
 
 
 def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
@@ -155,8 +143,27 @@ def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
         raise TokenRejected("invalid token claims")
     if not (sub and sid and jti):
         raise TokenRejected("invalid token claims")
-    return AdminClaims(username=sub, sid=sid, jti=jti,
-                       expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC))  # fmt: skip
+    return AdminClaims(
+        username=sub, sid=sid, jti=jti, expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC)
+    )
+
+
+def _sign(
+    key: bytes, audience: str, claims: ViewerClaims | AdminClaims, now: datetime, **extra: str
+) -> str:
+    """The signed token: the standard claims, with `extra` ones after the subject."""
+    payload = {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": claims.username,
+        **extra,
+        "sid": claims.sid,
+        "jti": claims.jti,
+        "iat": now,
+        "nbf": now,
+        "exp": claims.expires_at,
+    }
+    return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"typ": "JWT"})
 
 
 def _decode(key: bytes, token: str, audience: str, *claims: str, kind: str) -> dict[str, Any]:
@@ -167,9 +174,14 @@ def _decode(key: bytes, token: str, audience: str, *claims: str, kind: str) -> d
     required = ["iss", "aud", "sub", "sid", "jti", "iat", "nbf", "exp", *claims]
     try:
         payload: dict[str, Any] = jwt.decode(
-            token, key, algorithms=[ALGORITHM], audience=audience, issuer=ISSUER,
-            leeway=LEEWAY_S, options={"require": required},
-        )  # fmt: skip
+            token,
+            key,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=ISSUER,
+            leeway=LEEWAY_S,
+            options={"require": required},
+        )
     except jwt.ExpiredSignatureError:
         raise TokenRejected("token expired") from None
     except jwt.InvalidAudienceError:

@@ -26,8 +26,13 @@ class IndexedStudy:
     instances: tuple[str, ...]
 
 
-STUDY_A = IndexedStudy("MRN-A", "1.2.826.0.1.1001", "1.2.826.0.1.1001.1", ("1.2.826.0.1.1001.1.1", "1.2.826.0.1.1001.1.2"))  # fmt: skip
-STUDY_B = IndexedStudy("MRN-B", "1.2.826.0.1.2002", "1.2.826.0.1.2002.1", ("1.2.826.0.1.2002.1.1",))  # fmt: skip
+STUDY_A = IndexedStudy(
+    "MRN-A",
+    "1.2.826.0.1.1001",
+    "1.2.826.0.1.1001.1",
+    ("1.2.826.0.1.1001.1.1", "1.2.826.0.1.1001.1.2"),
+)
+STUDY_B = IndexedStudy("MRN-B", "1.2.826.0.1.2002", "1.2.826.0.1.2002.1", ("1.2.826.0.1.2002.1.1",))
 
 
 def index_study(url: str, study: IndexedStudy) -> None:
@@ -37,19 +42,27 @@ def index_study(url: str, study: IndexedStudy) -> None:
             Study(study_instance_uid=study.study, patient_id=study.patient_id, modalities="MR")
         )
         session.flush()  # no ORM relationships: parents first, for the foreign keys
-        session.add(Series(series_instance_uid=study.series, study_instance_uid=study.study, modality="MR"))  # fmt: skip
+        session.add(
+            Series(series_instance_uid=study.series, study_instance_uid=study.study, modality="MR")
+        )
         session.flush()
         for n, sop in enumerate(study.instances):
             session.add(
                 Instance(
-                    sop_instance_uid=sop, series_instance_uid=study.series,
-                    study_instance_uid=study.study, sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                    sop_instance_uid=sop,
+                    series_instance_uid=study.series,
+                    study_instance_uid=study.study,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
                     orthanc_id=f"{n:08x}-aaaaaaaa-bbbbbbbb-cccccccc-dddddddd",
                     transfer_syntax="1.2.840.10008.1.2.4.201",
-                    source_transfer_syntax="1.2.840.10008.1.2.1", action="transcoded",
-                    lossless=True, stored_sha256="0" * 64, bytes_in=1, bytes_stored=1,
+                    source_transfer_syntax="1.2.840.10008.1.2.1",
+                    action="transcoded",
+                    lossless=True,
+                    stored_sha256="0" * 64,
+                    bytes_in=1,
+                    bytes_stored=1,
                 )
-            )  # fmt: skip
+            )
 
 
 @pytest.fixture

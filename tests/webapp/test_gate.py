@@ -48,30 +48,27 @@ def test_wado_uri_goes_to_the_archive_file_of_the_indexed_instance(
     )
 
 
+SERIES_A = f"/dicom-web/studies/{A.study}/series/{A.series}"
+# name: request line, refused with a 403
 DENIED_WITH_A_VALID_TOKEN = {
-    "instance of study B named under study A (metadata)": (
-        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{B.instances[0]}/metadata", 403),
-    "series of study B named under study A": (f"/dicom-web/studies/{A.study}/series/{B.series}/metadata", 403),
-    "instance of study B by WADO-URI with study A": (
-        f"/wado?requestType=WADO&studyUID={A.study}&objectUID={B.instances[0]}", 403),
-    "instance of A with a wrong series by WADO-URI": (
-        f"/wado?requestType=WADO&studyUID={A.study}&seriesUID={B.series}&objectUID={A.instances[0]}", 403),
-    "an instance the index does not know": (
-        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/1.2.3.4.5/frames/1", 403),
-    "study B": (f"/dicom-web/studies/{B.study}/metadata", 403),
-    "QIDO without a filter": ("/dicom-web/studies", 403),
-    "double-encoded traversal": (f"/dicom-web/studies/{A.study}/%252e%252e/{B.study}/metadata", 403),
-}  # fmt: skip
+    "instance of study B named under study A (metadata)": f"{SERIES_A}/instances/{B.instances[0]}/metadata",
+    "series of study B named under study A": f"/dicom-web/studies/{A.study}/series/{B.series}/metadata",
+    "instance of study B by WADO-URI with study A": f"/wado?requestType=WADO&studyUID={A.study}&objectUID={B.instances[0]}",
+    "instance of A with a wrong series by WADO-URI": f"/wado?requestType=WADO&studyUID={A.study}&seriesUID={B.series}&objectUID={A.instances[0]}",
+    "an instance the index does not know": f"{SERIES_A}/instances/1.2.3.4.5/frames/1",
+    "a series the index does not know": f"/dicom-web/studies/{A.study}/series/1.2.3.4.5/instances",
+    "study B": f"/dicom-web/studies/{B.study}/metadata",
+    "QIDO without a filter": "/dicom-web/studies",
+    "double-encoded traversal": f"/dicom-web/studies/{A.study}/%252e%252e/{B.study}/metadata",
+}
 
 
 @pytest.mark.parametrize(
-    ("path", "status"), DENIED_WITH_A_VALID_TOKEN.values(), ids=DENIED_WITH_A_VALID_TOKEN.keys()
+    "path", DENIED_WITH_A_VALID_TOKEN.values(), ids=DENIED_WITH_A_VALID_TOKEN.keys()
 )
-def test_requests_outside_the_study_are_refused(
-    client: FlaskClient, token: str, path: str, status: int
-) -> None:
+def test_requests_outside_the_study_are_refused(client: FlaskClient, token: str, path: str) -> None:
     response = client.get(path, headers=bearer(token))
-    assert response.status_code == status
+    assert response.status_code == 403
     assert "X-Accel-Redirect" not in response.headers
 
 
@@ -123,8 +120,13 @@ def test_the_gate_audits_allowed_and_denied_requests_without_the_token(
     with session_scope(context.database_url) as session:
         rows = {r.request_id: r for r in session.exec(select(AuditEvent))}
     allowed, denied = rows["req-0001-allowed"], rows["req-0002-denied"]
-    assert (allowed.action, allowed.outcome, allowed.status, allowed.username, allowed.study_instance_uid) == (
-        "metadata", "allowed", 200, "alice", A.study)  # fmt: skip
+    assert (
+        allowed.action,
+        allowed.outcome,
+        allowed.status,
+        allowed.username,
+        allowed.study_instance_uid,
+    ) == ("metadata", "allowed", 200, "alice", A.study)
     assert (denied.outcome, denied.status, denied.reason) == (
         "denied",
         403,
@@ -138,15 +140,33 @@ def test_a_revoked_viewer_jti_is_refused(app: Flask, client: FlaskClient, token:
     from datetime import UTC, datetime, timedelta
 
     from webapp import accounts
+    from webapp.accounts import TokenType
     from webapp.tokens import verify_viewer_token
 
     context = app.extensions["neuronova"]
     claims = verify_viewer_token(context.viewer_key, token)
     with session_scope(context.database_url) as session:
         accounts.revoke_token(
-            session, claims.jti, "viewer", None, datetime.now(UTC) + timedelta(hours=1)
+            session, claims.jti, TokenType.VIEWER, None, datetime.now(UTC) + timedelta(hours=1)
         )
     assert (
         client.get(f"/dicom-web/studies/{A.study}/metadata", headers=bearer(token)).status_code
         == 401
     )
+
+
+def test_requests_refused_before_parsing_are_audited_by_where_they_went(
+    app: Flask, client: FlaskClient
+) -> None:
+    client.get(f"/dicom-web/studies/{A.study}/metadata", headers={"X-Request-ID": "req-0003-dw"})
+    client.get(
+        f"/wado?requestType=WADO&studyUID={A.study}&objectUID={A.instances[0]}",
+        headers={"X-Request-ID": "req-0004-wado"},
+    )
+    context = app.extensions["neuronova"]
+    with session_scope(context.database_url) as session:
+        rows = {r.request_id: r for r in session.exec(select(AuditEvent))}
+    assert [(r.action, r.outcome, r.status) for r in rows.values()] == [
+        ("dicomweb", "denied", 401),
+        ("wado-uri", "denied", 401),
+    ]
