@@ -99,7 +99,9 @@ def in_memory(files: list[Path], devices: list[str], repeats: int) -> None:
 def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -> None:
     from common.db import migrate
     from neuronova.prefect_env import use_prefect_server
-    from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
+    from neuronova.stack.component import settings_env
+    from neuronova.stack.ports import settings_on_free_ports
+    from neuronova.stack.supervisor import LocalStack
     from tasks.fhir_report import publish_lesion_results
     from tasks.inference import choose_series, find_study_series, store_seg
     from tasks.ingest import ingest_batch
