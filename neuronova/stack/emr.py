@@ -1,4 +1,4 @@
-"""The EMR: the OpenEMR emulator with its demo account, for the local stack and the
+"""The EMR: the OpenEMR emulator (servers/emr) with its demo account, for the local stack and the
 tests; production runs OpenEMR."""
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from neuronova.stack.component import Component, Context, http_health
 
 
 def _emr_command(ctx: Context) -> list[str]:
+    # Imported here: pydicom and numpy come with it, and `neuronova stack status` need not wait.
+    from neuronova.sample import SAMPLE_PATIENT_ID
+
     return [
         sys.executable,
         "-m",
-        "neuronova.emr_emulator",
+        "servers.emr.emulator",
         "--host",
         "127.0.0.1",
         "--port",
@@ -24,6 +27,9 @@ def _emr_command(ctx: Context) -> list[str]:
         str(ctx.home / "credentials.json"),
         "--patients",
         str(ctx.settings.emr_demo_patients),
+        # The patient of the sample studies, so that the demo's AI report has one to attach to.
+        "--sample-patient-id",
+        SAMPLE_PATIENT_ID,
     ]
 
 
