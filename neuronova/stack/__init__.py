@@ -4,7 +4,7 @@ Its components, one module each, in start order (`supervisor.COMPONENTS`):
 
 - `orthanc`: the PACS (Debian's Orthanc with its DICOMweb plugin);
 - `prefect`: the Prefect server, its SQLite database under the stack folder;
-- `webapp` and `alerts`: the Flask app in two gunicorns, the gate and API, and the alert streams;
+- `webapp` and `alerts`: the Flask app in two gunicorns (the gate and API; the alert streams);
 - `nginx`: the gateway in front of them, Orthanc, OHIF and the Prefect UI;
 - `fhir` and `emr`: the FHIR server (servers/fhir) and the OpenEMR emulator (servers/emr);
 - `workers`: one Prefect worker per work pool (`worker-cpu`, `worker-gpu`).
