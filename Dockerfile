@@ -13,10 +13,13 @@ COPY neuronova neuronova
 COPY deployments deployments
 # The MONAI bundle the gpu worker reads (Settings.model_bundle_dir: models/brain_lesion_seg).
 COPY models models
+# The local stack's FHIR server and OpenEMR emulator: in the wheel, never started here
+# (production runs HAPI FHIR and OpenEMR).
+COPY servers servers
 # Bytecode compiled now: the image's user cannot write /app, and every flow run is a new
 # process that would otherwise compile Prefect and the flows again before it starts.
 RUN uv sync --frozen --no-dev --compile-bytecode \
-    && .venv/bin/python -m compileall -q common tasks flows webapp neuronova deployments models \
+    && .venv/bin/python -m compileall -q common tasks flows webapp neuronova deployments models servers \
     && useradd --system --uid 10001 neuronova \
     && mkdir -p /data && chown neuronova:neuronova /data
 # /data: NEURONOVA_DATA_DIR in compose. A named volume mounted there starts as a copy of this

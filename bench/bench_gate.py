@@ -34,7 +34,8 @@ from common.db import Instance, migrate, session_scope
 from common.settings import Settings
 from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
-from neuronova.stack import LocalStack, free_ports, settings_on_free_ports
+from neuronova.stack.ports import free_ports, settings_on_free_ports
+from neuronova.stack.supervisor import LocalStack
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
 from webapp import accounts

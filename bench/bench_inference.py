@@ -108,7 +108,9 @@ def in_memory(files: list[Path], devices: list[str], repeats: int) -> None:
 def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -> None:
     from common.db import migrate
     from neuronova.prefect_env import use_prefect_server
-    from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
+    from neuronova.stack.component import settings_env
+    from neuronova.stack.ports import settings_on_free_ports
+    from neuronova.stack.supervisor import LocalStack
     from tasks.archive.orthanc import OrthancClient
     from tasks.dicom.volume import read_series_from_orthanc
     from tasks.inference.report import publish_lesion_results

@@ -29,7 +29,8 @@ import httpx
 from common.db import migrate
 from common.settings import Settings
 from neuronova.sample import write_sample_study
-from neuronova.stack import LocalStack, free_ports
+from neuronova.stack.ports import free_ports
+from neuronova.stack.supervisor import LocalStack
 
 
 def post_all(orthanc_url: str, files: list[Path], threads: int) -> float:

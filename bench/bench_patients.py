@@ -30,7 +30,9 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from common.db import migrate, session_scope
-from neuronova.stack import LocalStack, settings_env, settings_on_free_ports
+from neuronova.stack.component import settings_env
+from neuronova.stack.ports import settings_on_free_ports
+from neuronova.stack.supervisor import LocalStack
 from tasks.patients.convert import emr_to_fhir_patient
 from tasks.patients.emr import OpenEmrClient
 from tasks.patients.fhir import FhirClient

@@ -39,7 +39,10 @@ from uuid import UUID
 from common.db import migrate
 from common.settings import Settings
 from neuronova.prefect_env import use_stack_prefect
-from neuronova.stack import COMPONENTS, Component, Context, LocalStack, settings_on_free_ports
+from neuronova.stack.component import Component, Context
+from neuronova.stack.ports import settings_on_free_ports
+from neuronova.stack.prefect import PREFECT
+from neuronova.stack.supervisor import LocalStack
 
 DEPLOYMENT = "ingest_study/on-demand"
 TARGET_S = 15.0
@@ -118,7 +121,7 @@ def wait_for_completion(run_id: str, timeout_s: float = 180.0) -> tuple[datetime
 
 
 def measure(settings: Settings, worker: Component, runs: int, inbox: Path) -> list[Timing]:
-    stack = LocalStack(settings, registry={"prefect": COMPONENTS["prefect"], worker.name: worker})
+    stack = LocalStack(settings, components=(PREFECT, worker))
     stack.up([worker.name])
     try:
         timings = []
@@ -163,7 +166,7 @@ def main() -> None:
         stack.up(["prefect"])
         try:
             register_deployments(settings)
-            ours_worker = COMPONENTS["worker-cpu"]
+            ours_worker = stack.by_name["worker-cpu"]
             configurations: list[tuple[str, Component]] = [
                 ("ours (poll every 2 s)", ours_worker),
                 ("Prefect default (10 s)", with_default_polling(ours_worker)),

@@ -22,7 +22,8 @@ from pathlib import Path
 from common.db import migrate, session_scope
 from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
-from neuronova.stack import LocalStack, settings_on_free_ports
+from neuronova.stack.ports import settings_on_free_ports
+from neuronova.stack.supervisor import LocalStack
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
 from tests.gateway.browser_tools import (

@@ -32,7 +32,9 @@ import pydicom
 
 from common.db import migrate
 from neuronova.sample_mr import write_sample_mr_study
-from neuronova.stack import LocalStack, settings_on_free_ports
+from neuronova.stack.orthanc import ORTHANC
+from neuronova.stack.ports import settings_on_free_ports
+from neuronova.stack.supervisor import LocalStack
 from tasks.archive.orthanc import OrthancClient
 from tasks.dicom.transcode import transcode_to_htj2k
 from tasks.dicom.volume import read_series_from_orthanc, volume_from_files
@@ -73,7 +75,7 @@ def main() -> None:
                 transcode_to_htj2k(pydicom.dcmread(path), bytes_in=len(data), source=data).data
             )
         settings = settings_on_free_ports(Path(tmp) / "var")
-        stack = LocalStack(settings, registry={"orthanc": LocalStack(settings).registry["orthanc"]})
+        stack = LocalStack(settings, components=(ORTHANC,))
         try:
             stack.up()
             migrate(settings.resolved_database_url)

@@ -242,7 +242,7 @@ def demo() -> None:
     """Start the local stack, ingest the sample study, print a viewer link for a clinician."""
     settings = Settings()
     from common.db import migrate
-    from neuronova.stack import LocalStack
+    from neuronova.stack.supervisor import LocalStack
 
     migrate(settings.resolved_database_url)  # before the web workers start on it
     use_stack_prefect(settings)  # before the stack code imports Prefect

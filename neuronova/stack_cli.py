@@ -12,7 +12,8 @@ from rich.table import Table
 
 from common.errors import StackError
 from common.settings import Settings
-from neuronova.stack import LocalStack, ensure_system_packages
+from neuronova.stack.packages import ensure_system_packages
+from neuronova.stack.supervisor import LocalStack
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,9 @@ from sqlalchemy import create_engine, text
 
 from common.db import migrate
 from common.settings import Settings
-from neuronova.stack import WORKER_POOLS, LocalStack, free_consecutive_ports, free_ports
+from neuronova.stack.ports import free_consecutive_ports, free_ports
+from neuronova.stack.supervisor import LocalStack
+from neuronova.stack.workers import WORKER_POOLS
 
 MARIADB_SERVER = os.environ.get("NEURONOVA_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
 

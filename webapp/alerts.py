@@ -1,13 +1,12 @@
 """`GET /api/alerts`: server-sent events telling a logged-in user that an AI result is ready
 for a study they may open.
 
-Served by the alerts pool (the same app in its own gunicorn, see `neuronova/stack.py`), so
-open streams never hold the gate's threads. Each alert from Redis
-(`tasks/inference/alerts.py`) is checked against the policy when it arrives, so a care list
-changed a minute ago counts. The stream ends when the access token expires (an `expired`
-event: reconnect with a fresh token) or as soon as the session is closed (logout, a new
-password), checked at every heartbeat. Browsers read it with `fetch` (the token goes in the
-Authorization header, never in the URL).
+Served by the alerts pool (the same app in its own gunicorn, `neuronova/stack/alerts.py`), so
+open streams never hold the gate's threads. Each alert from Redis (`tasks/inference/alerts.py`)
+is checked against the policy when it arrives, so a care list changed a minute ago counts. The
+stream ends when the access token expires (an `expired` event: reconnect with a fresh token) or
+as soon as the session is closed (logout, a new password), checked at every heartbeat. Browsers
+read it with `fetch` (the token goes in the Authorization header, never in the URL).
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from prefect.client.schemas.objects import FlowRun
 
 from common.settings import Settings
 from neuronova.prefect_env import prefect_results_dir
-from neuronova.stack import Component, LocalStack
+from neuronova.stack.component import Component
+from neuronova.stack.supervisor import LocalStack
 from tests.dicom_factory import make_dataset, to_part10
 from tests.processes import group_reaped, reaped
 
@@ -119,7 +120,7 @@ def test_the_stacks_worker_runs_a_triggered_deployment_and_stops(
 
     register_deployments(stack_settings)
     stack = LocalStack(stack_settings)
-    worker = stack.registry["worker-cpu"]
+    worker = stack.by_name["worker-cpu"]
     try:
         status = stack.up(["worker-cpu"])
         assert status["components"]["worker-cpu"]["healthy"], status["components"]["worker-cpu"]
@@ -208,7 +209,7 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
                 time.sleep(2)
         elapsed = time.monotonic() - started
         states = {r.state.type for r in finished if r.state is not None}
-        assert states == {StateType.COMPLETED}, _log(stack, stack.registry["worker-cpu"])
+        assert states == {StateType.COMPLETED}, _log(stack, stack.by_name["worker-cpu"])
         with _results_of(orthanc):
             reports = [r.state.result() for r in finished if r.state is not None]
         assert sum(r["counts"]["stored"] for r in reports) == 20
@@ -219,7 +220,7 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
             assert all(pacs.lookup(uid, "Study") is not None for uid in stored)
         finally:
             pacs.close()
-        mine = _runs_taken(stack.log_path(stack.registry["worker-cpu"]).read_text(), finished)
+        mine = _runs_taken(stack.log_path(stack.by_name["worker-cpu"]).read_text(), finished)
         theirs = _runs_taken(second_log.read_text(), finished)
         print(
             f"\n20 runs in {elapsed:.0f} s: stack worker {len(mine)}, second worker {len(theirs)}"
@@ -252,8 +253,8 @@ def test_ingest_on_a_worker_hands_an_mr_study_to_the_gpu_pool(
             "ingest_study/on-demand", parameters={"path": str(tmp_path / "mr")}, timeout=420
         )
         assert run.state is not None and run.state.is_completed(), _log(
-            stack, stack.registry["worker-cpu"]
-        ) + _log(stack, stack.registry["worker-gpu"])
+            stack, stack.by_name["worker-cpu"]
+        ) + _log(stack, stack.by_name["worker-gpu"])
         with _results_of(orthanc):
             report = run.state.result()
         (reading,) = report["inference"]
@@ -265,7 +266,7 @@ def test_ingest_on_a_worker_hands_an_mr_study_to_the_gpu_pool(
         assert inference.work_pool_name == "gpu"
         assert inference.parent_task_run_id is not None  # linked under the ingest run in the UI
         # The gpu worker's log: JSON lines tying the run to its study (common.logs).
-        log = stack.log_path(stack.registry["worker-gpu"]).read_text().splitlines()
+        log = stack.log_path(stack.by_name["worker-gpu"]).read_text().splitlines()
         lines = [json.loads(x) for x in log if x.startswith('{"ts"')]
         segmented = [x for x in lines if x["message"].startswith("segmented on ")]
         assert segmented, log[-20:]

@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
-from neuronova.stack import free_ports
+from neuronova.stack.ports import free_ports
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tasks.runners import ConfiguredTaskRunner, task_runner
 from tests.flows.test_ingest_study import dicom_bytes, make_ct

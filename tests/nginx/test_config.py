@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
-from neuronova.stack import NGINX_DIR, find_nginx_binary, render_nginx_config
+from neuronova.stack.nginx import NGINX_DIR, find_nginx_binary, render_nginx_config
 
 GIXY = Path(sys.executable).parent / "gixy"
 SNIPPETS = NGINX_DIR / "snippets"

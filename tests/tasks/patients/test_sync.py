@@ -16,7 +16,7 @@ from sqlmodel import select
 
 from common.db import CachedPatient, PatientMergeFlag, session_scope
 from common.settings import Settings
-from neuronova.stack import free_ports
+from neuronova.stack.ports import free_ports
 from tasks.patients import cache as patient_cache
 from tasks.patients.emr import OpenEmrClient
 from tasks.patients.fhir import FhirClient, MultiplePatientsForMrn

@@ -5,13 +5,11 @@ so this follows its documented API instead: the OAuth2 password grant at
 `/oauth2/default/token` (with refresh), and patients at `/apis/default/api/patient`
 (list with `_limit`/`_offset`/`_sort`, read by uuid, create, update), every answer wrapped as
 `{"validationErrors": [], "internalErrors": [], "data": …}`, every field a string. `pubpid` (the
-MRN) is not a search filter, as upstream. It is seeded with synthetic patients.
+MRN) is not a search filter, as upstream. It is seeded with synthetic patients, and the patient
+of the sample studies. Faults are injected through `/_emulator/…` (`servers.emr.faults`).
 
-Fault injection for tests, on a control path a real OpenEMR does not have (`/_emulator/…`):
-latency, the next N answers as 500/503, the next N requests hanging past the client's timeout
-(after the write was applied, for the "timeout after a create" case), and expiring every token.
-
-    python -m neuronova.emr_emulator --port 8300 [--patients 2000]
+    python -m servers.emr.emulator --port 8300 --credentials FILE --sample-patient-id MRN \
+        [--patients 2000]
 """
 
 from __future__ import annotations
@@ -29,33 +27,42 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, request
 
-from neuronova.sample import SAMPLE_PATIENT_ID
+from servers.emr.faults import Faults, add_fault_injection
 
 DEMO_CLIENT_ID = "neuronova-demo-client"
 DEMO_USERNAME = "admin"
 TOKEN_TTL_S = 3600
 PATIENT_FIELDS = (
-    "uuid", "pid", "pubpid", "title", "fname", "mname", "lname", "DOB", "sex", "street",
-    "postal_code", "city", "state", "country_code", "phone_contact", "phone_home", "phone_cell",
-    "email", "status", "date",
-)  # fmt: skip
-_FIRST = (
-    "Anna", "Ben", "Chloé", "Dmitri", "Eva", "François", "Grace", "Hiro", "Ines", "Jürgen",
-    "Kofi", "Lena", "Mateo", "Noor", "Olga", "Pál", "Quinn", "Rosa", "Søren", "Tariq",
-)  # fmt: skip
-_LAST = (
-    "Andersen", "Baker", "Çelik", "Dubois", "Esposito", "Fischer", "García", "Hansen",
-    "Ivanova", "Jensen", "Kowalski", "López", "Müller", "Nakamura", "O'Brien", "Petrov",
-)  # fmt: skip
-
-
-@dataclass
-class Faults:
-    latency_s: float = 0.0
-    fail_next: list[int] = field(default_factory=list)  # statuses for the next answers
-    hang_next: int = 0  # writes (POST, PUT) that are applied, then answered after hang_s
-    hang_s: float = 30.0
-    calls: int = 0  # API calls answered (for tests that count them)
+    "uuid",
+    "pid",
+    "pubpid",
+    "title",
+    "fname",
+    "mname",
+    "lname",
+    "DOB",
+    "sex",
+    "street",
+    "postal_code",
+    "city",
+    "state",
+    "country_code",
+    "phone_contact",
+    "phone_home",
+    "phone_cell",
+    "email",
+    "status",
+    "date",
+)
+# Synthetic names, one word each.
+_FIRST = tuple(
+    "Anna Ben Chloé Dmitri Eva François Grace Hiro Ines Jürgen Kofi Lena Mateo Noor Olga Pál "
+    "Quinn Rosa Søren Tariq".split()
+)
+_LAST = tuple(
+    "Andersen Baker Çelik Dubois Esposito Fischer García Hansen Ivanova Jensen Kowalski López "
+    "Müller Nakamura O'Brien Petrov".split()
+)
 
 
 @dataclass
@@ -107,32 +114,7 @@ def create_app(state: EmrState) -> Flask:
     def error(status: int, message: str) -> tuple[Response, int]:
         return jsonify({"error": "invalid_request", "error_description": message}), status
 
-    @app.before_request
-    def _faults() -> tuple[Response, int] | None:
-        if request.path.startswith("/_emulator") or request.path == "/healthz":
-            return None
-        faults = state.faults
-        if faults.latency_s:
-            time.sleep(faults.latency_s)
-        with state.lock:
-            faults.calls += 1
-            status = faults.fail_next.pop(0) if faults.fail_next else None
-        if status is not None:
-            return jsonify({"error": "server_error", "error_description": "injected"}), status
-        return None
-
-    @app.after_request
-    def _hang(response: Response) -> Response:
-        # The write is done; the answer comes too late for the client (a timeout after a POST).
-        if not request.path.startswith("/apis/") or request.method not in ("POST", "PUT"):
-            return response
-        with state.lock:
-            hang = state.faults.hang_next > 0
-            if hang:
-                state.faults.hang_next -= 1
-        if hang:
-            time.sleep(state.faults.hang_s)
-        return response
+    add_fault_injection(app, state)
 
     @app.get("/healthz")
     def healthz() -> Response:
@@ -194,8 +176,10 @@ def create_app(state: EmrState) -> Flask:
             name = key.lstrip("-")
             if name in PATIENT_FIELDS:
                 numeric = name == "pid"
-                rows.sort(key=lambda r, n=name, num=numeric: int(r[n]) if num else r[n],  # type: ignore[misc]
-                          reverse=key.startswith("-"))  # fmt: skip
+                rows.sort(
+                    key=lambda r, n=name, num=numeric: int(r[n]) if num else r[n],  # type: ignore[misc]
+                    reverse=key.startswith("-"),
+                )
         for name in ("fname", "lname", "DOB", "sex", "city"):  # upstream's filters; not pubpid
             if name in request.args:
                 rows = [r for r in rows if r[name] == request.args[name]]
@@ -217,8 +201,13 @@ def create_app(state: EmrState) -> Flask:
         body = request.get_json(silent=True) or {}
         missing = [f for f in ("fname", "lname", "DOB", "sex") if not body.get(f)]
         if missing:
-            return jsonify({"validationErrors": {f: "required" for f in missing},
-                            "internalErrors": [], "data": []}), 400  # fmt: skip
+            return jsonify(
+                {
+                    "validationErrors": {f: "required" for f in missing},
+                    "internalErrors": [],
+                    "data": [],
+                }
+            ), 400
         with state.lock:
             pid = state.next_pid
             state.next_pid += 1
@@ -248,28 +237,6 @@ def create_app(state: EmrState) -> Flask:
             patient["date"] = _now()
         return envelope(patient)
 
-    # ---- the emulator's own control path (tests only; loopback)
-
-    @app.post("/_emulator/faults")
-    def set_faults() -> Response:
-        body = request.get_json(silent=True) or {}
-        with state.lock:
-            state.faults = Faults(
-                latency_s=float(body.get("latency_s", 0)),
-                fail_next=[int(s) for s in body.get("fail_next", [])],
-                hang_next=int(body.get("hang_next", 0)),
-                hang_s=float(body.get("hang_s", 30)),
-            )
-            if body.get("expire_tokens"):
-                state.tokens = {t: 0.0 for t in state.tokens}
-        return jsonify({"status": "ok"})
-
-    @app.get("/_emulator/faults")
-    def get_faults() -> Response:
-        return jsonify(
-            {"calls": state.faults.calls, "pending_failures": len(state.faults.fail_next)}
-        )
-
     return app
 
 
@@ -277,23 +244,28 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def sample_study_patient(pid: int, rng: random.Random) -> dict[str, str]:
+def sample_study_patient(pid: int, rng: random.Random, mrn: str) -> dict[str, str]:
     """The patient of the sample studies (`neuronova sample`), as the hospital's EMR knows them,
     so that the demo's AI report has a patient to attach to."""
     return synthetic_patient(pid, rng) | {
-        "pubpid": SAMPLE_PATIENT_ID, "fname": "Patient", "lname": "Demo", "DOB": "1970-01-01",
+        "pubpid": mrn,
+        "fname": "Patient",
+        "lname": "Demo",
+        "DOB": "1970-01-01",
         "sex": "Unknown",
-    }  # fmt: skip
+    }
 
 
-def seeded_state(client_secret: str, password: str, patients: int, seed: int = 1) -> EmrState:
+def seeded_state(
+    client_secret: str, password: str, patients: int, sample_patient_id: str, seed: int = 1
+) -> EmrState:
     """`patients` synthetic patients (NN-000001 …) and the sample studies' patient after them."""
     state = EmrState(client_secret=client_secret, password=password)
     rng = random.Random(seed)  # noqa: S311  (synthetic demographics, not secrets)
     for pid in range(1, patients + 1):
         patient = synthetic_patient(pid, rng)
         state.patients[patient["uuid"]] = patient
-    sample = sample_study_patient(patients + 1, rng)
+    sample = sample_study_patient(patients + 1, rng, sample_patient_id)
     state.patients[sample["uuid"]] = sample
     state.next_pid = patients + 2
     return state
@@ -307,11 +279,19 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--patients", type=int, default=200)
     parser.add_argument("--credentials", required=True, help="JSON file: client_secret, password")
+    parser.add_argument(
+        "--sample-patient-id", required=True, help="MRN of the sample studies' patient"
+    )
     args = parser.parse_args()
     with open(args.credentials) as handle:
         credentials = json.load(handle)
     app = create_app(
-        seeded_state(credentials["client_secret"], credentials["password"], args.patients)
+        seeded_state(
+            credentials["client_secret"],
+            credentials["password"],
+            args.patients,
+            args.sample_patient_id,
+        )
     )
     from werkzeug.serving import run_simple
 

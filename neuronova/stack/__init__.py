@@ -1,0 +1,21 @@
+"""The local stack: install, start, check and stop the processes NeuroNova runs on one machine.
+
+Its components, one module each, in start order (`supervisor.COMPONENTS`):
+
+- `orthanc`: the PACS (Debian's Orthanc with its DICOMweb plugin);
+- `prefect`: the Prefect server, its SQLite database under the stack folder;
+- `webapp` and `alerts`: the Flask app in two gunicorns (the gate and API; the alert streams);
+- `nginx`: the gateway in front of them, Orthanc, OHIF and the Prefect UI;
+- `fhir` and `emr`: the FHIR server (servers/fhir) and the OpenEMR emulator (servers/emr);
+- `workers`: one Prefect worker per work pool (`worker-cpu`, `worker-gpu`).
+
+The shared pieces: `component` (what a component is), `supervisor` (`LocalStack`: the start
+and stop logic, pidfiles, health checks, status), `processes` (PIDs, sessions, reaping),
+`ports` (free ports, settings for a stack of its own) and `packages` (Debian packages).
+Adding a component means writing one `Component` and placing it in `COMPONENTS`, not editing the
+start/stop logic.
+"""
+
+from neuronova.stack.supervisor import LocalStack, running_stack
+
+__all__ = ["LocalStack", "running_stack"]

@@ -1,0 +1,105 @@
+"""nginx, the gateway: the one port a browser opens (webapp, alerts, Orthanc behind the gate,
+OHIF, the Prefect UI), rendered from nginx/local.conf.template."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+
+from common.errors import StackError
+from common.settings import PROJECT_ROOT, Settings
+from neuronova.stack.component import Component, Context, Health, http_health, write_atomically
+
+NGINX_DIR = PROJECT_ROOT / "nginx"
+
+
+def find_nginx_binary() -> Path | None:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    return Path(found) if found else None
+
+
+def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
+    """The local template with this stack's ports and folders filled in."""
+    values = {
+        "@HOME@": str(home),
+        "@GATEWAY_PORT@": str(settings.gateway_port),
+        "@WEBAPP@": f"127.0.0.1:{settings.webapp_port}",
+        "@ALERTS@": f"127.0.0.1:{settings.alerts_port}",
+        "@ORTHANC@": f"127.0.0.1:{settings.orthanc_http_port}",
+        "@PREFECT@": f"127.0.0.1:{settings.prefect_port}",
+        "@OHIF_ROOT@": str(ohif_root),
+    }
+    text = (NGINX_DIR / "local.conf.template").read_text()
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    if "@" in "".join(line.split("#")[0] for line in text.splitlines()):
+        raise StackError("nginx/local.conf.template has a placeholder the stack does not fill")
+    return text
+
+
+def _prepare_nginx(ctx: Context) -> None:
+    from neuronova.ohif import ensure_ohif
+
+    root = ensure_ohif()
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (ctx.home / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    snippets = ctx.home / "snippets"
+    if snippets.exists():
+        shutil.rmtree(snippets)
+    shutil.copytree(NGINX_DIR / "snippets", snippets)
+    write_atomically(ctx.home / "nginx.conf", render_nginx_config(ctx.settings, ctx.home, root))
+    binary = find_nginx_binary()
+    if binary is None:
+        raise StackError("nginx not found: install the Debian package nginx")
+    check = subprocess.run(
+        [str(binary), *_nginx_args(ctx), "-t", "-q"], capture_output=True, text=True, check=False
+    )
+    if check.returncode != 0:
+        raise StackError(f"nginx -t refused {ctx.home / 'nginx.conf'}:\n{check.stderr[-2000:]}")
+
+
+def _nginx_args(ctx: Context) -> list[str]:
+    return [
+        "-p",
+        str(ctx.home),
+        "-c",
+        str(ctx.home / "nginx.conf"),
+        "-e",
+        str(ctx.home / "error.log"),
+    ]
+
+
+def _nginx_command(ctx: Context) -> list[str]:
+    binary = find_nginx_binary()
+    if binary is None:
+        raise StackError("nginx not found: install the Debian package nginx")
+    return [str(binary), *_nginx_args(ctx), "-g", "daemon off;"]
+
+
+def _gateway_url(settings: Settings) -> str:
+    return settings.gateway_url.rstrip("/")
+
+
+def _nginx_health(ctx: Context, client: httpx.Client) -> Health:
+    """nginx answers itself, and reaches the webapp through /api."""
+    base = _gateway_url(ctx.settings)
+    own = http_health(client, f"{base}/healthz")
+    return own if not own.ok else http_health(client, f"{base}/api/health")
+
+
+NGINX = Component(
+    name="nginx",
+    key="gateway",
+    url=_gateway_url,
+    command=_nginx_command,
+    health=_nginx_health,
+    ports=lambda s: [("127.0.0.1", s.gateway_port)],
+    prepare=_prepare_nginx,
+    packages=("nginx",),
+    # The first start downloads OHIF (about 50 MB).
+    start_timeout_s=60.0,
+    port_hint="choose another port with NEURONOVA_GATEWAY_URL",
+)

@@ -1,0 +1,157 @@
+"""Orthanc, from the Debian packages orthanc and orthanc-dicomweb: the PACS, DICOMweb on."""
+
+from __future__ import annotations
+
+import glob
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from common.errors import StackError
+from common.settings import Settings
+from neuronova.stack.component import Component, Context, Health, write_atomically
+
+DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
+    "/usr/share/orthanc/plugins/*DicomWeb*.so*",
+    "/usr/lib/orthanc/*DicomWeb*.so*",
+    "/usr/lib/orthanc/plugins/*DicomWeb*.so*",
+    "/usr/lib/*/orthanc/plugins/*DicomWeb*.so*",
+    "/usr/local/share/orthanc/plugins/*DicomWeb*.so*",
+)
+
+# The AET that dcmtk's storescu uses unless told otherwise; the only modality allowed to store.
+STORESCU_AET = "STORESCU"
+
+
+def find_dicomweb_plugin(patterns: Sequence[str] = DICOMWEB_PLUGIN_GLOBS) -> Path | None:
+    """The DICOMweb plugin's shared object, wherever this distribution puts it."""
+    for pattern in patterns:
+        # Prefer the unversioned name (a symlink on Debian) over libX.so.1.7.
+        matches = sorted(glob.glob(pattern), key=lambda p: (not p.endswith(".so"), p))
+        if matches:
+            return Path(matches[0])
+    return None
+
+
+def find_orthanc_binary() -> Path | None:
+    """The Orthanc executable; Debian puts it in /usr/sbin, which a user's PATH may lack."""
+    found = shutil.which("Orthanc") or shutil.which(
+        "Orthanc", path="/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin"
+    )
+    return Path(found) if found else None
+
+
+def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[str, Any]:
+    """Orthanc's configuration for the local stack: loopback-only HTTP, DICOMweb on."""
+    db = home / "db"
+    return {
+        "Name": "NeuroNova",
+        "StorageDirectory": str(db),
+        "IndexDirectory": str(db),
+        "StorageCompression": False,
+        "HttpServerEnabled": True,
+        "HttpPort": settings.orthanc_http_port,
+        "HttpThreadsCount": 50,
+        "KeepAlive": True,
+        # Orthanc has no bind-address option: it listens on every interface. With remote access
+        # off it answers HTTP only to loopback clients, and with authentication off that is the
+        # only thing keeping other hosts out of the PACS. Never turn this on without users.
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomServerEnabled": True,
+        "DicomAet": settings.orthanc_aet,
+        "DicomPort": settings.orthanc_dicom_port,
+        # The DICOM port is open on every interface too, so stores are not allowed from anyone:
+        # only the modality below (storescu's default AET, from this host) may push.
+        "DicomAlwaysAllowStore": False,
+        "DicomCheckModalityHost": True,
+        "DicomModalities": {"storescu": [STORESCU_AET, "127.0.0.1", 11112]},
+        # Ingest must never overwrite an instance silently: a second payload under the same
+        # SOPInstanceUID is kept out and reported by the ingest flow.
+        "OverwriteInstances": False,
+        "ConcurrentJobs": 2,
+        # No IngestTranscoding: with the HTJ2K UID it stops Orthanc 1.10.1 from starting.
+        "Plugins": [str(plugin)],
+        "DicomWeb": {
+            "Enable": True,
+            "Root": "/dicom-web/",
+            "EnableWado": True,
+            "WadoRoot": "/wado",
+            "Ssl": False,
+            "StudiesMetadata": "Full",
+        },
+    }
+
+
+def _orthanc_config_path(ctx: Context) -> Path:
+    return ctx.home / "orthanc.json"
+
+
+def _prepare_orthanc(ctx: Context) -> None:
+    """Write orthanc.json and create the storage folder."""
+    plugin = find_dicomweb_plugin()
+    if plugin is None:
+        raise StackError(
+            "the Orthanc DICOMweb plugin was not found in "
+            f"{', '.join(DICOMWEB_PLUGIN_GLOBS)}: install the Debian package orthanc-dicomweb"
+        )
+    (ctx.home / "db").mkdir(parents=True, exist_ok=True)
+    config = render_orthanc_config(ctx.settings, ctx.home, plugin)
+    write_atomically(_orthanc_config_path(ctx), json.dumps(config, indent=2) + "\n")
+
+
+def _orthanc_command(ctx: Context) -> list[str]:
+    binary = find_orthanc_binary()
+    if binary is None:
+        raise StackError("the Orthanc executable was not found: install the Debian package orthanc")
+    return [str(binary), str(_orthanc_config_path(ctx))]
+
+
+def _orthanc_url(settings: Settings) -> str:
+    return settings.orthanc_url.rstrip("/")
+
+
+def _orthanc_health(ctx: Context, client: httpx.Client) -> Health:
+    """Orthanc answers /system, and it is ours (same AET and DICOM port), not another one."""
+    try:
+        response = client.get(f"{_orthanc_url(ctx.settings)}/system")
+        if response.status_code != 200:
+            return Health(False, error=f"GET /system answered HTTP {response.status_code}")
+        body = response.json()
+    except (httpx.HTTPError, ValueError) as err:
+        return Health(False, error=f"{type(err).__name__}: {err}")
+    if (body.get("DicomAet"), body.get("DicomPort")) != (
+        ctx.settings.orthanc_aet,
+        ctx.settings.orthanc_dicom_port,
+    ):
+        return Health(
+            False,
+            error=f"another Orthanc answers ({body.get('DicomAet')} on {body.get('DicomPort')})",
+        )
+    return Health(True, version=body.get("Version"))
+
+
+def _orthanc_ports(settings: Settings) -> list[tuple[str, int]]:
+    # Orthanc binds every interface, so that is where a conflict shows.
+    return [("0.0.0.0", settings.orthanc_http_port), ("0.0.0.0", settings.orthanc_dicom_port)]  # noqa: S104
+
+
+ORTHANC = Component(
+    name="orthanc",
+    key="orthanc",
+    url=_orthanc_url,
+    command=_orthanc_command,
+    health=_orthanc_health,
+    ports=_orthanc_ports,
+    prepare=_prepare_orthanc,
+    packages=("orthanc", "orthanc-dicomweb"),
+    start_timeout_s=30.0,
+    port_hint=(
+        "a system Orthanc from the Debian package uses 8042/4242 when its service runs; "
+        "choose other ports with NEURONOVA_ORTHANC_URL and NEURONOVA_ORTHANC_DICOM_PORT"
+    ),
+)

@@ -1,0 +1,67 @@
+"""The Debian packages the stack and its tools need: checked with dpkg, installed with apt-get."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from common.errors import StackError
+
+logger = logging.getLogger(__name__)
+
+# Debian packages that no component runs but the tests and benchmarks call: storescu and
+# dciodvfy (ingest), Chromium (the viewer tests, driven by Playwright), wrk (the gate benchmark),
+# docker-compose (its `config` checks the production compose file; no Docker engine runs here).
+TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools", "chromium", "wrk", "docker-compose")
+
+_APT_OUTPUT_LINES = 30  # of a failed apt-get, in the error
+
+_apt_updated = False
+
+
+def _dpkg_installed(package: str) -> bool:
+    """Whether dpkg says the package is installed."""
+    if shutil.which("dpkg-query") is None:
+        raise StackError(f"dpkg-query not found: install {package} by hand (not a Debian system?)")
+    result = subprocess.run(
+        ["dpkg-query", "-W", "-f=${db:Status-Status}", package],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return result.returncode == 0 and result.stdout.strip() == "installed"
+
+
+def _run_apt(args: Sequence[str]) -> None:
+    """Run apt-get (through sudo when not root), failing with its output."""
+    prefix: list[str] = []
+    if os.geteuid() != 0:
+        if shutil.which("sudo") is None:
+            raise StackError(f"apt-get {' '.join(args)} needs root, and sudo is not installed")
+        prefix = ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    result = subprocess.run(
+        [*prefix, "apt-get", *args], capture_output=True, text=True, env=env, check=False
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-_APT_OUTPUT_LINES:])
+        raise StackError(f"apt-get {' '.join(args)} failed ({result.returncode}):\n{tail}")
+
+
+def ensure_system_packages(packages: Sequence[str]) -> None:
+    """Install the Debian packages that dpkg says are missing (apt-get update once a process)."""
+    global _apt_updated
+    missing = [p for p in dict.fromkeys(packages) if not _dpkg_installed(p)]
+    if not missing:
+        return
+    logger.info("installing Debian packages: %s", ", ".join(missing))
+    if not _apt_updated:
+        _run_apt(["update"])
+        _apt_updated = True
+    _run_apt(["install", "-y", "--no-install-recommends", *missing])
+    still_missing = [p for p in missing if not _dpkg_installed(p)]
+    if still_missing:
+        raise StackError(f"apt-get could not install: {', '.join(still_missing)}")

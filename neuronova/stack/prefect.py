@@ -1,0 +1,93 @@
+"""The Prefect server: its own home and SQLite database under the stack folder, UI under
+/prefect behind the gateway."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import httpx
+
+from common.errors import StackError
+from common.settings import Settings
+from neuronova.stack.component import Component, Context, Health
+
+
+def find_prefect_executable() -> Path:
+    """The `prefect` script of the environment this Python runs in."""
+    candidate = Path(sys.executable).parent / "prefect"
+    if not candidate.exists():
+        raise StackError(f"{candidate} not found: is prefect installed in this environment?")
+    return candidate
+
+
+def prefect_url(settings: Settings) -> str:
+    """The Prefect server's API URL, as clients use it."""
+    return settings.prefect_api_url.rstrip("/")
+
+
+def prefect_env(ctx: Context) -> dict[str, str]:
+    """The Prefect server's settings: its own home and SQLite database, no analytics."""
+    api_url = prefect_url(ctx.settings)
+    return {
+        "PREFECT_HOME": str(ctx.home),
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{ctx.home / 'prefect.db'}",
+        # No network here, and no reason to report usage from a hospital.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_API_PORT": str(ctx.settings.prefect_port),
+        "PREFECT_API_URL": api_url,
+        # The UI is for admins, behind the gateway (webapp/admin_ui.py): served under
+        # /prefect, its API calls go through the gateway too.
+        "PREFECT_UI_SERVE_BASE": "/prefect",
+        "PREFECT_UI_API_URL": f"{ctx.settings.gateway_url.rstrip('/')}/prefect/api",
+    }
+
+
+def _prefect_command(ctx: Context) -> list[str]:
+    return [
+        str(find_prefect_executable()),
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ctx.settings.prefect_port),
+    ]
+
+
+def _prepare_prefect(ctx: Context) -> None:
+    ctx.home.mkdir(parents=True, exist_ok=True)
+
+
+def _prefect_health(ctx: Context, client: httpx.Client) -> Health:
+    """The API's /health answers true; the version comes from /admin/version."""
+    api = prefect_url(ctx.settings)
+    try:
+        response = client.get(f"{api}/health")
+        if response.status_code != 200 or response.json() is not True:
+            return Health(False, error=f"GET /health answered HTTP {response.status_code}")
+        version = client.get(f"{api}/admin/version")
+        return Health(True, version=version.json() if version.status_code == 200 else None)
+    except (httpx.HTTPError, ValueError) as err:
+        return Health(False, error=f"{type(err).__name__}: {err}")
+
+
+def _prefect_ports(settings: Settings) -> list[tuple[str, int]]:
+    return [("127.0.0.1", settings.prefect_port)]
+
+
+PREFECT = Component(
+    name="prefect",
+    key="prefect",
+    url=prefect_url,
+    command=_prefect_command,
+    health=_prefect_health,
+    ports=_prefect_ports,
+    prepare=_prepare_prefect,
+    env=prefect_env,
+    # SQLite migrations and the UI build take 10–20 s on two cores.
+    start_timeout_s=90.0,
+    port_hint="choose another port with NEURONOVA_PREFECT_API_URL",
+)
