@@ -113,7 +113,7 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
     from neuronova.stack.supervisor import LocalStack
     from tasks.archive.orthanc import OrthancClient
     from tasks.dicom.volume import read_series_from_orthanc
-    from tasks.inference.report import publish_lesion_results
+    from tasks.inference.report import LesionFindings, publish_lesion_results
     from tasks.inference.results import store_seg
     from tasks.inference.series import choose_series, find_study_series
     from tasks.ingest.batch import ingest_batch
@@ -167,15 +167,15 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
                 measured = measure_lesions(run.mask, volume.spacing)
                 patient = resolve_patient(settings, str(tags["PatientID"]), fhir=fhir, emr=emr)
                 assert patient.resource is not None
-                publish_lesion_results(
-                    fhir,
-                    patient_ref=f"Patient/{patient.resource['id']}",
-                    study_uid=study_uid,
-                    model="bench",
-                    version=version,
+                findings = LesionFindings(
+                    f"Patient/{patient.resource['id']}",
+                    study_uid,
+                    "bench",
+                    version,
                     lesion_count=measured.count,
                     volume_ml=measured.volume_ml,
                 )
+                publish_lesion_results(fhir, findings)
                 rows["fhir"].append(time.perf_counter() - clock)
         medians = {k: statistics.median(v) for k, v in rows.items()}
         total = sum(medians.values())

@@ -40,8 +40,8 @@ from common.db import migrate
 from common.settings import Settings
 from neuronova.prefect_env import use_stack_prefect
 from neuronova.stack.component import Component, Context
+from neuronova.stack.components import PREFECT
 from neuronova.stack.ports import settings_on_free_ports
-from neuronova.stack.prefect import PREFECT
 from neuronova.stack.supervisor import LocalStack
 
 DEPLOYMENT = "ingest_study/on-demand"

@@ -26,7 +26,7 @@ from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
-from tests.gateway.browser_tools import (
+from tests.support.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,
     best_match,

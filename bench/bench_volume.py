@@ -32,7 +32,7 @@ import pydicom
 
 from common.db import migrate
 from neuronova.sample_mr import write_sample_mr_study
-from neuronova.stack.orthanc import ORTHANC
+from neuronova.stack.components import ORTHANC
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
 from tasks.archive.orthanc import OrthancClient

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -103,7 +104,13 @@ class QuarantineItem(SQLModel, table=True):
 
 # --------------------------------------------------------------------------- accounts and audit
 
-ROLES = ("clinician", "radiologist", "admin")
+
+class Role(StrEnum):
+    """A user's role, as stored in `users.role`."""
+
+    CLINICIAN = "clinician"  # opens the studies of the patients on their care list
+    RADIOLOGIST = "radiologist"  # opens every study
+    ADMIN = "admin"  # opens every study, manages users, sees the Prefect UI
 
 
 class User(SQLModel, table=True):
@@ -113,7 +120,7 @@ class User(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     username: str = Field(unique=True, index=True, max_length=64)
     password_hash: str = Field(max_length=255)
-    role: str = Field(max_length=16, description="clinician, radiologist or admin")
+    role: str = Field(max_length=16, description="a Role value")
     active: bool = True
     created_at: datetime = Field(default_factory=utcnow)
 

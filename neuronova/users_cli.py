@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.db import ensure_schema, session_scope
+from common.db import Role, ensure_schema, session_scope
 from common.settings import Settings
 
 app = typer.Typer(help="Webapp users: add them, put patients on a clinician's care list.")
@@ -25,7 +25,7 @@ def _database_url() -> str:
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="The login name.")],
-    role: Annotated[str, typer.Option(help="clinician, radiologist or admin.")],
+    role: Annotated[str, typer.Option(help="One of: " + ", ".join(Role) + ".")],
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
     ] = False,

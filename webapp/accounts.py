@@ -14,19 +14,11 @@ from enum import StrEnum
 from sqlalchemy import Connection, delete, func, text
 from sqlmodel import Session, select
 
-from common.db import AuthSession, CareGrant, LoginFailure, RevokedToken, Study, User
+from common.db import AuthSession, CareGrant, LoginFailure, RevokedToken, Role, Study, User
 from webapp.tokens import hash_password, verify_password
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 12
-
-
-class Role(StrEnum):
-    """A user's role, as stored in `users.role` (the same values as `common.db.ROLES`)."""
-
-    CLINICIAN = "clinician"
-    RADIOLOGIST = "radiologist"
-    ADMIN = "admin"
 
 
 class TokenType(StrEnum):

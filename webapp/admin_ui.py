@@ -25,9 +25,9 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, jsonify, request
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 
-from common.db import User, get_engine
+from common.db import Role, User, get_engine
 from webapp import accounts
-from webapp.accounts import Role, TokenType
+from webapp.accounts import TokenType
 from webapp.audit import Action
 from webapp.context import audit, db_session, deny_response, web_context
 from webapp.tokens import (

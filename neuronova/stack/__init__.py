@@ -1,6 +1,7 @@
 """The local stack: install, start, check and stop the processes NeuroNova runs on one machine.
 
-Its components, one module each, in start order (`supervisor.COMPONENTS`):
+Its components, one module each (what it runs, how it is checked), declared in start order in
+`components.py`:
 
 - `orthanc`: the PACS (Debian's Orthanc with its DICOMweb plugin);
 - `prefect`: the Prefect server, its SQLite database under the stack folder;
@@ -12,8 +13,8 @@ Its components, one module each, in start order (`supervisor.COMPONENTS`):
 The shared pieces: `component` (what a component is), `supervisor` (`LocalStack`: the start
 and stop logic, pidfiles, health checks, status), `processes` (PIDs, sessions, reaping),
 `ports` (free ports, settings for a stack of its own) and `packages` (Debian packages).
-Adding a component means writing one `Component` and placing it in `COMPONENTS`, not editing the
-start/stop logic.
+Adding a component means writing its module and placing one `Component` in `COMPONENTS`, not
+editing the start/stop logic.
 """
 
 from neuronova.stack.supervisor import LocalStack, running_stack

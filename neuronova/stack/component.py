@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from common.settings import Settings
 
 _STOP_TIMEOUT_S = 20.0
+LOOPBACK = "127.0.0.1"
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,30 @@ class Component:
     signal_leader: bool = False
     stop_timeout_s: float = _STOP_TIMEOUT_S
     port_hint: str = ""  # how to move it to other ports, for the "port in use" message
+
+
+@dataclass(frozen=True)
+class LoopbackHttp:
+    """A component that serves HTTP on loopback at the settings' `<name>_url`, bound to their
+    `<name>_port`: its address in `status()`, the port it binds and its health check (HTTP 200
+    at `health_path`) all follow from that one setting."""
+
+    name: str  # e.g. "fhir": Settings.fhir_url and Settings.fhir_port
+    health_path: str
+
+    def __post_init__(self) -> None:
+        for attribute in (f"{self.name}_url", f"{self.name}_port"):
+            if attribute not in Settings.model_fields and not hasattr(Settings, attribute):
+                raise AttributeError(f"Settings has no {attribute}")
+
+    def url(self, settings: Settings) -> str:
+        return str(getattr(settings, f"{self.name}_url")).rstrip("/")
+
+    def ports(self, settings: Settings) -> list[tuple[str, int]]:
+        return [(LOOPBACK, int(getattr(settings, f"{self.name}_port")))]
+
+    def health(self, ctx: Context, client: httpx.Client) -> Health:
+        return http_health(client, f"{self.url(ctx.settings)}{self.health_path}")
 
 
 def http_health(client: httpx.Client, url: str) -> Health:

@@ -7,11 +7,12 @@ import json
 import os
 import sys
 
-from common.settings import Settings
-from neuronova.stack.component import Component, Context, http_health
+from neuronova.stack.component import Context, LoopbackHttp
+
+SERVICE = LoopbackHttp("emr", health_path="/healthz")
 
 
-def _emr_command(ctx: Context) -> list[str]:
+def command(ctx: Context) -> list[str]:
     # Imported here: pydicom and numpy come with it, and `neuronova stack status` need not wait.
     from neuronova.sample import SAMPLE_PATIENT_ID
 
@@ -33,7 +34,7 @@ def _emr_command(ctx: Context) -> list[str]:
     ]
 
 
-def _prepare_emr(ctx: Context) -> None:
+def prepare(ctx: Context) -> None:
     credentials = ctx.settings.emr_credentials()
     path = ctx.home / "credentials.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -41,22 +42,5 @@ def _prepare_emr(ctx: Context) -> None:
         json.dump(credentials, handle)
 
 
-def _emr_url(settings: Settings) -> str:
-    return settings.emr_url.rstrip("/")
-
-
-def _emr_status(ctx: Context) -> dict[str, str]:
-    return {"url": _emr_url(ctx.settings), **ctx.settings.emr_credentials()}
-
-
-EMR = Component(
-    name="emr",
-    key="emr",
-    url=_emr_url,
-    command=_emr_command,
-    health=lambda ctx, client: http_health(client, f"{_emr_url(ctx.settings)}/healthz"),
-    ports=lambda s: [("127.0.0.1", s.emr_port)],
-    prepare=_prepare_emr,
-    status_value=_emr_status,
-    port_hint="choose another port with NEURONOVA_EMR_URL",
-)
+def status(ctx: Context) -> dict[str, str]:
+    return {"url": SERVICE.url(ctx.settings), **ctx.settings.emr_credentials()}

@@ -11,9 +11,17 @@ import httpx
 
 from common.errors import StackError
 from common.settings import PROJECT_ROOT, Settings
-from neuronova.stack.component import Component, Context, Health, http_health, write_atomically
+from neuronova.stack.component import (
+    Context,
+    Health,
+    LoopbackHttp,
+    http_health,
+    write_atomically,
+)
 
 NGINX_DIR = PROJECT_ROOT / "nginx"
+
+SERVICE = LoopbackHttp("gateway", health_path="/healthz")
 
 
 def find_nginx_binary() -> Path | None:
@@ -40,7 +48,7 @@ def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
     return text
 
 
-def _prepare_nginx(ctx: Context) -> None:
+def prepare(ctx: Context) -> None:
     from neuronova.ohif import ensure_ohif
 
     root = ensure_ohif()
@@ -72,34 +80,15 @@ def _nginx_args(ctx: Context) -> list[str]:
     ]
 
 
-def _nginx_command(ctx: Context) -> list[str]:
+def command(ctx: Context) -> list[str]:
     binary = find_nginx_binary()
     if binary is None:
         raise StackError("nginx not found: install the Debian package nginx")
     return [str(binary), *_nginx_args(ctx), "-g", "daemon off;"]
 
 
-def _gateway_url(settings: Settings) -> str:
-    return settings.gateway_url.rstrip("/")
-
-
-def _nginx_health(ctx: Context, client: httpx.Client) -> Health:
+def health(ctx: Context, client: httpx.Client) -> Health:
     """nginx answers itself, and reaches the webapp through /api."""
-    base = _gateway_url(ctx.settings)
+    base = SERVICE.url(ctx.settings)
     own = http_health(client, f"{base}/healthz")
     return own if not own.ok else http_health(client, f"{base}/api/health")
-
-
-NGINX = Component(
-    name="nginx",
-    key="gateway",
-    url=_gateway_url,
-    command=_nginx_command,
-    health=_nginx_health,
-    ports=lambda s: [("127.0.0.1", s.gateway_port)],
-    prepare=_prepare_nginx,
-    packages=("nginx",),
-    # The first start downloads OHIF (about 50 MB).
-    start_timeout_s=60.0,
-    port_hint="choose another port with NEURONOVA_GATEWAY_URL",
-)

@@ -13,7 +13,7 @@ import httpx
 
 from common.errors import StackError
 from common.settings import Settings
-from neuronova.stack.component import Component, Context, Health, write_atomically
+from neuronova.stack.component import Context, Health, write_atomically
 
 DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
     "/usr/share/orthanc/plugins/*DicomWeb*.so*",
@@ -91,7 +91,7 @@ def _orthanc_config_path(ctx: Context) -> Path:
     return ctx.home / "orthanc.json"
 
 
-def _prepare_orthanc(ctx: Context) -> None:
+def prepare(ctx: Context) -> None:
     """Write orthanc.json and create the storage folder."""
     plugin = find_dicomweb_plugin()
     if plugin is None:
@@ -104,21 +104,21 @@ def _prepare_orthanc(ctx: Context) -> None:
     write_atomically(_orthanc_config_path(ctx), json.dumps(config, indent=2) + "\n")
 
 
-def _orthanc_command(ctx: Context) -> list[str]:
+def command(ctx: Context) -> list[str]:
     binary = find_orthanc_binary()
     if binary is None:
         raise StackError("the Orthanc executable was not found: install the Debian package orthanc")
     return [str(binary), str(_orthanc_config_path(ctx))]
 
 
-def _orthanc_url(settings: Settings) -> str:
+def status_url(settings: Settings) -> str:
     return settings.orthanc_url.rstrip("/")
 
 
-def _orthanc_health(ctx: Context, client: httpx.Client) -> Health:
+def health(ctx: Context, client: httpx.Client) -> Health:
     """Orthanc answers /system, and it is ours (same AET and DICOM port), not another one."""
     try:
-        response = client.get(f"{_orthanc_url(ctx.settings)}/system")
+        response = client.get(f"{status_url(ctx.settings)}/system")
         if response.status_code != 200:
             return Health(False, error=f"GET /system answered HTTP {response.status_code}")
         body = response.json()
@@ -135,23 +135,6 @@ def _orthanc_health(ctx: Context, client: httpx.Client) -> Health:
     return Health(True, version=body.get("Version"))
 
 
-def _orthanc_ports(settings: Settings) -> list[tuple[str, int]]:
+def ports(settings: Settings) -> list[tuple[str, int]]:
     # Orthanc binds every interface, so that is where a conflict shows.
     return [("0.0.0.0", settings.orthanc_http_port), ("0.0.0.0", settings.orthanc_dicom_port)]  # noqa: S104
-
-
-ORTHANC = Component(
-    name="orthanc",
-    key="orthanc",
-    url=_orthanc_url,
-    command=_orthanc_command,
-    health=_orthanc_health,
-    ports=_orthanc_ports,
-    prepare=_prepare_orthanc,
-    packages=("orthanc", "orthanc-dicomweb"),
-    start_timeout_s=30.0,
-    port_hint=(
-        "a system Orthanc from the Debian package uses 8042/4242 when its service runs; "
-        "choose other ports with NEURONOVA_ORTHANC_URL and NEURONOVA_ORTHANC_DICOM_PORT"
-    ),
-)

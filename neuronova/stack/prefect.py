@@ -10,7 +10,7 @@ import httpx
 
 from common.errors import StackError
 from common.settings import Settings
-from neuronova.stack.component import Component, Context, Health
+from neuronova.stack.component import Context, Health
 
 
 def find_prefect_executable() -> Path:
@@ -45,7 +45,7 @@ def prefect_env(ctx: Context) -> dict[str, str]:
     }
 
 
-def _prefect_command(ctx: Context) -> list[str]:
+def command(ctx: Context) -> list[str]:
     return [
         str(find_prefect_executable()),
         "server",
@@ -57,11 +57,11 @@ def _prefect_command(ctx: Context) -> list[str]:
     ]
 
 
-def _prepare_prefect(ctx: Context) -> None:
+def prepare(ctx: Context) -> None:
     ctx.home.mkdir(parents=True, exist_ok=True)
 
 
-def _prefect_health(ctx: Context, client: httpx.Client) -> Health:
+def health(ctx: Context, client: httpx.Client) -> Health:
     """The API's /health answers true; the version comes from /admin/version."""
     api = prefect_url(ctx.settings)
     try:
@@ -74,20 +74,5 @@ def _prefect_health(ctx: Context, client: httpx.Client) -> Health:
         return Health(False, error=f"{type(err).__name__}: {err}")
 
 
-def _prefect_ports(settings: Settings) -> list[tuple[str, int]]:
+def ports(settings: Settings) -> list[tuple[str, int]]:
     return [("127.0.0.1", settings.prefect_port)]
-
-
-PREFECT = Component(
-    name="prefect",
-    key="prefect",
-    url=prefect_url,
-    command=_prefect_command,
-    health=_prefect_health,
-    ports=_prefect_ports,
-    prepare=_prepare_prefect,
-    env=prefect_env,
-    # SQLite migrations and the UI build take 10–20 s on two cores.
-    start_timeout_s=90.0,
-    port_hint="choose another port with NEURONOVA_PREFECT_API_URL",
-)

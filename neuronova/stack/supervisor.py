@@ -23,15 +23,10 @@ import httpx
 
 from common.errors import StackError
 from common.settings import Settings
-from neuronova.stack.alerts import ALERTS
 from neuronova.stack.component import Component, Context, Health, write_atomically
-from neuronova.stack.emr import EMR
-from neuronova.stack.fhir import FHIR
-from neuronova.stack.nginx import NGINX
-from neuronova.stack.orthanc import ORTHANC
+from neuronova.stack.components import COMPONENTS
 from neuronova.stack.packages import TOOL_PACKAGES, ensure_system_packages
 from neuronova.stack.ports import port_free
-from neuronova.stack.prefect import PREFECT
 from neuronova.stack.processes import (
     adopt,
     alive,
@@ -42,14 +37,8 @@ from neuronova.stack.processes import (
     signal_session,
     wait_gone,
 )
-from neuronova.stack.webapp import WEBAPP
-from neuronova.stack.workers import WORKERS
 
 logger = logging.getLogger(__name__)
-
-# The start order (`down` stops in reverse): the gateway after what it fronts, and the workers
-# last, since the flows they run need every other part.
-COMPONENTS: tuple[Component, ...] = (ORTHANC, PREFECT, WEBAPP, ALERTS, NGINX, FHIR, EMR, *WORKERS)
 
 _HEALTH_POLL_S = 0.25
 _HEALTH_REQUEST_TIMEOUT_S = 2.0

@@ -5,11 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import httpx
-
 from common.errors import StackError
-from common.settings import PROJECT_ROOT, Settings
-from neuronova.stack.component import Component, Context, Health, http_health, settings_env
+from common.settings import PROJECT_ROOT
+from neuronova.stack.component import (
+    Context,
+    LoopbackHttp,
+    settings_env,
+)
+
+SERVICE = LoopbackHttp("webapp", health_path="/api/health")
 
 
 def _venv_script(name: str) -> Path:
@@ -19,11 +23,7 @@ def _venv_script(name: str) -> Path:
     return candidate
 
 
-def _webapp_url(settings: Settings) -> str:
-    return settings.webapp_url.rstrip("/")
-
-
-def _webapp_command(ctx: Context) -> list[str]:
+def command(ctx: Context) -> list[str]:
     s = ctx.settings
     return gunicorn_command(s.webapp_port, s.webapp_workers, s.webapp_threads)
 
@@ -63,20 +63,3 @@ def webapp_env(ctx: Context) -> dict[str, str]:
     # The signing secret is created once here so that every worker reads the same one.
     ctx.settings.jwt_secret_bytes()
     return settings_env(ctx.settings)
-
-
-def _webapp_health(ctx: Context, client: httpx.Client) -> Health:
-    return http_health(client, f"{_webapp_url(ctx.settings)}/api/health")
-
-
-WEBAPP = Component(
-    name="webapp",
-    key="webapp",
-    url=_webapp_url,
-    command=_webapp_command,
-    health=_webapp_health,
-    ports=lambda s: [("127.0.0.1", s.webapp_port)],
-    env=webapp_env,
-    start_timeout_s=60.0,
-    port_hint="choose another port with NEURONOVA_WEBAPP_URL",
-)

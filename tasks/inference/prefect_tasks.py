@@ -18,7 +18,7 @@ from tasks.archive.orthanc import OrthancClient
 from tasks.dicom.seg import build_lesion_seg
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
-from tasks.inference.report import publish_lesion_results
+from tasks.inference.report import LesionFindings, publish_lesion_results
 from tasks.inference.results import seg_uids, store_seg
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
 from tasks.inference.series import SeriesChoice, choose_series, find_study_series
@@ -84,15 +84,10 @@ def publish_fhir_task(
 ) -> tuple[str, list[str]]:
     """Observations and the DiagnosticReport, each created once (conditional creates)."""
     with FhirClient.from_settings(settings) as fhir:
-        return publish_lesion_results(
-            fhir,
-            patient_ref=f"Patient/{patient_fhir_id}",
-            study_uid=study_uid,
-            model=model,
-            version=version,
-            lesion_count=count,
-            volume_ml=volume_ml,
+        findings = LesionFindings(
+            f"Patient/{patient_fhir_id}", study_uid, model, version, count, volume_ml
         )
+        return publish_lesion_results(fhir, findings)
 
 
 @task(name="alert_clinicians", **network_retries(NUDGE_DELAYS_S))

@@ -9,6 +9,7 @@ once however often inference runs. The report names the StudyInstanceUID the DIC
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,16 +59,22 @@ def _observation(
     return Observation.model_validate(resource).model_dump(mode="json", exclude_none=True)
 
 
-def lesion_observations(
-    *,
-    patient_ref: str,
-    study_uid: str,
-    model: str,
-    version: str,
-    lesion_count: int,
-    volume_ml: float,
-) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class LesionFindings:
+    """One AI reading of a study, as FHIR reports it."""
+
+    patient_ref: str  # Patient/<id>
+    study_uid: str
+    model: str
+    version: str
+    lesion_count: int
+    volume_ml: float
+
+
+def lesion_observations(findings: LesionFindings) -> list[dict[str, Any]]:
     """The two measurements, as Observations for the patient."""
+    patient_ref, study_uid = findings.patient_ref, findings.study_uid
+    model, version = findings.model, findings.version
     common: dict[str, Any] = {
         "resourceType": "Observation",
         "status": "preliminary",
@@ -77,14 +84,19 @@ def lesion_observations(
         "note": [{"text": f"{NOT_FOR_CLINICAL_USE}. Model {model} {version}; study {study_uid}."}],
         "device": {"display": f"{model} {version}"},
     }
-    quantity = {"value": round(float(volume_ml), 3), "unit": "mL", "system": UCUM, "code": "mL"}
+    quantity = {
+        "value": round(float(findings.volume_ml), 3),
+        "unit": "mL",
+        "system": UCUM,
+        "code": "mL",
+    }
     return [
         _observation(
             common,
             result_key(study_uid, model, version, "lesion-count"),
             "lesion-count",
             "Brain lesion count (AI)",
-            {"valueInteger": int(lesion_count)},
+            {"valueInteger": int(findings.lesion_count)},
         ),
         _observation(
             common,
@@ -96,17 +108,9 @@ def lesion_observations(
     ]
 
 
-def lesion_report(
-    *,
-    patient_ref: str,
-    study_uid: str,
-    model: str,
-    version: str,
-    observation_refs: list[str],
-    lesion_count: int,
-    volume_ml: float,
-) -> dict[str, Any]:
+def lesion_report(findings: LesionFindings, observation_refs: list[str]) -> dict[str, Any]:
     """The DiagnosticReport that groups the Observations and names the study."""
+    study_uid, model, version = findings.study_uid, findings.model, findings.version
     report = {
         "resourceType": "DiagnosticReport",
         "identifier": [
@@ -116,53 +120,30 @@ def lesion_report(
         "status": "preliminary",
         "category": [{"coding": [_IMAGING]}],
         "code": {"text": "AI brain lesion segmentation"},
-        "subject": {"reference": patient_ref},
+        "subject": {"reference": findings.patient_ref},
         "issued": datetime.now(UTC).isoformat(),
         "result": [{"reference": ref} for ref in observation_refs],
         "conclusion": (
-            f"{lesion_count} lesion(s), {volume_ml:.1f} mL in total, in study {study_uid}. "
+            f"{findings.lesion_count} lesion(s), {findings.volume_ml:.1f} mL in total, "
+            f"in study {study_uid}. "
             f"{NOT_FOR_CLINICAL_USE} ({model} {version})."
         ),
     }
     return DiagnosticReport.model_validate(report).model_dump(mode="json", exclude_none=True)
 
 
-def publish_lesion_results(
-    fhir: FhirClient,
-    *,
-    patient_ref: str,
-    study_uid: str,
-    model: str,
-    version: str,
-    lesion_count: int,
-    volume_ml: float,
-) -> tuple[str, list[str]]:
+def publish_lesion_results(fhir: FhirClient, findings: LesionFindings) -> tuple[str, list[str]]:
     """Create the Observations, then the report that points at them, each only once.
 
     Returns (report id, observation ids). A run repeated after a lost answer finds what the
     first made: every create is conditional on the resource's business identifier.
     """
     observation_ids = []
-    for observation in lesion_observations(
-        patient_ref=patient_ref,
-        study_uid=study_uid,
-        model=model,
-        version=version,
-        lesion_count=lesion_count,
-        volume_ml=volume_ml,
-    ):
+    for observation in lesion_observations(findings):
         key = observation["identifier"][0]["value"]
         stored, _created = fhir.conditional_create(observation, system=RESULT_SYSTEM, value=key)
         observation_ids.append(str(stored["id"]))
-    report = lesion_report(
-        patient_ref=patient_ref,
-        study_uid=study_uid,
-        model=model,
-        version=version,
-        observation_refs=[f"Observation/{i}" for i in observation_ids],
-        lesion_count=lesion_count,
-        volume_ml=volume_ml,
-    )
-    key = result_key(study_uid, model, version, "report")
+    report = lesion_report(findings, [f"Observation/{i}" for i in observation_ids])
+    key = result_key(findings.study_uid, findings.model, findings.version, "report")
     stored, _created = fhir.conditional_create(report, system=RESULT_SYSTEM, value=key)
     return str(stored["id"]), observation_ids

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, TypedDict
+from typing import TYPE_CHECKING, TypedDict, cast
 
 from common.errors import IngestError, UpstreamError, VerificationError
 from tasks.dicom.parse import InstanceIds, parse_dicom, validate_identifiers
@@ -60,13 +60,7 @@ class FileOutcome:
 
     def public(self) -> FileReport:
         """The `neuronova ingest --json` shape of this outcome."""
-        return FileReport(
-            path=self.path,
-            status=self.status,
-            sop_instance_uid=self.sop_instance_uid,
-            transfer_syntax=self.transfer_syntax,
-            reason=self.reason,
-        )
+        return cast(FileReport, {name: getattr(self, name) for name in FileReport.__annotations__})
 
 
 @dataclass

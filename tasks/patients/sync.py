@@ -119,14 +119,8 @@ def resolve_patient(
             return PatientLookup(mrn, None, LookupSource.NONE)
         resource = emr_to_fhir_patient(record, mrn_system=settings.mrn_system, source=emr.base_url)
         if matches is None:  # FHIR was down: keep the answer, owe the write-back
-            patient_cache.save_patient(
-                url,
-                mrn=mrn,
-                resource=resource,
-                source="emr",
-                fhir_pending=True,
-                emr_uuid=record.get("uuid"),
-                emr_updated=record.get("date"),
+            _cache_emr_patient(
+                url, mrn, resource, record.get("uuid"), record.get("date"), owed=True
             )
             return PatientLookup(mrn, resource, LookupSource.EMR, fhir_pending=True)
         return _write_back(
@@ -155,25 +149,9 @@ def _write_back(
         raise
     except TransientUpstreamError as err:
         log.warning("FHIR write-back for MRN failed (%s); kept as owed", err)
-        patient_cache.save_patient(
-            url,
-            mrn=mrn,
-            resource=resource,
-            source=source,
-            fhir_pending=True,
-            emr_uuid=emr_uuid,
-            emr_updated=emr_updated,
-        )
+        _cache_emr_patient(url, mrn, resource, emr_uuid, emr_updated, owed=True, source=source)
         return PatientLookup(mrn, resource, source, fhir_pending=True)
-    patient_cache.save_patient(
-        url,
-        mrn=mrn,
-        resource=stored,
-        source=source,
-        fhir_pending=False,
-        emr_uuid=emr_uuid,
-        emr_updated=emr_updated,
-    )
+    _cache_emr_patient(url, mrn, stored, emr_uuid, emr_updated, owed=False, source=source)
     return PatientLookup(mrn, stored, source)
 
 
@@ -205,23 +183,29 @@ def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]
             patient_cache.flag_for_merge(url, mrn, "several FHIR Patients at bulk sync")
             return "flagged"
         except TransientUpstreamError:
-            patient_cache.save_patient(
-                url,
-                mrn=mrn,
-                resource=resource,
-                source="emr",
-                fhir_pending=True,
-                emr_uuid=uuid,
-                emr_updated=updated,
-            )
+            _cache_emr_patient(url, mrn, resource, uuid, updated, owed=True)
             return "pending"
-        patient_cache.save_patient(
-            url,
-            mrn=mrn,
-            resource=stored,
-            source="emr",
-            fhir_pending=False,
-            emr_uuid=uuid,
-            emr_updated=updated,
-        )
+        _cache_emr_patient(url, mrn, stored, uuid, updated, owed=False)
         return outcome
+
+
+def _cache_emr_patient(
+    url: str,
+    mrn: str,
+    resource: dict[str, Any],
+    emr_uuid: str | None,
+    emr_updated: str | None,
+    *,
+    owed: bool,
+    source: str = LookupSource.EMR,
+) -> None:
+    """Cache a patient that came from the EMR; `owed`: FHIR has not got it yet."""
+    patient_cache.save_patient(
+        url,
+        mrn=mrn,
+        resource=resource,
+        source=source,
+        fhir_pending=owed,
+        emr_uuid=emr_uuid,
+        emr_updated=emr_updated,
+    )

@@ -22,8 +22,8 @@ from common.settings import Settings
 from neuronova.prefect_env import prefect_results_dir
 from neuronova.stack.component import Component
 from neuronova.stack.supervisor import LocalStack
-from tests.dicom_factory import make_dataset, to_part10
-from tests.processes import group_reaped, reaped
+from tests.support.dicom_factory import make_dataset, to_part10
+from tests.support.processes import group_reaped, reaped
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ from flows.check_htj2k import check_htj2k
 from tasks.archive.orthanc import OrthancClient
 from tasks.archive.replace import recover_backups, replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
-from tests.flows.test_ingest_study import dicom_bytes, make_ct, write
+from tests.support.dicom_factory import dicom_bytes, make_ct, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
 

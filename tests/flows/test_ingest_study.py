@@ -15,7 +15,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.objects import Artifact
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from sqlmodel import select
@@ -25,41 +25,10 @@ from common.db import Instance, QuarantineItem, session_scope
 from common.settings import Settings
 from flows.ingest_study import ingest_study
 from neuronova.cli import app
-from neuronova.sample import ct_slice_dataset, head_phantom
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
+from tests.support.dicom_factory import dicom_bytes, make_ct, write
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
-
-
-def make_ct(
-    index: int = 0,
-    *,
-    size: int = 64,
-    study: str | None = None,
-    series: str | None = None,
-    sop: str | None = None,
-) -> Dataset:
-    """A small signed-16 CT slice with fresh UIDs unless given."""
-    return ct_slice_dataset(
-        head_phantom(size, size, -0.5 + index / 10),
-        index,
-        study or generate_uid(),
-        series or generate_uid(),
-        generate_uid(),
-        sop_uid=sop or generate_uid(),
-    )
-
-
-def write(ds: Dataset, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
-
-def dicom_bytes(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def by_path(report: dict) -> dict[str, dict]:

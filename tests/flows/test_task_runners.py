@@ -21,7 +21,7 @@ from flows.check_htj2k import check_htj2k
 from neuronova.stack.ports import free_ports
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tasks.runners import ConfiguredTaskRunner, task_runner
-from tests.flows.test_ingest_study import dicom_bytes, make_ct
+from tests.support.dicom_factory import dicom_bytes, make_ct
 
 LOOPBACK = "127.0.0.1"
 

@@ -13,7 +13,7 @@ from sqlmodel import select
 
 from common.db import AuditEvent, session_scope
 from common.settings import PROJECT_ROOT
-from tests.gateway.conftest import PASSWORD, Viewing
+from tests.support.viewing import PASSWORD, Viewing
 from webapp import accounts
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 
 from common.db import session_scope
 from tasks.inference.alerts import AI_RESULT, AlertPublisher
-from tests.gateway.conftest import PASSWORD, Viewing
+from tests.support.viewing import PASSWORD, Viewing
 from webapp import accounts
 
 pytestmark = pytest.mark.integration

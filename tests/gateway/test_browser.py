@@ -23,7 +23,7 @@ import pytest
 from common.settings import PROJECT_ROOT, Settings
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.archive.orthanc import OrthancClient
-from tests.gateway.browser_tools import (
+from tests.support.browser import (
     best_match,
     canvas_rgb,
     head_box,
@@ -31,7 +31,7 @@ from tests.gateway.browser_tools import (
     reference_slices,
     wait_for_image,
 )
-from tests.gateway.conftest import Viewing, token_of
+from tests.support.viewing import Viewing, token_of
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.gateway.conftest import Viewing, token_of
+from tests.support.viewing import Viewing, token_of
 from webapp.tokens import derive_key, issue_viewer_token
 
 pytestmark = pytest.mark.integration
@@ -171,98 +171,38 @@ def _paths(v: Viewing) -> dict[str, tuple[str, set[int]]]:
     return {
         "study B metadata": (f"/dicom-web/studies/{b}/metadata", deny),
         "study B frames": (f"/dicom-web/studies/{b}/series/{sb}/instances/{ib}/frames/1", deny),
-        "study B instance under study A's path": (
-            f"/dicom-web/studies/{a}/series/{s}/instances/{ib}/frames/1",
-            deny,
-        ),
-        "study B series under study A's path": (
-            f"/dicom-web/studies/{a}/series/{sb}/metadata",
-            deny,
-        ),
+        "study B instance under study A's path": (f"/dicom-web/studies/{a}/series/{s}/instances/{ib}/frames/1", deny),
+        "study B series under study A's path": (f"/dicom-web/studies/{a}/series/{sb}/metadata", deny),
         "QIDO without a filter": ("/dicom-web/studies", deny),
         "QIDO by patient": (f"/dicom-web/studies?PatientID={v.patient_a}", deny),
         "QIDO with study B's filter": (f"/dicom-web/studies?StudyInstanceUID={b}", deny),
-        "QIDO with A and B": (
-            f"/dicom-web/studies?StudyInstanceUID={a}&StudyInstanceUID={b}",
-            deny,
-        ),
+        "QIDO with A and B": (f"/dicom-web/studies?StudyInstanceUID={a}&StudyInstanceUID={b}", deny),
         "WADO-URI of study B": (f"/wado?requestType=WADO&studyUID={b}&objectUID={ib}", deny),
-        "WADO-URI of B's instance claiming A": (
-            f"/wado?requestType=WADO&studyUID={a}&objectUID={ib}",
-            deny,
-        ),
+        "WADO-URI of B's instance claiming A": (f"/wado?requestType=WADO&studyUID={a}&objectUID={ib}", deny),
         "WADO-URI without study": (f"/wado?requestType=WADO&objectUID={i}", deny),
         "traversal in the study": (f"/dicom-web/studies/{a}/../{b}/metadata", deny_or_404),
-        "encoded traversal in the study": (
-            f"/dicom-web/studies/{a}/%2e%2e/{b}/metadata",
-            deny_or_404,
-        ),
-        "double-encoded traversal in the study": (
-            f"/dicom-web/studies/{a}/%252e%252e/{b}/metadata",
-            deny,
-        ),
+        "encoded traversal in the study": (f"/dicom-web/studies/{a}/%2e%2e/{b}/metadata", deny_or_404),
+        "double-encoded traversal in the study": (f"/dicom-web/studies/{a}/%252e%252e/{b}/metadata", deny),
         "encoded slash in the study": (f"/dicom-web/studies/{a}%2F..%2F{b}/metadata", deny_or_404),
-        "traversal in the series": (
-            f"/dicom-web/studies/{a}/series/{s}/../{sb}/metadata",
-            deny_or_404,
-        ),
-        "encoded traversal in the series": (
-            f"/dicom-web/studies/{a}/series/%2e%2e%2f{sb}/metadata",
-            deny_or_404,
-        ),
-        "double-encoded traversal in the series": (
-            f"/dicom-web/studies/{a}/series/%252e%252e%252f{sb}/metadata",
-            deny,
-        ),
-        "traversal in the instance": (
-            f"/dicom-web/studies/{a}/series/{s}/instances/../../../../{b}/metadata",
-            deny_or_404,
-        ),
-        "encoded traversal in the instance": (
-            f"/dicom-web/studies/{a}/series/{s}/instances/%2e%2e%2f%2e%2e/metadata",
-            deny_or_404,
-        ),
-        "double-encoded traversal in the instance": (
-            f"/dicom-web/studies/{a}/series/{s}/instances/%252e%252e%252f/metadata",
-            deny,
-        ),
-        "traversal in the frames": (
-            f"/dicom-web/studies/{a}/series/{s}/instances/{i}/frames/../../../../../../instances",
-            deny_or_404,
-        ),
-        "double-encoded traversal in the frames": (
-            f"/dicom-web/studies/{a}/series/{s}/instances/{i}/frames/%252e%252e",
-            deny,
-        ),
+        "traversal in the series": (f"/dicom-web/studies/{a}/series/{s}/../{sb}/metadata", deny_or_404),
+        "encoded traversal in the series": (f"/dicom-web/studies/{a}/series/%2e%2e%2f{sb}/metadata", deny_or_404),
+        "double-encoded traversal in the series": (f"/dicom-web/studies/{a}/series/%252e%252e%252f{sb}/metadata", deny),
+        "traversal in the instance": (f"/dicom-web/studies/{a}/series/{s}/instances/../../../../{b}/metadata", deny_or_404),
+        "encoded traversal in the instance": (f"/dicom-web/studies/{a}/series/{s}/instances/%2e%2e%2f%2e%2e/metadata", deny_or_404),
+        "double-encoded traversal in the instance": (f"/dicom-web/studies/{a}/series/{s}/instances/%252e%252e%252f/metadata", deny),
+        "traversal in the frames": (f"/dicom-web/studies/{a}/series/{s}/instances/{i}/frames/../../../../../../instances", deny_or_404),
+        "double-encoded traversal in the frames": (f"/dicom-web/studies/{a}/series/{s}/instances/{i}/frames/%252e%252e", deny),
         "traversal to the internal location": ("/dicom-web/../_orthanc/instances", deny_or_404),
-        "encoded traversal to the internal location": (
-            "/dicom-web/%2e%2e/_orthanc/instances",
-            deny_or_404,
-        ),
-        "traversal in the WADO-URI object": (
-            f"/wado?requestType=WADO&studyUID={a}&objectUID=../../instances",
-            deny,
-        ),
-        "encoded traversal in the WADO-URI object": (
-            f"/wado?requestType=WADO&studyUID={a}&objectUID=..%2F..%2Finstances",
-            deny,
-        ),
-        "double-encoded traversal in the WADO-URI object": (
-            f"/wado?requestType=WADO&studyUID={a}&objectUID=%252e%252e%252f",
-            deny,
-        ),
-        "traversal in the WADO-URI study": (
-            f"/wado?requestType=WADO&studyUID={a}%2F..%2F{b}&objectUID={i}",
-            deny,
-        ),
+        "encoded traversal to the internal location": ("/dicom-web/%2e%2e/_orthanc/instances", deny_or_404),
+        "traversal in the WADO-URI object": (f"/wado?requestType=WADO&studyUID={a}&objectUID=../../instances", deny),
+        "encoded traversal in the WADO-URI object": (f"/wado?requestType=WADO&studyUID={a}&objectUID=..%2F..%2Finstances", deny),
+        "double-encoded traversal in the WADO-URI object": (f"/wado?requestType=WADO&studyUID={a}&objectUID=%252e%252e%252f", deny),
+        "traversal in the WADO-URI study": (f"/wado?requestType=WADO&studyUID={a}%2F..%2F{b}&objectUID={i}", deny),
         "the internal location": ("/_orthanc/instances", {404}),
-        "the internal location with a real file": (
-            f"/_orthanc/dicom-web/studies/{a}/metadata",
-            {404},
-        ),
+        "the internal location with a real file": (f"/_orthanc/dicom-web/studies/{a}/metadata", {404}),
         "Orthanc's REST API through the gateway": ("/instances", {404}),
         "Orthanc's tools through the gateway": ("/tools/find", {404}),
-    }
+    }  # fmt: skip
 
 
 def _attack_ids() -> list[str]:

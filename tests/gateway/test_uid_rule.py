@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from neuronova.sample import ct_slice_dataset, head_phantom
-from tests.gateway.conftest import Viewing, token_of
+from tests.support.viewing import Viewing, token_of
 
 pytestmark = pytest.mark.integration
 

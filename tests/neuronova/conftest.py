@@ -8,7 +8,7 @@ import pytest
 
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
-from tests.support.stack import gone, processes_mentioning
+from tests.support.processes import gone, processes_mentioning
 
 
 @pytest.fixture(scope="package")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from common.db import ROLES
-from webapp.accounts import Role
 from webapp.audit import Action, AuditRecord
 from webapp.gate_paths import GateKind
 
@@ -25,7 +23,3 @@ def test_a_row_holds_plain_strings(
     row = AuditRecord(action=action, status=status, request_id="req-1").row()
     assert (row["action"], row["outcome"]) == expected
     assert type(row["action"]) is str and type(row["outcome"]) is str
-
-
-def test_the_roles_are_the_ones_the_users_table_documents() -> None:
-    assert tuple(Role) == ROLES

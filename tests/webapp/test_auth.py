@@ -10,7 +10,7 @@ from flask.testing import FlaskClient
 from sqlmodel import select
 
 from common.db import AuditEvent, LoginFailure, session_scope
-from tests.webapp.conftest import PASSWORD, STUDY_A, STUDY_B, bearer, login, viewer_token
+from tests.support.web import PASSWORD, STUDY_A, STUDY_B, bearer, login, viewer_token
 
 
 def _audit(app: Flask) -> list[AuditEvent]:

@@ -8,7 +8,7 @@ from flask.testing import FlaskClient
 from sqlmodel import select
 
 from common.db import AuditEvent, session_scope
-from tests.webapp.conftest import STUDY_A, STUDY_B, bearer, login, viewer_token
+from tests.support.web import STUDY_A, STUDY_B, bearer, login, viewer_token
 
 A, B = STUDY_A, STUDY_B
 

@@ -18,10 +18,11 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from common.errors import StackError
-from neuronova.stack.orthanc import ORTHANC, find_dicomweb_plugin, render_orthanc_config
+from neuronova.stack.components import ORTHANC
+from neuronova.stack.orthanc import find_dicomweb_plugin, render_orthanc_config
 from neuronova.stack.ports import port_free, settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
-from tests.support.stack import gone, processes_mentioning
+from tests.support.processes import gone, processes_mentioning
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from neuronova.stack import processes
-from tests.processes import reaped
+from tests.support.processes import reaped
 
 
 def test_a_child_that_dies_between_reap_and_look_is_still_reaped(

@@ -19,8 +19,7 @@ from neuronova.stack.component import Component, Context, Health
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.processes import proc_start_ticks
 from neuronova.stack.supervisor import COMPONENTS, LocalStack, running_stack
-from tests.processes import reaped
-from tests.support.stack import gone, processes_mentioning
+from tests.support.processes import gone, processes_mentioning, reaped
 
 # --------------------------------------------------------------------------- stand-ins
 

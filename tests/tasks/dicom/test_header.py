@@ -15,7 +15,7 @@ from neuronova.sample import write_sample_study
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.dicom.header import WANTED, scan_header
 from tasks.dicom.transcode import transcode_to_htj2k
-from tests.dicom_factory import make_dataset, to_part10
+from tests.support.dicom_factory import make_dataset, to_part10
 
 
 def _pydicom_view(blob: bytes) -> dict[str, str]:

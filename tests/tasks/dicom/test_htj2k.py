@@ -10,7 +10,7 @@ import pytest
 from ojph.ojph_bindings import Codestream, MemOutfile, Point
 
 from tasks.dicom.htj2k import decode_frame, encode_frame, read_info
-from tests.dicom_factory import make_pixels
+from tests.support.dicom_factory import make_pixels
 
 # dtype, bits stored, shape (rows, columns[, 3]), pattern
 ROUND_TRIPS = [

@@ -51,7 +51,7 @@ from tasks.dicom.transcode import (
     transcode_to_htj2k,
     verify_htj2k,
 )
-from tests.dicom_factory import make_dataset, make_htj2k_dataset, make_pixels, to_part10
+from tests.support.dicom_factory import make_dataset, make_htj2k_dataset, make_pixels, to_part10
 
 _WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 

@@ -6,6 +6,7 @@ from tasks.inference.report import (
     DICOM_UID_SYSTEM,
     NOT_FOR_CLINICAL_USE,
     RESULT_SYSTEM,
+    LesionFindings,
     lesion_observations,
     lesion_report,
 )
@@ -15,12 +16,9 @@ STUDY = "1.2.826.0.1.3680043.10.1245.1"
 
 def test_observations_carry_count_volume_and_a_stable_key() -> None:
     count, volume = lesion_observations(
-        patient_ref="Patient/p1",
-        study_uid=STUDY,
-        model="brain_lesion_seg",
-        version="0.1.0",
-        lesion_count=3,
-        volume_ml=4.25,
+        LesionFindings(
+            "Patient/p1", STUDY, "brain_lesion_seg", "0.1.0", lesion_count=3, volume_ml=4.25
+        )
     )
     assert count["valueInteger"] == 3
     assert volume["valueQuantity"] == {
@@ -42,13 +40,10 @@ def test_observations_carry_count_volume_and_a_stable_key() -> None:
 
 def test_the_report_names_the_study_and_its_results() -> None:
     report = lesion_report(
-        patient_ref="Patient/p1",
-        study_uid=STUDY,
-        model="brain_lesion_seg",
-        version="0.1.0",
-        observation_refs=["Observation/a", "Observation/b"],
-        lesion_count=2,
-        volume_ml=1.5,
+        LesionFindings(
+            "Patient/p1", STUDY, "brain_lesion_seg", "0.1.0", lesion_count=2, volume_ml=1.5
+        ),
+        ["Observation/a", "Observation/b"],
     )
     assert {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{STUDY}"} in report["identifier"]
     assert [r["reference"] for r in report["result"]] == ["Observation/a", "Observation/b"]

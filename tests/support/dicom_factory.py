@@ -14,6 +14,7 @@ exception: Multi-frame Grayscale Word SC allows neither).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -30,6 +31,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     generate_uid,
 )
+
+from neuronova.sample import ct_slice_dataset, head_phantom
 
 Pattern = Literal["smooth", "noise", "constant"]
 
@@ -311,3 +314,37 @@ def _native_bytes(pixels: np.ndarray, bits_allocated: int, transfer_syntax: str)
         big_endian = transfer_syntax == ExplicitVRBigEndian
         data = pixels.astype(pixels.dtype.newbyteorder(">" if big_endian else "<")).tobytes()
     return data + b"\x00" if len(data) % 2 else data
+
+
+# Whole small CT slices (the sample's head phantom) for the ingest and archive tests.
+
+
+def make_ct(
+    index: int = 0,
+    *,
+    size: int = 64,
+    study: str | None = None,
+    series: str | None = None,
+    sop: str | None = None,
+) -> Dataset:
+    """A small signed-16 CT slice with fresh UIDs unless given."""
+    return ct_slice_dataset(
+        head_phantom(size, size, -0.5 + index / 10),
+        index,
+        study or generate_uid(),
+        series or generate_uid(),
+        generate_uid(),
+        sop_uid=sop or generate_uid(),
+    )
+
+
+def write(ds: Dataset, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def dicom_bytes(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -1,11 +1,30 @@
-"""What the stack's tests ask of the process table: is a PID gone, which processes run from a
-stack folder."""
+"""What the tests ask of the process table: has a PID left it (not even a zombie holds it), is it
+gone (a zombie counts as gone), which processes run from a stack folder."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from neuronova.stack.processes import alive, proc_cmdline
+
+
+def reaped(pid: int) -> bool:
+    """No process, not even a zombie, holds the PID."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def group_reaped(pgid: int) -> bool:
+    """No process of the group is left in the table."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def gone(pid: int) -> bool:

@@ -1,0 +1,80 @@
+"""The webapp unit tests' world: two indexed studies of two patients (built by the `app` fixture
+in tests/webapp/conftest.py, on its own SQLite database), and how a test logs in and takes the
+token out of a viewer link."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask.testing import FlaskClient
+
+from common.db import Instance, Series, Study, session_scope
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass(frozen=True)
+class IndexedStudy:
+    patient_id: str
+    study: str
+    series: str
+    instances: tuple[str, ...]
+
+
+STUDY_A = IndexedStudy(
+    "MRN-A",
+    "1.2.826.0.1.1001",
+    "1.2.826.0.1.1001.1",
+    ("1.2.826.0.1.1001.1.1", "1.2.826.0.1.1001.1.2"),
+)
+STUDY_B = IndexedStudy("MRN-B", "1.2.826.0.1.2002", "1.2.826.0.1.2002.1", ("1.2.826.0.1.2002.1.1",))
+
+
+def index_study(url: str, study: IndexedStudy) -> None:
+    """Rows as ingest writes them (the Orthanc IDs are made-up but well-formed)."""
+    with session_scope(url) as session:
+        session.add(
+            Study(study_instance_uid=study.study, patient_id=study.patient_id, modalities="MR")
+        )
+        session.flush()  # no ORM relationships: parents first, for the foreign keys
+        session.add(
+            Series(series_instance_uid=study.series, study_instance_uid=study.study, modality="MR")
+        )
+        session.flush()
+        for n, sop in enumerate(study.instances):
+            session.add(
+                Instance(
+                    sop_instance_uid=sop,
+                    series_instance_uid=study.series,
+                    study_instance_uid=study.study,
+                    sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+                    orthanc_id=f"{n:08x}-aaaaaaaa-bbbbbbbb-cccccccc-dddddddd",
+                    transfer_syntax="1.2.840.10008.1.2.4.201",
+                    source_transfer_syntax="1.2.840.10008.1.2.1",
+                    action="transcoded",
+                    lossless=True,
+                    stored_sha256="0" * 64,
+                    bytes_in=1,
+                    bytes_stored=1,
+                )
+            )
+
+
+def login(client: FlaskClient, username: str = "alice", password: str = PASSWORD) -> dict[str, str]:
+    response = client.post("/api/auth/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.get_json()
+    tokens: dict[str, str] = response.get_json()
+    return tokens
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def viewer_token(client: FlaskClient, access: str, study: str = STUDY_A.study) -> str:
+    """The token inside a viewer link, as OHIF would take it from the URL."""
+    from urllib.parse import parse_qs, urlparse
+
+    response = client.post(f"/api/studies/{study}/viewer-link", headers=bearer(access))
+    assert response.status_code == 200, response.get_json()
+    return parse_qs(urlparse(response.get_json()["url"]).query)["token"][0]
