@@ -149,8 +149,8 @@ def _print_inference(result: InferenceReport) -> None:
     )
     console.print(f"SEG in Orthanc: {result['seg']['sop_instance_uid']}")
     report = result["fhir"]["report"]
-    console.print(f"FHIR: {report} for {result['fhir']['patient']}" if report else
-                  f"[yellow]FHIR report owed: {result['note']}[/yellow]")  # fmt: skip
+    owed = f"[yellow]FHIR report owed: {result['note']}[/yellow]"
+    console.print(f"FHIR: {report} for {result['fhir']['patient']}" if report else owed)
     console.print("AI generated, not for clinical use.")
 
 

@@ -22,6 +22,7 @@ from flask import Blueprint, Response, stream_with_context
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from common.db import User, get_engine
+from tasks.inference.alerts import subscribe_to_alerts
 from webapp import accounts
 from webapp.audit import Action
 from webapp.context import WebContext, audit, db_session, deny_response, web_context
@@ -44,9 +45,7 @@ def stream_alerts() -> Response:
         audit(Action.ALERTS, 503, username=user.username, reason="alerts not configured")
         return deny_response(503, "alerts are not configured")
     try:
-        client = redis.Redis.from_url(ctx.settings.redis_url, socket_connect_timeout=5)
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(ctx.settings.alerts_channel)
+        pubsub = subscribe_to_alerts(ctx.settings)
     except redis.RedisError:
         log.warning("alerts: Redis unreachable")
         audit(Action.ALERTS, 503, username=user.username, reason="redis unreachable")

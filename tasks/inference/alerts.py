@@ -15,7 +15,8 @@ from typing import Any
 
 import redis
 
-from common.errors import TransientUpstreamError
+from common.errors import NeuroNovaError, TransientUpstreamError
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,13 @@ class AlertPublisher:
         self._redis = redis.Redis.from_url(
             redis_url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
         )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AlertPublisher:
+        """A publisher on the configured Redis and alert channel."""
+        if not settings.redis_url:
+            raise NeuroNovaError("alerts are not configured: set NEURONOVA_REDIS_URL")
+        return cls(settings.redis_url, settings.alerts_channel)
 
     def close(self) -> None:
         self._redis.close()
@@ -53,6 +61,19 @@ class AlertPublisher:
             return int(self._redis.publish(self.channel, json.dumps(message)))
         except redis.RedisError as err:
             raise TransientUpstreamError(f"Redis did not take the alert: {err}") from err
+
+
+def subscribe_to_alerts(settings: Settings) -> redis.client.PubSub:
+    """A subscription to the configured alert channel (the webapp's alert streams read it).
+
+    Raises `redis.RedisError` when Redis cannot be reached; the caller answers 503.
+    """
+    if not settings.redis_url:
+        raise NeuroNovaError("alerts are not configured: set NEURONOVA_REDIS_URL")
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(settings.alerts_channel)
+    return pubsub
 
 
 def ai_result_facts(result: dict[str, Any]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ def alert_clinicians_task(settings: Settings, result: dict[str, Any]) -> int:
     """Tell the clinicians who may open the study (their alert streams filter by policy)."""
     if not settings.redis_url:
         return 0
-    with AlertPublisher(settings.redis_url, settings.alerts_channel) as publisher:
+    with AlertPublisher.from_settings(settings) as publisher:
         return publisher.publish(
             AI_RESULT, result["study_instance_uid"], result["patient_id"], ai_result_facts(result)
         )

@@ -82,7 +82,7 @@ def dora(viewing: Viewing) -> str:
 def _publish(viewing: Viewing, study: str) -> int:
     settings = viewing.settings
     assert settings.redis_url
-    with AlertPublisher(settings.redis_url, settings.alerts_channel) as publisher:
+    with AlertPublisher.from_settings(settings) as publisher:
         return publisher.publish(AI_RESULT, study, viewing.patient_a, {"lesion_count": 2})
 
 
