@@ -205,6 +205,7 @@ def _wado_uri(
 
 
 _STUDIES = DICOMWEB_ROOT + "/studies"
+_STUDY_SEGMENTS = tuple(_STUDIES[1:].split("/"))
 _STUDY = _STUDIES + "/{study}"
 _SERIES = _STUDY + "/series/{series}"
 _INSTANCE = _SERIES + "/instances/{instance}"
@@ -259,18 +260,31 @@ def parse_query(query: str, allowed: Mapping[str, Check]) -> dict[str, str]:
 
 
 def parse_request(path: str, query: str, token_study: str) -> GateRequest:
-    """The request, read by the route of `ROUTES` whose shape it has, inside the token's study."""
-    route, slots = match_route(path)
-    if query and not route.params:
+    """The request, read by the route of `ROUTES` whose shape it has, inside the token's study.
+
+    The checks run in the order that makes the audit trail say what matters most: the query's
+    names and values, then the study the path names (another study's is refused as such), then
+    the shape of the rest.
+    """
+    segments = _checked_segments(path)
+    dicomweb = segments[:1] == _STUDY_SEGMENTS[:1]
+    params = parse_query(query, _QIDO_PARAMS if dicomweb else _WADO_PARAMS)
+    if dicomweb and len(segments) > 2:
+        if not is_uid(segments[2]):
+            raise GateDenied(403, _SLOTS["study"].refusal)
+        if segments[2] != token_study:
+            raise GateDenied(403, "another study than the token's")
+    route, slots = match_route(segments)
+    if params and not route.params:
         raise GateDenied(403, "query parameters are only accepted on searches")
-    request = route.build(route, slots, parse_query(query, route.params), token_study)
+    request = route.build(route, slots, params, token_study)
     if request.study != token_study:
         raise GateDenied(403, "another study than the token's")
     return request
 
 
-def match_route(path: str) -> tuple[Route, dict[str, str]]:
-    """The route whose shape the path has, and the values of its slots; GateDenied otherwise."""
+def _checked_segments(path: str) -> tuple[str, ...]:
+    """The path's segments, under a root the gate serves, none empty or relative."""
     segments = tuple(path[1:].split("/")) if path.startswith("/") else ()
     if not any(segments[:1] == route.segments[:1] for route in ROUTES):
         raise GateDenied(404, "not a DICOMweb or WADO-URI path")
@@ -278,6 +292,11 @@ def match_route(path: str) -> tuple[Route, dict[str, str]]:
         raise GateDenied(403, "empty or relative path segment")
     if not any(segments[:2] == route.segments[:2] for route in ROUTES):
         raise GateDenied(404, "unknown DICOMweb resource")
+    return segments
+
+
+def match_route(segments: tuple[str, ...]) -> tuple[Route, dict[str, str]]:
+    """The route whose shape the path has, and the values of its slots; GateDenied otherwise."""
     for route in ROUTES:
         if route.has_shape_of(segments):
             return route, route.slot_values(segments)
