@@ -19,14 +19,14 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Failed, Running
 from prefect.task_runners import ThreadPoolTaskRunner
-from sqlmodel import col, select
 
-from common.db import Study, ensure_schema, session_scope
+from common.db import ensure_schema
 from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import sync_patient
-from tasks.inference.results import InferenceReport
+from tasks.archive.index import patients_of_studies
+from tasks.inference.results import InferenceReport, InferenceStatus
 from tasks.ingest.prefect_tasks import collect_inputs_task, ingest_batch_task
 from tasks.ingest.prepare import FileReport
 from tasks.ingest.report import (
@@ -84,19 +84,11 @@ def ingest_study(path: str, remove_originals: bool = False) -> IngestReport:
     # Hand-offs, as subflows (linked runs in the UI): the patient first, so that the AI's report
     # finds it in the cache; their failures are reported, the stored images stay stored.
     if settings.patient_sync_after_ingest:
-        report["patients"] = [sync_study_patient(mrn) for mrn in patients_of(settings, studies)]
+        mrns = patients_of_studies(settings.resolved_database_url, studies)
+        report["patients"] = [sync_study_patient(mrn) for mrn in mrns]
     if settings.inference_after_ingest:
         report["inference"] = [read_study(settings, uid) for uid in studies_with_mr(studies)]
     return report
-
-
-def patients_of(settings: Settings, studies: dict[str, list[SeriesReport]]) -> list[str]:
-    """The MRNs (PatientID) of the stored studies, from the archive index."""
-    if not studies:
-        return []
-    query = select(Study.patient_id).where(col(Study.study_instance_uid).in_(list(studies)))
-    with session_scope(settings.resolved_database_url) as session:
-        return sorted(set(session.exec(query)))
 
 
 def sync_study_patient(mrn: str) -> PatientSyncReport:
@@ -132,7 +124,7 @@ def read_study(settings: Settings, study_uid: str) -> InferenceReport:
         state,
         f"inference of {study_uid}",
         f"neuronova infer {study_uid}",
-        InferenceReport(status="failed", study_instance_uid=study_uid),
+        InferenceReport(status=InferenceStatus.FAILED, study_instance_uid=study_uid),
     )
 
 

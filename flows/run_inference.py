@@ -35,6 +35,7 @@ from tasks.inference.prefect_tasks import (
 )
 from tasks.inference.results import (
     InferenceReport,
+    InferenceStatus,
     find_result,
     result_summary,
     save_result,
@@ -61,7 +62,7 @@ def _read_study(study_uid: str, require_brain: bool) -> InferenceReport:
     ensure_schema(settings.resolved_database_url)
     model, version = bundle_identity(settings.model_bundle_dir)
     existing = find_result(settings, study_uid, model, version)
-    if existing is not None and existing.status == "completed":
+    if existing is not None and existing.status == InferenceStatus.COMPLETED:
         logger.info("study already read by %s %s: nothing to do", model, version)
         return result_summary(existing, reused=True)
 
@@ -71,7 +72,9 @@ def _read_study(study_uid: str, require_brain: bool) -> InferenceReport:
         except NoSuitableSeries as err:
             logger.warning("no inference for study %s: %s", study_uid, err)
             return InferenceReport(
-                status="no-suitable-series", study_instance_uid=study_uid, message=str(err)
+                status=InferenceStatus.NO_SUITABLE_SERIES,
+                study_instance_uid=study_uid,
+                message=str(err),
             )
         if choice.brain_evidence is None:
             logger.warning(
@@ -125,7 +128,7 @@ def _segment_and_store(
             "model_name": model,
             "model_version": version,
             "model_sha256": run.model_sha256,
-            "status": "segmented",
+            "status": InferenceStatus.SEGMENTED,
             "device": run.device,
             "lesion_count": measured.count,
             "lesion_volume_ml": round(measured.volume_ml, 3),
@@ -169,7 +172,7 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
         settings,
         _key(row)
         | {
-            "status": "completed",
+            "status": InferenceStatus.COMPLETED,
             "fhir_report_id": report_id,
             "fhir_patient_id": patient["fhir_id"],
             "note": None,

@@ -14,11 +14,15 @@ from collections import Counter
 from typing import TypedDict
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
 
 from common.db import ensure_schema
 from common.settings import Settings
-from tasks.patients.prefect_tasks import fetch_emr_page, pay_owed_write_backs, sync_emr_page
+from tasks.patients.prefect_tasks import (
+    fetch_emr_page,
+    pay_owed_write_backs,
+    publish_bulk_sync_report,
+    sync_emr_page,
+)
 
 PAGE_SIZE = 200
 
@@ -46,10 +50,6 @@ def sync_patients(since: str | None = None, page_size: int = PAGE_SIZE) -> BulkS
             break
         offset += page_size
     report = BulkSyncReport(since=since, counts=dict(counts))
-    create_table_artifact(
-        key="sync-patients",
-        table=[{"outcome": k, "patients": v} for k, v in sorted(counts.items())],
-        description=f"Patients synced from OpenEMR (changed since {since or 'the beginning'})",
-    )
+    publish_bulk_sync_report(counts, since)
     print(f"sync_patients: {dict(counts)}")
     return report

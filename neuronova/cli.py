@@ -122,6 +122,7 @@ def infer(
     settings = Settings()
     use_prefect_server(settings)
     from flows.run_inference import run_inference
+    from tasks.inference.results import InferenceStatus
 
     with console.status(f"Reading study {study_uid} …"):
         try:
@@ -132,13 +133,13 @@ def infer(
         print(json.dumps(result, indent=2))
     else:
         _print_inference(result)
-    if result["status"] == "no-suitable-series":
+    if result["status"] == InferenceStatus.NO_SUITABLE_SERIES:
         raise typer.Exit(EXIT_NOT_FOUND)
-    raise typer.Exit(EXIT_OK if result["status"] == "completed" else EXIT_PARTIAL)
+    raise typer.Exit(EXIT_OK if result["status"] == InferenceStatus.COMPLETED else EXIT_PARTIAL)
 
 
 def _print_inference(result: InferenceReport) -> None:
-    if result["status"] == "no-suitable-series":
+    if "model" not in result:  # nothing was read: the message says why
         console.print(f"[yellow]{result['message']}[/yellow]")
         return
     model = result["model"]

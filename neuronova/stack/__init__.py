@@ -16,7 +16,3 @@ and stop logic, pidfiles, health checks, status), `processes` (PIDs, sessions, r
 Adding a component means writing its module and placing one `Component` in `COMPONENTS`, not
 editing the start/stop logic.
 """
-
-from neuronova.stack.supervisor import LocalStack, running_stack
-
-__all__ = ["LocalStack", "running_stack"]

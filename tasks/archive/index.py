@@ -10,7 +10,7 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import Session, SQLModel, col, select
 
-from common.db import Instance, Series, Study, utcnow
+from common.db import Instance, Series, Study, session_scope, utcnow
 from tasks.archive.orthanc import StoredInstance
 from tasks.dicom.parse import InstanceIds
 from tasks.dicom.transcode import TranscodeResult
@@ -195,3 +195,13 @@ def _merge_modalities(current: str, modality: str | None) -> str:
     if modality:
         values.add(modality)
     return "\\".join(sorted(values))[:64]
+
+
+def patients_of_studies(url: str, study_uids: Iterable[str]) -> list[str]:
+    """The MRNs (PatientID) of these studies, as the index holds them."""
+    uids = list(study_uids)
+    if not uids:
+        return []
+    query = select(Study.patient_id).where(col(Study.study_instance_uid).in_(uids))
+    with session_scope(url) as session:
+        return sorted(set(session.exec(query)))

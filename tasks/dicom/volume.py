@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pydicom import Dataset, dcmread
@@ -22,13 +22,22 @@ from pydicom.encaps import generate_frames
 
 from common.errors import NeuroNovaError
 from common.logs import carry_context
-from tasks.archive.orthanc import OrthancClient
 from tasks.dicom.header import scan_header
 from tasks.dicom.htj2k import HTJ2K_SYNTAXES, decode_frame
 
 log = logging.getLogger(__name__)
 
 _SPACING_TOLERANCE = 0.01  # relative: slice gaps must agree to 1 %
+
+
+class SeriesArchive(Protocol):
+    """What reading a series needs of the archive (`tasks.archive.orthanc.OrthancClient`)."""
+
+    def series_instances(self, series_id: str) -> list[dict[str, Any]]: ...
+    def instance_tags(self, orthanc_id: str) -> dict[str, Any]: ...
+    def instance_transfer_syntax(self, orthanc_id: str) -> str: ...
+    def get_instance_file(self, orthanc_id: str) -> bytes: ...
+    def instance_frame_raw(self, orthanc_id: str, frame: int = 0) -> bytes: ...
 
 
 class VolumeError(NeuroNovaError):
@@ -143,7 +152,7 @@ def _decode_into(ds: Dataset, out: np.ndarray) -> None:
 
 
 def read_series_from_orthanc(
-    client: OrthancClient, series_id: str, *, workers: int = 8, with_headers: bool = False
+    client: SeriesArchive, series_id: str, *, workers: int = 8, with_headers: bool = False
 ) -> Volume:
     """A series straight from Orthanc, without parsing one DICOM file per slice.
 

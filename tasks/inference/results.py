@@ -8,6 +8,7 @@ result row is unique on it.
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
@@ -84,12 +85,22 @@ def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:
             for name, value in values.items():
                 setattr(row, name, value)
             row.timings = json.dumps(json.loads(row.timings) | timings)
-        if row.status == "completed" and row.completed_at is None:
+        if row.status == InferenceStatus.COMPLETED and row.completed_at is None:
             row.completed_at = utcnow()
         session.add(row)
         session.flush()
         session.refresh(row)
         return row
+
+
+class InferenceStatus(StrEnum):
+    """Where a study's AI reading stands (`inference_results.status`, and the reports)."""
+
+    SEGMENTED = "segmented"  # the SEG is stored; the FHIR report is owed
+    COMPLETED = "completed"  # the SEG is stored and the report is in FHIR
+    NO_SUITABLE_SERIES = "no-suitable-series"  # nothing the model can read (not recorded)
+    FAILED = "failed"  # in ingest's report: the hand-off did not complete
+    RUNNING = "running"  # in ingest's report: still running when ingest stopped waiting
 
 
 class ModelReport(TypedDict):
@@ -115,7 +126,7 @@ class InferenceReport(TypedDict):
     `status`, `study_instance_uid` and `message` (and `failed` for the latter).
     """
 
-    status: str  # segmented, completed, no-suitable-series; in ingest's report also failed, running
+    status: InferenceStatus
     study_instance_uid: str
     reused: NotRequired[bool]
     series_instance_uid: NotRequired[str]
@@ -135,7 +146,7 @@ class InferenceReport(TypedDict):
 def result_summary(row: InferenceResult, *, reused: bool) -> InferenceReport:
     """The report of a recorded result."""
     return InferenceReport(
-        status=row.status,
+        status=InferenceStatus(row.status),
         reused=reused,
         study_instance_uid=row.study_instance_uid,
         series_instance_uid=row.series_instance_uid,

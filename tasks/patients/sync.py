@@ -40,6 +40,18 @@ class LookupSource(StrEnum):
     NONE = "none"  # nowhere: the MRN is unknown
 
 
+class SyncOutcome(StrEnum):
+    """What the bulk sync did with one EMR patient (the counts of `sync_patients`)."""
+
+    CREATED = "created"  # a new FHIR Patient
+    LINKED = "linked"  # FHIR had it already: cached with its id
+    UPDATED = "updated"  # the EMR changed it: a new FHIR version
+    UNCHANGED = "unchanged"  # the cache holds this EMR version, nothing owed
+    FLAGGED = "flagged"  # several FHIR Patients for the MRN: flagged for a merge
+    PENDING = "pending"  # FHIR down: cached, the write-back owed
+    INVALID = "invalid"  # the EMR record cannot be converted (no MRN, say)
+
+
 @dataclass(frozen=True)
 class PatientLookup:
     mrn: str
@@ -110,7 +122,7 @@ def resolve_patient(
                 patient_cache.flag_for_merge(url, mrn, f"{len(matches)} FHIR Patients")
                 raise MultiplePatientsForMrn(mrn)
             saved = patient_cache.save_patient(
-                url, mrn=mrn, resource=matches[0], source="fhir", fhir_pending=False
+                url, mrn=mrn, resource=matches[0], source=LookupSource.FHIR, fhir_pending=False
             )
             return PatientLookup(mrn, json.loads(saved.resource), LookupSource.FHIR)
 
@@ -155,7 +167,7 @@ def _write_back(
     return PatientLookup(mrn, stored, source)
 
 
-def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]) -> str:
+def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]) -> SyncOutcome:
     """Bring one EMR patient into FHIR and the cache: created, linked (FHIR had it), updated,
     unchanged, flagged (several FHIR Patients: a merge) or pending (FHIR down).
 
@@ -169,22 +181,22 @@ def sync_emr_record(settings: Settings, fhir: FhirClient, record: dict[str, Any]
     with patient_cache.mrn_lock(url, mrn, settings.data_dir / "locks"):
         row = patient_cache.cached_patient(url, mrn)
         if row is not None and not row.fhir_pending and updated and row.emr_updated == updated:
-            return "unchanged"
+            return SyncOutcome.UNCHANGED
         try:
             if row is not None and row.fhir_id:
                 stored = fhir.update({**resource, "id": row.fhir_id})
-                outcome = "updated"
+                outcome = SyncOutcome.UPDATED
             else:
                 stored, created = fhir.conditional_create(
                     resource, system=settings.mrn_system, value=mrn
                 )
-                outcome = "created" if created else "linked"
+                outcome = SyncOutcome.CREATED if created else SyncOutcome.LINKED
         except MultiplePatientsForMrn:
             patient_cache.flag_for_merge(url, mrn, "several FHIR Patients at bulk sync")
-            return "flagged"
+            return SyncOutcome.FLAGGED
         except TransientUpstreamError:
             _cache_emr_patient(url, mrn, resource, uuid, updated, owed=True)
-            return "pending"
+            return SyncOutcome.PENDING
         _cache_emr_patient(url, mrn, stored, uuid, updated, owed=False)
         return outcome
 
