@@ -28,19 +28,18 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
-from sqlalchemy import create_engine, text
 
 from common.db import Instance, migrate, session_scope
 from common.settings import Settings
 from neuronova.demo import viewer_link
 from neuronova.sample import write_sample_study
+from neuronova.stack.mariadb import create_database, on_stack_mysql
 from neuronova.stack.ports import free_ports, settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
 from webapp import accounts
 
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
 PASSWORD = "benchmark password"
 
 LUA = """
@@ -68,6 +67,8 @@ DIRECT_SERVER = """
     }
 }
 """
+
+BENCH_DATABASE = "neuronova"  # on the benchmark's own MariaDB, gone with its folder
 
 
 def wrk(
@@ -117,19 +118,14 @@ def main() -> None:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found: run `make system` (Debian package wrk)")
 
-    database = f"neuronova_bench_{uuid.uuid4().hex[:8]}"
-    server = create_engine(MARIADB, isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {database} CHARACTER SET utf8mb4"))
     with tempfile.TemporaryDirectory(prefix="nn-bench-gate-") as tmp:
         work = Path(tmp)
         direct_port = free_ports(1)[0]
-        settings = settings_on_free_ports(
-            work / "var", database_url=f"{MARIADB}/{database}?charset=utf8mb4"
-        )
-        migrate(settings.resolved_database_url)
+        settings = on_stack_mysql(settings_on_free_ports(work / "var"))
         stack = LocalStack(settings)
         try:
+            stack.up(["mariadb"])
+            migrate(create_database(settings, BENCH_DATABASE))
             stack.up(["orthanc", "webapp", "nginx"])
             _add_direct_server(stack, direct_port)
             print(f"writing and ingesting {args.instances} 512x512 CT slices as HTJ2K …")
@@ -139,8 +135,6 @@ def main() -> None:
             _measure(settings, direct_port, args, work)
         finally:
             stack.down()
-            with server.connect() as connection:
-                connection.execute(text(f"DROP DATABASE IF EXISTS {database}"))
 
 
 def _add_direct_server(stack: LocalStack, port: int) -> None:

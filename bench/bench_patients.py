@@ -23,14 +23,13 @@ import os
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
-from sqlalchemy import create_engine, text
 
 from common.db import migrate, session_scope
 from neuronova.stack.component import settings_env
+from neuronova.stack.mariadb import create_database, on_stack_mysql
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
 from tasks.patients.convert import emr_to_fhir_patient
@@ -38,8 +37,9 @@ from tasks.patients.emr import OpenEmrClient
 from tasks.patients.fhir import FhirClient
 from webapp import accounts
 
-MARIADB = "mysql+pymysql://root@127.0.0.1:3306"
 PASSWORD = "benchmark password"
+
+BENCH_DATABASE = "neuronova"  # on the benchmark's own MariaDB, gone with its folder
 
 
 def timed(client: httpx.Client, paths: list[str]) -> list[float]:
@@ -66,20 +66,15 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=2000)
     parser.add_argument("--lookups", type=int, default=200)
     args = parser.parse_args()
-    database = f"neuronova_bench_{uuid.uuid4().hex[:8]}"
-    server = create_engine(MARIADB, isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {database} CHARACTER SET utf8mb4"))
     with tempfile.TemporaryDirectory(prefix="nn-bench-patients-") as tmp:
-        settings = settings_on_free_ports(
-            Path(tmp) / "var",
-            database_url=f"{MARIADB}/{database}?charset=utf8mb4",
-            emr_demo_patients=args.patients,
+        settings = on_stack_mysql(
+            settings_on_free_ports(Path(tmp) / "var", emr_demo_patients=args.patients)
         )
-        migrate(settings.resolved_database_url)
         os.environ.update(settings_env(settings))  # the flow's tasks read Settings() from here
         stack = LocalStack(settings)
         try:
+            stack.up(["mariadb"])
+            migrate(create_database(settings, BENCH_DATABASE))
             stack.up(["webapp", "nginx", "fhir", "emr"])
             with session_scope(settings.resolved_database_url) as session:
                 accounts.add_user(session, "bench", "clinician", PASSWORD)
@@ -87,8 +82,6 @@ def main() -> None:
             _bulk(settings, args.patients)
         finally:
             stack.down()
-            with server.connect() as connection:
-                connection.execute(text(f"DROP DATABASE IF EXISTS {database}"))
 
 
 def _lookups(settings, n: int) -> None:  # type: ignore[no-untyped-def]

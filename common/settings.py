@@ -8,13 +8,15 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_SECRET_LENGTH = 32
+# The local stack's MariaDB account (its root is reachable only through the unix socket).
+STACK_MYSQL_USER = "neuronova"
 
 
 class Settings(BaseSettings):
@@ -182,8 +184,22 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="A comment line this often keeps idle streams open."
     )
     redis_url: str | None = Field(
-        default="redis://127.0.0.1:6379/0",
-        description="Redis for alert pub/sub; unset: no alerts are sent or streamed.",
+        default=None,
+        description="Redis for alert pub/sub, with its password (production). Unset: the local "
+        "stack's own Redis (demo, tests); empty: no alerts are sent or streamed.",
+    )
+    stack_redis_port: int = Field(
+        default=16379,
+        ge=1,
+        le=65535,
+        description="The local stack's own Redis, on loopback: never 6379, so that a Redis the "
+        "machine happens to run is neither used nor in the way.",
+    )
+    stack_mysql_port: int = Field(
+        default=13306,
+        ge=1,
+        le=65535,
+        description="The local stack's own MariaDB, on loopback: never 3306, for the same reason.",
     )
     alerts_channel: str = Field(default="neuronova:alerts", min_length=1)
     jwt_secret: SecretStr | None = Field(
@@ -224,6 +240,34 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to an SQLite file under data_dir."""
         return self.database_url or f"sqlite:///{self.data_dir / 'neuronova.db'}"
+
+    @property
+    def resolved_redis_url(self) -> str | None:
+        """Redis for alerts: the configured URL; unset, the local stack's own (with its
+        generated password; never in production); empty, None (no alerts)."""
+        if self.redis_url is not None:
+            return self.redis_url or None
+        if self.environment == "production":
+            return None
+        return f"redis://:{self.stack_redis_password()}@127.0.0.1:{self.stack_redis_port}/0"
+
+    def stack_redis_password(self) -> str:
+        """The local stack's Redis password (`requirepass`), generated once under secrets/."""
+        return self.generated_secret("redis.password", lambda: secrets.token_urlsafe(24))
+
+    def stack_mysql_credentials(self) -> dict[str, str]:
+        """The local stack's MariaDB account, its password generated once under secrets/."""
+        password = self.generated_secret("mysql.password", lambda: secrets.token_urlsafe(24))
+        return {"username": STACK_MYSQL_USER, "password": password}
+
+    def stack_mysql_url(self, database: str = "") -> str:
+        """A SQLAlchemy URL for the local stack's MariaDB (with its password)."""
+        account = self.stack_mysql_credentials()
+        user, password = quote(account["username"]), quote(account["password"], safe="")
+        return (
+            f"mysql+pymysql://{user}:{password}@127.0.0.1:{self.stack_mysql_port}/{database}"
+            "?charset=utf8mb4"
+        )
 
     @property
     def stack_dir(self) -> Path:

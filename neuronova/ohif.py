@@ -16,6 +16,7 @@ from pathlib import Path
 
 from common.errors import StackError
 from common.settings import PROJECT_ROOT
+from neuronova.node import node_env, npm_command
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +49,14 @@ def ensure_ohif(version: str = OHIF_VERSION) -> Path:
 
 
 def _install(version: str, root: Path) -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise StackError("npm not found: install Node.js (Debian packages nodejs and npm)")
     log.info("downloading %s@%s (about 50 MB)", OHIF_PACKAGE, version)
     root.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root.parent.parent) as work:
         result = subprocess.run(
-            [npm, "pack", f"{OHIF_PACKAGE}@{version}", "--silent", "--pack-destination", work],
+            npm_command(
+                "pack", f"{OHIF_PACKAGE}@{version}", "--silent", "--pack-destination", work
+            ),
+            env=node_env(),
             capture_output=True,
             text=True,
             check=False,

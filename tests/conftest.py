@@ -1,5 +1,5 @@
-"""Session fixtures: a real Orthanc started by the stack code, a real MariaDB database, and
-one Prefect test harness. Flows read `Settings()` from the environment, so the fixtures set
+"""Session fixtures: a real Orthanc, MariaDB and Redis started by the stack code, and one Prefect
+test harness. Flows read `Settings()` from the environment, so the fixtures set
 `NEURONOVA_*` variables for the whole session."""
 
 from __future__ import annotations
@@ -13,61 +13,59 @@ from sqlalchemy import create_engine, text
 
 from common.db import migrate
 from common.settings import Settings
-from neuronova.stack.ports import free_consecutive_ports, free_ports
+from neuronova.stack.component import settings_env
+from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
-from neuronova.stack.workers import WORKER_POOLS
 
-MARIADB_SERVER = os.environ.get("NEURONOVA_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306")
-
-
-@pytest.fixture(scope="session")
-def mariadb_url() -> Iterator[str]:
-    """A fresh database on the machine's MariaDB, dropped at the end of the session."""
-    name = f"neuronova_test_{uuid.uuid4().hex[:8]}"
-    server = create_engine(MARIADB_SERVER, isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
-    url = f"{MARIADB_SERVER}/{name}?charset=utf8mb4"
-    migrate(url)
-    yield url
-    with server.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-    server.dispose()
+# A MariaDB or MySQL server of your own (e.g. mysql+pymysql://root@127.0.0.1:3306); unset, the
+# tests use the stack's own MariaDB, which they start, and never a server the machine runs.
+EXTERNAL_MYSQL = os.environ.get("NEURONOVA_TEST_MYSQL")
 
 
 @pytest.fixture(scope="session")
-def stack_settings(
-    tmp_path_factory: pytest.TempPathFactory, mariadb_url: str
-) -> Iterator[Settings]:
-    """Settings for the test stack: own folder, free ports, MariaDB, fast retries."""
-    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr, alerts = free_ports(8)
-    env = {
-        "NEURONOVA_ENVIRONMENT": "test",
-        "NEURONOVA_DATA_DIR": str(tmp_path_factory.mktemp("neuronova")),
-        "NEURONOVA_DATABASE_URL": mariadb_url,
-        "NEURONOVA_ORTHANC_URL": f"http://127.0.0.1:{orthanc_http}",
-        "NEURONOVA_ORTHANC_DICOM_PORT": str(orthanc_dicom),
-        "NEURONOVA_PREFECT_API_URL": f"http://127.0.0.1:{prefect}/api",
-        "NEURONOVA_GATEWAY_URL": f"http://127.0.0.1:{gateway}",
-        "NEURONOVA_WEBAPP_URL": f"http://127.0.0.1:{webapp}",
-        "NEURONOVA_FHIR_URL": f"http://127.0.0.1:{fhir}/fhir/R4",
-        "NEURONOVA_EMR_URL": f"http://127.0.0.1:{emr}",
-        "NEURONOVA_ALERTS_URL": f"http://127.0.0.1:{alerts}",
-        "NEURONOVA_WORKER_HEALTH_PORT": str(free_consecutive_ports(len(WORKER_POOLS))),
-        # Its own channel: other test sessions on this machine's Redis hear nothing of ours.
-        "NEURONOVA_ALERTS_CHANNEL": f"neuronova:alerts:test-{uuid.uuid4().hex[:8]}",
-        "NEURONOVA_ALERTS_HEARTBEAT_S": "0.5",
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings for the test stack: its own folder and free loopback ports, its own MariaDB
+    (a fresh database, dropped at the end) and Redis, fast retries. Set as NEURONOVA_*
+    variables for the whole session, since flows read `Settings()` from the environment."""
+    base = settings_on_free_ports(
+        tmp_path_factory.mktemp("neuronova"),
+        # Its own channel: nothing another session publishes reaches these tests.
+        alerts_channel=f"neuronova:alerts:test-{uuid.uuid4().hex[:8]}",
+        alerts_heartbeat_s=0.5,
         # Most tests ingest without the FHIR server and the EMR running; the tests of the
         # hand-off turn it on (tests/flows/test_run_inference.py).
-        "NEURONOVA_PATIENT_SYNC_AFTER_INGEST": "false",
-        "NEURONOVA_ORTHANC_RETRY_DELAYS_S": "[0.2, 0.5]",
-        "NEURONOVA_INGEST_BATCH_SIZE": "16",
-    }
+        patient_sync_after_ingest=False,
+        orthanc_retry_delays_s=[0.2, 0.5],
+        ingest_batch_size=16,
+    )
+    services = ["redis"] if EXTERNAL_MYSQL else ["mariadb", "redis"]
+    stack = LocalStack(base)
+    stack.up(services)
+    name = f"neuronova_test_{uuid.uuid4().hex[:8]}"
+    server = create_engine(EXTERNAL_MYSQL or base.stack_mysql_url(), isolation_level="AUTOCOMMIT")
+    with server.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    url = (
+        f"{EXTERNAL_MYSQL}/{name}?charset=utf8mb4" if EXTERNAL_MYSQL else base.stack_mysql_url(name)
+    )
+    migrate(url)
+    settings = base.model_copy(update={"database_url": url})
     patch = pytest.MonkeyPatch()
-    for key, value in env.items():
+    for key, value in settings_env(settings).items():
         patch.setenv(key, value)
     yield Settings()
     patch.undo()
+    if EXTERNAL_MYSQL:  # the stack's own server goes with the session's folder
+        with server.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+    server.dispose()
+    stack.down(services)
+
+
+@pytest.fixture(scope="session")
+def mariadb_url(stack_settings: Settings) -> str:
+    """The session's database on the stack's own MariaDB (or NEURONOVA_TEST_MYSQL's server)."""
+    return stack_settings.resolved_database_url
 
 
 @pytest.fixture(scope="session")
@@ -76,7 +74,7 @@ def orthanc(stack_settings: Settings) -> Iterator[Settings]:
     stack = LocalStack(stack_settings)
     stack.up(["orthanc"])
     yield stack_settings
-    stack.down()
+    stack.down(["orthanc"])
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ def stream_alerts() -> Response:
     ctx = web_context()
     user: User = current_user
     claims = get_jwt()
-    if not ctx.settings.redis_url:
+    if not ctx.settings.resolved_redis_url:
         audit(Action.ALERTS, 503, username=user.username, reason="alerts not configured")
         return deny_response(503, "alerts are not configured")
     try:

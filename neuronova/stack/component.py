@@ -4,6 +4,7 @@ check their processes."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ class Component:
     packages: tuple[str, ...] = ()
     # What `status()` shows under `key` when more than a URL (e.g. the EMR's demo account).
     status_value: Callable[[Context], Any] | None = None
+    # Its secrets, shown under `status()["credentials"][key]` (never in a URL or a log).
+    credentials: Callable[[Settings], Any] | None = None
     start_timeout_s: float = 30.0
     # Sent in turn, each followed by a share of the stop timeout, before SIGKILL (to the whole
     # session). To the session too, unless the leader forwards them itself (`signal_leader`).
@@ -118,9 +121,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Replace the file in one step, so a process never reads half of it."""
+def write_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
+    """Replace the file in one step, so a process never reads half of it; `mode` from the
+    start (0o600 for a file that holds a password: never readable by others, not even briefly)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
     tmp.replace(path)

@@ -1,17 +1,56 @@
 """Every component of the local stack, in the order `stack up` starts them.
 
 What each one runs, how it is checked and what it needs lives in its own module; this page
-says which of them make up the stack and in what order: Orthanc first (ingest and the gate read
-it), the Prefect server before the workers, the webapp and its alerts pool before nginx (the
-gateway in front of them), the FHIR server and the EMR before the workers that sync patients.
+says which of them make up the stack and in what order: the stack's own MariaDB and Redis first
+(a database a session may use, the alert channel), then Orthanc (ingest and the gate read it),
+the Prefect server before the workers, the webapp and its alerts pool before nginx (the gateway
+in front of them), the FHIR server and the EMR before the workers that sync patients.
 `stack down` stops them in the reverse order.
 """
 
 from __future__ import annotations
 
-from neuronova.stack import alerts, emr, fhir, nginx, orthanc, prefect, webapp
+from neuronova.stack import (
+    alerts,
+    emr,
+    fhir,
+    mariadb,
+    nginx,
+    orthanc,
+    prefect,
+    redis_server,
+    webapp,
+)
 from neuronova.stack.component import Component
 from neuronova.stack.workers import WORKERS
+
+MARIADB = Component(
+    name="mariadb",
+    key="mysql",
+    url=mariadb.status_url,
+    command=mariadb.command,
+    health=mariadb.health,
+    ports=mariadb.ports,
+    prepare=mariadb.prepare,
+    credentials=mariadb.credentials,
+    packages=("mariadb-server",),
+    # The first start initialises the data folder (mariadb-install-db) before it.
+    start_timeout_s=60.0,
+    port_hint="choose another port with NEURONOVA_STACK_MYSQL_PORT",
+)
+
+REDIS = Component(
+    name="redis",
+    key="redis",
+    url=redis_server.status_url,
+    command=redis_server.command,
+    health=redis_server.health,
+    ports=redis_server.ports,
+    prepare=redis_server.prepare,
+    credentials=redis_server.credentials,
+    packages=("redis-server",),
+    port_hint="choose another port with NEURONOVA_STACK_REDIS_PORT",
+)
 
 ORTHANC = Component(
     name="orthanc",
@@ -108,4 +147,15 @@ EMR = Component(
 
 # The start order. The workers come last: they poll the Prefect server, run flows that talk to
 # Orthanc, FHIR and the EMR, and report to the webapp's alert channel.
-COMPONENTS: tuple[Component, ...] = (ORTHANC, PREFECT, WEBAPP, ALERTS, NGINX, FHIR, EMR, *WORKERS)
+COMPONENTS: tuple[Component, ...] = (
+    MARIADB,
+    REDIS,
+    ORTHANC,
+    PREFECT,
+    WEBAPP,
+    ALERTS,
+    NGINX,
+    FHIR,
+    EMR,
+    *WORKERS,
+)

@@ -3,11 +3,11 @@ and the tests; production runs HAPI FHIR."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from common.errors import StackError
 from common.settings import PROJECT_ROOT
+from neuronova.node import node_env, node_executable, npm_command
 from neuronova.stack.component import Context, LoopbackHttp
 
 FHIR_SERVER_DIR = PROJECT_ROOT / "servers" / "fhir"
@@ -20,12 +20,10 @@ def prepare(ctx: Context) -> None:
     """Install the server's npm packages from its lock file unless present."""
     if (FHIR_SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
         return
-    npm = shutil.which("npm")
-    if npm is None:
-        raise StackError("npm not found: install Node.js 20 (Debian packages nodejs and npm)")
     result = subprocess.run(
-        [npm, "ci", "--no-audit", "--no-fund", "--silent"],
+        npm_command("ci", "--no-audit", "--no-fund", "--silent"),
         cwd=FHIR_SERVER_DIR,
+        env=node_env(),
         capture_output=True,
         text=True,
         check=False,
@@ -35,11 +33,8 @@ def prepare(ctx: Context) -> None:
 
 
 def command(ctx: Context) -> list[str]:
-    node = shutil.which("node")
-    if node is None:
-        raise StackError("node not found: install Node.js 20 (Debian package nodejs)")
     return [
-        node,
+        node_executable(),
         str(FHIR_SERVER_DIR / "server.mjs"),
         "--host",
         "127.0.0.1",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from common.errors import StackError
 
@@ -51,6 +53,37 @@ def _run_apt(args: Sequence[str]) -> None:
         raise StackError(f"apt-get {' '.join(args)} failed ({result.returncode}):\n{tail}")
 
 
+# While the stack installs packages, no service may start: installing orthanc, nginx,
+# mariadb-server or redis-server would otherwise start Debian's own instance on the standard
+# ports (8042/4242, 80, 3306, 6379), which the stack's own then find taken. invoke-rc.d and
+# deb-systemd-invoke ask this script first; exit 101 means "not now". Services that were
+# already running are left alone (nothing is stopped), and a policy the machine already has is
+# kept as it is.
+POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
+_DENY_STARTS = (
+    "#!/bin/sh\n# Written by neuronova stack install while it installs packages.\nexit 101\n"
+)
+
+
+@contextlib.contextmanager
+def services_kept_from_starting(policy: Path | None = None) -> Iterator[None]:
+    """No package installed meanwhile starts its service (a policy already there is kept)."""
+    policy = policy or POLICY_RC_D
+    if policy.exists():
+        yield
+        return
+    if os.geteuid() != 0:
+        logger.warning("not root: %s not written; installed services may start", policy)
+        yield
+        return
+    policy.write_text(_DENY_STARTS)
+    policy.chmod(0o755)
+    try:
+        yield
+    finally:
+        policy.unlink(missing_ok=True)
+
+
 def ensure_system_packages(packages: Sequence[str]) -> None:
     """Install the Debian packages that dpkg says are missing (apt-get update once a process)."""
     global _apt_updated
@@ -61,7 +94,8 @@ def ensure_system_packages(packages: Sequence[str]) -> None:
     if not _apt_updated:
         _run_apt(["update"])
         _apt_updated = True
-    _run_apt(["install", "-y", "--no-install-recommends", *missing])
+    with services_kept_from_starting():
+        _run_apt(["install", "-y", "--no-install-recommends", *missing])
     still_missing = [p for p in missing if not _dpkg_installed(p)]
     if still_missing:
         raise StackError(f"apt-get could not install: {', '.join(still_missing)}")

@@ -47,7 +47,9 @@ def free_consecutive_ports(count: int, attempts: int = 50) -> int:
 
 def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
     """Settings for a stack of its own (tests, benchmarks): its folder, free loopback ports."""
-    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr, alerts = free_ports(8)
+    orthanc_http, orthanc_dicom, prefect, gateway, webapp, fhir, emr, alerts, mysql, redis = (
+        free_ports(10)
+    )
     values: dict[str, Any] = {
         "environment": "test",
         "data_dir": data_dir,
@@ -60,5 +62,7 @@ def settings_on_free_ports(data_dir: Path, **overrides: Any) -> Settings:
         "emr_url": f"http://127.0.0.1:{emr}",
         "alerts_url": f"http://127.0.0.1:{alerts}",
         "worker_health_port": free_consecutive_ports(len(WORKER_POOLS)),
+        "stack_mysql_port": mysql,
+        "stack_redis_port": redis,
     }
     return Settings(**{**values, **overrides})

