@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0004"
+SCHEMA_HEAD = "0005"
 
 
 def utcnow() -> datetime:
@@ -244,6 +244,9 @@ class InferenceResult(SQLModel, table=True):
     fhir_patient_id: str | None = Field(default=None, max_length=64)
     note: str | None = Field(default=None, max_length=512, description="Why FHIR is still owed.")
     timings: str = Field(sa_column=Column(Text, nullable=False), description="JSON: step → s")
+    alerted_at: datetime | None = Field(
+        default=None, description="When the clinicians' alert went out; null while owed."
+    )
     created_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
 

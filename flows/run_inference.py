@@ -19,7 +19,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from common.db import InferenceResult, ensure_schema
+from common.db import InferenceResult, ensure_schema, utcnow
 from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
@@ -34,6 +34,7 @@ from tasks.inference.prefect_tasks import (
     store_seg_task,
 )
 from tasks.inference.results import (
+    AlertReport,
     InferenceReport,
     InferenceStatus,
     find_result,
@@ -63,8 +64,8 @@ def _read_study(study_uid: str, require_brain: bool) -> InferenceReport:
     model, version = bundle_identity(settings.model_bundle_dir)
     existing = find_result(settings, study_uid, model, version)
     if existing is not None and existing.status == InferenceStatus.COMPLETED:
-        logger.info("study already read by %s %s: nothing to do", model, version)
-        return result_summary(existing, reused=True)
+        logger.info("study already read by %s %s: nothing to read again", model, version)
+        return _tell_clinicians(settings, existing, reused=True)
 
     if existing is None:
         try:
@@ -181,11 +182,27 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
     )
     publish_result_table(row)
     logger.info("DiagnosticReport/%s for Patient/%s", report_id, patient["fhir_id"])
-    result = result_summary(row, reused=False)
-    # The result is stored everywhere already: a failed alert is logged, not a failed run.
+    return _tell_clinicians(settings, row, reused=False)
+
+
+def _tell_clinicians(settings: Settings, row: InferenceResult, *, reused: bool) -> InferenceReport:
+    """The alert, once per result. The result is stored everywhere already, so an alert that
+    cannot go out fails nothing: it stays owed (the report says why) and the next run of the
+    study sends it."""
+    result = result_summary(row, reused=reused)
+    if row.alerted_at is not None:
+        return result
+    if not settings.resolved_redis_url:
+        why = "alerts are not configured (NEURONOVA_REDIS_URL is empty)"
+        result["alert"] = AlertReport(sent_at=None, owed=False, reason=why)
+        return result
     alerted = alert_clinicians_task(settings, result, return_state=True)
-    if not alerted.is_completed():
-        logger.warning("no alert sent for %s: %s", row.study_instance_uid, alerted.message)
+    if alerted.is_completed():
+        row = save_result(settings, _key(row) | {"alerted_at": utcnow()})
+        return result_summary(row, reused=reused)
+    why = f"not sent ({alerted.message}); kept, and the next run of this study sends it"
+    get_run_logger().warning("alert for %s %s", row.study_instance_uid, why)
+    result["alert"] = AlertReport(sent_at=None, owed=True, reason=why)
     return result
 
 

@@ -152,6 +152,9 @@ def _print_inference(result: InferenceReport) -> None:
     report = result["fhir"]["report"]
     owed = f"[yellow]FHIR report owed: {result['note']}[/yellow]"
     console.print(f"FHIR: {report} for {result['fhir']['patient']}" if report else owed)
+    alert = result.get("alert")
+    if alert and alert["owed"]:
+        console.print(f"[yellow]Clinicians' alert {alert.get('reason', 'owed')}[/yellow]")
     console.print("AI generated, not for clinical use.")
 
 

@@ -119,6 +119,15 @@ class FhirReferences(TypedDict):
     patient: str | None  # Patient/<id>
 
 
+class AlertReport(TypedDict):
+    """Whether the clinicians have been told (an alert that could not go out is kept owed, and
+    the next run of the study sends it)."""
+
+    sent_at: str | None  # ISO 8601
+    owed: bool
+    reason: NotRequired[str]  # why it is owed, or why none is sent (alerts not configured)
+
+
 class InferenceReport(TypedDict):
     """What `run_inference` returns and `neuronova infer --json` prints.
 
@@ -139,13 +148,14 @@ class InferenceReport(TypedDict):
     fhir: NotRequired[FhirReferences]
     note: NotRequired[str | None]
     timings: NotRequired[dict[str, float]]
+    alert: NotRequired[AlertReport]
     message: NotRequired[str]
     failed: NotRequired[bool]
 
 
 def result_summary(row: InferenceResult, *, reused: bool) -> InferenceReport:
     """The report of a recorded result."""
-    return InferenceReport(
+    report = InferenceReport(
         status=InferenceStatus(row.status),
         reused=reused,
         study_instance_uid=row.study_instance_uid,
@@ -166,3 +176,7 @@ def result_summary(row: InferenceResult, *, reused: bool) -> InferenceReport:
         note=row.note,
         timings=json.loads(row.timings),
     )
+    if row.status == InferenceStatus.COMPLETED:  # before that there is nothing to tell yet
+        sent = row.alerted_at.isoformat() if row.alerted_at else None
+        report["alert"] = AlertReport(sent_at=sent, owed=sent is None)
+    return report

@@ -23,6 +23,7 @@ from common.settings import Settings
 from models.synthetic_lesions import dice, make_case
 from neuronova.sample import write_sample_study
 from neuronova.sample_mr import SAMPLE_MR_SEED, write_sample_mr_study
+from neuronova.stack.ports import free_ports
 from tasks.archive.orthanc import OrthancClient
 from tasks.inference.report import RESULT_SYSTEM, result_key
 from tasks.inference.segmentation import file_sha256, load_bundle, segment
@@ -271,3 +272,49 @@ def test_neuronova_infer_prints_the_result_and_says_when_there_is_nothing(
     nothing = runner.invoke(app, ["infer", "1.2.826.0.1.3680043.10.1245.424242"])
     assert nothing.exit_code == 4
     assert "not in the archive" in nothing.output
+
+
+def test_an_alert_that_cannot_go_out_is_kept_and_sent_by_the_next_run(
+    orthanc: Settings, patient_sources: Settings, prefect_harness: None, tmp_path: Path
+) -> None:
+    """Redis down when the result is ready: the run completes, its report says the alert is
+    owed and why, the row keeps it owed; the next run of the study sends it, once."""
+    from flows.ingest_study import ingest_study
+    from flows.run_inference import run_inference
+
+    write_sample_mr_study(tmp_path / "mr", seed=SAMPLE_MR_SEED + 2)
+    (closed_port,) = free_ports(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NEURONOVA_REDIS_URL", f"redis://:nobody@127.0.0.1:{closed_port}/0")
+        (first,) = ingest_study(str(tmp_path / "mr"))["inference"]
+    assert first["status"] == "completed" and first["fhir"]["report"]
+    assert first["alert"]["owed"] and first["alert"]["sent_at"] is None
+    assert "next run" in first["alert"]["reason"]
+    assert _row(orthanc, first["study_instance_uid"]).alerted_at is None
+
+    listening = redis.Redis.from_url(str(orthanc.resolved_redis_url)).pubsub(
+        ignore_subscribe_messages=True
+    )
+    listening.subscribe(orthanc.alerts_channel)
+    again = run_inference(first["study_instance_uid"])
+    alert, deadline = None, time.monotonic() + 5
+    while alert is None and time.monotonic() < deadline:
+        alert = listening.get_message(timeout=1)
+    assert again["reused"] and not again["alert"]["owed"] and again["alert"]["sent_at"]
+    assert alert is not None
+    assert json.loads(alert["data"])["study_instance_uid"] == first["study_instance_uid"]
+    assert _row(orthanc, first["study_instance_uid"]).alerted_at is not None
+
+    third = run_inference(first["study_instance_uid"])  # told once: nothing more is sent
+    assert third["alert"] == again["alert"]
+    assert listening.get_message(timeout=1) is None
+    listening.close()
+
+
+def _row(settings: Settings, study_uid: str) -> InferenceResult:
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.exec(
+            select(InferenceResult).where(InferenceResult.study_instance_uid == study_uid)
+        ).one()
+        session.expunge(row)
+        return row
