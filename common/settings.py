@@ -188,19 +188,10 @@ class Settings(BaseSettings):
         description="Redis for alert pub/sub, with its password (production). Unset: the local "
         "stack's own Redis (demo, tests); empty: no alerts are sent or streamed.",
     )
-    stack_redis_port: int = Field(
-        default=16379,
-        ge=1,
-        le=65535,
-        description="The local stack's own Redis, on loopback: never 6379, so that a Redis the "
-        "machine happens to run is neither used nor in the way.",
-    )
-    stack_mysql_port: int = Field(
-        default=13306,
-        ge=1,
-        le=65535,
-        description="The local stack's own MariaDB, on loopback: never 3306, for the same reason.",
-    )
+    # The local stack's own Redis and MariaDB listen on loopback at these ports, never 6379 or
+    # 3306: a server the machine happens to run is then neither used nor in the way.
+    stack_redis_port: int = Field(default=16379, ge=1, le=65535)
+    stack_mysql_port: int = Field(default=13306, ge=1, le=65535)
     alerts_channel: str = Field(default="neuronova:alerts", min_length=1)
     jwt_secret: SecretStr | None = Field(
         default=None,

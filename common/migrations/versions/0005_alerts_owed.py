@@ -1,9 +1,4 @@
-"""inference results: when the clinicians' alert went out (null: owed)
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-02 16:50:00
-"""
+"""inference results: when the clinicians' alert went out (null: owed). 2026-12-02."""
 
 from __future__ import annotations
 
