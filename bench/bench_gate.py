@@ -125,7 +125,8 @@ def main() -> None:
         stack = LocalStack(settings)
         try:
             stack.up(["mariadb"])
-            migrate(create_database(settings, BENCH_DATABASE))
+            create_database(settings.stack_mysql_url(), BENCH_DATABASE)
+            migrate(settings.resolved_database_url)
             stack.up(["orthanc", "webapp", "nginx"])
             _add_direct_server(stack, direct_port)
             print(f"writing and ingesting {args.instances} 512x512 CT slices as HTJ2K …")

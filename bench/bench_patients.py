@@ -74,7 +74,8 @@ def main() -> None:
         stack = LocalStack(settings)
         try:
             stack.up(["mariadb"])
-            migrate(create_database(settings, BENCH_DATABASE))
+            create_database(settings.stack_mysql_url(), BENCH_DATABASE)
+            migrate(settings.resolved_database_url)
             stack.up(["webapp", "nginx", "fhir", "emr"])
             with session_scope(settings.resolved_database_url) as session:
                 accounts.add_user(session, "bench", "clinician", PASSWORD)

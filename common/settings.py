@@ -188,8 +188,8 @@ class Settings(BaseSettings):
         description="Redis for alert pub/sub, with its password (production). Unset: the local "
         "stack's own Redis (demo, tests); empty: no alerts are sent or streamed.",
     )
-    # The local stack's own Redis and MariaDB listen on loopback at these ports, never 6379 or
-    # 3306: a server the machine happens to run is then neither used nor in the way.
+    # The local stack's own Redis and MariaDB listen on loopback at these ports, never the
+    # standard ones: a server the machine happens to run is then neither used nor in the way.
     stack_redis_port: int = Field(default=16379, ge=1, le=65535)
     stack_mysql_port: int = Field(default=13306, ge=1, le=65535)
     alerts_channel: str = Field(default="neuronova:alerts", min_length=1)

@@ -9,16 +9,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from common.db import migrate
 from common.settings import Settings
 from neuronova.stack.component import settings_env
+from neuronova.stack.mariadb import create_database, drop_database
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
 
-# A MariaDB or MySQL server of your own (e.g. mysql+pymysql://root@127.0.0.1:3306); unset, the
-# tests use the stack's own MariaDB, which they start, and never a server the machine runs.
+# A MariaDB or MySQL server of your own (a SQLAlchemy URL without a database, e.g.
+# mysql+pymysql://user:password@db.example.org); unset, the tests use the stack's own MariaDB,
+# which they start, and never a server the machine happens to run.
 EXTERNAL_MYSQL = os.environ.get("NEURONOVA_TEST_MYSQL")
 
 
@@ -42,9 +43,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     stack = LocalStack(base)
     stack.up(services)
     name = f"neuronova_test_{uuid.uuid4().hex[:8]}"
-    server = create_engine(EXTERNAL_MYSQL or base.stack_mysql_url(), isolation_level="AUTOCOMMIT")
-    with server.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+    create_database(EXTERNAL_MYSQL or base.stack_mysql_url(), name)
     url = (
         f"{EXTERNAL_MYSQL}/{name}?charset=utf8mb4" if EXTERNAL_MYSQL else base.stack_mysql_url(name)
     )
@@ -56,9 +55,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     yield Settings()
     patch.undo()
     if EXTERNAL_MYSQL:  # the stack's own server goes with the session's folder
-        with server.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
-    server.dispose()
+        drop_database(EXTERNAL_MYSQL, name)
     stack.down(services)
 
 

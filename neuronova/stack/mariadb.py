@@ -1,11 +1,11 @@
 """MariaDB, from the Debian package mariadb-server: the stack's own database server.
 
 The tests keep their database here (one per session), and so can the demo when told to
-(`NEURONOVA_DATABASE_URL` = `Settings.stack_mysql_url(...)`; its default stays SQLite). It listens
-on loopback at `NEURONOVA_STACK_MYSQL_PORT` (never 3306: a MariaDB or MySQL the machine runs is
-neither used nor in the way) with its data under its own folder, so it survives `stack down`
-and `up`. One account, `neuronova`, with the password generated under secrets/, reaches it over
-TCP; root only through the server's own unix socket in that folder.
+(`NEURONOVA_DATABASE_URL` = `Settings.stack_mysql_url(...)`; its default stays SQLite). It
+listens on loopback at `NEURONOVA_STACK_MYSQL_PORT` (never the standard port: a MariaDB or MySQL
+the machine runs is neither used nor in the way) with its data under its own folder, so it
+survives `stack down` and `up`. One account, `neuronova`, with the password generated under
+secrets/, reaches it over TCP; root only through the server's own unix socket in that folder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import pymysql
 from sqlalchemy import create_engine, text
 
 from common.errors import StackError
-from common.settings import Settings
+from common.settings import STACK_MYSQL_USER, Settings
 from neuronova.stack.component import LOOPBACK, Context, Health, write_atomically
 
 _SBIN = ("/usr/sbin", "/usr/bin")
@@ -30,8 +30,7 @@ _DATABASE_NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
 
 def status_url(settings: Settings) -> str:
     """Where it listens, without its password (that is under `credentials`)."""
-    user = settings.stack_mysql_credentials()["username"]
-    return f"mysql+pymysql://{user}@{LOOPBACK}:{settings.stack_mysql_port}"
+    return f"mysql+pymysql://{STACK_MYSQL_USER}@{LOOPBACK}:{settings.stack_mysql_port}"
 
 
 def ports(settings: Settings) -> list[tuple[str, int]]:
@@ -137,17 +136,32 @@ def health(ctx: Context, _client: httpx.Client) -> Health:
     return Health(True, version=str(row[0]) if row else None)
 
 
-def create_database(settings: Settings, name: str) -> str:
-    """A database (utf8mb4) on the running stack's MariaDB, made if missing; its URL."""
+def create_database(server_url: str, name: str) -> None:
+    """A database (utf8mb4) on a MySQL or MariaDB server, made if missing (the stack's own:
+    `settings.stack_mysql_url()`, once it runs)."""
+    _on_server(
+        server_url, f"CREATE DATABASE IF NOT EXISTS {_database_name(name)} CHARACTER SET utf8mb4"
+    )
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a database the tests or a benchmark made on a server that outlives them."""
+    _on_server(server_url, f"DROP DATABASE IF EXISTS {_database_name(name)}")
+
+
+def _database_name(name: str) -> str:
     if not _DATABASE_NAME.fullmatch(name):
         raise StackError(f"not a database name: {name!r} (letters, digits, _)")
-    engine = create_engine(settings.stack_mysql_url(), isolation_level="AUTOCOMMIT")
+    return name
+
+
+def _on_server(server_url: str, statement: str) -> None:
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"))
+            connection.execute(text(statement))
     finally:
         engine.dispose()
-    return settings.stack_mysql_url(name)
 
 
 def on_stack_mysql(settings: Settings, database: str = "neuronova") -> Settings:

@@ -55,7 +55,7 @@ def _run_apt(args: Sequence[str]) -> None:
 
 # While the stack installs packages, no service may start: installing orthanc, nginx,
 # mariadb-server or redis-server would otherwise start Debian's own instance on the standard
-# ports (8042/4242, 80, 3306, 6379), which the stack's own then find taken. invoke-rc.d and
+# ports (Orthanc's, HTTP, MySQL's, Redis's), which the stack's own then find taken. invoke-rc.d and
 # deb-systemd-invoke ask this script first; exit 101 means "not now". Services that were
 # already running are left alone (nothing is stopped), and a policy the machine already has is
 # kept as it is.

@@ -1,9 +1,9 @@
 """Redis, from the Debian package redis-server: the alert channel, the stack's own.
 
-It listens on loopback at `NEURONOVA_STACK_REDIS_PORT` (never 6379: a Redis the machine runs is
-neither used nor in the way), demands the password generated under secrets/ (`requirepass`:
-loopback is not a trust boundary), and keeps its data under its own folder (append-only file),
-so it survives `stack down` and `up`.
+It listens on loopback at `NEURONOVA_STACK_REDIS_PORT` (never the standard port: a Redis the
+machine runs is neither used nor in the way), demands the password generated under secrets/
+(`requirepass`: loopback is not a trust boundary), and keeps its data under its own folder
+(append-only file), so it survives `stack down` and `up`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The stack's own MariaDB and Redis: started by the stack, on loopback ports of their own,
 answering only with their generated passwords, keeping their data across `down` and `up`; and
-the test session uses them, never a server the machine happens to run on 3306 or 6379."""
+the test session uses them, never a server the machine happens to run on the standard ports."""
 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -107,6 +108,14 @@ def test_the_test_session_names_none_of_the_machine_s_standard_ports(
     database = urlparse(stack_settings.resolved_database_url)
     alerts = urlparse(str(stack_settings.resolved_redis_url))
     if "NEURONOVA_TEST_MYSQL" not in os.environ:
-        assert database.port == stack_settings.stack_mysql_port != 3306
-    assert alerts.port == stack_settings.stack_redis_port != 6379
+        assert database.port == stack_settings.stack_mysql_port != _standard_port("mysql")
+    assert alerts.port == stack_settings.stack_redis_port != _standard_port("redis")
     assert alerts.password == stack_settings.stack_redis_password()
+
+
+def _standard_port(service: str) -> int | None:
+    """The service's well-known port, from /etc/services (None in a root without it)."""
+    try:
+        return socket.getservbyname(service, "tcp")
+    except OSError:
+        return None
