@@ -7,6 +7,9 @@ audit row and `X-Accel-Redirect` to nginx's `internal;` location, built from the
 Everything else is a 401 or 403 with a short reason, and anything unexpected is a 403 too:
 the gate never lets a doubt through and never shows an error's details.
 
+WADO-RS frames are the one exception to `X-Accel-Redirect`: Orthanc's DICOMweb plugin cannot
+label HTJ2K frames, so the gate builds their multipart answer itself (`webapp.frames`).
+
 It is a plain WSGI app in front of Flask (see `GateDispatcher`): a viewer makes one request per
 image, and Flask's request machinery cost as much as the gate's own work.
 """
@@ -22,9 +25,12 @@ from typing import Any
 from sqlmodel import select
 
 from common.db import Instance, Series, get_engine, session_scope
+from common.errors import PermanentUpstreamError, TransientUpstreamError
+from tasks.archive.orthanc import OrthancClient
 from webapp import accounts
 from webapp.audit import AuditRecord
 from webapp.context import STUDY_KEY, WebContext, client_addr_from, request_id_from
+from webapp.frames import FrameNotAcceptable, frames_acceptable, multipart_frames
 from webapp.gate_paths import (
     DICOMWEB_ROOT,
     INTERNAL_PREFIX,
@@ -42,9 +48,18 @@ log = logging.getLogger(__name__)
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
+_Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
 
 _ORTHANC_ID_CHARS = frozenset("0123456789abcdef-")
-_STATUS_LINES = {200: "200 OK", 401: "401 Unauthorized", 403: "403 Forbidden", 404: "404 Not Found"}
+_STATUS_LINES = {
+    200: "200 OK",
+    401: "401 Unauthorized",
+    403: "403 Forbidden",
+    404: "404 Not Found",
+    406: "406 Not Acceptable",
+    502: "502 Bad Gateway",
+}
+_DENIAL_MESSAGES = {403: "not allowed", 404: "not found", 502: "archive unavailable"}
 
 
 def is_gate_path(path_info: str) -> bool:
@@ -93,13 +108,15 @@ class Gate:
         self.context = context
         self._series = _PositiveCache()
         self._instances = _PositiveCache()
+        # Frames only; one quick retry, the viewer is waiting.
+        self._orthanc = OrthancClient.from_settings(context.settings, request_retries=1)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         status, headers, body = self.answer(environ)
         start_response(_STATUS_LINES[status], headers)
         return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
 
-    def answer(self, environ: Environ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def answer(self, environ: Environ) -> _Answer:
         """The status, headers and body for one request, with its audit row recorded."""
         path_info = environ.get("PATH_INFO", "")
         kind = GateKind.WADO_URI if path_info == WADO_URI_ROOT else GateKind.DICOMWEB
@@ -123,56 +140,87 @@ class Gate:
                 )
             if not allowed:
                 raise TokenRejected("session ended, token revoked or study no longer allowed")
-            internal_uri = self._locate(target)
+            if target.kind is GateKind.FRAMES:
+                answer = self._frames(environ, target)
+            else:
+                answer = _accel_redirect(self._locate(target))
         except TokenRejected as err:
             self._audit(environ, kind, 401, username, study, err.reason)
             return _deny(401, "authentication required")
         except GateDenied as err:
             self._audit(environ, kind, err.status, username, study, err.reason)
-            return _deny(err.status, "not allowed" if err.status == 403 else "not found")
+            return _deny(err.status, _DENIAL_MESSAGES.get(err.status, "not allowed"))
+        except FrameNotAcceptable as err:
+            self._audit(environ, kind, 406, username, study, "frame transfer syntax not accepted")
+            return _deny(406, str(err))
         except Exception:
             log.exception("gate: unexpected error, denying")
             self._audit(environ, kind, 403, username, study, "internal error")
             return _deny(403, "not allowed")
         self._audit(environ, kind, 200, username, study, None)
-        # No Content-Type of ours: nginx would otherwise keep it over Orthanc's (DICOM, JSON).
-        headers = [
-            ("X-Accel-Redirect", internal_uri),
-            ("Cache-Control", "private, no-store"),
-            ("Content-Length", "0"),
-        ]
-        return 200, headers, b""
+        return answer
 
     # ---- the archive index: is it inside the study?
 
     def _locate(self, target: GateRequest) -> str:
         """Check that the series and instance belong to the study; return the internal URI."""
         if target.instance is not None:
-            series, study, orthanc_id = self._instance_location(target.instance)
-            if study != target.study or (target.series is not None and series != target.series):
-                raise GateDenied(403, "instance not in the token's study")
+            orthanc_id, _ = self._instance_in_study(target)
             if target.kind is GateKind.WADO_URI:
-                if not orthanc_id or not set(orthanc_id) <= _ORTHANC_ID_CHARS:
-                    raise GateDenied(403, "instance has no archive ID")
                 return f"{INTERNAL_PREFIX}/instances/{orthanc_id}/file"
         elif target.series is not None and self._series_study(target.series) != target.study:
             raise GateDenied(403, "series not in the token's study")
         return target.internal_uri()
+
+    def _instance_in_study(self, target: GateRequest) -> tuple[str, str]:
+        """The instance's Orthanc ID and stored transfer syntax, once the index places it in
+        the request's study (and series, when the request names one)."""
+        assert target.instance is not None
+        series, study, orthanc_id, transfer_syntax = self._instance_location(target.instance)
+        if study != target.study or (target.series is not None and series != target.series):
+            raise GateDenied(403, "instance not in the token's study")
+        if not orthanc_id or not set(orthanc_id) <= _ORTHANC_ID_CHARS:
+            raise GateDenied(403, "instance has no archive ID")
+        return orthanc_id, transfer_syntax
 
     def _instance_location(self, sop_uid: str) -> tuple[str, ...]:
         cached = self._instances.get(sop_uid)
         if cached is not None:
             return cached
         query = select(
-            Instance.series_instance_uid, Instance.study_instance_uid, Instance.orthanc_id
+            Instance.series_instance_uid,
+            Instance.study_instance_uid,
+            Instance.orthanc_id,
+            Instance.transfer_syntax,
         ).where(Instance.sop_instance_uid == sop_uid)
         with session_scope(self.context.database_url) as session:
             row = session.exec(query).first()
         if row is None:
             raise GateDenied(403, "instance not in the archive index")
-        location = (row[0], row[1], row[2])
+        location = (row[0], row[1], row[2], row[3])
         self._instances.put(sop_uid, location)
         return location
+
+    # ---- frames: built here from Orthanc's stored frames (see webapp.frames)
+
+    def _frames(self, environ: Environ, target: GateRequest) -> _Answer:
+        orthanc_id, transfer_syntax = self._instance_in_study(target)
+        if not frames_acceptable(environ.get("HTTP_ACCEPT", ""), transfer_syntax):
+            raise FrameNotAcceptable(transfer_syntax)
+        try:
+            frames = [self._orthanc.instance_frame_raw(orthanc_id, n - 1) for n in target.frames]
+        except PermanentUpstreamError:
+            raise GateDenied(404, "frame not in the instance") from None
+        except TransientUpstreamError as err:
+            log.warning("gate: Orthanc did not give a frame: %s", err)
+            raise GateDenied(502, "archive unavailable") from None
+        content_type, body = multipart_frames(frames, transfer_syntax)
+        headers = [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "private, no-store"),
+        ]
+        return 200, headers, body
 
     def _series_study(self, series_uid: str) -> str:
         cached = self._series.get(series_uid)
@@ -224,7 +272,17 @@ class Gate:
             )
 
 
-def _deny(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+def _accel_redirect(internal_uri: str) -> _Answer:
+    # No Content-Type of ours: nginx would otherwise keep it over Orthanc's (DICOM, JSON).
+    headers = [
+        ("X-Accel-Redirect", internal_uri),
+        ("Cache-Control", "private, no-store"),
+        ("Content-Length", "0"),
+    ]
+    return 200, headers, b""
+
+
+def _deny(status: int, message: str) -> _Answer:
     body = json.dumps({"error": message}).encode()
     headers = [
         ("Content-Type", "application/json"),

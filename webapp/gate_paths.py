@@ -109,6 +109,7 @@ class GateRequest:
     instance: str | None = None
     internal_path: str = ""  # under Orthanc's root; empty for WADO-URI until the ID is known
     query: tuple[tuple[str, str], ...] = field(default=())
+    frames: tuple[int, ...] = ()  # WADO-RS frame numbers, from 1 as in the path
 
     def internal_uri(self) -> str:
         """The X-Accel-Redirect target: the internal location, parsed values only."""
@@ -189,8 +190,9 @@ def _read(
 ) -> GateRequest:
     """Metadata, an instance or its frames, named by the path alone."""
     study, series, instance = slots["study"], slots.get("series"), slots.get("instance")
+    frames = tuple(int(n) for n in slots["frames"].split(",")) if "frames" in slots else ()
     return GateRequest(
-        route.kind, study, series, instance, internal_path=route.internal_path(slots)
+        route.kind, study, series, instance, route.internal_path(slots), frames=frames
     )
 
 

@@ -95,7 +95,7 @@ class OrthancClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> OrthancClient:
+    def from_settings(cls, settings: Settings, *, request_retries: int = 2) -> OrthancClient:
         """A client for the configured Orthanc, pooled for the configured upload concurrency."""
         password = settings.orthanc_password
         return cls(
@@ -104,6 +104,7 @@ class OrthancClient:
             username=settings.orthanc_username,
             password=password.get_secret_value() if password else None,
             max_connections=settings.ingest_workers * 2,
+            request_retries=request_retries,
         )
 
     def close(self) -> None:

@@ -76,12 +76,48 @@ def test_a_viewer_token_opens_its_study_with_orthancs_bytes_and_types(
     assert wado.content == direct.content  # byte-identical HTJ2K file
     assert b"1.2.840.10008.1.2.4.201" in wado.content[:1024]
 
+    # Frames as PS3.18 asks, whatever Orthanc's DICOMweb plugin makes of HTJ2K: one part per
+    # frame with the stored codestream, labelled with the stored transfer syntax.
     frames = _get(
-        v, f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{sop}/frames/1", token
+        v,
+        f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{sop}/frames/1",
+        token,
+        Accept='multipart/related; type="application/octet-stream"; transfer-syntax=*',
     )
-    assert frames.status_code == 200 and frames.headers["content-type"].startswith(
-        "multipart/related"
+    assert frames.status_code == 200
+    assert frames.headers["content-type"].startswith(
+        'multipart/related; type="application/octet-stream"; boundary='
     )
+    [(part_type, part)] = _multipart_parts(frames)
+    assert part_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.201"
+    assert (
+        part == httpx.get(f"{v.settings.orthanc_url}/instances/{orthanc_id}/frames/0/raw").content
+    )
+    assert part[:2] == b"\xff\x4f"  # a JPEG 2000 family codestream starts with SOC
+
+    # The archive does not transcode frames: asking for uncompressed ones says what it has.
+    uncompressed = _get(
+        v,
+        f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{sop}/frames/1",
+        token,
+        Accept='multipart/related; type="application/octet-stream"',
+    )
+    assert uncompressed.status_code == 406
+    assert "1.2.840.10008.1.2.4.201" in uncompressed.json()["error"]
+
+
+def _multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
+    """Each part of a multipart/related answer: its Content-Type and its bytes."""
+    boundary = response.headers["content-type"].rpartition("boundary=")[2].encode()
+    body = response.content
+    assert body.endswith(b"--" + boundary + b"--\r\n")
+    parts = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        head, _, data = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        assert data.endswith(b"\r\n")
+        content_type = head.decode().removeprefix("Content-Type: ")
+        parts.append((content_type, data[:-2]))
+    return parts
 
 
 def test_a_radiologist_opens_any_study_and_a_clinician_only_their_patients(

@@ -22,12 +22,12 @@ def test_an_allowed_request_is_an_empty_x_accel_redirect_without_our_content_typ
     client: FlaskClient, token: str
 ) -> None:
     response = client.get(
-        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}/frames/1",
+        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}/metadata",
         headers=bearer(token),
     )
     assert response.status_code == 200
     assert response.headers["X-Accel-Redirect"] == (
-        f"/_orthanc/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}/frames/1"
+        f"/_orthanc/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}/metadata"
     )
     assert "Content-Type" not in response.headers  # nginx keeps Orthanc's
     assert response.data == b""
