@@ -210,6 +210,12 @@ class Settings(BaseSettings):
         default=20, ge=1, description="Failed logins per client address in the window."
     )
     login_failure_window_s: int = Field(default=300, ge=1)
+    patient_lookups_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="Patient look-ups per user per minute that miss the cache (each one asks "
+        "FHIR and the EMR); more get a 429. Cache hits are not counted.",
+    )
 
     @model_validator(mode="after")
     def _production_needs_real_backends(self) -> Settings:

@@ -85,8 +85,13 @@ def patient(
     """
     from common.db import ensure_schema
     from common.errors import UpstreamError
+    from tasks.patients.mrn import InvalidMrn, checked_mrn
     from tasks.patients.sync import look_up_patient
 
+    try:
+        checked_mrn(mrn)
+    except InvalidMrn as err:
+        raise typer.BadParameter(str(err), param_hint="MRN") from None
     settings = Settings()
     ensure_schema(settings.resolved_database_url)
     try:

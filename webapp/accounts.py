@@ -15,6 +15,7 @@ from sqlalchemy import Connection, delete, func, text
 from sqlmodel import Session, select
 
 from common.db import AuthSession, CareGrant, LoginFailure, RevokedToken, Role, Study, User
+from tasks.patients.mrn import MRN_GRAMMAR, is_mrn
 from webapp.tokens import hash_password, verify_password
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
@@ -68,8 +69,8 @@ def grant_patient(session: Session, username: str, patient_id: str) -> bool:
     user = find_user(session, username)
     if user is None or user.id is None:
         raise AccountError(f"no user {username!r}")
-    if not patient_id or len(patient_id) > 64:
-        raise AccountError("a patient ID (MRN) is 1-64 characters")
+    if not is_mrn(patient_id):
+        raise AccountError(f"not an MRN ({MRN_GRAMMAR}): {patient_id[:70]!r}")
     if session.get(CareGrant, (user.id, patient_id)) is not None:
         return False
     session.add(CareGrant(user_id=user.id, patient_id=patient_id))
@@ -192,6 +193,18 @@ def may_open_study(session: Session, user: User, study_instance_uid: str) -> boo
     if user.role != Role.CLINICIAN:
         return False  # an unknown role opens nothing
     return session.get(CareGrant, (user.id, study.patient_id)) is not None
+
+
+def may_read_patient(session: Session, user: User, patient_id: str) -> bool:
+    """The same rule as for studies, by patient: admins and radiologists read every patient,
+    clinicians the patients on their care list, anyone else (inactive, unknown role) none."""
+    if not user.active:
+        return False
+    if user.role in ALL_STUDIES_ROLES:
+        return True
+    if user.role != Role.CLINICIAN:
+        return False
+    return session.get(CareGrant, (user.id, patient_id)) is not None
 
 
 def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:

@@ -13,10 +13,12 @@ import logging
 import time
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import requests
 
 from common.errors import PermanentUpstreamError, TransientUpstreamError
+from tasks.patients.mrn import fhir_token
 
 if TYPE_CHECKING:
     from common.settings import Settings
@@ -80,7 +82,9 @@ class FhirClient:
         self, resource_type: str, system: str, value: str
     ) -> list[dict[str, Any]]:
         """Every resource whose identifier is system|value."""
-        response = self._request("GET", resource_type, params={"identifier": f"{system}|{value}"})
+        response = self._request(
+            "GET", resource_type, params={"identifier": fhir_token(system, value)}
+        )
         bundle = self._json(response, f"search {resource_type} by identifier")
         return [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
 
@@ -96,7 +100,10 @@ class FhirClient:
             "POST",
             resource_type,
             json=resource,
-            headers={"Content-Type": FHIR_JSON, "If-None-Exist": f"identifier={system}|{value}"},
+            headers={
+                "Content-Type": FHIR_JSON,
+                "If-None-Exist": urlencode({"identifier": fhir_token(system, value)}),
+            },
         )
         if response.status_code == 412:
             if resource_type == "Patient":
