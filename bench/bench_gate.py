@@ -64,6 +64,7 @@ DIRECT_SERVER = """
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host "orthanc";
+            proxy_set_header Authorization $neuronova_orthanc_authorization;
             proxy_buffers 16 64k;
             proxy_busy_buffers_size 128k;
         }

@@ -33,10 +33,10 @@ from neuronova.stack.ports import free_ports
 from neuronova.stack.supervisor import LocalStack
 
 
-def post_all(orthanc_url: str, files: list[Path], threads: int) -> float:
+def post_all(settings: Settings, files: list[Path], threads: int) -> float:
     """Seconds to POST every file, `threads` at a time; the bytes are read beforehand."""
     payloads = [f.read_bytes() for f in files]
-    with httpx.Client(base_url=orthanc_url, timeout=60) as http:
+    with _orthanc(settings, timeout_s=60) as http:
 
         def post(data: bytes) -> None:
             http.post(
@@ -75,8 +75,15 @@ def run_cli(folder: Path, data_dir: str) -> float:
     return time.perf_counter() - start
 
 
-def empty_orthanc(orthanc_url: str) -> None:
-    with httpx.Client(base_url=orthanc_url, timeout=120) as http:
+def _orthanc(settings: Settings, timeout_s: float) -> httpx.Client:
+    """Orthanc's REST API with its service account, as our clients use it."""
+    return httpx.Client(
+        base_url=settings.orthanc_url, auth=settings.orthanc_credentials(), timeout=timeout_s
+    )
+
+
+def empty_orthanc(settings: Settings) -> None:
+    with _orthanc(settings, timeout_s=120) as http:
         for study in http.get("/studies").json():
             http.delete(f"/studies/{study}").raise_for_status()
 
@@ -101,6 +108,10 @@ def main() -> None:
             }
         )
         settings = Settings()
+        # The flow and the CLI below keep data dirs of their own: give them the stack's account.
+        account = settings.orthanc_credentials()
+        assert account is not None
+        os.environ["NEURONOVA_ORTHANC_USERNAME"], os.environ["NEURONOVA_ORTHANC_PASSWORD"] = account
         stack = LocalStack(settings)
         print("starting Orthanc and a Prefect server for the benchmark …", file=sys.stderr)
         stack.up(["orthanc", "prefect"])
@@ -108,13 +119,13 @@ def main() -> None:
             files = write_sample_study(Path(tmp) / "series", slices=args.instances)
             folder = files[0].parent
             mb = sum(f.stat().st_size for f in files) / 1e6
-            raw_1 = post_all(settings.orthanc_url, files, threads=1)
-            empty_orthanc(settings.orthanc_url)
-            raw_n = post_all(settings.orthanc_url, files, threads=args.workers)
-            empty_orthanc(settings.orthanc_url)
+            raw_1 = post_all(settings, files, threads=1)
+            empty_orthanc(settings)
+            raw_n = post_all(settings, files, threads=args.workers)
+            empty_orthanc(settings)
             os.environ["PREFECT_API_URL"] = settings.prefect_api_url
             flow_s = run_flow_in_process(folder, f"{tmp}/data-flow")
-            empty_orthanc(settings.orthanc_url)
+            empty_orthanc(settings)
             cli_s = run_cli(folder, f"{tmp}/data-cli")
         finally:
             stack.down()

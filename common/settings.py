@@ -17,6 +17,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MIN_SECRET_LENGTH = 32
 # The local stack's MariaDB account (its root is reachable only through the unix socket).
 STACK_MYSQL_USER = "neuronova"
+STACK_ORTHANC_USER = "neuronova"  # the service account our clients and nginx use
 
 
 class Settings(BaseSettings):
@@ -231,6 +232,11 @@ class Settings(BaseSettings):
             and len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH
         ):
             raise ValueError(f"NEURONOVA_JWT_SECRET needs at least {MIN_SECRET_LENGTH} characters")
+        # Orthanc demands its service account from everyone (no generated one in production).
+        if self.environment == "production" and self.orthanc_password is None:
+            raise ValueError(
+                "NEURONOVA_ORTHANC_PASSWORD must be set in production (Orthanc's service account)"
+            )
         return self
 
     @property
@@ -251,6 +257,19 @@ class Settings(BaseSettings):
     def stack_redis_password(self) -> str:
         """The local stack's Redis password (`requirepass`), generated once under secrets/."""
         return self.generated_secret("redis.password", lambda: secrets.token_urlsafe(24))
+
+    def orthanc_credentials(self) -> tuple[str, str] | None:
+        """Orthanc's service account (HTTP basic auth): the configured one; unset, the local
+        stack's own (its password generated once under secrets/; never in production)."""
+        if self.orthanc_password is not None:
+            return (
+                self.orthanc_username or STACK_ORTHANC_USER,
+                self.orthanc_password.get_secret_value(),
+            )
+        if self.environment == "production":
+            return None
+        password = self.generated_secret("orthanc.password", lambda: secrets.token_urlsafe(24))
+        return (self.orthanc_username or STACK_ORTHANC_USER, password)
 
     def stack_mysql_credentials(self) -> dict[str, str]:
         """The local stack's MariaDB account, its password generated once under secrets/."""

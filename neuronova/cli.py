@@ -188,6 +188,55 @@ def check_htj2k(
 
 
 @app.command()
+def conflicts(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+    limit: Annotated[int, typer.Option(help="The newest this many.", min=1)] = 200,
+) -> None:
+    """Inputs held as conflicts (another patient's study, another study's series, other content
+    under a known SOPInstanceUID), newest first, for an admin to reconcile.
+
+    Each is kept byte for byte at its `kept` path with its reason; after the source is
+    corrected (or the index, when the first one was wrong), ingest the kept file again.
+    """
+    from sqlmodel import select
+
+    from common.db import QuarantineItem, ensure_schema, session_scope
+
+    settings = Settings()
+    ensure_schema(settings.resolved_database_url)
+    query = (
+        select(QuarantineItem)
+        .where(QuarantineItem.kind == "conflict")
+        .order_by(QuarantineItem.created_at.desc())  # type: ignore[attr-defined]
+        .limit(limit)
+    )
+    with session_scope(settings.resolved_database_url) as session:
+        rows = [
+            {
+                "id": row.id,
+                "at": row.created_at.isoformat(),
+                "sop_instance_uid": row.sop_instance_uid,
+                "source": row.source_path,
+                "kept": row.kept_path,
+                "reason": row.reason,
+            }
+            for row in session.exec(query)
+        ]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("[green]no conflicts[/green]")
+        return
+    table = Table("id", "at", "SOP Instance UID", "reason", "kept")
+    for row in rows:
+        table.add_row(
+            *(str(row[key] or "") for key in ("id", "at", "sop_instance_uid", "reason", "kept"))
+        )
+    Console().print(table)
+
+
+@app.command()
 def serve() -> None:
     """Serve the deployments: the nightly archive HTJ2K check, on-demand ingest and checks."""
     settings = Settings()

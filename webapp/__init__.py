@@ -73,10 +73,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Outermost, the request log: one request id and its line for both.
     app.wsgi_app = RequestLog(GateDispatcher(Gate(context), app.wsgi_app))  # type: ignore[method-assign]
     app.add_url_rule("/api/health", "health", _health)
+    app.before_request(_note_route)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     get_engine(database_url)  # built before the fork, reused by every worker thread
     return app
+
+
+def _note_route() -> None:
+    """The request's route pattern (`/api/patients/<mrn>`), for its log line: paths can carry
+    MRNs, patterns cannot."""
+    from flask import request
+
+    from webapp.request_log import ROUTE_KEY
+
+    if request.url_rule is not None:
+        request.environ[ROUTE_KEY] = request.url_rule.rule
 
 
 def _health() -> Response:

@@ -2,11 +2,14 @@
 for a study they may open.
 
 Served by the alerts pool (the same app in its own gunicorn, `neuronova/stack/alerts.py`), so
-open streams never hold the gate's threads. Each alert from Redis (`tasks/inference/alerts.py`)
-is checked against the policy when it arrives, so a care list changed a minute ago counts. The
-stream ends when the access token expires (an `expired` event: reconnect with a fresh token) or
-as soon as the session is closed (logout, a new password), checked at every heartbeat. Browsers
-read it with `fetch` (the token goes in the Authorization header, never in the URL).
+open streams never hold the gate's threads. Before each alert from Redis
+(`tasks/inference/alerts.py`) is passed on, the user is read again with their session and token
+(a user made inactive, a role changed, a session closed a second ago all count) and the alert
+is checked against the policy with that record; only alerts of a known kind pass, and the
+event's name is that kind. The stream ends when the access token expires (an `expired` event:
+reconnect with a fresh token) or as soon as the session is closed (logout, a new password),
+checked at every heartbeat too. Browsers read it with `fetch` (the token goes in the
+Authorization header, never in the URL).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from flask import Blueprint, Response, stream_with_context
 from flask_jwt_extended import current_user, get_jwt, jwt_required
 
 from common.db import User, get_engine
-from tasks.inference.alerts import subscribe_to_alerts
+from tasks.inference.alerts import ALERT_KINDS, subscribe_to_alerts
 from webapp import accounts
 from webapp.audit import Action
 from webapp.context import WebContext, audit, db_session, deny_response, web_context
@@ -51,16 +54,14 @@ def stream_alerts() -> Response:
         audit(Action.ALERTS, 503, username=user.username, reason="redis unreachable")
         return deny_response(503, "alerts are unavailable; try again shortly")
     audit(Action.ALERTS, 200, username=user.username)
-    events = _events(ctx, user, claims, pubsub)
+    events = _events(ctx, claims, pubsub)
     response = Response(stream_with_context(events), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
     return response
 
 
-def _events(
-    ctx: WebContext, user: User, claims: dict[str, Any], pubsub: redis.client.PubSub
-) -> Iterator[str]:
+def _events(ctx: WebContext, claims: dict[str, Any], pubsub: redis.client.PubSub) -> Iterator[str]:
     heartbeat_s = ctx.settings.alerts_heartbeat_s
     expires_at = float(claims["exp"])
     try:
@@ -70,8 +71,13 @@ def _events(
             message = pubsub.get_message(timeout=min(_POLL_S, heartbeat_s))
             if message is not None and message.get("type") == "message":
                 alert = _parse(message.get("data"))
-                if alert is not None and _may_see(user, alert):
-                    yield _event(alert)
+                if alert is not None:
+                    now = _current_user(ctx, claims)
+                    if now is None:
+                        yield 'event: closed\ndata: {"reason": "session closed"}\n\n'
+                        return
+                    if _may_see(now, alert):
+                        yield _event(alert)
             if time.monotonic() - last_beat >= heartbeat_s:
                 if not _session_open(ctx, claims):
                     yield 'event: closed\ndata: {"reason": "session closed"}\n\n'
@@ -86,11 +92,15 @@ def _events(
 
 
 def _parse(data: object) -> dict[str, Any] | None:
+    """The alert, when it is one: a known kind about a study."""
     try:
         alert = json.loads(data if isinstance(data, bytes | str) else b"")
     except ValueError:
         return None
     if not isinstance(alert, dict) or not isinstance(alert.get("study_instance_uid"), str):
+        return None
+    if alert.get("kind") not in ALERT_KINDS:
+        log.warning("alerts: dropped an alert of unknown kind")
         return None
     return alert
 
@@ -100,14 +110,19 @@ def _may_see(user: User, alert: dict[str, Any]) -> bool:
         return accounts.may_open_study(session, user, alert["study_instance_uid"])
 
 
-def _session_open(ctx: WebContext, claims: dict[str, Any]) -> bool:
+def _current_user(ctx: WebContext, claims: dict[str, Any]) -> User | None:
+    """The user as the database has them now, while their session and token are live (and
+    they are active); None otherwise."""
     with get_engine(ctx.database_url).connect() as connection:
-        user = accounts.api_token_user(
+        return accounts.api_token_user(
             connection, sid=claims["sid"], jti=claims["jti"], username=claims["sub"]
         )
-    return user is not None
+
+
+def _session_open(ctx: WebContext, claims: dict[str, Any]) -> bool:
+    return _current_user(ctx, claims) is not None
 
 
 def _event(alert: dict[str, Any]) -> str:
-    kind = str(alert.get("kind", "alert")).replace("\n", " ")
-    return f"event: {kind}\ndata: {json.dumps(alert)}\n\n"
+    # The kind is one of ALERT_KINDS (checked in _parse): no line break can ride in on it.
+    return f"event: {alert['kind']}\ndata: {json.dumps(alert)}\n\n"

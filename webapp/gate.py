@@ -7,8 +7,11 @@ audit row and `X-Accel-Redirect` to nginx's `internal;` location, built from the
 Everything else is a 401 or 403 with a short reason, and anything unexpected is a 403 too:
 the gate never lets a doubt through and never shows an error's details.
 
-WADO-RS frames are the one exception to `X-Accel-Redirect`: Orthanc's DICOMweb plugin cannot
-label HTJ2K frames, so the gate builds their multipart answer itself (`webapp.frames`).
+Two kinds of answer are the gate's own rather than an `X-Accel-Redirect`: searches and
+metadata, which Orthanc answers by StudyInstanceUID alone and the gate narrows to what the
+index places in the study (`webapp.dicom_json`), and WADO-RS frames, which Orthanc's DICOMweb
+plugin cannot label for HTJ2K (`webapp.frames`). Whole instances, what OHIF reads, still go
+through nginx.
 
 It is a plain WSGI app in front of Flask (see `GateDispatcher`): a viewer makes one request per
 image, and Flask's request machinery cost as much as the gate's own work.
@@ -24,12 +27,13 @@ from typing import Any
 
 from sqlmodel import select
 
-from common.db import Instance, Series, get_engine, session_scope
+from common.db import Instance, Series, Study, get_engine, session_scope
 from common.errors import PermanentUpstreamError, TransientUpstreamError
 from tasks.archive.orthanc import OrthancClient
 from webapp import accounts
 from webapp.audit import AuditRecord
 from webapp.context import STUDY_KEY, WebContext, client_addr_from, request_id_from
+from webapp.dicom_json import StudyMembers, keep_study_members
 from webapp.frames import FrameNotAcceptable, frames_acceptable, multipart_frames
 from webapp.gate_paths import (
     DICOMWEB_ROOT,
@@ -59,6 +63,10 @@ _STATUS_LINES = {
     406: "406 Not Acceptable",
     502: "502 Bad Gateway",
 }
+# Small JSON answers the gate reads from Orthanc and narrows to the index's study.
+_INDEX_FILTERED = frozenset(
+    {GateKind.QIDO_STUDIES, GateKind.QIDO_SERIES, GateKind.QIDO_INSTANCES, GateKind.METADATA}
+)
 _DENIAL_MESSAGES = {403: "not allowed", 404: "not found", 502: "archive unavailable"}
 
 
@@ -140,10 +148,13 @@ class Gate:
                 )
             if not allowed:
                 raise TokenRejected("session ended, token revoked or study no longer allowed")
+            internal_uri = self._locate(target)
             if target.kind is GateKind.FRAMES:
                 answer = self._frames(environ, target)
+            elif target.kind in _INDEX_FILTERED:
+                answer = self._index_filtered_json(target)
             else:
-                answer = _accel_redirect(self._locate(target))
+                answer = _accel_redirect(internal_uri)
         except TokenRejected as err:
             self._audit(environ, kind, 401, username, study, err.reason)
             return _deny(401, "authentication required")
@@ -200,6 +211,47 @@ class Gate:
         location = (row[0], row[1], row[2], row[3])
         self._instances.put(sop_uid, location)
         return location
+
+    # ---- searches and metadata: narrowed to the index's study (see webapp.dicom_json)
+
+    def _index_filtered_json(self, target: GateRequest) -> _Answer:
+        members = self._study_members(target.study)
+        try:
+            datasets = self._orthanc.dicomweb_json(target.internal_path, target.query)
+        except PermanentUpstreamError:
+            raise GateDenied(404, "not in the archive") from None
+        except TransientUpstreamError as err:
+            log.warning("gate: Orthanc did not answer a DICOMweb read: %s", err)
+            raise GateDenied(502, "archive unavailable") from None
+        if not isinstance(datasets, list):
+            raise GateDenied(502, "archive answered something other than DICOM JSON")
+        body = json.dumps(keep_study_members(datasets, members), separators=(",", ":")).encode()
+        headers = [
+            ("Content-Type", "application/dicom+json"),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "private, no-store"),
+        ]
+        return 200, headers, body
+
+    def _study_members(self, study_uid: str) -> StudyMembers:
+        """The study's patient, series and instances as indexed (never cached: a study grows)."""
+        with session_scope(self.context.database_url) as session:
+            patient = session.exec(
+                select(Study.patient_id).where(Study.study_instance_uid == study_uid)
+            ).first()
+            rows = session.exec(
+                select(Instance.series_instance_uid, Instance.sop_instance_uid).where(
+                    Instance.study_instance_uid == study_uid
+                )
+            ).all()
+        if patient is None:
+            raise GateDenied(403, "study not in the archive index")
+        return StudyMembers(
+            study_uid,
+            patient,
+            frozenset(series for series, _ in rows),
+            frozenset(sop for _, sop in rows),
+        )
 
     # ---- frames: built here from Orthanc's stored frames (see webapp.frames)
 

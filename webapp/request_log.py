@@ -3,8 +3,11 @@
 The outermost WSGI layer: it fixes the request id once (nginx's X-Request-ID, or ours when the
 webapp is called directly) so the log line, the audit row and nginx's access line agree; sets
 the ids in force while the request is handled (`common.logs.correlation`); and, once the answer
-starts, logs method, path, status and time to the answer. The query string is never logged: a
-viewer link carries its token there. Image reads the gate allows are logged at DEBUG only (one
+starts, logs method, route, status and time to the answer. The route is the pattern Flask
+matched (`/api/patients/<mrn>`), never the path, which may carry an MRN or anything a caller
+typed: unmatched paths are logged as `<unmatched>`, gate requests as the gate's root (the audit
+trail has each one's study and outcome). The query string is never logged: a viewer link
+carries its token there. Image reads the gate allows are logged at DEBUG only (one
 per frame, and the audit trail has each), as are nginx's allowed questions for the Prefect UI;
 everything else at INFO, 5xx at ERROR.
 """
@@ -19,8 +22,11 @@ from typing import Any
 from common.logs import correlation
 from webapp.context import STUDY_KEY, request_id_from
 from webapp.gate import is_gate_path
+from webapp.gate_paths import DICOMWEB_ROOT, WADO_URI_ROOT
 
 log = logging.getLogger("webapp.requests")
+
+ROUTE_KEY = "neuronova.route"  # set by the Flask app once it has matched a route
 
 # Asked many times a page (nginx's question before each Prefect UI request): DEBUG when allowed.
 QUIET_PATHS = frozenset({"/api/admin/ui-auth"})
@@ -66,8 +72,18 @@ class RequestLog:
             level,
             "%s %s %d %.1f ms",
             environ.get("REQUEST_METHOD", "-"),
-            path,
+            _route(environ, path),
             status,
             seconds * 1000,
             extra={"study_uid": study} if study else None,
         )
+
+
+def _route(environ: Environ, path: str) -> str:
+    """What the log line names: a route pattern, the gate's root, or `<unmatched>`."""
+    route = environ.get(ROUTE_KEY)
+    if isinstance(route, str):
+        return route
+    if is_gate_path(path):
+        return WADO_URI_ROOT if path == WADO_URI_ROOT else DICOMWEB_ROOT + "/…"
+    return "<unmatched>"

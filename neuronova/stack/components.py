@@ -58,6 +58,7 @@ ORTHANC = Component(
     url=orthanc.status_url,
     command=orthanc.command,
     health=orthanc.health,
+    credentials=orthanc.credentials,
     ports=orthanc.ports,
     prepare=orthanc.prepare,
     packages=("orthanc", "orthanc-dicomweb"),

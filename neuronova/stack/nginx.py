@@ -3,9 +3,11 @@ OHIF, the Prefect UI), rendered from nginx/local.conf.template."""
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -29,16 +31,32 @@ def find_nginx_binary() -> Path | None:
     return Path(found) if found else None
 
 
+def _server_names(settings: Settings) -> list[str]:
+    """The Host names the gateway answers to: its configured URL's, and loopback's."""
+    names = [urlsplit(settings.gateway_url).hostname or "127.0.0.1", "127.0.0.1", "localhost"]
+    return [f"[{n}]" if ":" in n else n for n in dict.fromkeys(names)]
+
+
+def _basic_authorization(settings: Settings) -> str:
+    """`Basic …` for Orthanc's service account (what the internal location sends)."""
+    account = settings.orthanc_credentials()
+    if account is None:
+        raise StackError("the local Orthanc needs a service account: unset NEURONOVA_ENVIRONMENT")
+    return "Basic " + base64.b64encode(f"{account[0]}:{account[1]}".encode()).decode()
+
+
 def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
     """The local template with this stack's ports and folders filled in."""
     values = {
         "@HOME@": str(home),
         "@GATEWAY_PORT@": str(settings.gateway_port),
+        "@SERVER_NAMES@": " ".join(_server_names(settings)),
         "@WEBAPP@": f"127.0.0.1:{settings.webapp_port}",
         "@ALERTS@": f"127.0.0.1:{settings.alerts_port}",
         "@ORTHANC@": f"127.0.0.1:{settings.orthanc_http_port}",
         "@PREFECT@": f"127.0.0.1:{settings.prefect_port}",
         "@OHIF_ROOT@": str(ohif_root),
+        "@ORTHANC_AUTHORIZATION@": _basic_authorization(settings),
     }
     text = (NGINX_DIR / "local.conf.template").read_text()
     for placeholder, value in values.items():
@@ -58,7 +76,9 @@ def prepare(ctx: Context) -> None:
     if snippets.exists():
         shutil.rmtree(snippets)
     shutil.copytree(NGINX_DIR / "snippets", snippets)
-    write_atomically(ctx.home / "nginx.conf", render_nginx_config(ctx.settings, ctx.home, root))
+    # 0600: it holds Orthanc's service password.
+    config = render_nginx_config(ctx.settings, ctx.home, root)
+    write_atomically(ctx.home / "nginx.conf", config, mode=0o600)
     binary = find_nginx_binary()
     if binary is None:
         raise StackError("nginx not found: install the Debian package nginx")

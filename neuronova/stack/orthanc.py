@@ -46,8 +46,13 @@ def find_orthanc_binary() -> Path | None:
 
 
 def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[str, Any]:
-    """Orthanc's configuration for the local stack: loopback-only HTTP, DICOMweb on."""
+    """Orthanc's configuration for the local stack: loopback-only HTTP with a service account,
+    DICOMweb on."""
     db = home / "db"
+    credentials = settings.orthanc_credentials()
+    if credentials is None:
+        raise StackError("the local Orthanc needs a service account: unset NEURONOVA_ENVIRONMENT")
+    username, password = credentials
     return {
         "Name": "NeuroNova",
         "StorageDirectory": str(db),
@@ -61,7 +66,12 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
         # off it answers HTTP only to loopback clients, and with authentication off that is the
         # only thing keeping other hosts out of the PACS. Never turn this on without users.
         "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
+        # Loopback is not a trust boundary (a browser on this machine is an attacker): every
+        # request needs the service account, which only our clients and nginx hold, and a Host
+        # that names this Orthanc (a DNS-rebinding page sends its own: host-filter.lua).
+        "AuthenticationEnabled": True,
+        "RegisteredUsers": {username: password},
+        "LuaScripts": [str(home / HOST_FILTER)],
         "DicomServerEnabled": True,
         "DicomAet": settings.orthanc_aet,
         "DicomPort": settings.orthanc_dicom_port,
@@ -87,6 +97,36 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
     }
 
 
+HOST_FILTER = "host-filter.lua"
+NGINX_HOST = "orthanc"  # the Host nginx's internal location sends
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    """The Host headers this Orthanc answers: its loopback URL's, and nginx's."""
+    port = settings.orthanc_http_port
+    return [f"127.0.0.1:{port}", f"localhost:{port}", NGINX_HOST]
+
+
+def render_host_filter(settings: Settings) -> str:
+    """Orthanc's Lua callback refusing (403) any request whose Host it does not know."""
+    hosts = ", ".join(f'["{host}"] = true' for host in allowed_hosts(settings))
+    return f"""-- Written by neuronova/stack/orthanc.py: requests with a Host Orthanc does not know
+-- (DNS rebinding) are refused.
+local allowed = {{ {hosts} }}
+
+function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
+  local host = httpHeaders["host"] or httpHeaders["Host"] or ""
+  return allowed[string.lower(host)] == true
+end
+"""
+
+
+def credentials(settings: Settings) -> dict[str, str] | None:
+    """The service account, for `stack status --json` under "credentials"."""
+    account = settings.orthanc_credentials()
+    return None if account is None else {"username": account[0], "password": account[1]}
+
+
 def _orthanc_config_path(ctx: Context) -> Path:
     return ctx.home / "orthanc.json"
 
@@ -101,7 +141,8 @@ def prepare(ctx: Context) -> None:
         )
     (ctx.home / "db").mkdir(parents=True, exist_ok=True)
     config = render_orthanc_config(ctx.settings, ctx.home, plugin)
-    write_atomically(_orthanc_config_path(ctx), json.dumps(config, indent=2) + "\n")
+    write_atomically(_orthanc_config_path(ctx), json.dumps(config, indent=2) + "\n", mode=0o600)
+    write_atomically(ctx.home / HOST_FILTER, render_host_filter(ctx.settings))
 
 
 def command(ctx: Context) -> list[str]:
@@ -118,7 +159,9 @@ def status_url(settings: Settings) -> str:
 def health(ctx: Context, client: httpx.Client) -> Health:
     """Orthanc answers /system, and it is ours (same AET and DICOM port), not another one."""
     try:
-        response = client.get(f"{status_url(ctx.settings)}/system")
+        response = client.get(
+            f"{status_url(ctx.settings)}/system", auth=ctx.settings.orthanc_credentials()
+        )
         if response.status_code != 200:
             return Health(False, error=f"GET /system answered HTTP {response.status_code}")
         body = response.json()

@@ -3,7 +3,10 @@
 Instances that arrived some other way (C-STORE, a tool that POSTed straight to Orthanc) are
 transcoded, verified bit for bit and swapped in place (`tasks.archive.replace`); lossy and other
 kept-as-is instances are indexed with the reason; invalid ones are copied to quarantine and
-left in Orthanc (nothing is deleted on doubt).
+left in Orthanc (nothing is deleted on doubt). An instance whose study belongs to another
+patient, or whose series to another study, than the index records (`tasks.archive.identity`)
+is a conflict: copied to quarantine, then removed from Orthanc, so that nothing is stored (or
+served) beside the first patient's study.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from common.db import Instance, session_scope
 from common.errors import IngestError, NeuroNovaError, UpstreamError
 from common.logs import carry_context
 from common.settings import Settings
+from tasks.archive.identity import KnownIdentities
 from tasks.archive.index import IndexEntry, entry_for, index_instances, known_instances
 from tasks.archive.orthanc import OrthancClient, StoredInstance
 from tasks.archive.quarantine import quarantine_bytes
@@ -38,7 +42,7 @@ class CheckStatus(StrEnum):
     INDEXED = "indexed"  # HTJ2K lossless already, now in the index
     KEPT = "kept"  # stored as it is (lossy, colour, unsupported): never relabelled lossless
     INVALID = "invalid"  # could not be read or lacks an identifier: quarantined
-    CONFLICT = "conflict"  # the index holds other content under its SOPInstanceUID
+    CONFLICT = "conflict"  # other content under its SOP UID, or another patient's study
     FAILED = "failed"  # an error this run could not get past: re-run the check
 
 
@@ -73,6 +77,7 @@ class _Work:
     outcome: CheckOutcome
     entry: IndexEntry | None = None
     quarantine: bytes | None = None
+    remove_from_orthanc: bool = False  # once the quarantined copy is committed (conflicts)
     upstream_error: UpstreamError | None = None
 
 
@@ -100,12 +105,26 @@ def check_study(settings: Settings, client: OrthancClient, study_id: str) -> lis
                     source=f"orthanc:/instances/{w.outcome.orthanc_id}",
                     name=f"{w.outcome.orthanc_id}.dcm",
                     reason=w.outcome.reason or "invalid",
+                    kind="conflict" if w.remove_from_orthanc else "quarantined",
                     sop_instance_uid=w.outcome.sop_instance_uid,
                 )
+    for w in work:
+        if w.remove_from_orthanc:
+            _remove_conflict(client, w)
     errors = [w.upstream_error for w in work if w.upstream_error is not None]
     if errors:
         raise errors[0]
     return [w.outcome for w in work]
+
+
+def _remove_conflict(client: OrthancClient, work: _Work) -> None:
+    """Take a conflicting instance out of Orthanc; its bytes are in quarantine already."""
+    try:
+        client.delete_instance(work.outcome.orthanc_id)
+    except UpstreamError as err:
+        # Not indexed, so the gate does not serve it; the next check removes it.
+        work.outcome.reason = f"{work.outcome.reason}; still in Orthanc: {err}"
+        work.upstream_error = err
 
 
 def _sop_uid(info: dict[str, Any]) -> str:
@@ -167,6 +186,12 @@ def _bring_to_htj2k(
         work.quarantine = original
         return
     outcome.sop_instance_uid = ids.sop_uid
+    with session_scope(settings.resolved_database_url) as session:
+        mismatch = KnownIdentities.from_index(session, [ids]).mismatch(ids)
+    if mismatch is not None:
+        outcome.status, outcome.reason = CheckStatus.CONFLICT, mismatch
+        work.quarantine, work.remove_from_orthanc = original, True
+        return
     if result.action == TranscodeAction.TRANSCODED:
         stored, stored_sha = replace_in_orthanc(
             client,

@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit
@@ -97,12 +97,12 @@ class OrthancClient:
     @classmethod
     def from_settings(cls, settings: Settings, *, request_retries: int = 2) -> OrthancClient:
         """A client for the configured Orthanc, pooled for the configured upload concurrency."""
-        password = settings.orthanc_password
+        username, password = settings.orthanc_credentials() or (None, None)
         return cls(
             settings.orthanc_url,
             timeout_s=settings.orthanc_timeout_s,
-            username=settings.orthanc_username,
-            password=password.get_secret_value() if password else None,
+            username=username,
+            password=password,
             max_connections=settings.ingest_workers * 2,
             request_retries=request_retries,
         )
@@ -188,6 +188,16 @@ class OrthancClient:
         """One frame's pixel data as stored (for HTJ2K: the codestream), no DICOM around it."""
         return self._request("GET", f"/instances/{orthanc_id}/frames/{frame}/raw").content
 
+    def dicomweb_json(self, path: str, query: Iterable[tuple[str, str]] = ()) -> Any:
+        """A DICOMweb search or metadata answer (`path` under Orthanc's root, e.g.
+        /dicom-web/studies/…/metadata) as DICOM JSON."""
+        if not path.startswith("/dicom-web/"):
+            raise ValueError(f"not a DICOMweb path: {path[:80]!r}")
+        reply = self._request(
+            "GET", path, headers={"Accept": "application/dicom+json"}, params=dict(query)
+        )
+        return reply.json()
+
     def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
         """GET /instances/{id}/simplified-tags: every tag by keyword (pixel data left out)."""
         return dict(self._request("GET", f"/instances/{orthanc_id}/simplified-tags").json())
@@ -218,11 +228,14 @@ class OrthancClient:
 
     def lookup(self, dicom_uid: str, resource_type: str = "Instance") -> str | None:
         """The Orthanc ID of a DICOM UID (patient, study, series or instance), or None."""
+        found = self.lookup_all(dicom_uid, resource_type)
+        return found[0] if found else None
+
+    def lookup_all(self, dicom_uid: str, resource_type: str = "Instance") -> list[str]:
+        """Every Orthanc ID under a DICOM UID: Orthanc keys a study by PatientID and
+        StudyInstanceUID, so files of two patients naming one study UID make two studies."""
         matches = self._request("POST", "/tools/lookup", content=dicom_uid.encode()).json()
-        for match in matches:
-            if match.get("Type") == resource_type:
-                return str(match["ID"])
-        return None
+        return [str(m["ID"]) for m in matches if m.get("Type") == resource_type]
 
     def delete_instance(self, orthanc_id: str) -> None:
         """Delete an instance; one already gone counts as deleted (a retried DELETE whose first

@@ -30,10 +30,10 @@ def find_studies_task(settings: Settings, study_instance_uid: str | None) -> lis
     with OrthancClient.from_settings(settings) as client:
         if study_instance_uid is None:
             return list(client.iter_study_ids())
-        study_id = client.lookup(study_instance_uid, "Study")
-        if study_id is None:
+        study_ids = client.lookup_all(study_instance_uid, "Study")
+        if not study_ids:
             raise PermanentUpstreamError(f"study {study_instance_uid} is not in Orthanc")
-        return [study_id]
+        return study_ids
 
 
 @task(name="check_study", **network_retries())

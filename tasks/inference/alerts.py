@@ -21,6 +21,8 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 AI_RESULT = "ai-result"
+# Every kind an alert may have; the streams pass on nothing else (an event's name is a kind).
+ALERT_KINDS = frozenset({AI_RESULT})
 
 
 class AlertPublisher:
@@ -51,6 +53,8 @@ class AlertPublisher:
 
     def publish(self, kind: str, study_uid: str, patient_id: str, facts: dict[str, Any]) -> int:
         """Send one alert; returns how many alert streams heard it (0 is fine: nobody online)."""
+        if kind not in ALERT_KINDS:
+            raise ValueError(f"unknown alert kind {kind!r}; known: {sorted(ALERT_KINDS)}")
         message = {
             "kind": kind,
             "study_instance_uid": study_uid,

@@ -3,10 +3,11 @@
 Per instance: parse → validate → transcode (decoded again and compared bit for bit) → store →
 read back and compare bytes → index. A batch runs in phases: prepare (thread pool), one index
 look-up, upload (thread pool, overlapping with Orthanc's own work), one database transaction.
-Bad inputs are quarantined with a reason; a different payload under a known SOPInstanceUID is
-a conflict and nothing is overwritten; a transient Orthanc failure fails the batch after what
-is final was written, so that Prefect retries it (every step is idempotent: a retry or a
-re-run converges).
+Bad inputs are quarantined with a reason. A different payload under a known SOPInstanceUID, or
+a study or series under another patient or study than the index records
+(`tasks.archive.identity`), is a conflict: quarantined, nothing stored or overwritten. A
+transient Orthanc failure fails the batch after what is final was written, so that Prefect
+retries it (every step is idempotent: a retry or a re-run converges).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from common.errors import (
 )
 from common.logs import carry_context
 from common.settings import Settings
+from tasks.archive.identity import KnownIdentities
 from tasks.archive.index import IndexEntry, entry_for, index_instances, known_instances
 from tasks.archive.orthanc import OrthancClient, StoredInstance
 from tasks.archive.quarantine import quarantine_bytes
@@ -59,6 +61,8 @@ def ingest_batch(
         _settle_repeats_within_batch(items)
         with session_scope(settings.resolved_database_url) as session:
             known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
+            identities = KnownIdentities.from_index(session, (i.ids for i in items if i.ids))
+        _hold_identity_conflicts(items, identities)
         with OrthancClient.from_settings(settings) as client:
 
             def store(item: PreparedInput) -> None:
@@ -95,6 +99,17 @@ def _settle_repeats_within_batch(items: list[PreparedInput]) -> None:
             item.outcome.verified = True
         else:
             item.outcome = _conflict(item)
+
+
+def _hold_identity_conflicts(items: list[PreparedInput], identities: KnownIdentities) -> None:
+    """A study under another patient, or a series under another study, than the index (or an
+    earlier file of this batch) records is a conflict: quarantined, never stored."""
+    for item in items:
+        if item.ids is None or item.result is None or item.outcome is not None:
+            continue
+        reason = identities.mismatch(item.ids)
+        if reason is not None:
+            item.outcome = outcome_for(item, IngestStatus.CONFLICT, reason=reason)
 
 
 def _sop(item: PreparedInput) -> str:

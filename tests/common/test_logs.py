@@ -13,7 +13,7 @@ import pytest
 
 from common.logs import CorrelationFilter, JsonFormatter, correlation, current_correlation
 from webapp.context import STUDY_KEY
-from webapp.request_log import RequestLog
+from webapp.request_log import ROUTE_KEY, RequestLog
 
 
 @pytest.fixture
@@ -103,6 +103,8 @@ def _app(seen: list[dict[str, Any]], status: str = "200 OK") -> Any:
             }
         )
         environ[STUDY_KEY] = "1.2.3.4"
+        if environ["PATH_INFO"].startswith("/api/"):  # as Flask's routing notes it
+            environ[ROUTE_KEY] = environ["PATH_INFO"]
         start_response(status, [("Content-Type", "text/plain")])
         return [b"ok"]
 
@@ -157,3 +159,29 @@ def test_a_plain_thread_pool_keeps_the_ids_when_asked(
     bare = [x for x in lines if x["message"].startswith("bare")]
     assert len(carried) == 6 and all(x["study_uid"] == "1.2.5" for x in carried)
     assert len(bare) == 2 and all("study_uid" not in x for x in bare)  # why the helper exists
+
+
+def test_lines_name_route_patterns_never_mrns_or_unmatched_paths(
+    caplog: pytest.LogCaptureFixture, tmp_path: Any
+) -> None:
+    from pydantic import SecretStr
+
+    from common.settings import Settings
+    from webapp import create_app
+
+    caplog.set_level(logging.INFO, logger="webapp.requests")
+    settings = Settings(
+        environment="test",
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'nn.db'}",
+        jwt_secret=SecretStr("t" * 48),
+    )
+    client = create_app(settings).test_client()
+    client.get("/api/patients/NN-SECRET-MRN-42")  # 401: no token, still one line
+    client.get("/nothing/NN-SECRET-MRN-43")
+    client.get("/dicom-web/studies/1.2.3/series/NN-SECRET-MRN-44")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0].startswith("GET /api/patients/<mrn> 401 ")
+    assert messages[1].startswith("GET <unmatched> 404 ")
+    assert messages[2].startswith("GET /dicom-web/… 401 ")
+    assert "NN-SECRET" not in caplog.text

@@ -25,15 +25,23 @@ def test_a_short_jwt_secret_is_refused_everywhere(environment: str, tmp_path: Pa
 def test_production_signs_nothing_without_a_jwt_secret_and_workers_need_none(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("NEURONOVA_DATABASE_URL", "NEURONOVA_JWT_SECRET"):  # a test stack's, maybe
-        monkeypatch.delenv(name, raising=False)
+    for name in ("NEURONOVA_DATABASE_URL", "NEURONOVA_JWT_SECRET", "NEURONOVA_ORTHANC_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)  # a test stack's, maybe
     # A worker's settings (no secret: it signs nothing) are valid…
-    worker = Settings(environment="production", data_dir=tmp_path, database_url="sqlite:///x.db")
+    worker = Settings(
+        environment="production",
+        data_dir=tmp_path,
+        database_url="sqlite:///x.db",
+        orthanc_password=SecretStr("o" * 24),
+    )
     # …and the webapp, which calls this at start, refuses to run without one.
     with pytest.raises(ValueError, match="NEURONOVA_JWT_SECRET must be set"):
         worker.jwt_secret_bytes()
     with pytest.raises(ValidationError, match="NEURONOVA_DATABASE_URL must be set"):
         Settings(environment="production", data_dir=tmp_path)
+    with pytest.raises(ValidationError, match="NEURONOVA_ORTHANC_PASSWORD must be set"):
+        Settings(environment="production", data_dir=tmp_path, database_url="sqlite:///x.db")
+    assert worker.orthanc_credentials() == ("neuronova", "o" * 24)
 
 
 def test_the_demo_secret_is_generated_once_private_and_shared(tmp_path: Path) -> None:

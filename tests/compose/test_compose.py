@@ -3,6 +3,7 @@ runs here): the services a hospital deploys, who can reach whom, and no default 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -28,6 +29,7 @@ SECRETS = {
     "NEURONOVA_EMR_CLIENT_SECRET": "c" * 24,
     "NEURONOVA_EMR_USERNAME": "neuronova",
     "NEURONOVA_EMR_PASSWORD": "e" * 24,
+    "ORTHANC_PASSWORD": "h" * 24,
 }
 
 
@@ -253,3 +255,20 @@ def test_the_build_context_leaves_out_local_state() -> None:
     }
     # The developer's environment, data and secrets never reach an image.
     assert {".venv", ".tools", ".cache", "var", ".git", "secrets", ".env"} <= ignored
+
+
+def test_orthanc_demands_its_service_account_from_everyone(config: dict[str, Any]) -> None:
+    """Its network is no trust boundary: Orthanc has authentication on, with the one account
+    that the workers, the webapp and nginx's internal location present."""
+    services = config["services"]
+    orthanc_env = services["orthanc"]["environment"]
+    assert orthanc_env["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
+    users = json.loads(orthanc_env["ORTHANC__REGISTERED_USERS"])
+    assert users == {"neuronova": SECRETS["ORTHANC_PASSWORD"]}
+    for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
+        env = services[name]["environment"]
+        assert env["NEURONOVA_ORTHANC_USERNAME"] == "neuronova", name
+        assert env["NEURONOVA_ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"], name
+    assert services["nginx"]["environment"]["ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"]
+    dockerfile = (PROJECT_ROOT / "nginx" / "Dockerfile").read_text()
+    assert "/docker-entrypoint.d/30-orthanc-authorization.sh" in dockerfile

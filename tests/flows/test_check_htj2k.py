@@ -8,13 +8,13 @@ import subprocess
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from sqlmodel import select
 
-from common.db import Instance, session_scope
+from common.db import Instance, QuarantineItem, session_scope
 from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
@@ -22,6 +22,7 @@ from tasks.archive.orthanc import OrthancClient
 from tasks.archive.replace import recover_backups, replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tests.support.dicom_factory import dicom_bytes, make_ct, write
+from tests.support.orthanc import orthanc_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
 
@@ -118,7 +119,7 @@ def test_backup_left_by_a_crash_is_restored(orthanc: Settings) -> None:
 
 def test_archive_wide_check_reports_every_study(orthanc: Settings, tmp_path: Path) -> None:
     ds = make_ct()
-    httpx.post(f"{orthanc.orthanc_url}/instances", content=dicom_bytes(ds)).raise_for_status()
+    orthanc_http(orthanc).post("/instances", content=dicom_bytes(ds)).raise_for_status()
 
     report = check_htj2k()
 
@@ -135,7 +136,8 @@ def test_lossy_instance_is_indexed_once_then_left_alone(orthanc: Settings) -> No
     ds = dcmread(io.BytesIO(lossy))
     ds.SOPInstanceUID = generate_uid()  # its own instance, whatever other tests stored
     ds.StudyInstanceUID = generate_uid()
-    httpx.post(f"{orthanc.orthanc_url}/instances", content=dicom_bytes(ds)).raise_for_status()
+    ds.SeriesInstanceUID = generate_uid()  # a series belongs to one study (tasks/archive/identity)
+    orthanc_http(orthanc).post("/instances", content=dicom_bytes(ds)).raise_for_status()
 
     first = check_htj2k(study_instance_uid=ds.StudyInstanceUID)
     second = check_htj2k(study_instance_uid=ds.StudyInstanceUID)
@@ -162,3 +164,29 @@ def test_same_uid_under_another_patient_is_a_conflict_not_reindexed(
     with session_scope(orthanc.resolved_database_url) as session:
         row = session.get(Instance, original.SOPInstanceUID)
     assert row is not None and row.study_instance_uid == original.StudyInstanceUID
+
+
+def test_another_patients_file_sent_into_a_known_study_is_held_and_removed(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    from flows.ingest_study import ingest_study
+
+    original = make_ct()
+    ingest_study(str(write(original, tmp_path / "a.dcm")))
+    impostor = make_ct(3, study=original.StudyInstanceUID)
+    impostor.PatientID = "SOMEONE-ELSE"
+    storescu(orthanc, [write(impostor, tmp_path / "b.dcm")])
+
+    report = check_htj2k(study_instance_uid=original.StudyInstanceUID)
+
+    assert report["counts"].get("conflict") == 1, report
+    (held,) = [i for i in report["instances"] if i["status"] == "conflict"]
+    assert "patient mismatch" in held["reason"]
+    lookup = orthanc_http(orthanc).post("/tools/lookup", content=impostor.SOPInstanceUID)
+    assert lookup.json() == []  # taken out of Orthanc …
+    with session_scope(orthanc.resolved_database_url) as session:
+        kept = session.exec(
+            select(QuarantineItem).where(QuarantineItem.sop_instance_uid == impostor.SOPInstanceUID)
+        ).one()  # … once its bytes were kept
+        assert kept.kind == "conflict" and Path(kept.kept_path).stat().st_size > 0
+        assert session.get(Instance, impostor.SOPInstanceUID) is None

@@ -9,7 +9,6 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from prefect.client.orchestration import get_client
@@ -27,6 +26,7 @@ from flows.ingest_study import ingest_study
 from neuronova.cli import app
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tests.support.dicom_factory import dicom_bytes, make_ct, write
+from tests.support.orthanc import orthanc_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefect_harness")]
 
@@ -45,7 +45,7 @@ def study_artifacts(study_uid: str) -> list[Artifact]:
 
 
 def orthanc_file(settings: Settings, sop_uid: str) -> bytes:
-    with httpx.Client(base_url=settings.orthanc_url) as http:
+    with orthanc_http(settings) as http:
         [match] = [
             m for m in http.post("/tools/lookup", content=sop_uid).json() if m["Type"] == "Instance"
         ]
@@ -119,7 +119,7 @@ def test_conflict_is_found_even_when_only_orthanc_knows_the_uid(
     orthanc: Settings, tmp_path: Path
 ) -> None:
     original = make_ct()
-    httpx.post(f"{orthanc.orthanc_url}/instances", content=dicom_bytes(original)).raise_for_status()
+    orthanc_http(orthanc).post("/instances", content=dicom_bytes(original)).raise_for_status()
     altered = make_ct(
         4,
         sop=original.SOPInstanceUID,
@@ -220,9 +220,11 @@ def test_zip_with_folders_is_ingested(orthanc: Settings, tmp_path: Path) -> None
 def test_lossy_input_is_stored_as_is_and_never_relabelled(
     orthanc: Settings, tmp_path: Path
 ) -> None:
-    source = Path(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
-    path = tmp_path / source.name
-    path.write_bytes(source.read_bytes())
+    ds = dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))  # JPEG baseline: lossy
+    # Identifiers of its own (pydicom's samples share theirs); the lossy pixel data untouched.
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    path = write(ds, tmp_path / "lossy.dcm")
     original_ts = dcmread(path).file_meta.TransferSyntaxUID
 
     report = ingest_study(str(path))
@@ -311,3 +313,39 @@ def test_one_uid_twice_in_a_batch_is_a_duplicate_or_a_conflict(
         "conflict",
     ]
     assert orthanc_file(orthanc, first.SOPInstanceUID)  # one instance under that UID
+
+
+def test_another_patients_file_in_a_known_study_is_a_conflict_held_in_quarantine(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    first = make_ct(0)
+    ingest_study(str(write(first, tmp_path / "first" / "a.dcm")))
+    # X's study named by a file of patient Y; and a series of X's study named in another study.
+    impostor = make_ct(1, study=first.StudyInstanceUID, series=first.SeriesInstanceUID)
+    impostor.PatientID = "SOMEONE-ELSE"
+    moved_series = make_ct(2, series=first.SeriesInstanceUID)
+    moved_series.PatientID = first.PatientID
+    write(impostor, tmp_path / "later" / "impostor.dcm")
+    write(moved_series, tmp_path / "later" / "moved.dcm")
+
+    outcomes = by_path(ingest_study(str(tmp_path / "later")))
+
+    assert outcomes["impostor.dcm"]["status"] == "conflict"
+    assert "patient mismatch" in outcomes["impostor.dcm"]["reason"]
+    assert outcomes["moved.dcm"]["status"] == "conflict"
+    assert "series mismatch" in outcomes["moved.dcm"]["reason"]
+    for ds in (impostor, moved_series):  # nothing stored beside the first patient's study
+        lookup = orthanc_http(orthanc).post("/tools/lookup", content=ds.SOPInstanceUID)
+        assert lookup.json() == []
+    with session_scope(orthanc.resolved_database_url) as session:
+        held = session.exec(
+            select(QuarantineItem).where(QuarantineItem.sop_instance_uid == impostor.SOPInstanceUID)
+        ).one()
+        assert held.kind == "conflict" and Path(held.kept_path).read_bytes()
+        assert session.get(Instance, impostor.SOPInstanceUID) is None
+
+    listed = CliRunner().invoke(app, ["conflicts", "--json"])
+    assert listed.exit_code == 0, listed.output
+    reasons = {row["sop_instance_uid"]: row["reason"] for row in json.loads(listed.stdout)}
+    assert "patient mismatch" in reasons[impostor.SOPInstanceUID]
+    assert "series mismatch" in reasons[moved_series.SOPInstanceUID]

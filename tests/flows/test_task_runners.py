@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import httpx
 import psutil
 import pytest
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -22,6 +21,7 @@ from neuronova.stack.ports import free_ports
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tasks.runners import ConfiguredTaskRunner, task_runner
 from tests.support.dicom_factory import dicom_bytes, make_ct
+from tests.support.orthanc import orthanc_http
 
 LOOPBACK = "127.0.0.1"
 
@@ -146,9 +146,7 @@ def store_studies(settings: Settings, studies: int, per_study: int) -> list[Data
         study, series = generate_uid(), generate_uid()
         for i in range(per_study):
             ds = make_ct(i, study=study, series=series)
-            httpx.post(
-                f"{settings.orthanc_url}/instances", content=dicom_bytes(ds), timeout=30
-            ).raise_for_status()
+            orthanc_http(settings).post("/instances", content=dicom_bytes(ds)).raise_for_status()
             datasets.append(ds)
     return datasets
 

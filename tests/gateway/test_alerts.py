@@ -130,3 +130,56 @@ def test_no_stream_without_a_valid_token(viewing: Viewing, headers: dict[str, st
     response = httpx.get(f"{viewing.base}/api/alerts", headers=headers, timeout=10)
     assert response.status_code == 401
     assert "text/event-stream" not in response.headers.get("content-type", "")
+
+
+def test_an_alert_after_a_demotion_or_a_crafted_kind_is_not_delivered(viewing: Viewing) -> None:
+    """The user and the policy are read again for each alert: a clinician taken off the care
+    list, or a user made inactive, a second ago hears nothing; an alert of an unknown kind (one
+    carrying a line break for the event stream) is dropped."""
+    url = viewing.settings.resolved_database_url
+    with session_scope(url) as session:
+        for name in ("erin", "fritz"):
+            if accounts.find_user(session, name) is None:
+                accounts.add_user(session, name, "clinician", PASSWORD)
+    with session_scope(url) as session:
+        for name in ("erin", "fritz"):
+            accounts.grant_patient(session, name, viewing.patient_a)
+    erin = Listener(viewing, _access(viewing, "erin"))
+    fritz = Listener(viewing, _access(viewing, "fritz"))
+    try:
+        _publish(viewing, viewing.study_a)
+        assert erin.wait_for(AI_RESULT) is not None and fritz.wait_for(AI_RESULT) is not None
+        with session_scope(url) as session:
+            accounts.revoke_patient(session, "erin", viewing.patient_a)
+            user = accounts.find_user(session, "fritz")
+            assert user is not None
+            user.active = False
+            session.add(user)
+        settings = viewing.settings
+        assert settings.resolved_redis_url
+        with AlertPublisher.from_settings(settings) as publisher:
+            crafted = {
+                "kind": "ai-result\r\nevent: forged",
+                "study_instance_uid": viewing.study_a,
+            }
+            publisher._redis.publish(settings.alerts_channel, json.dumps(crafted))
+        _publish(viewing, viewing.study_a)
+        assert fritz.wait_for("closed", timeout_s=10) is not None  # inactive: the stream ends
+        time.sleep(1.0)
+        for listener in (erin, fritz):
+            assert [kind for kind, _ in listener.events].count(AI_RESULT) == 1
+            assert all("forged" not in kind for kind, _ in listener.events)
+    finally:
+        erin.close()
+        fritz.close()
+        with session_scope(url) as session:
+            user = accounts.find_user(session, "fritz")
+            assert user is not None
+            user.active = True
+            session.add(user)
+
+
+def test_only_known_kinds_are_published() -> None:
+    publisher = AlertPublisher("redis://127.0.0.1:1/0", "unused")
+    with pytest.raises(ValueError, match="unknown alert kind"):
+        publisher.publish("ai-result\r\nevent: x", "1.2.3", "P", {})

@@ -16,6 +16,7 @@ import httpx
 import jwt
 import pytest
 
+from tests.support.orthanc import orthanc_http
 from tests.support.viewing import Viewing, token_of
 from webapp.tokens import derive_key, issue_viewer_token
 
@@ -71,8 +72,9 @@ def test_a_viewer_token_opens_its_study_with_orthancs_bytes_and_types(
     )
     assert wado.status_code == 200
     assert wado.headers["content-type"] == "application/dicom"
-    orthanc_id = httpx.post(f"{v.settings.orthanc_url}/tools/lookup", content=sop).json()[0]["ID"]
-    direct = httpx.get(f"{v.settings.orthanc_url}/instances/{orthanc_id}/file")
+    orthanc = orthanc_http(v.settings)
+    orthanc_id = orthanc.post("/tools/lookup", content=sop).json()[0]["ID"]
+    direct = orthanc.get(f"/instances/{orthanc_id}/file")
     assert wado.content == direct.content  # byte-identical HTJ2K file
     assert b"1.2.840.10008.1.2.4.201" in wado.content[:1024]
 
@@ -90,9 +92,7 @@ def test_a_viewer_token_opens_its_study_with_orthancs_bytes_and_types(
     )
     [(part_type, part)] = _multipart_parts(frames)
     assert part_type == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.4.201"
-    assert (
-        part == httpx.get(f"{v.settings.orthanc_url}/instances/{orthanc_id}/frames/0/raw").content
-    )
+    assert part == orthanc.get(f"/instances/{orthanc_id}/frames/0/raw").content
     assert part[:2] == b"\xff\x4f"  # a JPEG 2000 family codestream starts with SOC
 
     # The archive does not transcode frames: asking for uncompressed ones says what it has.
@@ -357,7 +357,9 @@ def test_the_webapps_log_line_shares_the_audit_rows_request_id_and_names_the_stu
     (line,) = [x for x in lines if x.get("request_id") == request_id]
     # The study the viewer token was made for, as the audit row of this request names it.
     assert line["study_uid"] == viewing.study_a and line["service"] == "webapp"
-    assert line["message"].startswith(f"GET /dicom-web/studies/{viewing.study_b}/metadata 403 ")
+    # The gate's root, not the path: a path can carry anything a caller typed.
+    assert line["message"].startswith("GET /dicom-web/… 403 ")
+    assert viewing.study_b not in line["message"]
     assert session_tokens["viewer"] not in log.read_text()
 
 
@@ -405,3 +407,92 @@ def test_a_forged_client_address_is_not_believed(
             select(AuditEvent).where(AuditEvent.request_id == denied.headers["x-request-id"])
         ).one()
     assert row.client_addr == "127.0.0.1"
+
+
+# --------------------------------------------------------------------------- the patient boundary
+
+
+def test_what_the_index_does_not_place_in_the_study_is_in_no_answer(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    """Instances posted straight into Orthanc under study A's StudyInstanceUID (another
+    patient's file in A's series, and an unverified series of A's patient) are not indexed:
+    no search, series list or metadata through the gate shows them, though Orthanc does."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+    from pydicom.uid import generate_uid
+
+    v, token = viewing, session_tokens["viewer"]
+    orthanc = orthanc_http(v.settings)
+    a_id = orthanc.post("/tools/lookup", content=v.instances_a[0]).json()[0]["ID"]
+    template = orthanc.get(f"/instances/{a_id}/file").content
+
+    def post_variant(**changes: str) -> tuple[str, str]:
+        ds = dcmread(BytesIO(template))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        stored = orthanc.post("/instances", content=out.getvalue()).json()
+        return str(ds.SOPInstanceUID), stored["ID"]
+
+    def gated(path: str) -> list[dict]:
+        response = _get(v, path, token)
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["content-type"].startswith("application/dicom+json")
+        return response.json()
+
+    def values(datasets: list[dict], tag: str) -> set[str]:
+        return {ds[tag]["Value"][0] for ds in datasets if tag in ds}
+
+    metadata = (
+        f"/dicom-web/studies/{v.study_a}/metadata",
+        f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/metadata",
+    )
+    impostor_sop, impostor_id = post_variant(PatientID="SOMEONE-ELSE", PatientName="Other^Person")
+    unverified_series = generate_uid()
+    unverified_sop, unverified_id = post_variant(SeriesInstanceUID=unverified_series)
+    try:
+        # Orthanc itself mixes them in: two studies under A's UID, a second series.
+        direct = orthanc.get("/dicom-web/studies", params={"StudyInstanceUID": v.study_a})
+        assert len(direct.json()) == 2
+
+        studies = gated(f"/dicom-web/studies?StudyInstanceUID={v.study_a}")
+        assert len(studies) == 1 and values(studies, "00100020") == {v.patient_a}
+        series = gated(f"/dicom-web/studies/{v.study_a}/series")
+        assert values(series, "0020000E") == {v.series_a}
+        for path in (
+            f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances",
+            f"/dicom-web/studies/{v.study_a}/instances",
+        ):
+            datasets = gated(path)
+            assert values(datasets, "00080018") == set(v.instances_a), path
+            assert values(datasets, "00100020") <= {v.patient_a}, path
+        # Orthanc's metadata look-up fails on a UID it holds twice (two patients' studies):
+        # until the HTJ2K check takes the impostor out, the gate fails closed, never mixes.
+        for path in metadata:
+            response = _get(v, path, token)
+            if response.status_code != 404:
+                assert values(gated(path), "00080018") == set(v.instances_a), path
+        for sop, series_uid in ((impostor_sop, v.series_a), (unverified_sop, unverified_series)):
+            instance = f"/dicom-web/studies/{v.study_a}/series/{series_uid}/instances/{sop}"
+            for suffix in ("/metadata", "", "/frames/1"):
+                assert _get(v, instance + suffix, token).status_code == 403, suffix
+            wado = f"/wado?requestType=WADO&studyUID={v.study_a}&objectUID={sop}"
+            assert _get(v, wado, token).status_code == 403
+    finally:
+        for orthanc_id in (impostor_id, unverified_id):
+            orthanc.delete(f"/instances/{orthanc_id}")
+    for path in metadata:  # the impostor gone, the study's metadata is whole again
+        assert values(gated(path), "00080018") == set(v.instances_a), path
+
+
+@pytest.mark.parametrize("host", ["attacker.example", "attacker.example:80", "127.0.0.2"])
+def test_a_host_the_gateway_is_not_gets_nothing(viewing: Viewing, host: str) -> None:
+    """DNS rebinding: a page whose name resolves to 127.0.0.1 sends its own Host."""
+    for path in ("/healthz", "/api/studies", "/dicom-web/studies", "/"):
+        response = httpx.get(viewing.base + path, headers={"Host": host}, timeout=10)
+        assert response.status_code == 421, (host, path)
+        assert response.content == b"" or b"421" in response.content

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from neuronova.sample import ct_slice_dataset, head_phantom
+from tests.support.orthanc import orthanc_http
 from tests.support.viewing import Viewing, token_of
 
 pytestmark = pytest.mark.integration
@@ -57,6 +57,7 @@ def test_a_study_with_zero_padded_uids_is_stored_listed_and_viewable(
             headers=bearer,
         )
     assert wado.status_code == 200
-    orthanc_id = httpx.post(f"{viewing.settings.orthanc_url}/tools/lookup", content=sop).json()
-    direct = httpx.get(f"{viewing.settings.orthanc_url}/instances/{orthanc_id[0]['ID']}/file")
+    orthanc = orthanc_http(viewing.settings)
+    orthanc_id = orthanc.post("/tools/lookup", content=sop).json()
+    direct = orthanc.get(f"/instances/{orthanc_id[0]['ID']}/file")
     assert wado.content == direct.content

@@ -109,7 +109,7 @@ def test_taking_a_patient_off_the_care_list_closes_its_links(
     from webapp import accounts
 
     link_token = viewer_token(client, login(client)["access_token"])
-    path = f"/dicom-web/studies/{STUDY_A.study}/metadata"
+    path = f"/dicom-web/studies/{STUDY_A.study}/series/{STUDY_A.series}/instances/{STUDY_A.instances[0]}"  # answered with X-Accel-Redirect (no Orthanc needed here)
     assert client.get(path, headers=bearer(link_token)).status_code == 200
     with session_scope(app.extensions["neuronova"].database_url) as session:
         accounts.revoke_patient(session, "alice", STUDY_A.patient_id)
@@ -188,7 +188,7 @@ def test_a_viewer_token_is_not_an_access_token(client: FlaskClient) -> None:
 def test_logout_revokes_access_refresh_and_viewer_tokens(app: Flask, client: FlaskClient) -> None:
     tokens = login(client)
     link_token = viewer_token(client, tokens["access_token"])
-    gate = f"/dicom-web/studies/{STUDY_A.study}/metadata"
+    gate = f"/dicom-web/studies/{STUDY_A.study}/series/{STUDY_A.series}/instances/{STUDY_A.instances[0]}"
     assert client.get(gate, headers=bearer(link_token)).status_code == 200
     out = client.post(
         "/api/auth/logout",

@@ -22,12 +22,12 @@ def test_an_allowed_request_is_an_empty_x_accel_redirect_without_our_content_typ
     client: FlaskClient, token: str
 ) -> None:
     response = client.get(
-        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}/metadata",
+        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}",
         headers=bearer(token),
     )
     assert response.status_code == 200
     assert response.headers["X-Accel-Redirect"] == (
-        f"/_orthanc/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}/metadata"
+        f"/_orthanc/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}"
     )
     assert "Content-Type" not in response.headers  # nginx keeps Orthanc's
     assert response.data == b""
@@ -108,7 +108,7 @@ def test_the_gate_audits_allowed_and_denied_requests_without_the_token(
     app: Flask, client: FlaskClient, token: str
 ) -> None:
     client.get(
-        f"/dicom-web/studies/{A.study}/metadata",
+        f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[1]}",
         headers={**bearer(token), "X-Request-ID": "req-0001-allowed"},
     )
     client.get(
@@ -126,7 +126,7 @@ def test_the_gate_audits_allowed_and_denied_requests_without_the_token(
         allowed.status,
         allowed.username,
         allowed.study_instance_uid,
-    ) == ("metadata", "allowed", 200, "alice", A.study)
+    ) == ("instance", "allowed", 200, "alice", A.study)
     assert (denied.outcome, denied.status, denied.reason) == (
         "denied",
         403,

@@ -22,6 +22,7 @@ from neuronova.stack.components import ORTHANC
 from neuronova.stack.orthanc import find_dicomweb_plugin, render_orthanc_config
 from neuronova.stack.ports import port_free, settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
+from tests.support.orthanc import orthanc_http
 from tests.support.processes import gone, processes_mentioning
 
 
@@ -43,7 +44,10 @@ def test_orthanc_config_is_loopback_only_with_dicomweb(tmp_path: Path) -> None:
     assert config["DicomPort"] == settings.orthanc_dicom_port
     assert config["DicomAet"] == settings.orthanc_aet
     assert config["RemoteAccessAllowed"] is False
-    assert config["AuthenticationEnabled"] is False
+    assert config["AuthenticationEnabled"] is True
+    account = settings.orthanc_credentials()
+    assert account is not None and config["RegisteredUsers"] == {account[0]: account[1]}
+    assert config["LuaScripts"] == [str(home / "host-filter.lua")]
     assert config["OverwriteInstances"] is False
     assert config["StorageCompression"] is False
     assert Path(config["StorageDirectory"]).is_relative_to(settings.stack_dir)
@@ -76,12 +80,12 @@ def test_dicomweb_plugin_found_by_glob_prefers_unversioned(tmp_path: Path) -> No
 
 @pytest.mark.integration
 def test_orthanc_answers_rest_and_dicomweb(full_stack: LocalStack) -> None:
-    base = full_stack.settings.orthanc_url
-    system = httpx.get(f"{base}/system", timeout=5).json()
+    http = orthanc_http(full_stack.settings)
+    system = http.get("/system").json()
     assert system["DicomAet"] == full_stack.settings.orthanc_aet
     assert system["HttpPort"] == full_stack.settings.orthanc_http_port
 
-    studies = httpx.get(f"{base}/dicom-web/studies", timeout=5)
+    studies = http.get("/dicom-web/studies")
     assert studies.status_code == 200  # the DICOMweb plugin is loaded
     assert isinstance(studies.json(), list)
     assert full_stack.root.joinpath("orthanc", "db", "index").exists()
@@ -100,9 +104,10 @@ def test_storescu_may_push_and_other_callers_may_not(full_stack: LocalStack) -> 
         ).returncode
 
     assert push("INTRUDER") != 0
-    assert httpx.get(f"{settings.orthanc_url}/instances", timeout=5).json() == []
+    http = orthanc_http(settings)
+    assert http.get("/instances").json() == []
     assert push("STORESCU") == 0
-    assert len(httpx.get(f"{settings.orthanc_url}/instances", timeout=5).json()) == 1
+    assert len(http.get("/instances").json()) == 1
 
 
 @pytest.mark.integration
@@ -121,10 +126,10 @@ def test_down_stops_orthanc_and_frees_its_ports(orthanc_stack: LocalStack) -> No
 
 @pytest.mark.integration
 def test_a_killed_orthanc_is_restarted_with_its_data(orthanc_stack: LocalStack) -> None:
-    base = orthanc_stack.settings.orthanc_url
+    http = orthanc_http(orthanc_stack.settings)
     pid = orthanc_stack.up()["components"]["orthanc"]["pid"]
-    stored = httpx.post(
-        f"{base}/instances", content=Path(str(get_testdata_file("MR_small.dcm"))).read_bytes()
+    stored = http.post(
+        "/instances", content=Path(str(get_testdata_file("MR_small.dcm"))).read_bytes()
     )
     assert stored.status_code == 200
     os.kill(pid, signal.SIGKILL)
@@ -135,7 +140,7 @@ def test_a_killed_orthanc_is_restarted_with_its_data(orthanc_stack: LocalStack) 
     assert orthanc_stack.status()["up"] is False
     new_pid = orthanc_stack.up()["components"]["orthanc"]["pid"]
     assert new_pid != pid
-    assert httpx.get(f"{base}/instances", timeout=5).json() == [stored.json()["ID"]]
+    assert http.get("/instances").json() == [stored.json()["ID"]]
 
 
 @pytest.mark.integration
@@ -148,3 +153,29 @@ def test_orthanc_start_fails_cleanly_when_its_port_is_taken(orthanc_stack: Local
             orthanc_stack.up()
     assert not processes_mentioning(str(orthanc_stack.root))
     assert not list(orthanc_stack.run_dir.glob("*.pid"))
+
+
+@pytest.mark.integration
+def test_orthanc_answers_only_its_service_account_and_its_own_host_names(
+    orthanc_stack: LocalStack,
+) -> None:
+    """Loopback is no trust boundary: a browser page on this machine (DNS rebinding included)
+    knows neither the password nor a Host that Orthanc answers to."""
+    status = orthanc_stack.up()
+    settings = orthanc_stack.settings
+    account = settings.orthanc_credentials()
+    assert account is not None
+    assert status["credentials"]["orthanc"] == {"username": account[0], "password": account[1]}
+    assert account[1] not in status["orthanc"]  # the URL stays secret-free
+    config = orthanc_stack.root / "orthanc" / "orthanc.json"
+    assert config.stat().st_mode & 0o077 == 0  # it holds the password
+
+    base = settings.orthanc_url
+    assert httpx.get(f"{base}/system", timeout=5).status_code == 401
+    assert httpx.get(f"{base}/system", auth=(account[0], "wrong"), timeout=5).status_code == 401
+    assert httpx.get(f"{base}/system", auth=account, timeout=5).status_code == 200
+    for host in ("attacker.example", f"attacker.example:{settings.orthanc_http_port}"):
+        foreign = httpx.get(f"{base}/system", auth=account, headers={"Host": host}, timeout=5)
+        assert foreign.status_code == 403, host
+    nginx_host = httpx.get(f"{base}/system", auth=account, headers={"Host": "orthanc"}, timeout=5)
+    assert nginx_host.status_code == 200
