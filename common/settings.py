@@ -205,7 +205,10 @@ class Settings(BaseSettings):
         default=1800, ge=30, le=86400, description="How long a viewer link opens its study."
     )
     login_max_failures: int = Field(
-        default=5, ge=1, description="Failed logins per user name in the window before a 429."
+        default=5,
+        ge=1,
+        description="Failed logins per user name and client address in the window before a "
+        "429; the wait then doubles with each further failure (up to a day).",
     )
     login_max_failures_per_client: int = Field(
         default=20, ge=1, description="Failed logins per client address in the window."

@@ -103,6 +103,9 @@ def authenticate(session: Session, username: str, password: str) -> User | None:
 # --------------------------------------------------------------------------- rate limit
 
 
+MAX_LOCKOUT_S = 24 * 3600
+
+
 def login_blocked(
     session: Session,
     username: str,
@@ -111,22 +114,37 @@ def login_blocked(
     max_per_user: int,
     max_per_client: int,
     window_s: int,
-) -> bool:
-    """Whether the attempts in the window (this one included) exceed the limits."""
-    since = datetime.now(UTC) - timedelta(seconds=window_s)
-    per_user = session.exec(
+) -> int:
+    """Seconds this attempt must wait (0: go ahead), counting this attempt.
+
+    Failures count per (name, address): a stranger elsewhere cannot lock a clinician out.
+    Past `max_per_user` in the window the wait doubles with each further failure of that
+    pair in the last day (window_s, 2 × window_s, … up to a day), so guessing slows down
+    instead of ending; an address failing on many names is held to `max_per_client`.
+    """
+    now = datetime.now(UTC)
+    name, addr = username[:64], client_addr[:45]
+    pair = (LoginFailure.username == name, LoginFailure.client_addr == addr)
+    in_window = session.exec(
         select(func.count())
         .select_from(LoginFailure)
-        .where(LoginFailure.username == username[:64], LoginFailure.at >= since)
+        .where(*pair, LoginFailure.at >= now - timedelta(seconds=window_s))
     ).one()
-    if per_user > max_per_user:
-        return True
+    if in_window > max_per_user:
+        in_day = session.exec(
+            select(func.count())
+            .select_from(LoginFailure)
+            .where(*pair, LoginFailure.at >= now - timedelta(seconds=MAX_LOCKOUT_S))
+        ).one()
+        return min(window_s * 2 ** max(0, in_day - max_per_user - 1), MAX_LOCKOUT_S)
     per_client = session.exec(
         select(func.count())
         .select_from(LoginFailure)
-        .where(LoginFailure.client_addr == client_addr[:45], LoginFailure.at >= since)
+        .where(
+            LoginFailure.client_addr == addr, LoginFailure.at >= now - timedelta(seconds=window_s)
+        )
     ).one()
-    return per_client > max_per_client
+    return window_s if per_client > max_per_client else 0
 
 
 def record_login_failure(session: Session, username: str, client_addr: str) -> int:
@@ -138,11 +156,16 @@ def record_login_failure(session: Session, username: str, client_addr: str) -> i
     return row.id
 
 
-def clear_login_failures(session: Session, username: str, attempt: int) -> None:
-    """A successful login: its own attempt, and that name's earlier failures, are forgiven
-    (the address keeps the rest of its count)."""
+def clear_login_failures(session: Session, username: str, client_addr: str, attempt: int) -> None:
+    """A successful login: its own attempt, and that name's earlier failures from this address,
+    are forgiven (a stranger's failures elsewhere stand)."""
     session.execute(delete(LoginFailure).where(LoginFailure.id == attempt))  # type: ignore[arg-type]
-    session.execute(delete(LoginFailure).where(LoginFailure.username == username))  # type: ignore[arg-type]
+    session.execute(
+        delete(LoginFailure).where(
+            LoginFailure.username == username,  # type: ignore[arg-type]
+            LoginFailure.client_addr == client_addr[:45],  # type: ignore[arg-type]
+        )
+    )
 
 
 # --------------------------------------------------------------------------- sessions

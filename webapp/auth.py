@@ -71,15 +71,15 @@ def login() -> Response | tuple[Response, int]:
             known = accounts.find_user(session, username) if len(username) <= 64 else None
             known_name = known.username if known else None
         if user is not None:
-            accounts.clear_login_failures(session, key, attempt)
+            accounts.clear_login_failures(session, key, address, attempt)
             auth_session = accounts.open_session(session, user, settings.refresh_token_ttl_s)
             claims = {"sid": auth_session.sid, "role": user.role}
             access = create_access_token(identity=user.username, additional_claims=claims)
             refresh = create_refresh_token(identity=user.username, additional_claims=claims)
     if blocked:
-        audit(Action.LOGIN, 429, reason="too many failed logins")
+        audit(Action.LOGIN, 429, reason="too many failed logins from this address")
         response = deny_response(429, "too many failed logins; try again later")
-        response.headers["Retry-After"] = str(settings.login_failure_window_s)
+        response.headers["Retry-After"] = str(blocked)
         return response, 429
     if user is None:
         # The typed name is kept only when it is a real account (never a mistyped password).

@@ -30,6 +30,7 @@ SECRETS = {
     "NEURONOVA_EMR_USERNAME": "neuronova",
     "NEURONOVA_EMR_PASSWORD": "e" * 24,
     "ORTHANC_PASSWORD": "h" * 24,
+    "REDIS_PASSWORD": "d" * 24,
 }
 
 
@@ -272,3 +273,12 @@ def test_orthanc_demands_its_service_account_from_everyone(config: dict[str, Any
     assert services["nginx"]["environment"]["ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"]
     dockerfile = (PROJECT_ROOT / "nginx" / "Dockerfile").read_text()
     assert "/docker-entrypoint.d/30-orthanc-authorization.sh" in dockerfile
+
+
+def test_redis_demands_a_password_that_only_our_services_hold(config: dict[str, Any]) -> None:
+    services = config["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("--requirepass") + 1] == SECRETS["REDIS_PASSWORD"]
+    for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
+        url = services[name]["environment"]["NEURONOVA_REDIS_URL"]
+        assert url == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0", name

@@ -71,6 +71,27 @@ def test_repeated_failures_are_rate_limited_even_for_the_right_password(
     assert stored and all(len(name) == 64 and "alice" not in name for name in stored)  # hashed
 
 
+def test_a_stranger_cannot_lock_a_clinician_out_and_guessing_slows_down(app: Flask) -> None:
+    """Failures count per (name, address): guesses from elsewhere lock out that address only,
+    with a wait that doubles at each further failure."""
+    stranger = app.test_client()
+    stranger.environ_base["REMOTE_ADDR"] = "10.6.6.6"
+    wrong = {"username": "alice", "password": "not her password"}
+    for _ in range(3):  # login_max_failures=3 in the test settings
+        assert stranger.post("/api/auth/login", json=wrong).status_code == 401
+    waits = []
+    for _ in range(3):
+        answer = stranger.post("/api/auth/login", json=wrong)
+        assert answer.status_code == 429
+        waits.append(int(answer.headers["Retry-After"]))
+    assert waits[1] == 2 * waits[0] and waits[2] == 2 * waits[1]
+    right = {"username": "alice", "password": PASSWORD}
+    assert stranger.post("/api/auth/login", json=right).status_code == 429
+    # Alice, at her own desk, signs in; the stranger stays held.
+    assert app.test_client().post("/api/auth/login", json=right).status_code == 200
+    assert stranger.post("/api/auth/login", json=right).status_code == 429
+
+
 def test_concurrent_guesses_cannot_race_past_the_limit(app: Flask) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
