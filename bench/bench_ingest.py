@@ -124,6 +124,7 @@ def main() -> None:
             raw_n = post_all(settings, files, threads=args.workers)
             empty_orthanc(settings)
             os.environ["PREFECT_API_URL"] = settings.prefect_api_url
+            os.environ["PREFECT_API_AUTH_STRING"] = settings.stack_prefect_auth_string()
             flow_s = run_flow_in_process(folder, f"{tmp}/data-flow")
             empty_orthanc(settings)
             cli_s = run_cli(folder, f"{tmp}/data-cli")

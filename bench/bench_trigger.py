@@ -91,7 +91,11 @@ def trigger_from_cli(settings: Settings, inbox: Path) -> tuple[float, str]:
             "--param",
             f"path={inbox}",
         ],
-        env=os.environ | {"PREFECT_API_URL": settings.prefect_api_url},
+        env=os.environ
+        | {
+            "PREFECT_API_URL": settings.prefect_api_url,
+            "PREFECT_API_AUTH_STRING": settings.stack_prefect_auth_string(),
+        },
         capture_output=True,
         text=True,
         timeout=120,

@@ -274,6 +274,11 @@ class Settings(BaseSettings):
         password = self.generated_secret("orthanc.password", lambda: secrets.token_urlsafe(24))
         return (self.orthanc_username or STACK_ORTHANC_USER, password)
 
+    def stack_prefect_auth_string(self) -> str:
+        """The local Prefect server's auth string (PREFECT_SERVER_API_AUTH_STRING), generated
+        once under secrets/: workers and the CLI send it, nginx adds it for admins."""
+        return self.generated_secret("prefect.auth", lambda: secrets.token_urlsafe(32))
+
     def stack_mysql_credentials(self) -> dict[str, str]:
         """The local stack's MariaDB account, its password generated once under secrets/."""
         password = self.generated_secret("mysql.password", lambda: secrets.token_urlsafe(24))

@@ -35,6 +35,9 @@ def use_stack_prefect(settings: Settings) -> str:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_RESULTS_LOCAL_STORAGE_PATH", str(prefect_results_dir(settings)))
     os.environ.setdefault("PREFECT_API_URL", settings.prefect_api_url)
+    if os.environ["PREFECT_API_URL"].rstrip("/") == settings.prefect_api_url.rstrip("/"):
+        # The stack's server demands its auth string (PREFECT_SERVER_API_AUTH_STRING).
+        os.environ.setdefault("PREFECT_API_AUTH_STRING", settings.stack_prefect_auth_string())
     return os.environ["PREFECT_API_URL"]
 
 

@@ -75,6 +75,7 @@ PREFECT = Component(
     url=prefect.prefect_url,
     command=prefect.command,
     health=prefect.health,
+    credentials=prefect.credentials,
     ports=prefect.ports,
     prepare=prefect.prepare,
     env=prefect.prefect_env,

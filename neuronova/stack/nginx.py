@@ -57,6 +57,8 @@ def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
         "@PREFECT@": f"127.0.0.1:{settings.prefect_port}",
         "@OHIF_ROOT@": str(ohif_root),
         "@ORTHANC_AUTHORIZATION@": _basic_authorization(settings),
+        "@PREFECT_AUTHORIZATION@": "Basic "
+        + base64.b64encode(settings.stack_prefect_auth_string().encode()).decode(),
     }
     text = (NGINX_DIR / "local.conf.template").read_text()
     for placeholder, value in values.items():

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import base64
 import sys
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,9 +30,15 @@ def prefect_url(settings: Settings) -> str:
 
 
 def prefect_env(ctx: Context) -> dict[str, str]:
-    """The Prefect server's settings: its own home and SQLite database, no analytics."""
+    """The Prefect server's settings: its own home and SQLite database, no analytics, and no
+    stranger served: an auth string on every API call, CORS for the gateway's origin only,
+    CSRF protection on."""
     api_url = prefect_url(ctx.settings)
+    gateway = urlsplit(ctx.settings.gateway_url)
     return {
+        "PREFECT_SERVER_API_AUTH_STRING": ctx.settings.stack_prefect_auth_string(),
+        "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS": f"{gateway.scheme}://{gateway.netloc}",
+        "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
         "PREFECT_HOME": str(ctx.home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{ctx.home / 'prefect.db'}",
         # No network here, and no reason to report usage from a hospital.
@@ -43,6 +52,33 @@ def prefect_env(ctx: Context) -> dict[str, str]:
         "PREFECT_UI_SERVE_BASE": "/prefect",
         "PREFECT_UI_API_URL": f"{ctx.settings.gateway_url.rstrip('/')}/prefect/api",
     }
+
+
+def auth_header(settings: Settings) -> dict[str, str]:
+    """What a client of the local Prefect server sends (Prefect's own clients do the same
+    from PREFECT_API_AUTH_STRING)."""
+    token = base64.b64encode(settings.stack_prefect_auth_string().encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def api_headers(settings: Settings, client: httpx.Client) -> dict[str, str]:
+    """Headers for a write to the local Prefect server's API: its auth string, and a CSRF
+    token for a client id of our own (the server protects every POST, PUT, PATCH, DELETE)."""
+    headers = auth_header(settings)
+    client_id = uuid.uuid4().hex
+    answer = client.get(
+        f"{prefect_url(settings)}/csrf-token", params={"client": client_id}, headers=headers
+    )
+    answer.raise_for_status()
+    return headers | {
+        "Prefect-Csrf-Token": answer.json()["token"],
+        "Prefect-Csrf-Client": client_id,
+    }
+
+
+def credentials(settings: Settings) -> str:
+    """The auth string, for `stack status --json` under "credentials"."""
+    return settings.stack_prefect_auth_string()
 
 
 def command(ctx: Context) -> list[str]:
@@ -68,7 +104,7 @@ def health(ctx: Context, client: httpx.Client) -> Health:
         response = client.get(f"{api}/health")
         if response.status_code != 200 or response.json() is not True:
             return Health(False, error=f"GET /health answered HTTP {response.status_code}")
-        version = client.get(f"{api}/admin/version")
+        version = client.get(f"{api}/admin/version", headers=auth_header(ctx.settings))
         return Health(True, version=version.json() if version.status_code == 200 else None)
     except (httpx.HTTPError, ValueError) as err:
         return Health(False, error=f"{type(err).__name__}: {err}")

@@ -18,7 +18,7 @@ import httpx
 from common.settings import PROJECT_ROOT, Settings
 from neuronova.prefect_env import prefect_results_dir
 from neuronova.stack.component import Component, Context, Health, http_health, settings_env
-from neuronova.stack.prefect import find_prefect_executable, prefect_url
+from neuronova.stack.prefect import api_headers, find_prefect_executable, prefect_url
 
 WORKER_POOLS: tuple[str, ...] = ("cpu", "gpu")
 # JSON lines with flow_run_id / study_uid, for the worker and every run it starts.
@@ -72,6 +72,7 @@ def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
             | {
                 "PREFECT_HOME": str(ctx.home),
                 "PREFECT_API_URL": prefect_url(s),
+                "PREFECT_API_AUTH_STRING": s.stack_prefect_auth_string(),
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 # Poll every 2 s: a triggered run starts sooner, for one cheap request.
                 "PREFECT_WORKER_QUERY_SECONDS": "2",
@@ -90,12 +91,16 @@ def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
 def _prepare_worker(ctx: Context) -> None:
     """The pools exist with their limits before a worker polls them (`make deploy` does the
     same); the worker's own `--type` would create one without the gpu pool's limit."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from deployments.work_pools import ensure_work_pools
 
     prefect_results_dir(ctx.settings).mkdir(parents=True, exist_ok=True)
-    with temporary_settings({PREFECT_API_URL: prefect_url(ctx.settings)}):
+    api = {
+        PREFECT_API_URL: prefect_url(ctx.settings),
+        PREFECT_API_AUTH_STRING: ctx.settings.stack_prefect_auth_string(),
+    }
+    with temporary_settings(api):
         ensure_work_pools(ctx.settings)
 
 
@@ -107,7 +112,10 @@ def _worker_health(pool: str) -> Callable[[Context, httpx.Client], Health]:
         if not own.ok:
             return own
         try:
-            response = client.post(f"{prefect_url(ctx.settings)}/work_pools/{pool}/workers/filter")
+            response = client.post(
+                f"{prefect_url(ctx.settings)}/work_pools/{pool}/workers/filter",
+                headers=api_headers(ctx.settings, client),
+            )
             workers = {w["name"]: w for w in response.json()} if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError) as err:
             return Health(False, error=f"Prefect server: {type(err).__name__}: {err}")

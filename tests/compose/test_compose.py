@@ -31,6 +31,7 @@ SECRETS = {
     "NEURONOVA_EMR_PASSWORD": "e" * 24,
     "ORTHANC_PASSWORD": "h" * 24,
     "REDIS_PASSWORD": "d" * 24,
+    "PREFECT_AUTH_STRING": "a" * 32,
 }
 
 
@@ -272,7 +273,7 @@ def test_orthanc_demands_its_service_account_from_everyone(config: dict[str, Any
         assert env["NEURONOVA_ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"], name
     assert services["nginx"]["environment"]["ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"]
     dockerfile = (PROJECT_ROOT / "nginx" / "Dockerfile").read_text()
-    assert "/docker-entrypoint.d/30-orthanc-authorization.sh" in dockerfile
+    assert "/docker-entrypoint.d/30-service-auth.sh" in dockerfile
 
 
 def test_redis_demands_a_password_that_only_our_services_hold(config: dict[str, Any]) -> None:
@@ -282,3 +283,15 @@ def test_redis_demands_a_password_that_only_our_services_hold(config: dict[str, 
     for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
         url = services[name]["environment"]["NEURONOVA_REDIS_URL"]
         assert url == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0", name
+
+
+def test_the_prefect_server_serves_no_stranger(config: dict[str, Any]) -> None:
+    services = config["services"]
+    server = services["prefect-server"]["environment"]
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == SECRETS["PREFECT_AUTH_STRING"]
+    assert server["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    assert server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == SECRETS["NEURONOVA_PUBLIC_URL"]
+    for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
+        env = services[name]["environment"]
+        assert env["PREFECT_API_AUTH_STRING"] == SECRETS["PREFECT_AUTH_STRING"], name
+    assert services["nginx"]["environment"]["PREFECT_AUTH_STRING"] == SECRETS["PREFECT_AUTH_STRING"]

@@ -29,12 +29,21 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def prefect_server(stack_prefect: str) -> Iterator[str]:
-    """The stack's Prefect server, as the API in use."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def prefect_server(stack_prefect: str, stack_settings: Settings) -> Iterator[str]:
+    """The stack's Prefect server, as the API in use (with its auth string, as every client)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: stack_prefect}):
+    auth = stack_settings.stack_prefect_auth_string()
+    with temporary_settings({PREFECT_API_URL: stack_prefect, PREFECT_API_AUTH_STRING: auth}):
         yield stack_prefect
+
+
+def _cli_env(prefect_server: str, stack_settings: Settings) -> dict[str, str]:
+    """What an operator's shell holds to use Prefect's own CLI on the stack's server."""
+    return {
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_API_AUTH_STRING": stack_settings.stack_prefect_auth_string(),
+    }
 
 
 def test_deploy_registers_the_pools_and_every_deployment(
@@ -98,7 +107,7 @@ def test_prefects_own_cli_deploys_the_same_deployments_from_prefect_yaml(
             "deployments/prefect.yaml",
         ],
         cwd=PROJECT_ROOT,
-        env=os.environ | {"PREFECT_API_URL": prefect_server, "PWD": str(PROJECT_ROOT)},
+        env=os.environ | _cli_env(prefect_server, stack_settings) | {"PWD": str(PROJECT_ROOT)},
         capture_output=True,
         text=True,
         timeout=300,
@@ -161,6 +170,7 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
     second_log = tmp_path / "second-worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | {
         "PREFECT_API_URL": prefect_server,
+        "PREFECT_API_AUTH_STRING": orthanc.stack_prefect_auth_string(),
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(orthanc)),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
