@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         description="When the bulk EMR → FHIR → cache sync runs (cron, UTC); unset: the yaml's.",
     )
     ingest_workers: int = Field(default=4, ge=1, le=64, description="Concurrent Orthanc uploads.")
+    # What one input may cost (tasks/ingest/limits.py): over a limit, it is quarantined.
+    ingest_max_file_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    ingest_max_zip_members: int = Field(default=100_000, ge=1)
+    ingest_max_zip_total_bytes: int = Field(default=64 * 1024**3, ge=1024)
+    ingest_max_zip_ratio: int = Field(default=200, ge=2)
+    ingest_max_pixel_bytes: int = Field(default=2 * 1024**3, ge=1024)
+    ingest_max_frames: int = Field(default=10_000, ge=1)
     ingest_batch_size: int = Field(
         default=64, ge=1, description="Instances per Prefect task run (keeps overhead small)."
     )

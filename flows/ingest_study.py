@@ -27,6 +27,7 @@ from flows import REPORTED
 from flows.sync_patient import sync_patient
 from tasks.archive.index import patients_of_studies
 from tasks.inference.results import InferenceReport, InferenceStatus
+from tasks.ingest.limits import IngestLimits
 from tasks.ingest.prefect_tasks import collect_inputs_task, ingest_batch_task
 from tasks.ingest.prepare import FileReport
 from tasks.ingest.report import (
@@ -56,7 +57,7 @@ def ingest_study(path: str, remove_originals: bool = False) -> IngestReport:
     settings = Settings()
     logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)
-    refs = collect_inputs_task(path)
+    refs = collect_inputs_task(path, IngestLimits.from_settings(settings))
     logger.info("ingesting %d inputs in batches of %d", len(refs), settings.ingest_batch_size)
     batch_task = ingest_batch_task.with_options(**network_retries(settings.orthanc_retry_delays_s))
     futures = [

@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from sqlmodel import Session
@@ -39,6 +40,7 @@ from tasks.dicom.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.dicom.parse import content_sha256, parse_dicom
 from tasks.dicom.transcode import TranscodeAction, transcode_to_htj2k
 from tasks.ingest.inputs import InputRef, read_input
+from tasks.ingest.limits import IngestLimits
 from tasks.ingest.prepare import (
     FileOutcome,
     IngestStatus,
@@ -57,7 +59,8 @@ def ingest_batch(
     # Threads, not processes: a process pool would re-import the caller's main module in
     # every worker (seconds here), which costs more than the GIL does on a batch.
     with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
-        items = list(pool.map(carry_context(prepare_input), refs))
+        limits = IngestLimits.from_settings(settings)
+        items = list(pool.map(carry_context(partial(prepare_input, limits=limits)), refs))
         _settle_repeats_within_batch(items)
         with session_scope(settings.resolved_database_url) as session:
             known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
@@ -116,10 +119,14 @@ def _sop(item: PreparedInput) -> str:
     return item.ids.sop_uid if item.ids else ""
 
 
+_READ_BEFORE = IngestLimits(max_file_bytes=2**62, max_zip_ratio=2**62)
+
+
 def _input_bytes(item: PreparedInput) -> bytes:
     """The input's bytes, read again where preparing did not keep them (it keeps few)."""
     if item.data is None:
-        item.data = read_input(item.ref)
+        # Read within the limits once already (prepare_input); these are its bytes again.
+        item.data = read_input(item.ref, _READ_BEFORE)
     return item.data
 
 

@@ -13,14 +13,15 @@ from prefect import task
 from common.settings import Settings
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import InputRef, collect_inputs
+from tasks.ingest.limits import IngestLimits
 from tasks.ingest.prepare import FileOutcome
 from tasks.retry import network_retries
 
 
 @task(name="collect_inputs")
-def collect_inputs_task(path: str) -> list[InputRef]:
-    """List every file (and zip member) under `path`."""
-    return collect_inputs(Path(path))
+def collect_inputs_task(path: str, limits: IngestLimits | None = None) -> list[InputRef]:
+    """List every file (and zip member) under `path`, links not followed, archives bounded."""
+    return collect_inputs(Path(path), limits)
 
 
 # The flow applies `settings.orthanc_retry_delays_s` with `with_options` (a setting, read at the

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from common.errors import IngestError, UpstreamError, VerificationError
 from tasks.dicom.parse import InstanceIds, parse_dicom, validate_identifiers
 from tasks.dicom.transcode import TranscodeResult, transcode_to_htj2k
-from tasks.ingest.inputs import InputRef, read_input
+from tasks.ingest.inputs import InputRef, Oversized, read_input
+from tasks.ingest.limits import IngestLimits, check_pixel_budget
 
 if TYPE_CHECKING:
     from tasks.archive.index import IndexEntry
@@ -78,15 +79,21 @@ class PreparedInput:
     upstream_error: UpstreamError | None = None
 
 
-def prepare_input(ref: InputRef) -> PreparedInput:
-    """Read, parse, validate and transcode one input (CPU work, no network; runs in a worker).
+def prepare_input(ref: InputRef, limits: IngestLimits | None = None) -> PreparedInput:
+    """Read, parse, validate and transcode one input (CPU work, no network; runs in a worker),
+    within `limits` (an input over one is quarantined with the limit named).
 
     Only what the batch needs travels back: the HTJ2K file, or the input's bytes when the
     input is quarantined.
     """
+    limits = limits or IngestLimits()
     item = PreparedInput(ref)
     try:
-        data = read_input(ref)
+        data = read_input(ref, limits)
+    except Oversized as err:  # quarantined: its first bytes, the reason with the full hash
+        item.data = err.head
+        item.outcome = outcome_for(item, IngestStatus.QUARANTINED, reason=str(err))
+        return item
     except (OSError, IngestError) as err:
         item.readable = False
         item.outcome = outcome_for(
@@ -97,6 +104,7 @@ def prepare_input(ref: InputRef) -> PreparedInput:
     try:
         ds = parse_dicom(data)
         item.ids = validate_identifiers(ds)
+        check_pixel_budget(ds, limits)
         item.result = transcode_to_htj2k(ds, bytes_in=len(data), source=data)
     except (IngestError, VerificationError) as err:
         item.data = data

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -349,3 +350,28 @@ def test_another_patients_file_in_a_known_study_is_a_conflict_held_in_quarantine
     reasons = {row["sop_instance_uid"]: row["reason"] for row in json.loads(listed.stdout)}
     assert "patient mismatch" in reasons[impostor.SOPInstanceUID]
     assert "series mismatch" in reasons[moved_series.SOPInstanceUID]
+
+
+def test_inputs_over_a_limit_are_quarantined_with_the_limit_and_the_rest_goes_on(
+    orthanc: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NEURONOVA_INGEST_MAX_FILE_BYTES", str(1024**2))
+    inbox = tmp_path / "inbox"
+    good = write(make_ct(), inbox / "good.dcm")
+    (inbox / "huge.bin").write_bytes(os.urandom(3 * 1024**2))
+    with zipfile.ZipFile(inbox / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.dcm", bytes(64 * 1024**2))
+
+    outcomes = by_path(ingest_study(str(inbox)))
+
+    assert outcomes["good.dcm"]["status"] == "stored"
+    assert "NEURONOVA_INGEST_MAX_FILE_BYTES" in outcomes["huge.bin"]["reason"]
+    assert "NEURONOVA_INGEST_MAX_ZIP_RATIO" in outcomes["bomb.zip!zeros.dcm"]["reason"]
+    with session_scope(orthanc.resolved_database_url) as session:
+        kept = {
+            Path(row.source_path).name: row
+            for row in session.exec(select(QuarantineItem))
+            if str(inbox) in row.source_path
+        }
+    assert Path(kept["huge.bin"].kept_path).stat().st_size == 1024**2  # its head only
+    assert good.exists()  # nothing removed without remove_originals
