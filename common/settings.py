@@ -191,6 +191,9 @@ class Settings(BaseSettings):
     alerts_heartbeat_s: float = Field(
         default=15.0, gt=0, description="A comment line this often keeps idle streams open."
     )
+    alerts_streams_per_user: int = Field(
+        default=5, ge=1, description="Open alert streams one user may hold (tabs, devices)."
+    )
     redis_url: str | None = Field(
         default=None,
         description="Redis for alert pub/sub, with its password (production). Unset: the local "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,32 @@ bp = Blueprint("alerts", __name__, url_prefix="/api")
 _POLL_S = 1.0  # the longest a new alert or a closed session waits to be noticed
 
 
+class _OpenStreams:
+    """Open streams per user in this pool (one process: `neuronova/stack/alerts.py`)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def take(self, username: str, limit: int) -> bool:
+        with self._lock:
+            if self._counts.get(username, 0) >= limit:
+                return False
+            self._counts[username] = self._counts.get(username, 0) + 1
+            return True
+
+    def release(self, username: str) -> None:
+        with self._lock:
+            left = self._counts.get(username, 0) - 1
+            if left > 0:
+                self._counts[username] = left
+            else:
+                self._counts.pop(username, None)
+
+
+_OPEN = _OpenStreams()
+
+
 @bp.get("/alerts")
 @jwt_required()
 def stream_alerts() -> Response:
@@ -47,9 +74,15 @@ def stream_alerts() -> Response:
     if not ctx.settings.resolved_redis_url:
         audit(Action.ALERTS, 503, username=user.username, reason="alerts not configured")
         return deny_response(503, "alerts are not configured")
+    if not _OPEN.take(user.username, ctx.settings.alerts_streams_per_user):
+        audit(Action.ALERTS, 429, username=user.username, reason="too many open streams")
+        response = deny_response(429, "too many open alert streams; close one")
+        response.headers["Retry-After"] = "30"
+        return response
     try:
         pubsub = subscribe_to_alerts(ctx.settings)
     except redis.RedisError:
+        _OPEN.release(user.username)
         log.warning("alerts: Redis unreachable")
         audit(Action.ALERTS, 503, username=user.username, reason="redis unreachable")
         return deny_response(503, "alerts are unavailable; try again shortly")
@@ -58,6 +91,8 @@ def stream_alerts() -> Response:
     response = Response(stream_with_context(events), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Accel-Buffering"] = "no"
+    # Released when the server closes the answer, whether or not the stream ever started.
+    response.call_on_close(lambda: _OPEN.release(user.username))
     return response
 
 

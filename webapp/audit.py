@@ -5,6 +5,13 @@ what an investigation looks for). Allowed image reads are many (one per frame or
 they go through a queue that a background thread writes in batches every fraction of a
 second; a worker that stops normally flushes it first. A worker killed with SIGKILL can lose
 at most that fraction of a second of allowed reads, never a denial.
+
+Under a flood of denied requests (a script hammering the gate without a token), writing each
+denial before answering would make the database the bottleneck for everyone. So the gate's
+denials are written one by one up to `DENIALS_PER_S` a second per process; beyond that,
+alike denials (same action, status, address, user, reason) are counted and written as one
+row per interval that says how many there were (`record_denial`). Nothing is dropped
+uncounted.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -28,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _FLUSH_INTERVAL_S = 0.2
 _MAX_BATCH = 500
+DENIALS_PER_S = 50  # written one by one, per process; beyond, counted (record_denial)
 
 
 class Action(StrEnum):
@@ -92,6 +100,45 @@ class AuditLog:
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
+        self._denial_budget = float(DENIALS_PER_S)
+        self._denial_refilled = time.monotonic()
+        self._alike: dict[tuple[Any, ...], tuple[AuditRecord, int]] = {}
+
+    def record_denial(self, record: AuditRecord) -> None:
+        """A denial: written now while denials are few; counted with alike ones in a flood."""
+        if self._take_denial_budget():
+            self.record_now(record)
+            return
+        key = (record.action, record.status, record.client_addr, record.username, record.reason)
+        with self._lock:
+            first, count = self._alike.get(key, (record, 0))
+            self._alike[key] = (first, count + 1)
+        self._ensure_thread()
+        self._idle.clear()
+        self._queue.put(None)  # wake the writer: it writes the counts with its next batch
+
+    def _take_denial_budget(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._denial_budget = min(
+                float(DENIALS_PER_S),
+                self._denial_budget + (now - self._denial_refilled) * DENIALS_PER_S,
+            )
+            self._denial_refilled = now
+            if self._denial_budget < 1.0:
+                return False
+            self._denial_budget -= 1.0
+            return True
+
+    def _counted_denials(self) -> list[AuditRecord]:
+        """One row per kind of denial counted since the last batch, saying how many."""
+        with self._lock:
+            alike, self._alike = self._alike, {}
+        rows = []
+        for first, count in alike.values():
+            reason = f"{count} alike in a flood (counted, not written one by one): {first.reason}"
+            rows.append(replace(first, reason=reason, request_id="flood-" + first.request_id))
+        return rows
 
     def record_now(self, record: AuditRecord) -> None:
         """Write one row before returning (denials, logins, links)."""
@@ -123,7 +170,7 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            batch = self._collect()
+            batch = self._collect() + self._counted_denials()
             if batch:
                 try:
                     self._write(batch)

@@ -313,7 +313,7 @@ class Gate:
             self.context.audit.record_soon(record)
             return
         try:
-            self.context.audit.record_now(record)
+            self.context.audit.record_denial(record)
         except Exception:
             # The denial stands; the log keeps what the audit table could not.
             log.exception(

@@ -183,3 +183,25 @@ def test_only_known_kinds_are_published() -> None:
     publisher = AlertPublisher("redis://127.0.0.1:1/0", "unused")
     with pytest.raises(ValueError, match="unknown alert kind"):
         publisher.publish("ai-result\r\nevent: x", "1.2.3", "P", {})
+
+
+def test_one_user_holds_a_bounded_number_of_streams(viewing: Viewing) -> None:
+    with session_scope(viewing.settings.resolved_database_url) as session:
+        if accounts.find_user(session, "gina") is None:  # a user with no other stream open
+            accounts.add_user(session, "gina", "radiologist", PASSWORD)
+    access = _access(viewing, "gina")
+    cap = viewing.settings.alerts_streams_per_user
+    listeners = [Listener(viewing, access) for _ in range(cap)]
+    try:
+        assert all(listener.status == 200 for listener in listeners)
+        extra = httpx.get(
+            f"{viewing.base}/api/alerts", headers={"Authorization": f"Bearer {access}"}, timeout=10
+        )
+        assert extra.status_code == 429 and extra.headers["retry-after"] == "30"
+        # Another user is not held to gina's streams.
+        other = Listener(viewing, _access(viewing, "cara"))
+        assert other.status == 200
+        other.close()
+    finally:
+        for listener in listeners:
+            listener.close()

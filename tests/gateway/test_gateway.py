@@ -496,3 +496,25 @@ def test_a_host_the_gateway_is_not_gets_nothing(viewing: Viewing, host: str) -> 
         response = httpx.get(viewing.base + path, headers={"Host": host}, timeout=10)
         assert response.status_code == 421, (host, path)
         assert response.content == b"" or b"421" in response.content
+
+
+def test_a_flood_gets_429_from_nginx_before_the_webapp(viewing: Viewing) -> None:
+    """The API's per-address limit (50/s, burst 200) answered by nginx; normal use untouched."""
+    import re
+    import shutil
+    import subprocess
+
+    assert shutil.which("wrk"), "wrk is installed by `make system`"
+    out = subprocess.run(
+        ["wrk", "-t2", "-c16", "-d2s", f"{viewing.base}/api/health"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    assert refused is not None and int(refused.group(1)) > 0, out
+    assert total - int(refused.group(1)) <= 200 + 50 * 3, out  # burst + rate over the run
+    time.sleep(5)  # the bucket refills for the tests that follow
+    assert httpx.get(f"{viewing.base}/api/health", timeout=10).status_code == 200
