@@ -39,6 +39,7 @@ from tasks.archive.replace import replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS_SYNTAXES
 from tasks.dicom.parse import content_sha256, parse_dicom
 from tasks.dicom.transcode import TranscodeAction, transcode_to_htj2k
+from tasks.ingest.decode_guard import DecodeGuard
 from tasks.ingest.inputs import InputRef, read_input
 from tasks.ingest.limits import IngestLimits
 from tasks.ingest.prepare import (
@@ -60,7 +61,9 @@ def ingest_batch(
     # every worker (seconds here), which costs more than the GIL does on a batch.
     with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
         limits = IngestLimits.from_settings(settings)
-        items = list(pool.map(carry_context(partial(prepare_input, limits=limits)), refs))
+        guard = DecodeGuard(settings.data_dir / "decoding")
+        prepare = partial(prepare_input, limits=limits, guard=guard)
+        items = list(pool.map(carry_context(prepare), refs))
         _settle_repeats_within_batch(items)
         with session_scope(settings.resolved_database_url) as session:
             known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))

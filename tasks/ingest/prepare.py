@@ -8,6 +8,7 @@ that needs them again reads them again, so a batch holds HTJ2K files, not origin
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, TypedDict, cast
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, TypedDict, cast
 from common.errors import IngestError, UpstreamError, VerificationError
 from tasks.dicom.parse import InstanceIds, parse_dicom, validate_identifiers
 from tasks.dicom.transcode import TranscodeResult, transcode_to_htj2k
+from tasks.ingest.decode_guard import CRASHED, DecodeGuard
 from tasks.ingest.inputs import InputRef, Oversized, read_input
 from tasks.ingest.limits import IngestLimits, check_pixel_budget
 
@@ -79,7 +81,9 @@ class PreparedInput:
     upstream_error: UpstreamError | None = None
 
 
-def prepare_input(ref: InputRef, limits: IngestLimits | None = None) -> PreparedInput:
+def prepare_input(
+    ref: InputRef, limits: IngestLimits | None = None, guard: DecodeGuard | None = None
+) -> PreparedInput:
     """Read, parse, validate and transcode one input (CPU work, no network; runs in a worker),
     within `limits` (an input over one is quarantined with the limit named).
 
@@ -105,7 +109,13 @@ def prepare_input(ref: InputRef, limits: IngestLimits | None = None) -> Prepared
         ds = parse_dicom(data)
         item.ids = validate_identifiers(ds)
         check_pixel_budget(ds, limits)
-        item.result = transcode_to_htj2k(ds, bytes_in=len(data), source=data)
+        if guard is not None and guard.crashed_before(ref):
+            item.data = data
+            item.outcome = outcome_for(item, IngestStatus.QUARANTINED, reason=CRASHED)
+            guard.forget(ref)
+            return item
+        with guard.decoding(ref) if guard is not None else nullcontext():
+            item.result = transcode_to_htj2k(ds, bytes_in=len(data), source=data)
     except (IngestError, VerificationError) as err:
         item.data = data
         item.outcome = outcome_for(item, IngestStatus.QUARANTINED, reason=str(err))

@@ -105,3 +105,41 @@ def test_declared_pixels_over_the_budget_are_refused_before_any_decode(tmp_path:
     assert "NumberOfFrames 5000" in frames_reason and "NEURONOVA_INGEST_MAX_FRAMES" in frames_reason
     # Kept whole (they are small), never decoded.
     assert items[str(tmp_path / "huge.dcm")].data == (tmp_path / "huge.dcm").read_bytes()  # type: ignore[attr-defined]
+
+
+def test_a_file_that_kills_the_decoder_is_quarantined_after_one_crash(tmp_path: Path) -> None:
+    """A child process dies inside the decoder (as a codec's segfault would take a worker);
+    the next attempt finds the mark and quarantines the file instead of decoding it again."""
+    import subprocess
+    import sys
+
+    from common.settings import PROJECT_ROOT
+    from tasks.ingest.decode_guard import CRASHED, DecodeGuard
+
+    source = write(make_ct(), tmp_path / "inbox" / "killer.dcm")
+    marks = tmp_path / "decoding"
+    crash = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "import tasks.ingest.prepare as prepare\n"
+        "from tasks.ingest.decode_guard import DecodeGuard\n"
+        "from tasks.ingest.inputs import InputRef\n"
+        "prepare.transcode_to_htj2k = lambda *a, **k: os._exit(139)  # the codec dies\n"
+        "prepare.prepare_input(InputRef(sys.argv[1]), guard=DecodeGuard(Path(sys.argv[2])))\n"
+    )
+    died = subprocess.run(
+        [sys.executable, "-c", crash, str(source), str(marks)], cwd=PROJECT_ROOT, check=False
+    )
+    assert died.returncode == 139
+
+    guard = DecodeGuard(marks)
+    [ref] = collect_inputs(source)
+    item = prepare_input(ref, guard=guard)
+
+    assert item.outcome is not None and item.outcome.status == IngestStatus.QUARANTINED
+    assert item.outcome.reason == CRASHED
+    assert item.data == source.read_bytes()  # kept whole in quarantine
+    # Once quarantined, the mark is gone: ingesting it again on purpose decodes it again.
+    again = prepare_input(ref, guard=guard)
+    assert again.outcome is None and again.result is not None
+    assert not list(marks.iterdir())
