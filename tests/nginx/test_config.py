@@ -100,6 +100,11 @@ def test_the_locations_keep_orthanc_internal_and_the_headers_strict() -> None:
     assert "internal;" in internal
     assert "proxy_pass_request_headers off;" in internal  # the token never reaches Orthanc
     assert "proxy_intercept_errors on;" in internal  # nor do Orthanc's error details leave
+    # Only the gate sends nginx anywhere: neither Orthanc nor Prefect may.
+    every_accel = "X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Buffering"
+    assert every_accel in internal
+    assert every_accel in (SNIPPETS / "proxy-prefect.conf").read_text()
+    assert "$neuronova_orthanc_authorization" in internal  # Orthanc's service account
     for prefix in ("/api/", "/dicom-web/"):
         assert f"location ^~ {prefix} {{" in locations  # no regex location can shadow them
     assert "server_tokens off;" in locations
