@@ -5,8 +5,10 @@ test harness. Flows read `Settings()` from the environment, so the fixtures set
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,13 @@ from neuronova.stack.component import settings_env
 from neuronova.stack.mariadb import create_database, drop_database
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
+
+# Every log the session's stack wrote is read once the suite is done (pytest_sessionfinish):
+# no token (a JWT starts "eyJ") and no MRN of the tests' patients may be in any line of them.
+_STACK_DIRS: list[Path] = []
+_NEVER_LOGGED = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}|NN-DEMO-\d{4}|NN-TEST-[A-Z]+|SOMEONE-ELSE|\bA-[0-9a-f]{10}\b"
+)
 
 # A MariaDB or MySQL server of your own (a SQLAlchemy URL without a database, e.g.
 # mysql+pymysql://user:password@db.example.org); unset, the tests use the stack's own MariaDB,
@@ -39,6 +48,7 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         orthanc_retry_delays_s=[0.2, 0.5],
         ingest_batch_size=16,
     )
+    _STACK_DIRS.append(base.stack_dir)
     services = ["redis"] if EXTERNAL_MYSQL else ["mariadb", "redis"]
     stack = LocalStack(base)
     stack.up(services)
@@ -110,3 +120,26 @@ def patient_sources(stack_settings: Settings) -> Iterator[Settings]:
     stack.up(["fhir", "emr"])
     yield stack_settings
     stack.down(["fhir", "emr"])
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if any log of the session's stack holds a token or a test patient's MRN.
+
+    The supervisor's own `=== … starting:` lines are left out: they name a component's
+    command, and the EMR emulator's names the demo's sample patient it creates.
+    """
+    found = []
+    for root in _STACK_DIRS:
+        for log in sorted(root.rglob("*.log")):
+            for number, line in enumerate(log.read_text(errors="replace").splitlines(), 1):
+                if not line.startswith("=== ") and _NEVER_LOGGED.search(line):
+                    found.append(f"{log.relative_to(root)}:{number}")
+    if found:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                "a token or an MRN was logged (file:line, values not repeated): "
+                + ", ".join(found[:20]),
+                red=True,
+            )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
