@@ -275,13 +275,11 @@ class Settings(BaseSettings):
         """Orthanc's service account (HTTP basic auth): the configured one; unset, the local
         stack's own (its password generated once under secrets/; never in production)."""
         if self.orthanc_password is not None:
-            return (
-                self.orthanc_username or STACK_ORTHANC_USER,
-                self.orthanc_password.get_secret_value(),
-            )
-        if self.environment == "production":
+            password = self.orthanc_password.get_secret_value()
+        elif self.environment == "production":
             return None
-        password = self.generated_secret("orthanc.password", lambda: secrets.token_urlsafe(24))
+        else:
+            password = self.generated_secret("orthanc.password", lambda: secrets.token_urlsafe(24))
         return (self.orthanc_username or STACK_ORTHANC_USER, password)
 
     def stack_prefect_auth_string(self) -> str:

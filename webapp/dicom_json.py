@@ -18,6 +18,7 @@ _PATIENT_ID = "00100020"
 _STUDY_UID = "0020000D"
 _SERIES_UID = "0020000E"
 _SOP_UID = "00080018"
+_ABSENT = object()  # the dataset does not carry the element (not the same as an empty value)
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,6 @@ def _belongs(ds: dict[str, Any], members: StudyMembers) -> bool:
     patient = _first_value(ds, _PATIENT_ID)
     # An empty PatientID is still a patient's (DICOM allows it); it must match as well.
     return patient is _ABSENT or (patient or "") == members.patient_id
-
-
-_ABSENT = object()
 
 
 def _first_value(ds: dict[str, Any], tag: str) -> object:

@@ -116,7 +116,8 @@ class Gate:
         self.context = context
         self._series = _PositiveCache()
         self._instances = _PositiveCache()
-        # Frames only; one quick retry, the viewer is waiting.
+        # The answers the gate builds itself (frames, searches, metadata); one quick retry, the
+        # viewer is waiting.
         self._orthanc = OrthancClient.from_settings(context.settings, request_retries=1)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -148,13 +149,13 @@ class Gate:
                 )
             if not allowed:
                 raise TokenRejected("session ended, token revoked or study no longer allowed")
-            internal_uri = self._locate(target)
-            if target.kind is GateKind.FRAMES:
+            if target.kind is GateKind.FRAMES:  # checks its instance itself
                 answer = self._frames(environ, target)
             elif target.kind in _INDEX_FILTERED:
+                self._locate(target)
                 answer = self._index_filtered_json(target)
             else:
-                answer = _accel_redirect(internal_uri)
+                answer = _accel_redirect(self._locate(target))
         except TokenRejected as err:
             self._audit(environ, kind, 401, username, study, err.reason)
             return _deny(401, "authentication required")

@@ -13,6 +13,7 @@ import httpx
 
 from common.errors import StackError
 from common.settings import PROJECT_ROOT, Settings
+from neuronova.stack import prefect
 from neuronova.stack.component import (
     Context,
     Health,
@@ -57,8 +58,7 @@ def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
         "@PREFECT@": f"127.0.0.1:{settings.prefect_port}",
         "@OHIF_ROOT@": str(ohif_root),
         "@ORTHANC_AUTHORIZATION@": _basic_authorization(settings),
-        "@PREFECT_AUTHORIZATION@": "Basic "
-        + base64.b64encode(settings.stack_prefect_auth_string().encode()).decode(),
+        "@PREFECT_AUTHORIZATION@": prefect.auth_header(settings)["Authorization"],
     }
     text = (NGINX_DIR / "local.conf.template").read_text()
     for placeholder, value in values.items():

@@ -97,7 +97,7 @@ def read_input(ref: InputRef, limits: IngestLimits | None = None) -> bytes:
     """The bytes of one input, within the limits (IngestError or Oversized otherwise)."""
     limits = limits or IngestLimits()
     if ref.refusal is not None:
-        raise OverLimitRefusal(ref.refusal)
+        raise IngestError(ref.refusal)  # found while listing; nothing of it is read
     if ref.member is None:
         return _read_file(Path(ref.path), limits)
     with zipfile.ZipFile(ref.path) as archive:
@@ -116,10 +116,6 @@ def read_input(ref: InputRef, limits: IngestLimits | None = None) -> bytes:
             with archive.open(info) as member:
                 raise Oversized(over, member.read(QUARANTINE_HEAD_BYTES), None)
         return archive.read(info)
-
-
-class OverLimitRefusal(IngestError):
-    """Refused while listing (an archive over a limit); nothing of it is read."""
 
 
 def _read_file(path: Path, limits: IngestLimits) -> bytes:
