@@ -28,13 +28,12 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qs, urlparse
 
 import httpx
 
 from common.db import Instance, migrate, session_scope
 from common.settings import Settings
-from neuronova.demo import viewer_link
+from neuronova.demo import open_viewer_link, viewer_link
 from neuronova.sample import write_sample_study
 from neuronova.stack.mariadb import create_database, on_stack_mysql
 from neuronova.stack.ports import free_ports, settings_on_free_ports
@@ -51,7 +50,7 @@ for line in io.lines("%s") do paths[#paths + 1] = line end
 local i = 0
 request = function()
   i = i %% #paths + 1
-  return wrk.format("GET", paths[i], {["Authorization"] = "Bearer %s"})
+  return wrk.format("GET", paths[i], {["Authorization"] = "Bearer %s", ["Cookie"] = "%s"})
 end
 """
 
@@ -76,13 +75,14 @@ BENCH_DATABASE = "neuronova"  # on the benchmark's own MariaDB, gone with its fo
 
 
 def wrk(
-    url: str, paths: list[str], token: str, seconds: int, connections: int, work: Path
+    url: str, paths: list[str], viewer: tuple[str, str], seconds: int, connections: int, work: Path
 ) -> dict[str, float]:
     """Requests/s and latency percentiles (ms) of one wrk run."""
     listing = work / f"paths-{uuid.uuid4().hex}.txt"
     listing.write_text("\n".join(paths) + "\n")
     script = work / f"script-{uuid.uuid4().hex}.lua"
-    script.write_text(LUA % (listing, token))
+    token, cookie = viewer
+    script.write_text(LUA % (listing, token, cookie))
     out = subprocess.run(
         [
             "wrk",
@@ -180,8 +180,8 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         rows = list(session.exec(Instance.__table__.select()))  # type: ignore[attr-defined]
     study = rows[0].study_instance_uid
     gateway, direct = settings.gateway_url, f"http://127.0.0.1:{direct_port}"
-    link = viewer_link(gateway, "bench", PASSWORD, study)
-    token = parse_qs(urlparse(link).query)["token"][0]
+    # The viewer token and the cookie of the "browser" it is bound to, as the gate wants both.
+    viewer = open_viewer_link(viewer_link(gateway, "bench", PASSWORD, study))
 
     def frames(r: object) -> str:
         return (
@@ -226,7 +226,7 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
     else:
         print(f"Orthanc's DICOMweb frames answer {plugin_frame.status_code}: no baseline of theirs")
     first_frame = httpx.get(f"{direct}/instances/{rows[0].orthanc_id}/frames/0/raw").content
-    _check_same_bytes(gateway, direct, cases, token, first_frame)
+    _check_same_bytes(gateway, direct, cases, viewer, first_frame)
     size = sum(r.bytes_stored for r in rows) / len(rows) / 1024
     print(
         f"{len(rows)} instances, {size:.0f} KiB each on average; wrk: 2 threads, "
@@ -236,10 +236,10 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         gated_runs, direct_runs = [], []
         for _ in range(args.rounds):
             direct_runs.append(
-                wrk(direct, direct_paths, token, args.seconds, args.connections, work)
+                wrk(direct, direct_paths, viewer, args.seconds, args.connections, work)
             )
             gated_runs.append(
-                wrk(gateway, gated_paths, token, args.seconds, args.connections, work)
+                wrk(gateway, gated_paths, viewer, args.seconds, args.connections, work)
             )
         g, d = _median(gated_runs), _median(direct_runs)
         print(name)
@@ -258,10 +258,10 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         )
         # The gate's own cost, without queueing: one connection, one request at a time.
         d1 = _median(
-            [wrk(direct, direct_paths, token, args.seconds, 1, work) for _ in range(args.rounds)]
+            [wrk(direct, direct_paths, viewer, args.seconds, 1, work) for _ in range(args.rounds)]
         )
         g1 = _median(
-            [wrk(gateway, gated_paths, token, args.seconds, 1, work) for _ in range(args.rounds)]
+            [wrk(gateway, gated_paths, viewer, args.seconds, 1, work) for _ in range(args.rounds)]
         )
         print(
             f"{'':9s} one connection: direct p50 {d1['p50']:.2f} p99 {d1['p99']:.2f} ms, gated p50 "
@@ -278,12 +278,12 @@ def _check_same_bytes(
     gateway: str,
     direct: str,
     cases: dict[str, tuple[list[str], list[str]]],
-    token: str,
+    viewer: tuple[str, str],
     first_frame: bytes,
 ) -> None:
     """Both ways answer the same bytes (so the comparison is of like with like): the same file,
     or the same stored frame (`first_frame`) inside each multipart answer."""
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {viewer[0]}", "Cookie": viewer[1]}
     for name, (gated_paths, direct_paths) in cases.items():
         a = httpx.get(gateway + gated_paths[0], headers=headers, timeout=30)
         b = httpx.get(direct + direct_paths[0], timeout=30)

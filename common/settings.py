@@ -211,8 +211,17 @@ class Settings(BaseSettings):
     )
     access_token_ttl_s: int = Field(default=900, ge=30, le=86400)
     refresh_token_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    viewer_link_ttl_s: int = Field(
+        default=600,
+        ge=30,
+        le=86400,
+        description="How long a viewer link may wait to be opened (once) before it expires.",
+    )
     viewer_token_ttl_s: int = Field(
-        default=1800, ge=30, le=86400, description="How long a viewer link opens its study."
+        default=1800,
+        ge=30,
+        le=86400,
+        description="How long an opened viewer keeps its study open in that browser.",
     )
     login_max_failures: int = Field(
         default=5,

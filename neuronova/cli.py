@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from common.private_files import use_private_umask
 from common.settings import Settings
 from neuronova import stack_cli, users_cli
 from neuronova.prefect_env import use_prefect_server, use_stack_prefect
@@ -30,6 +31,14 @@ app.add_typer(stack_cli.app, name="stack")
 app.add_typer(users_cli.app, name="users")
 db_app = typer.Typer(help="The NeuroNova database (archive index, quarantine, users…).")
 app.add_typer(db_app, name="db")
+
+
+@app.callback()
+def _private_files() -> None:
+    """Every command makes what it writes (results, quarantine, reports) its owner's only."""
+    use_private_umask()
+
+
 console = Console(stderr=True)
 
 # Exit codes scripts can rely on.
@@ -358,7 +367,9 @@ def demo() -> None:
     )
     console.print("Stop the stack with: .venv/bin/neuronova stack down")
     console.print(
-        "\nOpen the sample study in OHIF (the link expires; run `make demo` for a new one):"
+        "\nOpen the sample study in OHIF (the link opens once, within "
+        f"{settings.viewer_link_ttl_s // 60} minutes, in one browser; "
+        "run `make demo` for a new one):"
     )
     print(link)
 

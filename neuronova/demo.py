@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs, urlsplit
 from uuid import UUID
 
 import httpx
@@ -78,6 +79,20 @@ def prefect_ui_link(gateway_url: str, username: str, password: str) -> str:
 def viewer_link(gateway_url: str, username: str, password: str, study_uid: str) -> str:
     """A viewer link to one study, for a user allowed to see it."""
     return _link_for(gateway_url, username, password, f"/api/studies/{study_uid}/viewer-link")
+
+
+def open_viewer_link(link_url: str) -> tuple[str, str]:
+    """Open a viewer link as its landing page does (`POST /view` with the fragment's token),
+    for a script or a benchmark that reads through the gate without a browser. Returns the
+    viewer token and the `Cookie` header value it is bound to (both are needed)."""
+    parts = urlsplit(link_url)
+    link_token = parse_qs(parts.fragment).get("token", [""])[0]
+    with httpx.Client(base_url=f"{parts.scheme}://{parts.netloc}", timeout=30) as client:
+        opened = client.post("/view", json={"token": link_token})
+        opened.raise_for_status()
+        token: str = opened.json()["token"]
+        cookie = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    return token, cookie
 
 
 def register_for_workers(settings: Settings) -> None:

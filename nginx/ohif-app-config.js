@@ -6,7 +6,72 @@
  * decoded in the browser (OpenJPH WebAssembly): Orthanc 1.10.1 labels WADO-RS frames of HTJ2K
  * as explicit little endian, and OHIF's WADO-RS loader trusts that label (grey images).
  * No study list: studies are opened by viewer links only.
+ *
+ * The viewer token: the link's landing page (/view, webapp/viewer.py) leaves it in this tab's
+ * sessionStorage with the study it opens. It is never put in an address (OHIF's own `?token=`
+ * would show it in the address bar and history): the function below adds it as
+ * `Authorization: Bearer` to this origin's gate requests (/dicom-web/, /wado) only, and only
+ * while the page shows that study. The gate also wants the browser's HttpOnly cookie the token
+ * is bound to, so a token copied elsewhere opens nothing.
  */
+(function sendTheViewerTokenToTheGate() {
+  var held = null;
+  try {
+    held = JSON.parse(window.sessionStorage.getItem('neuronova.viewer') || 'null');
+  } catch (e) {
+    held = null;
+  }
+  var shown = null;
+  new URLSearchParams(window.location.search).forEach(function (value, key) {
+    if (key.toLowerCase() === 'studyinstanceuids') shown = value;
+  });
+  if (!held || typeof held.token !== 'string' || held.study !== shown) return;
+  var authorization = 'Bearer ' + held.token;
+
+  function isGated(url) {
+    var target;
+    try {
+      target = new URL(String(url), window.location.href);
+    } catch (e) {
+      return false;
+    }
+    return (
+      target.origin === window.location.origin &&
+      (target.pathname === '/wado' || target.pathname.indexOf('/dicom-web/') === 0)
+    );
+  }
+
+  var gated = new WeakSet();
+  var xhr = XMLHttpRequest.prototype;
+  var open = xhr.open;
+  var setRequestHeader = xhr.setRequestHeader;
+  var send = xhr.send;
+  xhr.open = function (method, url) {
+    if (isGated(url)) gated.add(this);
+    else gated.delete(this);
+    return open.apply(this, arguments);
+  };
+  xhr.setRequestHeader = function (name) {
+    // Ours is the only Authorization a gated request carries.
+    if (gated.has(this) && String(name).toLowerCase() === 'authorization') return undefined;
+    return setRequestHeader.apply(this, arguments);
+  };
+  xhr.send = function () {
+    if (gated.has(this)) setRequestHeader.call(this, 'Authorization', authorization);
+    return send.apply(this, arguments);
+  };
+
+  var originalFetch = window.fetch;
+  window.fetch = function (input, init) {
+    var url = input instanceof Request ? input.url : input;
+    if (!isGated(url)) return originalFetch.apply(this, arguments);
+    var request = new Request(input, init);
+    var headers = new Headers(request.headers);
+    headers.set('Authorization', authorization);
+    return originalFetch.call(this, new Request(request, { headers: headers }));
+  };
+})();
+
 window.config = {
   name: 'neuronova',
   routerBasename: '/',

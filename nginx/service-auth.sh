@@ -2,16 +2,25 @@
 # Run by the nginx image's entrypoint (/docker-entrypoint.d/) before nginx starts: writes the
 # Authorization headers nginx adds on its way to the internal services (Orthanc's service
 # account, the Prefect server's auth string) from .env's secrets, which docker-compose.yml
-# passes in. Readable by nginx's master only; the browser never sees them.
+# passes in, and the public host name, the only one nginx answers. Readable by nginx's master
+# only; the browser never sees them.
 set -eu
 : "${ORTHANC_PASSWORD:?set ORTHANC_PASSWORD in .env: Orthanc's service account password}"
 : "${PREFECT_AUTH_STRING:?set PREFECT_AUTH_STRING in .env: the Prefect server's auth string}"
+: "${NEURONOVA_PUBLIC_URL:?set NEURONOVA_PUBLIC_URL in .env: https://the-gateway-host}"
+host=$(printf '%s' "$NEURONOVA_PUBLIC_URL" | sed -n 's#^https://\([A-Za-z0-9.-]*\)\(:443\)\{0,1\}/*$#\1#p')
+if [ -z "$host" ]; then
+  echo "NEURONOVA_PUBLIC_URL must be https://<host name> (port 443, no path): $NEURONOVA_PUBLIC_URL" >&2
+  exit 1
+fi
 basic() { printf '%s' "$1" | base64 | tr -d '\n'; }
-mkdir -p /etc/nginx/secrets
+out=${NEURONOVA_NGINX_SECRETS:-/etc/nginx/secrets}  # another folder only in the tests
 umask 077
+mkdir -p "$out"
 {
   printf 'map $host $neuronova_orthanc_authorization {\n    default "Basic %s";\n}\n' \
     "$(basic "${ORTHANC_USERNAME:-neuronova}:$ORTHANC_PASSWORD")"
   printf 'map $host $neuronova_prefect_authorization {\n    default "Basic %s";\n}\n' \
     "$(basic "$PREFECT_AUTH_STRING")"
-} >/etc/nginx/secrets/service-authorization.conf
+} >"$out/service-authorization.conf"
+printf 'server_name %s;\n' "$host" >"$out/server-name.conf"

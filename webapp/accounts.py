@@ -12,11 +12,21 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import Connection, delete, func, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from common.db import AuthSession, CareGrant, LoginFailure, RevokedToken, Role, Study, User
+from common.db import (
+    AuthSession,
+    CareGrant,
+    LoginFailure,
+    RevokedToken,
+    Role,
+    Study,
+    User,
+    session_scope,
+)
 from tasks.patients.mrn import MRN_GRAMMAR, is_mrn
-from webapp.tokens import hash_password, verify_password
+from webapp.tokens import ViewerClaims, hash_password, verify_password
 
 USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MIN_PASSWORD_LENGTH = 12
@@ -29,6 +39,7 @@ class TokenType(StrEnum):
     REFRESH = "refresh"
     VIEWER = "viewer"
     ADMIN_LINK = "admin-link"
+    VIEWER_LINK = "viewer-link"
 
 
 # Roles that may open every study; a clinician only the studies of patients on their care list.
@@ -195,6 +206,30 @@ def revoke_token(
         )
 
 
+def spend_once(
+    database_url: str,
+    jti: str,
+    token_type: TokenType,
+    user_id: int | None,
+    expires_at: datetime,
+) -> bool:
+    """Put a one-use token's jti on the blocklist in a transaction of its own: True for the one
+    caller that spends it, False when it was spent already (two browsers racing with the same
+    link meet at the jti's primary key: exactly one insert commits)."""
+    try:
+        with session_scope(database_url) as session:
+            if session.get(RevokedToken, jti) is not None:
+                return False
+            session.add(
+                RevokedToken(
+                    jti=jti, token_type=str(token_type), user_id=user_id, expires_at=expires_at
+                )
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
 def close_session(session: Session, sid: str) -> None:
     """Revoke a login session: its access, refresh and viewer tokens all stop working."""
     auth = session.get(AuthSession, sid)
@@ -265,18 +300,22 @@ _VIEWER_TOKEN_ALLOWED = text(
 )
 
 
-def viewer_token_allowed(
-    connection: Connection, *, sid: str, jti: str, username: str, study_instance_uid: str
-) -> bool:
-    """One query for the gate, on every image request: the token's session is open and its
-    own, the user active, the jti not blocklisted, and the policy still lets the user open the
-    study (a patient taken off a care list closes the study's links at once).
+def viewer_token_allowed(connection: Connection, claims: ViewerClaims) -> bool:
+    """One query for the gate, on every image request (and for a link when it is opened): the
+    token's session is open and its own, the user active, the jti not blocklisted, and the
+    policy still lets the user open the study (a patient taken off a care list closes the
+    study's links at once).
 
     Plain SQL on a pooled connection: the ORM session around the same query costs as much again.
     """
     row = connection.execute(
         _VIEWER_TOKEN_ALLOWED,
-        {"sid": sid, "jti": jti, "sub": username, "study": study_instance_uid},
+        {
+            "sid": claims.sid,
+            "jti": claims.jti,
+            "sub": claims.username,
+            "study": claims.study_instance_uid,
+        },
     ).first()
     if row is None:
         return False

@@ -29,7 +29,7 @@ from common.db import Role, User, get_engine
 from webapp import accounts
 from webapp.accounts import TokenType
 from webapp.audit import Action
-from webapp.context import audit, db_session, deny_response, web_context
+from webapp.context import audit, deny_response, web_context
 from webapp.tokens import (
     ADMIN_LINK_AUDIENCE,
     ADMIN_UI_AUDIENCE,
@@ -117,11 +117,11 @@ def prefect_login() -> Response | tuple[Response, int]:
             ctx.admin_key, sent if isinstance(sent, str) else "", audience=ADMIN_LINK_AUDIENCE
         )
         _check_admin(link)
-        with db_session() as session:  # one use: the link's jti joins the blocklist
-            user = accounts.find_user(session, link.username)
-            accounts.revoke_token(
-                session, link.jti, TokenType.ADMIN_LINK, user.id if user else None, link.expires_at
-            )
+        # One use: the link's jti joins the blocklist; of two racing requests one wins.
+        if not accounts.spend_once(
+            ctx.database_url, link.jti, TokenType.ADMIN_LINK, None, link.expires_at
+        ):
+            raise TokenRejected("link already used")
     except TokenRejected as err:
         audit(Action.ADMIN_UI_LOGIN, 401, reason=err.reason)
         return deny_response(401, "link invalid, used or expired: ask for a new one"), 401

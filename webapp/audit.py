@@ -46,6 +46,7 @@ class Action(StrEnum):
     LOGOUT = "logout"
     STUDY_LIST = "study-list"
     VIEWER_LINK = "viewer-link"
+    VIEWER_OPEN = "viewer-open"
     PATIENT_LOOKUP = "patient-lookup"
     ALERTS = "alerts"
     ADMIN_UI_LINK = "admin-ui-link"

@@ -1,7 +1,8 @@
 """The gate: nginx asks here before any DICOMweb or WADO-URI request reaches Orthanc.
 
 For each request: a viewer token in `Authorization: Bearer` (as OHIF sends it) that verifies,
-whose session is still open; a request line that parses into allow-listed identifiers inside
+sent with the cookie of the browser it was issued to (webapp/viewer.py), whose session is still
+open; a request line that parses into allow-listed identifiers inside
 the token's study; series and instances that the archive index places in that study. Then an
 audit row and `X-Accel-Redirect` to nginx's `internal;` location, built from the parsed values.
 Everything else is a 401 or 403 with a short reason, and anything unexpected is a 403 too:
@@ -26,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlmodel import select
+from werkzeug.http import parse_cookie
 
 from common.db import Instance, Series, Study, get_engine, session_scope
 from common.errors import PermanentUpstreamError, TransientUpstreamError
@@ -45,7 +47,8 @@ from webapp.gate_paths import (
     parse_request,
     split_raw_uri,
 )
-from webapp.tokens import MAX_TOKEN_LENGTH, TokenRejected, verify_viewer_token
+from webapp.tokens import MAX_TOKEN_LENGTH, TokenRejected, bound_to, verify_viewer_token
+from webapp.viewer import browser_cookie_name
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,7 @@ class Gate:
         # The answers the gate builds itself (frames, searches, metadata); one quick retry, the
         # viewer is waiting.
         self._orthanc = OrthancClient.from_settings(context.settings, request_retries=1)
+        self._cookie = browser_cookie_name(context.settings)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         status, headers, body = self.answer(environ)
@@ -136,17 +140,13 @@ class Gate:
                 raise GateDenied(403, "only reads pass the gate")
             claims = verify_viewer_token(self.context.viewer_key, _bearer_token(environ))
             username, study = claims.username, claims.study_instance_uid
+            if not bound_to(claims, parse_cookie(environ.get("HTTP_COOKIE")).get(self._cookie, "")):
+                raise TokenRejected("token not bound to this browser")
             path, query = split_raw_uri(_raw_uri(environ))
             target = parse_request(path, query, claims.study_instance_uid)
             kind = target.kind
             with get_engine(self.context.database_url).connect() as connection:
-                allowed = accounts.viewer_token_allowed(
-                    connection,
-                    sid=claims.sid,
-                    jti=claims.jti,
-                    username=claims.username,
-                    study_instance_uid=claims.study_instance_uid,
-                )
+                allowed = accounts.viewer_token_allowed(connection, claims)
             if not allowed:
                 raise TokenRejected("session ended, token revoked or study no longer allowed")
             if target.kind is GateKind.FRAMES:  # checks its instance itself

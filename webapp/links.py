@@ -12,7 +12,7 @@ from tasks.dicom.uid import is_uid
 from webapp import accounts
 from webapp.audit import Action
 from webapp.context import audit, db_session, deny_response, web_context
-from webapp.tokens import issue_viewer_token
+from webapp.tokens import issue_viewer_link
 
 bp = Blueprint("links", __name__, url_prefix="/api/studies")
 
@@ -44,7 +44,8 @@ def list_studies() -> Response:
 @bp.post("/<study_uid>/viewer-link")
 @jwt_required()
 def viewer_link(study_uid: str) -> Response | tuple[Response, int]:
-    """A link that opens this study in OHIF for this user, until it expires or they log out."""
+    """A one-use link that opens this study in OHIF for this user, in the first browser that
+    opens it (webapp/viewer.py), until it expires or they log out."""
     user: User = current_user
     if not is_uid(study_uid):
         audit(Action.VIEWER_LINK, 403, username=user.username, reason="malformed study UID")
@@ -56,14 +57,14 @@ def viewer_link(study_uid: str) -> Response | tuple[Response, int]:
         audit(Action.VIEWER_LINK, 403, username=user.username, study=study_uid, reason="policy")
         return deny_response(403, "not allowed"), 403
     ctx = web_context()
-    token, claims = issue_viewer_token(
+    token, claims = issue_viewer_link(
         ctx.viewer_key,
         username=user.username,
         study_instance_uid=study_uid,
         sid=get_jwt()["sid"],
-        ttl_s=ctx.settings.viewer_token_ttl_s,
+        ttl_s=ctx.settings.viewer_link_ttl_s,
     )
-    query = urlencode({"StudyInstanceUIDs": study_uid, "token": token})
-    url = f"{ctx.settings.gateway_url.rstrip('/')}/viewer?{query}"
+    # In the fragment: browsers never send it, so no server or proxy on the way can log it.
+    url = f"{ctx.settings.gateway_url.rstrip('/')}/view#{urlencode({'token': token})}"
     audit(Action.VIEWER_LINK, 200, username=user.username, study=study_uid)
     return jsonify({"url": url, "expires_at": claims.expires_at.isoformat()})

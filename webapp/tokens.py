@@ -4,12 +4,19 @@ Two audiences, two keys: API tokens (flask-jwt-extended, audience `neuronova-api
 tokens (audience `neuronova-viewer`, bound to one study). Both keys are derived from the one
 configured secret, so a token of one kind can never verify as the other even if a claim check
 were forgotten. The algorithm is pinned: nothing in a token's header chooses how it is checked.
+
+A viewer link carries a one-use link token (`neuronova-viewer-link`); opening it gives the
+browser a viewer token bound to a random key in an HttpOnly cookie (the token carries the key's
+SHA-256 in its `browser` claim), so a viewer token copied out of one browser is useless in
+another (see webapp/viewer.py).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
+import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,6 +32,7 @@ ALGORITHM = "HS256"
 ISSUER = "neuronova"
 API_AUDIENCE = "neuronova-api"
 VIEWER_AUDIENCE = "neuronova-viewer"
+VIEWER_LINK_AUDIENCE = "neuronova-viewer-link"
 # The Prefect UI behind the gateway: a one-use link, then a cookie scoped to /prefect.
 ADMIN_LINK_AUDIENCE = "neuronova-admin-link"
 ADMIN_UI_AUDIENCE = "neuronova-admin-ui"
@@ -58,15 +66,20 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return False
 
 
+# A browser key: 32 random bytes, URL-safe base64 without padding (what the cookie holds).
+BROWSER_KEY_LENGTH = 43
+
+
 @dataclass(frozen=True)
 class ViewerClaims:
-    """What a verified viewer token says."""
+    """What a verified viewer token or viewer link says (a link is bound to no browser yet)."""
 
     username: str
     study_instance_uid: str
     sid: str
     jti: str
     expires_at: datetime
+    browser: str = ""
 
 
 class TokenRejected(Exception):
@@ -77,26 +90,80 @@ class TokenRejected(Exception):
         self.reason = reason
 
 
-def issue_viewer_token(
+def new_browser_key() -> str:
+    """A fresh random key for a browser's viewer cookie."""
+    return secrets.token_urlsafe(32)
+
+
+def is_browser_key(value: str) -> bool:
+    """Whether a cookie value has the shape of a key we made (anything else is replaced)."""
+    return len(value) == BROWSER_KEY_LENGTH and all(c.isalnum() or c in "-_" for c in value)
+
+
+def browser_binding(browser_key: str) -> str:
+    """What a viewer token carries of its browser's key: its SHA-256, URL-safe base64."""
+    digest = hashlib.sha256(browser_key.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def bound_to(claims: ViewerClaims, browser_key: str) -> bool:
+    """Whether the cookie's key is the one the token was issued to (constant time)."""
+    if not claims.browser or not is_browser_key(browser_key):
+        return False
+    return hmac.compare_digest(claims.browser, browser_binding(browser_key))
+
+
+def issue_viewer_link(
     key: bytes, *, username: str, study_instance_uid: str, sid: str, ttl_s: int
 ) -> tuple[str, ViewerClaims]:
-    """A signed, short-lived token that opens one study for one user within one session."""
+    """A signed one-use link token: it opens one study for one user within one session, once,
+    in whichever browser spends it first (`webapp.viewer`)."""
+    claims = _viewer_claims(username, study_instance_uid, sid, ttl_s, browser="")
+    return _sign(key, VIEWER_LINK_AUDIENCE, claims, study=study_instance_uid), claims
+
+
+def issue_viewer_token(
+    key: bytes, *, username: str, study_instance_uid: str, sid: str, ttl_s: int, browser: str
+) -> tuple[str, ViewerClaims]:
+    """A signed, short-lived token that opens one study for one user within one session, in
+    the browser whose key hashes to `browser` (see `browser_binding`)."""
+    if not browser:
+        raise ValueError("a viewer token must be bound to a browser")
+    claims = _viewer_claims(username, study_instance_uid, sid, ttl_s, browser=browser)
+    return _sign(key, VIEWER_AUDIENCE, claims, study=study_instance_uid, browser=browser), claims
+
+
+def _viewer_claims(
+    username: str, study_instance_uid: str, sid: str, ttl_s: int, *, browser: str
+) -> ViewerClaims:
     if not is_uid(study_instance_uid):
         raise ValueError("not a DICOM UID")
-    now = datetime.now(UTC).replace(microsecond=0)
-    claims = ViewerClaims(
+    return ViewerClaims(
         username=username,
         study_instance_uid=study_instance_uid,
         sid=sid,
         jti=uuid.uuid4().hex,
-        expires_at=now + timedelta(seconds=ttl_s),
+        expires_at=_now() + timedelta(seconds=ttl_s),
+        browser=browser,
     )
-    return _sign(key, VIEWER_AUDIENCE, claims, now, study=study_instance_uid), claims
 
 
 def verify_viewer_token(key: bytes, token: str) -> ViewerClaims:
     """The claims of a valid viewer token; TokenRejected for anything else (fails closed)."""
-    payload = _decode(key, token, VIEWER_AUDIENCE, "study", kind="a viewer token")
+    payload = _decode(key, token, VIEWER_AUDIENCE, "study", "browser", kind="a viewer token")
+    browser = payload.get("browser")
+    if not isinstance(browser, str) or not browser:
+        raise TokenRejected("invalid token claims")
+    return _viewer_claims_of(payload, browser)
+
+
+def verify_viewer_link(key: bytes, token: str) -> ViewerClaims:
+    """The claims of a valid viewer link token; TokenRejected for anything else."""
+    payload = _decode(key, token, VIEWER_LINK_AUDIENCE, "study", kind="a viewer link")
+    return _viewer_claims_of(payload, "")
+
+
+def _viewer_claims_of(payload: dict[str, Any], browser: str) -> ViewerClaims:
     study, sub, sid, jti = (payload.get(k) for k in ("study", "sub", "sid", "jti"))
     if not all(isinstance(v, str) and v for v in (study, sub, sid, jti)):
         raise TokenRejected("invalid token claims")
@@ -110,6 +177,7 @@ def verify_viewer_token(key: bytes, token: str) -> ViewerClaims:
         sid=sid,
         jti=jti,
         expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC),
+        browser=browser,
     )
 
 
@@ -128,11 +196,13 @@ def issue_admin_token(
 ) -> tuple[str, AdminClaims]:
     """A signed token for the admin UI: a one-use link (ADMIN_LINK_AUDIENCE) or the cookie
     the link is exchanged for (ADMIN_UI_AUDIENCE), bound to one login session."""
-    now = datetime.now(UTC).replace(microsecond=0)
     claims = AdminClaims(
-        username=username, sid=sid, jti=uuid.uuid4().hex, expires_at=now + timedelta(seconds=ttl_s)
+        username=username,
+        sid=sid,
+        jti=uuid.uuid4().hex,
+        expires_at=_now() + timedelta(seconds=ttl_s),
     )
-    return _sign(key, audience, claims, now), claims
+    return _sign(key, audience, claims), claims
 
 
 def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
@@ -148,10 +218,15 @@ def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
     )
 
 
-def _sign(
-    key: bytes, audience: str, claims: ViewerClaims | AdminClaims, now: datetime, **extra: str
-) -> str:
-    """The signed token: the standard claims, with `extra` ones after the subject."""
+def _now() -> datetime:
+    """Now, to the second (a token's times are whole seconds)."""
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def _sign(key: bytes, audience: str, claims: ViewerClaims | AdminClaims, **extra: str) -> str:
+    """The signed token: the standard claims, with `extra` ones after the subject; issued now,
+    valid until the claims' expiry."""
+    now = _now()
     payload = {
         "iss": ISSUER,
         "aud": audience,

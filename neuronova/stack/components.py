@@ -29,6 +29,7 @@ MARIADB = Component(
     key="mysql",
     url=mariadb.status_url,
     command=mariadb.command,
+    env=mariadb.env,
     health=mariadb.health,
     ports=mariadb.ports,
     prepare=mariadb.prepare,

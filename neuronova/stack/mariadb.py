@@ -11,6 +11,7 @@ secrets/, reaches it over TCP; root only through the server's own unix socket in
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import shutil
 import subprocess
@@ -86,6 +87,7 @@ def prepare(ctx: Context) -> None:
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
             ],
+            env={**os.environ, **env(ctx)},
             capture_output=True,
             text=True,
             check=False,
@@ -112,6 +114,11 @@ def command(ctx: Context) -> list[str]:
         # mariadbd refuses to run as root unless told which user it is.
         f"--user={getpass.getuser()}",
     ]
+
+
+def env(_ctx: Context) -> dict[str, str]:
+    """mariadbd makes its files 0660 and folders 0700 unless told otherwise: the owner only."""
+    return {"UMASK": "0600", "UMASK_DIR": "0700"}
 
 
 def health(ctx: Context, _client: httpx.Client) -> Health:

@@ -4,6 +4,9 @@ OHIF, the Prefect UI), rendered from nginx/local.conf.template."""
 from __future__ import annotations
 
 import base64
+import grp
+import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -49,6 +52,7 @@ def _basic_authorization(settings: Settings) -> str:
 def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
     """The local template with this stack's ports and folders filled in."""
     values = {
+        "@WORKER_USER@": _worker_user(),
         "@HOME@": str(home),
         "@GATEWAY_PORT@": str(settings.gateway_port),
         "@SERVER_NAMES@": " ".join(_server_names(settings)),
@@ -68,6 +72,17 @@ def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
     return text
 
 
+def _worker_user() -> str:
+    """Started by root, nginx would run its workers as `nobody`, who cannot enter the stack's
+    private folder: name the stack's user. Started by anyone else, the workers are that user
+    already (and nginx warns about a `user` directive)."""
+    if os.geteuid() != 0:
+        return "# (workers: the user who started the stack)"
+    name = pwd.getpwuid(os.geteuid()).pw_name
+    group = grp.getgrgid(os.getegid()).gr_name
+    return f"user {name} {group};"
+
+
 def prepare(ctx: Context) -> None:
     from neuronova.ohif import ensure_ohif
 
@@ -77,7 +92,10 @@ def prepare(ctx: Context) -> None:
     snippets = ctx.home / "snippets"
     if snippets.exists():
         shutil.rmtree(snippets)
-    shutil.copytree(NGINX_DIR / "snippets", snippets)
+    # Contents only (not the checkout's modes): made under the stack's umask, its user's alone.
+    snippets.mkdir()
+    for snippet in (NGINX_DIR / "snippets").glob("*.conf"):
+        shutil.copyfile(snippet, snippets / snippet.name)
     # 0600: it holds Orthanc's service password.
     config = render_nginx_config(ctx.settings, ctx.home, root)
     write_atomically(ctx.home / "nginx.conf", config, mode=0o600)

@@ -16,8 +16,16 @@ logger = logging.getLogger(__name__)
 
 # Debian packages that no component runs but the tests and benchmarks call: storescu and
 # dciodvfy (ingest), Chromium (the viewer tests, driven by Playwright), wrk (the gate benchmark),
-# docker-compose (its `config` checks the production compose file; no Docker engine runs here).
-TOOL_PACKAGES: tuple[str, ...] = ("dcmtk", "dicom3tools", "chromium", "wrk", "docker-compose")
+# docker-compose (its `config` checks the production compose file; no Docker engine runs here),
+# openssl (a certificate for the production nginx config, started by its test).
+TOOL_PACKAGES: tuple[str, ...] = (
+    "dcmtk",
+    "dicom3tools",
+    "chromium",
+    "wrk",
+    "docker-compose",
+    "openssl",
+)
 
 _APT_OUTPUT_LINES = 30  # of a failed apt-get, in the error
 

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from common.errors import StackError
+from common.private_files import make_private, use_private_umask
 from common.settings import Settings
 from neuronova.stack.component import Component, Context, Health, write_atomically
 from neuronova.stack.components import COMPONENTS
@@ -106,6 +107,9 @@ class LocalStack:
         """Install what is missing, start the components not running, wait until they answer."""
         names = self._select(components)
         ensure_system_packages(self.packages(names))
+        # Before any component writes: the data folder and all it will hold are ours alone.
+        use_private_umask()
+        make_private(self.settings.data_dir)
         by_name = self.by_name
         with self._lock():
             started: list[Component] = []

@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlparse
+from urllib.parse import urlencode
 
 import highdicom as hd
 import httpx
@@ -65,8 +65,11 @@ def test_a_viewer_link_draws_the_study_in_chromium(browser, viewing: Viewing) ->
     page = context.new_page()
     gate_answers: list[int] = []
     page.on("response", lambda r: gate_answers.append(r.status) if "/wado?" in r.url else None)
+    sent: list[tuple[str, dict[str, str]]] = []
+    page.on("request", lambda r: sent.append((r.url, r.headers)))
     access = _login_in_page(page, viewing)
     url = _link(page, viewing, access, viewing.study_a)
+    link_token = token_of(url)
 
     started = time.monotonic()
     page.goto(url)
@@ -81,8 +84,37 @@ def test_a_viewer_link_draws_the_study_in_chromium(browser, viewing: Viewing) ->
     score = best_match(pixels, reference_slices(viewing.folder_a))
     assert score > 0.9, f"what OHIF drew does not look like the study (correlation {score:.2f})"
     assert gate_answers and all(status == 200 for status in gate_answers)
-    # OHIF took the token out of the address bar.
-    assert "token=" not in urlparse(page.url).query
+    # No token in the address bar (the link's page took it out of the fragment at once and
+    # OHIF never had one in its address), in any address sent, or in a Referer.
+    viewer_token = page.evaluate("JSON.parse(sessionStorage.getItem('neuronova.viewer')).token")
+    assert page.url == f"{viewing.base}/viewer?StudyInstanceUIDs={viewing.study_a}"
+    assert "token" not in page.evaluate("location.href + document.referrer")
+    for address, headers in sent:
+        sent_address = address.split("#")[0]  # a fragment is never sent
+        assert link_token not in sent_address and viewer_token not in sent_address
+        assert not headers.get("referer"), (address, headers.get("referer"))
+    context.close()
+
+
+def test_a_viewer_replayed_in_another_browser_draws_nothing(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
+    """The link and the viewer token, copied out of one browser, open nothing in another."""
+    context, page, _ = _page_recording_gate_answers(browser)
+    url = _link(page, viewing, _login_in_page(page, viewing), viewing.study_a)
+    page.goto(url)
+    assert wait_for_image(page, FIRST_IMAGE_TIMEOUT_S) is not None
+    stolen = page.evaluate("sessionStorage.getItem('neuronova.viewer')")
+
+    other, thief, thief_answers = _page_recording_gate_answers(browser)
+    thief.goto(url)  # the link itself: spent
+    thief.get_by_text("link invalid, used or expired").wait_for(timeout=15_000)
+    # The viewer token, planted where the viewer looks for it: the gate wants its cookie too.
+    thief.evaluate("item => sessionStorage.setItem('neuronova.viewer', item)", stolen)
+    thief.goto(f"{viewing.base}/viewer?{urlencode({'StudyInstanceUIDs': viewing.study_a})}")
+    assert wait_for_image(thief, 15) is None
+    assert thief_answers and all(status == 401 for status in thief_answers), thief_answers
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    thief.screenshot(path=str(ARTIFACTS / "viewer-replayed-elsewhere.png"))
+    other.close()
     context.close()
 
 
@@ -101,12 +133,21 @@ def _page_recording_gate_answers(browser):  # type: ignore[no-untyped-def]
 def test_a_link_for_study_a_does_not_show_study_b(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
     context, page, gate_answers = _page_recording_gate_answers(browser)
     access = _login_in_page(page, viewing)
-    token = token_of(_link(page, viewing, access, viewing.study_a))
-    page.goto(
-        f"{viewing.base}/viewer?{urlencode({'StudyInstanceUIDs': viewing.study_b, 'token': token})}"
+    page.goto(_link(page, viewing, access, viewing.study_a))
+    assert wait_for_image(page, FIRST_IMAGE_TIMEOUT_S) is not None
+    # The tab's token for study A, told it is for study B, on B's address: the gate refuses.
+    page.evaluate(
+        """study => {
+          const held = JSON.parse(sessionStorage.getItem('neuronova.viewer'));
+          sessionStorage.setItem('neuronova.viewer', JSON.stringify({...held, study}));
+        }""",
+        viewing.study_b,
     )
+    gate_answers.clear()
+    page.goto(f"{viewing.base}/viewer?{urlencode({'StudyInstanceUIDs': viewing.study_b})}")
     assert wait_for_image(page, 15) is None
     assert gate_answers and all(status in (401, 403) for status in gate_answers), gate_answers
+    assert 403 in gate_answers  # the token verified, and its study is not B
     context.close()
 
 
@@ -119,8 +160,9 @@ def test_a_link_after_logout_shows_no_image(browser, viewing: Viewing) -> None: 
     )
     assert out.status_code == 200
     page.goto(url)
-    assert wait_for_image(page, 15) is None
-    assert gate_answers and all(status == 401 for status in gate_answers), gate_answers
+    page.get_by_text("link invalid, used or expired").wait_for(timeout=15_000)
+    assert wait_for_image(page, 5) is None
+    assert gate_answers == []  # the link's page never opened the viewer
     context.close()
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.orthanc import orthanc_http
 from tests.support.viewing import Viewing, token_of
-from webapp.tokens import derive_key, issue_viewer_token
+from webapp.tokens import browser_binding, derive_key, issue_viewer_token
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +31,42 @@ SECURITY_HEADERS = {
 }
 
 
+COOKIE = "neuronova_viewer"  # the browser key's cookie on an http:// gateway
+# The browser key each viewer token of this module was opened with: `_get` sends a token with
+# its own browser's cookie, as that browser would.
+_BROWSER_OF: dict[str, str] = {}
+
+
+def _open(viewing: Viewing, client: httpx.Client, access: str, study: str | None = None) -> str:
+    """A viewer token, opened from a link in `client` (one browser), its key remembered."""
+    token = viewing.open(client, access, study)
+    _BROWSER_OF[token] = client.cookies[COOKIE]
+    return token
+
+
 @pytest.fixture(scope="module")
 def session_tokens(viewing: Viewing) -> dict[str, str]:
-    """A clinician's live session: access and refresh tokens, and a viewer token for study A."""
+    """A clinician's live session: access and refresh tokens, a viewer token for study A and
+    the key of the browser that opened it."""
     with viewing.client() as client:
         tokens = viewing.login(client)
-        tokens["viewer"] = token_of(viewing.link(client, tokens["access_token"]))
+        tokens["viewer"] = _open(viewing, client, tokens["access_token"])
+        tokens["browser"] = _BROWSER_OF[tokens["viewer"]]
+        tokens["link"] = token_of(viewing.link(client, tokens["access_token"]))  # not spent
     return tokens
 
 
-def _get(viewing: Viewing, path: str, token: str | None, **headers: str) -> httpx.Response:
+def _get(
+    viewing: Viewing, path: str, token: str | None, browser: str | None = None, **headers: str
+) -> httpx.Response:
+    """GET through nginx from a fresh client: with the token, and the cookie of `browser` (by
+    default the browser that opened the token; none for a token this module did not open)."""
+    browser = browser if browser is not None else _BROWSER_OF.get(token or "")
     with viewing.client() as client:
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
+        if browser:
+            headers["Cookie"] = f"{COOKIE}={browser}"
         return client.get(path, headers=headers)
 
 
@@ -131,7 +154,7 @@ def test_a_radiologist_opens_any_study_and_a_clinician_only_their_patients(
             headers={"Authorization": f"Bearer {cara}"},
         )
         assert denied.status_code == 403
-        token_b = token_of(viewing.link(client, rex, viewing.study_b))
+        token_b = _open(viewing, client, rex, viewing.study_b)
     assert (
         _get(viewing, f"/dicom-web/studies/{viewing.study_b}/metadata", token_b).status_code == 200
     )
@@ -177,7 +200,15 @@ TOKENS: dict[str, TokenMaker] = {
     "access token": lambda v, t: t["access_token"],
     "refresh token": lambda v, t: t["refresh_token"],
     "forged session id": lambda v, t: issue_viewer_token(
-        _viewer_key(v), username="cara", study_instance_uid=v.study_a, sid="0" * 32, ttl_s=60)[0],
+        _viewer_key(v), username="cara", study_instance_uid=v.study_a, sid="0" * 32, ttl_s=60,
+        browser=browser_binding(t["browser"]))[0],
+    "bound to another browser": lambda v, t: issue_viewer_token(
+        _viewer_key(v), username="cara", study_instance_uid=v.study_a,
+        sid=_claims(v, t["viewer"])["sid"], ttl_s=60, browser=browser_binding("x" * 43))[0],
+    "without a browser claim": lambda v, t: jwt.encode(
+        {k: c for k, c in _claims(v, t["viewer"]).items() if k != "browser"}, _viewer_key(v),
+        algorithm="HS256"),
+    "a link's own token": lambda v, t: t["link"],
 }  # fmt: skip
 
 
@@ -185,8 +216,12 @@ TOKENS: dict[str, TokenMaker] = {
 def test_bad_tokens_are_refused(
     viewing: Viewing, session_tokens: dict[str, str], make: TokenMaker
 ) -> None:
+    # From the browser that opened the session's token: only the token itself is wrong.
     response = _get(
-        viewing, f"/dicom-web/studies/{viewing.study_a}/metadata", make(viewing, session_tokens)
+        viewing,
+        f"/dicom-web/studies/{viewing.study_a}/metadata",
+        make(viewing, session_tokens),
+        browser=session_tokens["browser"],
     )
     assert response.status_code == 401
     assert "X-Accel-Redirect" not in response.headers and b"0020000D" not in response.content
@@ -257,7 +292,12 @@ def test_requests_outside_the_token_study_are_refused(
     path, allowed = _paths(viewing)[name]
     with viewing.client() as client:
         request = client.build_request(
-            "GET", "/", headers={"Authorization": f"Bearer {session_tokens['viewer']}"}
+            "GET",
+            "/",
+            headers={
+                "Authorization": f"Bearer {session_tokens['viewer']}",
+                "Cookie": f"{COOKIE}={session_tokens['browser']}",
+            },
         )
         # Send the path exactly as written: no client-side normalisation of '..' or '%2e'.
         request.url = httpx.URL(viewing.base + "/").copy_with(raw_path=path.encode())
@@ -269,7 +309,7 @@ def test_requests_outside_the_token_study_are_refused(
 def test_oversized_headers_are_refused(viewing: Viewing, session_tokens: dict[str, str]) -> None:
     path = f"/dicom-web/studies/{viewing.study_a}/metadata"
     big_token = session_tokens["viewer"] + "A" * 8000  # fits nginx's buffers: the gate refuses it
-    assert _get(viewing, path, big_token).status_code == 401
+    assert _get(viewing, path, big_token, session_tokens["browser"]).status_code == 401
     # Beyond nginx's 16 KB header buffers nginx itself refuses (400), before any upstream.
     huge = _get(viewing, path, session_tokens["viewer"], **{"X-Padding": "p" * 20000})
     assert huge.status_code == 400
@@ -279,10 +319,90 @@ def test_oversized_headers_are_refused(viewing: Viewing, session_tokens: dict[st
     assert many.status_code == 400
 
 
+# --------------------------------------------------------------------------- links that leak
+
+
+def test_a_link_opens_once_and_its_viewer_only_in_the_browser_that_opened_it(
+    viewing: Viewing,
+) -> None:
+    path = f"/dicom-web/studies/{viewing.study_a}/metadata"
+    with viewing.client() as first, viewing.client() as second:
+        access = viewing.login(first)["access_token"]
+        link = token_of(viewing.link(first, access))
+        opened = first.post("/view", json={"token": link})
+        assert opened.status_code == 200 and "no-store" in opened.headers["cache-control"]
+        cookie = opened.headers["set-cookie"]
+        assert f"{COOKIE}=" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        assert "Path=/" in cookie
+        token = opened.json()["token"]
+        assert opened.json()["viewer"] == f"/viewer?StudyInstanceUIDs={viewing.study_a}"
+        # The link again, from the same or another browser: spent.
+        assert first.post("/view", json={"token": link}).status_code == 401
+        assert second.post("/view", json={"token": link}).status_code == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert first.get(path, headers=bearer).status_code == 200
+        # The token replayed from another browser: no cookie, then that browser's own key.
+        assert second.get(path, headers=bearer).status_code == 401
+        viewing.open(second, viewing.login(second, "rex")["access_token"])
+        assert second.cookies[COOKIE] != first.cookies[COOKIE]
+        assert second.get(path, headers=bearer).status_code == 401
+        # A second link opened in the first browser keeps its key: both viewers stay open.
+        again = viewing.open(first, access)
+        assert first.get(path, headers={"Authorization": f"Bearer {again}"}).status_code == 200
+        assert first.get(path, headers=bearer).status_code == 200
+        # The viewer token is not a link, and a link is not accepted as JSON from a form.
+        assert first.post("/view", json={"token": token}).status_code == 401
+        form = first.post("/view", data={"token": token_of(viewing.link(first, access))})
+        assert form.status_code == 401
+
+
+def test_two_browsers_racing_with_one_link_get_one_viewer(viewing: Viewing) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with viewing.client() as client:
+        link = token_of(viewing.link(client, viewing.login(client)["access_token"]))
+
+    def spend(_: int) -> int:
+        with viewing.client() as browser:
+            return browser.post("/view", json={"token": link}).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = sorted(pool.map(spend, range(6)))
+    assert answers == [200, 401, 401, 401, 401, 401]
+
+
+def test_a_link_of_a_closed_session_or_a_withdrawn_study_does_not_open(viewing: Viewing) -> None:
+    with viewing.client() as client:
+        access = viewing.login(client)["access_token"]
+        link = token_of(viewing.link(client, access))
+        client.post("/api/auth/logout", headers={"Authorization": f"Bearer {access}"})
+        answer = client.post("/view", json={"token": link})
+    assert answer.status_code == 401 and "token" not in answer.json()
+    assert COOKIE not in answer.headers.get("set-cookie", "")
+
+
+def test_the_link_page_and_the_viewer_page_are_never_stored(viewing: Viewing) -> None:
+    with viewing.client() as client:
+        view = client.get("/view")
+        viewer = client.get(f"/viewer?StudyInstanceUIDs={viewing.study_a}")
+        script = client.get("/view.js")
+    assert view.status_code == viewer.status_code == script.status_code == 200
+    assert view.headers.get_list("cache-control") == ["no-store"]
+    assert viewer.headers.get_list("cache-control") == ["no-store"]
+    assert b"<script" in view.content and b"/view.js" in view.content
+    assert b"<script>" not in view.content  # no inline script: the CSP allows none
+    for header, value in SECURITY_HEADERS.items():
+        assert viewer.headers[header] == value and view.headers[header] == value
+    # OHIF's other files keep their caching: the hashed bundles a week, the config revalidated.
+    with viewing.client() as client:
+        config = client.get("/app-config.js")
+    assert config.headers.get_list("cache-control") == ["no-cache"]
+
+
 def test_logout_ends_the_viewer_link(viewing: Viewing) -> None:
     with viewing.client() as client:
         tokens = viewing.login(client)
-        token = token_of(viewing.link(client, tokens["access_token"]))
+        token = _open(viewing, client, tokens["access_token"])
         path = f"/dicom-web/studies/{viewing.study_a}/metadata"
         assert _get(viewing, path, token).status_code == 200
         out = client.post(

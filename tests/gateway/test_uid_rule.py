@@ -10,7 +10,7 @@ import pytest
 
 from neuronova.sample import ct_slice_dataset, head_phantom
 from tests.support.orthanc import orthanc_http
-from tests.support.viewing import Viewing, token_of
+from tests.support.viewing import Viewing
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_a_study_with_zero_padded_uids_is_stored_listed_and_viewable(
         access = viewing.login(client, "rex")["access_token"]
         listed = client.get("/api/studies", headers={"Authorization": f"Bearer {access}"})
         assert study in [s["study_instance_uid"] for s in listed.json()["studies"]]
-        token = token_of(viewing.link(client, access, study))
+        token = viewing.open(client, access, study)
         bearer = {"Authorization": f"Bearer {token}"}
         metadata = client.get(
             f"/dicom-web/studies/{study}/series/{series}/metadata", headers=bearer

@@ -132,6 +132,8 @@ def test_both_configs_log_without_viewer_tokens() -> None:
 
 def test_production_is_tls_only_with_hsts() -> None:
     text = (NGINX_DIR / "nginx.conf").read_text()
-    assert "listen 443 ssl;" in text and "return 301 https://$host$request_uri;" in text
+    assert "listen 443 ssl;" in text and "return 301 https://$server_name$request_uri;" in text
+    # Unknown Host names: the default servers answer 421 (tests/nginx/test_production_server.py).
+    assert "listen 443 ssl default_server;" in text and "listen 80 default_server;" in text
     assert "Strict-Transport-Security" in text
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in text

@@ -32,13 +32,22 @@ def grey(png: bytes) -> np.ndarray:
 
 
 def _canvas_png(page: Any) -> bytes | None:
-    """The viewport's canvas as PNG (cornerstone draws images and segmentations into it)."""
-    data = page.evaluate(
-        """() => {
-            const canvas = document.querySelector('canvas.cornerstone-canvas');
-            return canvas && canvas.width > 0 ? canvas.toDataURL('image/png') : null;
-        }"""
-    )
+    """The viewport's canvas as PNG (cornerstone draws images and segmentations into it); None
+    while there is none, or while the page is between documents (a link's page goes on to
+    OHIF's: a question asked during that navigation has no page to answer it)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        data = page.evaluate(
+            """() => {
+                const canvas = document.querySelector('canvas.cornerstone-canvas');
+                return canvas && canvas.width > 0 ? canvas.toDataURL('image/png') : null;
+            }"""
+        )
+    except PlaywrightError as err:
+        if "context was destroyed" in str(err) or "navigating" in str(err):
+            return None
+        raise
     return base64.b64decode(data.split(",", 1)[1]) if data else None
 
 

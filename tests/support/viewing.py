@@ -47,9 +47,18 @@ class Viewing:
         url: str = response.json()["url"]
         return url
 
+    def open(self, client: httpx.Client, access: str, study: str | None = None) -> str:
+        """A viewer token as the link's page gets it: a link spent by `POST /view` from this
+        client, whose cookie jar now holds the browser key the token is bound to."""
+        response = client.post("/view", json={"token": token_of(self.link(client, access, study))})
+        assert response.status_code == 200, response.text
+        token: str = response.json()["token"]
+        return token
+
 
 def token_of(url: str) -> str:
-    return parse_qs(urlparse(url).query)["token"][0]
+    """The one-use token in a viewer link's fragment (`…/view#token=…`)."""
+    return parse_qs(urlparse(url).fragment)["token"][0]
 
 
 def write_study_b(folder: Path) -> None:

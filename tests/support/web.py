@@ -71,10 +71,24 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def viewer_token(client: FlaskClient, access: str, study: str = STUDY_A.study) -> str:
-    """The token inside a viewer link, as OHIF would take it from the URL."""
-    from urllib.parse import parse_qs, urlparse
-
+def viewer_link_token(client: FlaskClient, access: str, study: str = STUDY_A.study) -> str:
+    """The one-use token in a viewer link's fragment."""
     response = client.post(f"/api/studies/{study}/viewer-link", headers=bearer(access))
     assert response.status_code == 200, response.get_json()
-    return parse_qs(urlparse(response.get_json()["url"]).query)["token"][0]
+    return fragment_token(response.get_json()["url"])
+
+
+def viewer_token(client: FlaskClient, access: str, study: str = STUDY_A.study) -> str:
+    """A viewer token as the link's page gets it: the link spent by `POST /view` from this
+    client, whose cookie jar now holds the browser key the token is bound to."""
+    response = client.post("/view", json={"token": viewer_link_token(client, access, study)})
+    assert response.status_code == 200, response.get_json()
+    token: str = response.get_json()["token"]
+    return token
+
+
+def fragment_token(url: str) -> str:
+    """The `token` in a link's fragment (`…/view#token=…`)."""
+    from urllib.parse import parse_qs, urlparse
+
+    return parse_qs(urlparse(url).fragment)["token"][0]

@@ -142,7 +142,8 @@ def test_a_token_naming_another_user_than_its_session_is_refused(
 ) -> None:
     from flask_jwt_extended import create_access_token
 
-    from webapp.tokens import issue_viewer_token
+    from webapp.tokens import browser_binding, issue_viewer_token
+    from webapp.viewer import browser_cookie_name
 
     alice = login(client)
     with app.app_context():
@@ -153,12 +154,17 @@ def test_a_token_naming_another_user_than_its_session_is_refused(
             identity="rad", additional_claims={"sid": sid, "role": "radiologist"}
         )
     assert client.get("/api/studies", headers=bearer(forged_api)).status_code == 401
+    # Bound to this client's browser key (opened from a link of alice's): only the name is forged.
+    viewer_token(client, alice["access_token"])
+    browser = client.get_cookie(browser_cookie_name(app.extensions["neuronova"].settings))
+    assert browser is not None
     forged_link, _ = issue_viewer_token(
         app.extensions["neuronova"].viewer_key,
         username="rad",
         study_instance_uid=STUDY_B.study,
         sid=sid,
         ttl_s=60,
+        browser=browser_binding(browser.value),
     )
     assert (
         client.get(
@@ -259,11 +265,19 @@ def test_viewer_links_follow_the_policy(client: FlaskClient) -> None:
     assert link.status_code == 200
     body = link.get_json()
     url = urlparse(body["url"])
-    assert (url.scheme, url.netloc, url.path) == ("https", "viewer.example.org", "/viewer")
-    query = parse_qs(url.query)
-    assert query["StudyInstanceUIDs"] == [STUDY_A.study] and len(query["token"]) == 1
+    assert (url.scheme, url.netloc, url.path) == ("https", "viewer.example.org", "/view")
+    # The token only in the fragment (never sent to a server); the link lives 10 minutes.
+    assert url.query == "" and len(parse_qs(url.fragment)["token"]) == 1
     expires = datetime.fromisoformat(body["expires_at"])
+    assert 500 < (expires - datetime.now(UTC)).total_seconds() <= 600
+    opened = client.post("/view", json={"token": parse_qs(url.fragment)["token"][0]})
+    assert opened.get_json()["viewer"] == f"/viewer?StudyInstanceUIDs={STUDY_A.study}"
+    expires = datetime.fromisoformat(opened.get_json()["expires_at"])
     assert 1700 < (expires - datetime.now(UTC)).total_seconds() <= 1800
+    # Over TLS the browser key's cookie is Secure and host-only (`__Host-`), for the whole path.
+    cookie = opened.headers["Set-Cookie"]
+    assert cookie.startswith("__Host-neuronova_viewer=") and "Secure" in cookie
+    assert "Domain" not in cookie and "Path=/;" in cookie
     for study in (STUDY_B.study, "1.2.3.4.5", "1.2..3"):
         assert (
             client.post(f"/api/studies/{study}/viewer-link", headers=bearer(alice)).status_code

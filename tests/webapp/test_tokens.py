@@ -1,4 +1,4 @@
-"""Viewer tokens: what verifies, and every way a forged or stale one is refused."""
+"""Viewer tokens and links: what verifies, and every way a forged or stale one is refused."""
 
 from __future__ import annotations
 
@@ -12,20 +12,31 @@ import pytest
 from webapp.tokens import (
     MAX_TOKEN_LENGTH,
     TokenRejected,
+    bound_to,
+    browser_binding,
     derive_key,
     hash_password,
+    issue_viewer_link,
     issue_viewer_token,
+    new_browser_key,
     verify_password,
+    verify_viewer_link,
     verify_viewer_token,
 )
 
 KEY = derive_key(b"s" * 48, "viewer")
 STUDY = "1.2.826.0.1.3680043.10.1245.1"
+BROWSER = new_browser_key()
 
 
 def _token(**overrides: object) -> str:
     token, _ = issue_viewer_token(
-        KEY, username="alice", study_instance_uid=STUDY, sid="s1", ttl_s=60
+        KEY,
+        username="alice",
+        study_instance_uid=STUDY,
+        sid="s1",
+        ttl_s=60,
+        browser=browser_binding(BROWSER),
     )
     if not overrides:
         return token
@@ -43,6 +54,32 @@ def test_a_viewer_token_verifies_with_its_claims() -> None:
     assert (claims.username, claims.study_instance_uid, claims.sid) == ("alice", STUDY, "s1")
     assert len(claims.jti) == 32
     assert timedelta(seconds=55) < claims.expires_at - datetime.now(UTC) <= timedelta(seconds=60)
+    assert bound_to(claims, BROWSER)
+
+
+def test_a_viewer_token_is_bound_to_its_browsers_key_only() -> None:
+    claims = verify_viewer_token(KEY, _token())
+    assert not bound_to(claims, new_browser_key())
+    assert not bound_to(claims, "")
+    assert not bound_to(claims, BROWSER + "x")  # not a key's shape
+    assert not bound_to(verify_viewer_link(KEY, _link()), BROWSER)  # a link binds nothing
+    with pytest.raises(ValueError):
+        issue_viewer_token(
+            KEY, username="a", study_instance_uid=STUDY, sid="s", ttl_s=60, browser=""
+        )
+
+
+def _link() -> str:
+    return issue_viewer_link(KEY, username="alice", study_instance_uid=STUDY, sid="s1", ttl_s=60)[0]
+
+
+def test_a_link_and_a_viewer_token_never_pass_for_each_other() -> None:
+    link = verify_viewer_link(KEY, _link())
+    assert (link.username, link.study_instance_uid, link.browser) == ("alice", STUDY, "")
+    with pytest.raises(TokenRejected):
+        verify_viewer_token(KEY, _link())
+    with pytest.raises(TokenRejected):
+        verify_viewer_link(KEY, _token())
 
 
 def _alg_none() -> str:
@@ -90,6 +127,9 @@ REJECTED = {
     "no study claim": lambda: _token(study=None),
     "study claim not a UID": lambda: _token(study="1.2.3/../4"),
     "no session claim": lambda: _token(sid=None),
+    "no browser claim": lambda: _token(browser=None),
+    "empty browser claim": lambda: _token(browser=""),
+    "link audience": lambda: _token(aud="neuronova-viewer-link"),
     "no expiry": lambda: _token(exp=None),
     "empty": lambda: "",
     "garbage": lambda: "not.a.token",
@@ -108,7 +148,7 @@ def test_a_token_for_the_api_key_does_not_verify_as_a_viewer_token() -> None:
     api_key = derive_key(b"s" * 48, "api")
     assert api_key != KEY
     token, _ = issue_viewer_token(
-        api_key, username="a", study_instance_uid=STUDY, sid="s", ttl_s=60
+        api_key, username="a", study_instance_uid=STUDY, sid="s", ttl_s=60, browser="b"
     )
     with pytest.raises(TokenRejected):
         verify_viewer_token(KEY, token)
