@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 
 def utcnow() -> datetime:
@@ -209,6 +209,43 @@ class PatientMergeFlag(SQLModel, table=True):
     mrn: str = Field(primary_key=True, max_length=64)
     reason: str = Field(max_length=255)
     flagged_at: datetime = Field(default_factory=utcnow)
+
+
+# --------------------------------------------------------------------------- arrivals
+
+
+class ChangeCursor(SQLModel, table=True):
+    """How far the arrival watcher has read Orthanc's change log (`/changes`): a restart goes
+    on from here, so nothing that became stable while a part was down is missed."""
+
+    __tablename__ = "orthanc_change_cursor"
+    source: str = Field(primary_key=True, max_length=64, description="Which Orthanc: its AET.")
+    last_seq: int
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ArrivalState(StrEnum):
+    PENDING = "pending"  # seen stable; its flow run not created yet (or to be created again)
+    SUBMITTED = "submitted"  # a `process_arrival` run exists (flow_run_id)
+    DONE = "done"  # the run finished; `detail` says what it did
+    FAILED = "failed"  # runs failed `arrival_max_attempts` times: re-run by hand
+
+
+class StudyArrival(SQLModel, table=True):
+    """A study that became stable in Orthanc (one row per StableStudy change), and what became
+    of it. The change's sequence number makes a re-read of the change log change nothing."""
+
+    __tablename__ = "study_arrivals"
+    orthanc_study_id: str = Field(primary_key=True, max_length=64)
+    change_seq: int = Field(primary_key=True)
+    state: str = Field(default=ArrivalState.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    flow_run_id: str | None = Field(default=None, max_length=36)
+    study_instance_uid: str | None = Field(default=None, max_length=64)
+    detail: str | None = Field(default=None, max_length=512)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 # --------------------------------------------------------------------------- AI results

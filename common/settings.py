@@ -108,6 +108,25 @@ class Settings(BaseSettings):
     gpu_pool_concurrency: int = Field(
         default=1, ge=1, description="Inference runs at once on the gpu work pool: one per GPU."
     )
+    orthanc_stable_age_s: int | None = Field(
+        default=None,
+        ge=1,
+        le=3600,
+        description="Seconds without a new instance after which Orthanc calls a study stable "
+        "and the arrival watcher hands it on (Orthanc's StableAge). Unset: 60 in compose, "
+        "5 in the local stack.",
+    )
+    arrivals_poll_s: float = Field(
+        default=2.0, gt=0, le=60, description="How often the arrival watcher reads /changes."
+    )
+    arrivals_from: Literal["beginning", "now"] = Field(
+        default="beginning",
+        description="Where a watcher with no cursor starts in Orthanc's change log: the "
+        "beginning (every study already there is checked once) or now.",
+    )
+    arrival_max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Runs of one arrival before it is left as failed."
+    )
     patient_sync_after_ingest: bool = Field(
         default=True, description="Sync each ingested study's patient (cache → FHIR → EMR)."
     )

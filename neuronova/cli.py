@@ -245,6 +245,33 @@ def conflicts(
     Console().print(table)
 
 
+@app.command("watch-arrivals")
+def watch_arrivals(
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    heartbeat: Annotated[
+        Path | None, typer.Option(help="A file touched after every pass (for health checks).")
+    ] = None,
+) -> None:
+    """Hand every study that becomes stable in Orthanc (C-STORE, STOW, any way in) to a
+    `process_arrival` run on the cpu pool: HTJ2K, index, patient, AI. Runs until stopped."""
+    from common.logs import configure_logging
+    from neuronova.arrivals_watcher import watch, watch_once
+    from tasks.archive.orthanc import OrthancClient
+
+    settings = Settings()
+    configure_logging("arrivals", settings.log_format, settings.log_level)
+    use_stack_prefect(settings)
+    if once:
+        with OrthancClient.from_settings(settings) as client:
+            done = watch_once(settings, client)
+        console.print(
+            f"{done.found} new arrivals, {done.submitted} runs created, "
+            f"{done.resubmitted} to run again"
+        )
+        return
+    watch(settings, heartbeat)
+
+
 @app.command()
 def serve() -> None:
     """Serve the deployments: the nightly archive HTJ2K check, on-demand ingest and checks."""

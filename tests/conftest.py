@@ -47,6 +47,8 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         patient_sync_after_ingest=False,
         orthanc_retry_delays_s=[0.2, 0.5],
         ingest_batch_size=16,
+        # Studies sent by C-STORE are stable (and handed on by the arrival watcher) this soon.
+        orthanc_stable_age_s=2,
     )
     _STACK_DIRS.append(base.stack_dir)
     services = ["redis"] if EXTERNAL_MYSQL else ["mariadb", "redis"]

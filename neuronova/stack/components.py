@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from neuronova.stack import (
     alerts,
+    arrivals,
     emr,
     fhir,
     mariadb,
@@ -148,8 +149,20 @@ EMR = Component(
     port_hint="choose another port with NEURONOVA_EMR_URL",
 )
 
-# The start order. The workers come last: they poll the Prefect server, run flows that talk to
-# Orthanc, FHIR and the EMR, and report to the webapp's alert channel.
+ARRIVALS = Component(
+    name="arrivals",
+    key="arrivals",
+    url=lambda s: f"{s.orthanc_url.rstrip('/')}/changes",
+    command=arrivals.command,
+    health=arrivals.health,
+    ports=lambda s: [],
+    env=arrivals.env,
+    start_timeout_s=60.0,
+)
+
+# The start order. The workers come next to last: they poll the Prefect server, run flows that
+# talk to Orthanc, FHIR and the EMR, and report to the webapp's alert channel. Last, the
+# arrival watcher, which gives them studies that arrive by C-STORE.
 COMPONENTS: tuple[Component, ...] = (
     MARIADB,
     REDIS,
@@ -161,4 +174,5 @@ COMPONENTS: tuple[Component, ...] = (
     FHIR,
     EMR,
     *WORKERS,
+    ARRIVALS,
 )

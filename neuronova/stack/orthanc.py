@@ -83,6 +83,9 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
         # Ingest must never overwrite an instance silently: a second payload under the same
         # SOPInstanceUID is kept out and reported by the ingest flow.
         "OverwriteInstances": False,
+        # A study is "stable" this long after its last instance: the arrival watcher then
+        # hands it on (HTJ2K, index, patient, AI).
+        "StableAge": settings.orthanc_stable_age_s or LOCAL_STABLE_AGE_S,
         "ConcurrentJobs": 2,
         # No IngestTranscoding: with the HTJ2K UID it stops Orthanc 1.10.1 from starting.
         "Plugins": [str(plugin)],
@@ -98,6 +101,9 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
 
 
 HOST_FILTER = "host-filter.lua"
+# The local stack's StableAge when none is set: a demo's study is handed on in seconds
+# (production: 60 s, long enough for a modality's pauses between series).
+LOCAL_STABLE_AGE_S = 5
 NGINX_HOST = "orthanc"  # the Host nginx's internal location sends
 
 

@@ -16,7 +16,7 @@ from neuronova.stack.component import (
 SERVICE = LoopbackHttp("webapp", health_path="/api/health")
 
 
-def _venv_script(name: str) -> Path:
+def venv_script(name: str) -> Path:
     candidate = Path(sys.executable).parent / name
     if not candidate.exists():
         raise StackError(f"{candidate} not found: run `make setup`")
@@ -31,7 +31,7 @@ def command(ctx: Context) -> list[str]:
 def gunicorn_command(port: int, workers: int, threads: int) -> list[str]:
     """gunicorn serving the webapp on a loopback port."""
     return [
-        str(_venv_script("gunicorn")),
+        str(venv_script("gunicorn")),
         "--bind",
         f"127.0.0.1:{port}",
         "--workers",

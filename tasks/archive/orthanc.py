@@ -264,6 +264,17 @@ class OrthancClient:
         """The instances of one study with their main DICOM tags."""
         return list(self._request("GET", f"/studies/{study_id}/instances").json())
 
+    def changes(self, since: int, limit: int = 200) -> dict[str, Any]:
+        """GET /changes: Orthanc's change log after sequence number `since`, oldest first:
+        `{"Changes": [{"ChangeType", "ID", "ResourceType", "Seq", …}], "Done", "Last"}`."""
+        reply = self._request("GET", "/changes", params={"since": since, "limit": limit})
+        return dict(reply.json())
+
+    def last_change_seq(self) -> int:
+        """The sequence number of Orthanc's newest change (0 when it has none)."""
+        reply = self._request("GET", "/changes", params={"last": ""})
+        return int(reply.json().get("Last", 0))
+
     def iter_study_ids(self, page_size: int = 500) -> Iterator[str]:
         """Study IDs page by page, so a large archive is not listed in one answer."""
         since = 0

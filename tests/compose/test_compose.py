@@ -77,6 +77,7 @@ def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
         "prefect-db",
         "worker-cpu",
         "worker-gpu",
+        "arrivals",
         "hapi-fhir",
         "fhir-db",
         "openemr",
@@ -89,6 +90,7 @@ def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
     )
     assert "--pool cpu" in _command(services["worker-cpu"])
     assert "--pool gpu" in _command(services["worker-gpu"])
+    assert _command(services["arrivals"]).startswith("neuronova watch-arrivals")
     # Workers, the webapp and the alerts pool run the same image.
     assert all(
         "build" in services[name] for name in ("worker-cpu", "worker-gpu", "webapp", "alerts")
@@ -116,7 +118,7 @@ def test_only_nginx_publishes_ports_and_orthanc_is_unreachable_from_outside(
     assert {name for name, n in networks.items() if not n.get("internal")} == {"frontend"}
     assert set(services["orthanc"]["networks"]) == {"pacs"}
     on_pacs = {name for name, s in services.items() if "pacs" in s.get("networks", {})}
-    assert on_pacs == {"orthanc", "nginx", "worker-cpu", "worker-gpu"}  # not the webapp
+    assert on_pacs == {"orthanc", "nginx", "worker-cpu", "worker-gpu", "arrivals"}  # not the webapp
     assert "frontend" in services["nginx"]["networks"]
 
 
@@ -124,7 +126,7 @@ def test_services_restart_and_ours_report_their_health(config: dict[str, Any]) -
     services = config["services"]
     assert {name for name, s in services.items() if s.get("restart") != "unless-stopped"} == set()
     ours = {name for name, s in services.items() if "build" in s}
-    assert ours == {"webapp", "alerts", "worker-cpu", "worker-gpu", "nginx"}
+    assert ours == {"webapp", "alerts", "worker-cpu", "worker-gpu", "arrivals", "nginx"}
     stateful = {"mysql", "prefect-db", "fhir-db", "redis", "prefect-server"}
     assert {name for name in ours | stateful if "healthcheck" not in services[name]} == set()
     for worker in ("worker-cpu", "worker-gpu"):
@@ -137,6 +139,9 @@ def test_services_restart_and_ours_report_their_health(config: dict[str, Any]) -
         needs = service["depends_on"]
         assert needs["prefect-server"]["condition"] == "service_healthy"
         assert needs["mysql"]["condition"] == "service_healthy"
+    # The arrival watcher beats after every pass; its probe reads the beat's age.
+    assert "--heartbeat /tmp/arrivals.heartbeat" in _command(services["arrivals"])
+    assert "/tmp/arrivals.heartbeat" in " ".join(services["arrivals"]["healthcheck"]["test"])
     nginx_needs = services["nginx"]["depends_on"]
     assert nginx_needs["webapp"]["condition"] == "service_healthy"
 

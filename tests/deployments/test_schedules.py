@@ -17,6 +17,7 @@ def test_nightly_archive_check_follows_the_setting() -> None:
     assert set(deployments) == {
         "archive-nightly",
         "one-study",
+        "on-arrival",
         "on-demand",
         "emr-scheduled",
         "one-patient",

@@ -28,16 +28,6 @@ from tests.support.processes import group_reaped, reaped
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def prefect_server(stack_prefect: str, stack_settings: Settings) -> Iterator[str]:
-    """The stack's Prefect server, as the API in use (with its auth string, as every client)."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-
-    auth = stack_settings.stack_prefect_auth_string()
-    with temporary_settings({PREFECT_API_URL: stack_prefect, PREFECT_API_AUTH_STRING: auth}):
-        yield stack_prefect
-
-
 def _cli_env(prefect_server: str, stack_settings: Settings) -> dict[str, str]:
     """What an operator's shell holds to use Prefect's own CLI on the stack's server."""
     return {

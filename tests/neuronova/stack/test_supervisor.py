@@ -94,7 +94,8 @@ def test_unknown_component_is_refused(tmp_path: Path) -> None:
 
 
 def test_the_start_order_puts_the_gateway_after_what_it_fronts() -> None:
-    # The databases come first, the workers last: the flows they run need every other part.
+    # The databases come first, then the workers: the flows they run need every other part;
+    # last the arrival watcher, which gives the workers their studies.
     assert [c.name for c in COMPONENTS] == [
         "mariadb",
         "redis",
@@ -107,6 +108,7 @@ def test_the_start_order_puts_the_gateway_after_what_it_fronts() -> None:
         "emr",
         "worker-cpu",
         "worker-gpu",
+        "arrivals",
     ]
 
 

@@ -1,0 +1,48 @@
+"""The arrival watcher (`neuronova watch-arrivals`): Orthanc's stable studies become
+`process_arrival` runs on the cpu pool (neuronova/arrivals_watcher.py). It listens on no port;
+it is healthy while its heartbeat file is fresh (touched after every pass)."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+from neuronova.prefect_env import prefect_results_dir
+from neuronova.stack.component import Context, Health, settings_env
+from neuronova.stack.prefect import prefect_url
+from neuronova.stack.webapp import venv_script
+
+HEARTBEAT = "heartbeat"
+
+
+def command(ctx: Context) -> list[str]:
+    return [
+        str(venv_script("neuronova")),
+        "watch-arrivals",
+        "--heartbeat",
+        str(ctx.home / HEARTBEAT),
+    ]
+
+
+def env(ctx: Context) -> dict[str, str]:
+    s = ctx.settings
+    return settings_env(s) | {
+        "PREFECT_API_URL": prefect_url(s),
+        "PREFECT_API_AUTH_STRING": s.stack_prefect_auth_string(),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(s)),
+    }
+
+
+def health(ctx: Context, _client: httpx.Client) -> Health:
+    """A pass finished recently (a pass that fails still beats: Orthanc down is not the
+    watcher's illness, and its log says so)."""
+    beat = ctx.home / HEARTBEAT
+    if not beat.exists():
+        return Health(False, error="no pass finished yet")
+    age = time.time() - beat.stat().st_mtime
+    limit = 3 * ctx.settings.arrivals_poll_s + 30
+    if age > limit:
+        return Health(False, error=f"last pass {age:.0f} s ago (more than {limit:.0f} s)")
+    return Health(True)

@@ -1,0 +1,184 @@
+"""Studies that arrive by C-STORE (or any other way into Orthanc), found in Orthanc's change log.
+
+The watcher (`neuronova watch-arrivals`, a component of the local stack) repeats three steps:
+
+1. `read_new_arrivals`: read `/changes` from the cursor kept in the database; every
+   `StableStudy` (Orthanc's `StableAge` after the study's last instance) becomes a pending
+   `study_arrivals` row, and the cursor moves, in one transaction per page. A restart goes on
+   from the cursor: a study that became stable while the watcher, the Prefect server or a worker
+   was down is found all the same.
+2. `submit_due_arrivals`: each pending arrival gets a `process_arrival` flow run. When that
+   fails (the Prefect server is down), the row stays pending and is tried again with back-off.
+   The run's idempotency key is the arrival and its attempt: a request whose answer was lost
+   finds the same run again, so a study is never processed twice for one arrival.
+3. `follow_submitted`: a run that crashed or failed (a worker killed mid-study) is submitted
+   again, up to `arrival_max_attempts`; the flow itself marks its arrival done.
+
+A second StableStudy of a study (a late series, or the check's own replacements) is a new
+arrival; processing is idempotent, so it does only what is new (flows/process_arrival.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlmodel import col, select
+
+from common.db import ArrivalState, ChangeCursor, StudyArrival, session_scope, utcnow
+from common.settings import Settings
+from tasks.archive.orthanc import OrthancClient
+
+log = logging.getLogger(__name__)
+
+STABLE_STUDY = "StableStudy"
+_PAGE = 200
+# Back-off of a run that could not be created (Prefect down): 2, 4, 8 … up to 60 s.
+_MAX_RETRY_DELAY_S = 60.0
+# Prefect states after which a run will not go on by itself.
+_ENDED_BADLY = frozenset({"CRASHED", "FAILED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """What a `process_arrival` run is given."""
+
+    orthanc_study_id: str
+    change_seq: int
+    attempt: int
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"arrival:{self.orthanc_study_id}:{self.change_seq}:{self.attempt}"
+
+
+def read_new_arrivals(settings: Settings, client: OrthancClient) -> int:
+    """Record every StableStudy after the cursor as a pending arrival; return how many."""
+    url, source = settings.resolved_database_url, settings.orthanc_aet
+    with session_scope(url) as session:
+        cursor = session.get(ChangeCursor, source)
+        since = cursor.last_seq if cursor is not None else _first_seq(settings, client)
+    found = 0
+    while True:
+        page = client.changes(since, limit=_PAGE)
+        changes = page.get("Changes") or []
+        last = int(page.get("Last", since))
+        with session_scope(url) as session:
+            for change in changes:
+                if change.get("ChangeType") != STABLE_STUDY:
+                    continue
+                key = (str(change["ID"]), int(change["Seq"]))
+                if session.get(StudyArrival, key) is None:
+                    session.add(StudyArrival(orthanc_study_id=key[0], change_seq=key[1]))
+                    found += 1
+            session.merge(ChangeCursor(source=source, last_seq=max(last, since)))
+        if page.get("Done", True) or not changes or last <= since:
+            return found
+        since = last
+
+
+def _first_seq(settings: Settings, client: OrthancClient) -> int:
+    """Where a watcher with no cursor starts: the beginning of the log (every study already in
+    Orthanc is checked once), or its end when `arrivals_from` says `now`."""
+    if settings.arrivals_from == "beginning":
+        return 0
+    return client.last_change_seq()
+
+
+def submit_due_arrivals(settings: Settings, submit: Callable[[Arrival], str]) -> int:
+    """Create a run for each pending arrival whose time has come; return how many were made.
+
+    `submit` creates the flow run and returns its id (the watcher's `run_deployment`).
+    """
+    url, now = settings.resolved_database_url, utcnow()
+    with session_scope(url) as session:
+        due = session.exec(
+            select(StudyArrival)
+            .where(StudyArrival.state == ArrivalState.PENDING)
+            .where(col(StudyArrival.next_attempt_at) <= now)
+            .order_by(col(StudyArrival.change_seq))
+        ).all()
+    made = 0
+    for row in due:
+        arrival = Arrival(row.orthanc_study_id, row.change_seq, row.attempts + 1)
+        try:
+            run_id, error = submit(arrival), None
+        except Exception as err:  # the API down or refusing: try again later, never drop it
+            run_id, error = None, f"{type(err).__name__}: {err}"
+        with session_scope(url) as session:
+            current = session.get(StudyArrival, (row.orthanc_study_id, row.change_seq))
+            if current is None or current.state != ArrivalState.PENDING:
+                continue
+            current.attempts, current.updated_at = arrival.attempt, utcnow()
+            if run_id is not None:
+                current.state, current.flow_run_id, current.detail = (
+                    ArrivalState.SUBMITTED,
+                    run_id,
+                    None,
+                )
+                made += 1
+            else:
+                delay = min(_MAX_RETRY_DELAY_S, 2.0**arrival.attempt)
+                current.next_attempt_at = utcnow() + timedelta(seconds=delay)
+                current.detail = f"could not create its run, retry in {delay:.0f} s: {error}"[:512]
+                log.warning("arrival %s: %s", row.orthanc_study_id, current.detail)
+            session.add(current)
+    return made
+
+
+def follow_submitted(settings: Settings, run_state: Callable[[str], str | None]) -> int:
+    """Put arrivals whose run crashed, failed or was cancelled back to pending (or to failed
+    after `arrival_max_attempts`); return how many were put back. `run_state` gives a run's
+    state type (`COMPLETED`, `CRASHED` …) or None when it cannot be read now."""
+    url = settings.resolved_database_url
+    with session_scope(url) as session:
+        submitted = session.exec(
+            select(StudyArrival).where(StudyArrival.state == ArrivalState.SUBMITTED)
+        ).all()
+    again = 0
+    for row in submitted:
+        state = run_state(row.flow_run_id or "")
+        if state not in _ENDED_BADLY and state != "COMPLETED":
+            continue
+        with session_scope(url) as session:
+            current = session.get(StudyArrival, (row.orthanc_study_id, row.change_seq))
+            if current is None or current.state != ArrivalState.SUBMITTED:
+                continue
+            current.updated_at = utcnow()
+            if state == "COMPLETED":  # it finished without marking (an older flow): done
+                current.state = ArrivalState.DONE
+            elif current.attempts >= settings.arrival_max_attempts:
+                current.state = ArrivalState.FAILED
+                current.detail = f"its run ended {state} {current.attempts} times; re-run it"
+                log.error("arrival %s: %s", row.orthanc_study_id, current.detail)
+            else:
+                current.state, current.next_attempt_at = ArrivalState.PENDING, utcnow()
+                current.detail = f"its run ended {state}; submitted again"
+                again += 1
+            session.add(current)
+    return again
+
+
+def mark_arrival_done(
+    settings: Settings,
+    orthanc_study_id: str,
+    change_seq: int,
+    study_instance_uid: str | None,
+    detail: str,
+) -> None:
+    """The flow's last step: the arrival is processed (an arrival the watcher never recorded,
+    e.g. a run started by hand, gets its row now)."""
+    key = (orthanc_study_id, change_seq)
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.get(StudyArrival, key) or StudyArrival(
+            orthanc_study_id=orthanc_study_id, change_seq=change_seq
+        )
+        row.state, row.study_instance_uid, row.detail = (
+            ArrivalState.DONE,
+            study_instance_uid,
+            detail,
+        )
+        row.updated_at = utcnow()
+        session.add(row)
