@@ -43,16 +43,20 @@ class Pass:
 def submit_run(arrival: Arrival) -> str:
     """Create the arrival's flow run on the cpu pool (not waiting for it); its id."""
     from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
 
-    run = run_deployment(
-        DEPLOYMENT,
-        parameters={
-            "orthanc_study_id": arrival.orthanc_study_id,
-            "change_seq": arrival.change_seq,
-        },
-        timeout=0,
-        idempotency_key=arrival.idempotency_key,
-    )
+    try:
+        run = run_deployment(
+            DEPLOYMENT,
+            parameters={
+                "orthanc_study_id": arrival.orthanc_study_id,
+                "change_seq": arrival.change_seq,
+            },
+            timeout=0,
+            idempotency_key=arrival.idempotency_key,
+        )
+    except ObjectNotFound:
+        raise LookupError(f"deployment {DEPLOYMENT} is not registered: run `make deploy`") from None
     return str(run.id)  # type: ignore[union-attr]  # sync call: a FlowRun
 
 
