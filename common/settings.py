@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlparse
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +18,15 @@ MIN_SECRET_LENGTH = 32
 # The local stack's MariaDB account (its root is reachable only through the unix socket).
 STACK_MYSQL_USER = "neuronova"
 STACK_ORTHANC_USER = "neuronova"  # the service account our clients and nginx use
+
+
+class DicomModality(BaseModel):
+    """A modality allowed to send studies to the archive by C-STORE (Orthanc checks the calling
+    AET and the address it comes from; anyone else's association is refused and logged)."""
+
+    aet: str = Field(pattern=r"^[A-Za-z0-9_.-][A-Za-z0-9_ .-]{0,15}$")
+    host: str = Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:-]+$")
+    port: int = Field(default=104, ge=1, le=65535)
 
 
 class Settings(BaseSettings):
@@ -41,6 +50,12 @@ class Settings(BaseSettings):
     orthanc_url: str = "http://127.0.0.1:8042"
     orthanc_dicom_port: int = 4242
     orthanc_aet: str = "NEURONOVA"
+    dicom_modalities: list[DicomModality] = Field(
+        default_factory=lambda: [DicomModality(aet="STORESCU", host="127.0.0.1", port=11112)],
+        description="Who may C-STORE to the archive, as JSON: "
+        '[{"aet": "CT1", "host": "10.1.2.3", "port": 104}]. The default is dcmtk\'s storescu '
+        "on this machine (the demo and the tests).",
+    )
     orthanc_username: str | None = None
     orthanc_password: SecretStr | None = None
     orthanc_timeout_s: float = Field(default=30.0, gt=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -333,7 +334,8 @@ def sample(
 
 @app.command()
 def demo() -> None:
-    """Start the local stack, ingest the sample study, print a viewer link for a clinician."""
+    """Start the local stack, send the sample study by C-STORE as a modality would, wait for the
+    AI's reading, print a viewer link for a clinician."""
     settings = Settings()
     from common.db import migrate
     from neuronova.stack.supervisor import LocalStack
@@ -344,26 +346,39 @@ def demo() -> None:
         status = LocalStack(settings).up()
     folder = settings.data_dir / "sample-mr-study"
     sample(folder, mr=True)
-    from neuronova.demo import ingest_on_worker, register_for_workers
+    import pydicom
+
+    from neuronova.demo import register_for_workers, send_by_cstore, wait_for_reading
 
     with console.status("Registering the deployments on the work pools …"):
         register_for_workers(settings)
     ui = f"{status['gateway']}/prefect/"
-    with console.status("The cpu worker ingests the sample brain MR; the gpu worker reads it …"):
-        run_id, report = ingest_on_worker(settings, folder)
-    console.print(f"ingest flow run: {ui}runs/flow-run/{run_id}")
-    if report is None:
+    files = sorted(folder.glob("*.dcm"))
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    started = time.monotonic()
+    with console.status(
+        f"storescu sends the sample brain MR ({len(files)} instances) to Orthanc as a modality "
+        "would; once stable, the arrival watcher hands it to the cpu worker (HTJ2K, index, "
+        "patient) and the gpu worker reads it …"
+    ):
+        send_by_cstore(settings, files)
+        arrivals, reading = wait_for_reading(settings, study_uid, settings.handoff_timeout_s + 600)
+    for arrival in arrivals:
+        run = f"{ui}runs/flow-run/{arrival.flow_run_id}" if arrival.flow_run_id else "no run"
+        console.print(f"arrival {arrival.change_seq} ({arrival.state}): {arrival.detail}  {run}")
+    if reading is None:
         console.print(
-            f"[red]the ingest run did not complete[/red]: see the run above and the worker log "
-            f"{status['components']['worker-cpu']['log']}; `make demo` again is safe"
+            "[red]the sample study was not read by the AI in time[/red]: see the runs above, "
+            f"the watcher log {status['components']['arrivals']['log']} and the worker logs; "
+            "`make demo` again is safe"
         )
         raise typer.Exit(EXIT_FAILED)
-    _print_ingest(report, as_json=False)
-    for reading in report.get("inference", []):
-        if "model" in reading:
-            _print_inference(reading)
-        else:
-            console.print(f"[yellow]AI: {reading.get('message', reading['status'])}[/yellow]")
+    console.print(
+        f"sent → read by the AI in {time.monotonic() - started:.0f} s: {reading.model_name} "
+        f"{reading.model_version} on {reading.device}: {reading.lesion_count} lesion(s), "
+        f"{reading.lesion_volume_ml:.2f} mL; FHIR report {reading.fhir_report_id or 'owed'}. "
+        "AI generated, not for clinical use."
+    )
     from neuronova.demo import (
         DEMO_ADMIN,
         DEMO_CLINICIAN,
@@ -374,13 +389,12 @@ def demo() -> None:
     )
 
     password = ensure_demo_clinician(settings)
-    study_uid = report["studies"][0]["study_instance_uid"]
     link = viewer_link(status["gateway"], DEMO_CLINICIAN, password, study_uid)
     ui_link = prefect_ui_link(status["gateway"], DEMO_ADMIN, ensure_demo_admin(settings))
     console.print(f"\nOrthanc (loopback only, behind the gateway): {status['orthanc']}")
     console.print(
-        f"Prefect UI, for admins, behind the gateway: {ui}  (flow runs: 'ingest_study' and its "
-        "linked 'sync_patient' on pool cpu, 'run_inference' on pool gpu; artifacts). "
+        f"Prefect UI, for admins, behind the gateway: {ui}  (flow runs: 'process_arrival' and "
+        "its linked 'sync_patient' on pool cpu, 'run_inference' on pool gpu; artifacts). "
         f"This link logs {DEMO_ADMIN} in (one use, within 5 minutes):"
     )
     print(ui_link)

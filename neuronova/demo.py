@@ -1,5 +1,6 @@
 """The demo's accounts: a clinician with the sample patient on its care list and a viewer link,
-and an admin with a one-use link into the Prefect UI.
+and an admin with a one-use link into the Prefect UI; and the sample study sent the way a
+modality sends it (C-STORE), then awaited until the AI has read it.
 
 Passwords are generated once and kept in `var/secrets/` (0600), so `make demo` can be run
 again and the accounts can be used by hand; links are obtained the way a portal would, by
@@ -9,20 +10,19 @@ logging in through the gateway and asking for them.
 from __future__ import annotations
 
 import secrets
+import subprocess
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
-from uuid import UUID
 
 import httpx
+from sqlmodel import select
 
-from common.db import session_scope
+from common.db import ArrivalState, InferenceResult, StudyArrival, session_scope
+from common.errors import StackError
 from common.settings import Settings
 from neuronova.sample import SAMPLE_PATIENT_ID
 from webapp import accounts
-
-if TYPE_CHECKING:  # the flow imports Prefect, which must wait for the stack's API URL
-    from flows.ingest_study import IngestReport
 
 DEMO_CLINICIAN = "demo-clinician"
 DEMO_ADMIN = "demo-admin"  # may open the Prefect UI behind the gateway
@@ -102,20 +102,58 @@ def register_for_workers(settings: Settings) -> None:
     register_deployments(settings)
 
 
-def ingest_on_worker(settings: Settings, folder: Path) -> tuple[UUID, IngestReport | None]:
-    """Trigger `ingest_study/on-demand` for `folder` and wait for the cpu worker to run it (its
-    hand-offs go on to their own pools). Returns the flow run id and its report, None when the
-    run did not complete."""
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
+def send_by_cstore(settings: Settings, files: list[Path]) -> None:
+    """Push files to the stack's Orthanc over DICOM, as a modality does (dcmtk's `storescu`,
+    as the first allowed modality on this machine: NEURONOVA_DICOM_MODALITIES)."""
+    local = [m for m in settings.dicom_modalities if m.host in ("127.0.0.1", "localhost", "::1")]
+    if not local:
+        raise StackError(
+            "no modality on this machine may send to Orthanc: add one to "
+            'NEURONOVA_DICOM_MODALITIES, e.g. [{"aet": "STORESCU", "host": "127.0.0.1"}]'
+        )
+    command = [
+        "storescu",
+        "-aet",
+        local[0].aet,
+        "-aec",
+        settings.orthanc_aet,
+        "127.0.0.1",
+        str(settings.orthanc_dicom_port),
+        *map(str, files),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if result.returncode != 0:
+        raise StackError(f"storescu failed: {(result.stdout + result.stderr)[-1000:]}")
 
-    run: FlowRun = run_deployment(  # type: ignore[assignment]  # sync outside a flow
-        "ingest_study/on-demand",
-        parameters={"path": str(folder.resolve())},
-        # Longer than ingest's own wait for its hand-off, so that ingest reports first.
-        timeout=settings.handoff_timeout_s + 600,
-    )
-    if run.state is None or not run.state.is_completed():
-        return run.id, None
-    report: IngestReport = run.state.result()
-    return run.id, report
+
+def wait_for_reading(
+    settings: Settings, study_uid: str, timeout_s: float
+) -> tuple[list[StudyArrival], InferenceResult | None]:
+    """Until the study has arrived (no arrival of it pending or running) and the AI's reading
+    of it is complete; the study's arrivals and that reading (None at timeout)."""
+    from tasks.archive.orthanc import OrthancClient
+
+    deadline = time.monotonic() + timeout_s
+    url = settings.resolved_database_url
+    with OrthancClient.from_settings(settings) as client:
+        while True:
+            orthanc_id = client.lookup(study_uid, "Study")
+            with session_scope(url) as session:
+                arrivals = list(
+                    session.exec(
+                        select(StudyArrival).where(StudyArrival.orthanc_study_id == orthanc_id)
+                    )
+                )
+                reading = session.exec(
+                    select(InferenceResult)
+                    .where(InferenceResult.study_instance_uid == study_uid)
+                    .where(InferenceResult.status == "completed")
+                ).first()
+            busy = [
+                a for a in arrivals if a.state in (ArrivalState.PENDING, ArrivalState.SUBMITTED)
+            ]
+            if reading is not None and arrivals and not busy:
+                return arrivals, reading
+            if time.monotonic() > deadline:
+                return arrivals, None
+            time.sleep(1)

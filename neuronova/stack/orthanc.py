@@ -24,7 +24,6 @@ DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
 )
 
 # The AET that dcmtk's storescu uses unless told otherwise; the only modality allowed to store.
-STORESCU_AET = "STORESCU"
 
 
 def find_dicomweb_plugin(patterns: Sequence[str] = DICOMWEB_PLUGIN_GLOBS) -> Path | None:
@@ -76,10 +75,10 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
         "DicomAet": settings.orthanc_aet,
         "DicomPort": settings.orthanc_dicom_port,
         # The DICOM port is open on every interface too, so stores are not allowed from anyone:
-        # only the modality below (storescu's default AET, from this host) may push.
+        # only the configured modalities (NEURONOVA_DICOM_MODALITIES: AET and address) may push.
         "DicomAlwaysAllowStore": False,
         "DicomCheckModalityHost": True,
-        "DicomModalities": {"storescu": [STORESCU_AET, "127.0.0.1", 11112]},
+        "DicomModalities": orthanc_modalities(settings),
         # Ingest must never overwrite an instance silently: a second payload under the same
         # SOPInstanceUID is kept out and reported by the ingest flow.
         "OverwriteInstances": False,
@@ -97,6 +96,24 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
             "Ssl": False,
             "StudiesMetadata": "Full",
         },
+    }
+
+
+def orthanc_modalities(settings: Settings) -> dict[str, list[str | int]]:
+    """Orthanc's `DicomModalities`: a symbolic name for each allowed modality."""
+    return {
+        f"modality-{index}": [m.aet, m.host, m.port]
+        for index, m in enumerate(settings.dicom_modalities, 1)
+    }
+
+
+def dicom_status(settings: Settings) -> dict[str, object]:
+    """What `stack status --json` says of the DICOM port: where to send, as which modality."""
+    return {
+        "host": "127.0.0.1",
+        "port": settings.orthanc_dicom_port,
+        "aet": settings.orthanc_aet,
+        "allowed": [{"aet": m.aet, "host": m.host} for m in settings.dicom_modalities],
     }
 
 

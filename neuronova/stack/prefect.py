@@ -41,6 +41,11 @@ def prefect_env(ctx: Context) -> dict[str, str]:
         "PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED": "true",
         "PREFECT_HOME": str(ctx.home),
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{ctx.home / 'prefect.db'}",
+        # SQLite takes one writer at a time: under a burst of runs (two workers, the arrival
+        # watcher, CSRF tokens) a request waits for the lock rather than failing with a 503
+        # after the default 10 s (seen under CI with 20 runs at once).
+        "PREFECT_SERVER_DATABASE_TIMEOUT": "60",
+        "PREFECT_SERVER_DATABASE_CONNECTION_TIMEOUT": "30",
         # No network here, and no reason to report usage from a hospital.
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true",

@@ -26,6 +26,7 @@ from common.private_files import make_private, use_private_umask
 from common.settings import Settings
 from neuronova.stack.component import Component, Context, Health, write_atomically
 from neuronova.stack.components import COMPONENTS
+from neuronova.stack.orthanc import dicom_status
 from neuronova.stack.packages import TOOL_PACKAGES, ensure_system_packages
 from neuronova.stack.ports import port_free
 from neuronova.stack.processes import (
@@ -163,6 +164,7 @@ class LocalStack:
         result["credentials"] = {
             c.key: c.credentials(self.settings) for c in self.components if c.credentials
         }
+        result["dicom"] = dicom_status(self.settings)
         result["stack_dir"] = str(self.root)
         result["components"] = details
         return result

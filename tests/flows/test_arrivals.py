@@ -21,6 +21,7 @@ from common.db import ArrivalState, Instance, StudyArrival, ensure_schema, sessi
 from common.settings import Settings
 from flows.process_arrival import process_arrival
 from neuronova.stack.ports import free_ports
+from neuronova.stack.supervisor import LocalStack
 from tasks.archive.arrivals import (
     Arrival,
     follow_submitted,
@@ -177,3 +178,37 @@ def test_process_arrival_brings_the_study_to_htj2k_and_hands_on_only_what_is_new
     # Stable again (the check's own replacements, or the study sent twice): nothing new.
     second = process_arrival(arrival.orthanc_study_id, arrival.change_seq + 1)
     assert second["counts"] == {"ok": 3} and second["new_series"] == []
+
+
+@pytest.mark.parametrize(
+    ("calling_aet", "why"),
+    [("INTRUDER", "an AET not on the list"), ("STORESCUX", "a look-alike of an allowed AET")],
+)
+def test_a_cstore_from_a_modality_not_on_the_list_is_refused(
+    orthanc: Settings, tmp_path: Path, calling_aet: str, why: str
+) -> None:
+    import subprocess
+
+    ds = make_ct(0, study=generate_uid(), series=generate_uid())
+    sent = subprocess.run(
+        [
+            "storescu",
+            "-aet",
+            calling_aet,
+            "-aec",
+            orthanc.orthanc_aet,
+            "127.0.0.1",
+            str(orthanc.orthanc_dicom_port),
+            str(write(ds, tmp_path / "x.dcm")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sent.returncode != 0, (why, sent.stdout, sent.stderr)
+    with OrthancClient.from_settings(orthanc) as client:
+        assert client.lookup(str(ds.SOPInstanceUID)) is None, why
+    # Orthanc's log names the refused caller (an operator sees who tried).
+    stack = LocalStack(orthanc)
+    log = stack.log_path(stack.by_name["orthanc"]).read_text()
+    assert f'Rejected Store request from remote DICOM modality with AET "{calling_aet}"' in log

@@ -54,6 +54,13 @@ def test_they_report_secret_free_urls_and_their_credentials(
     assert status["credentials"]["mysql"] == account
     assert status["credentials"]["redis"] == settings.stack_redis_password()
     assert account["password"] not in status["mysql"] + status["redis"]
+    # Where a script pushes by C-STORE, and as which modality (the default list).
+    assert status["dicom"] == {
+        "host": "127.0.0.1",
+        "port": settings.orthanc_dicom_port,
+        "aet": settings.orthanc_aet,
+        "allowed": [{"aet": "STORESCU", "host": "127.0.0.1"}],
+    }
     for name in ("mysql.password", "redis.password"):
         assert (settings.secrets_dir / name).stat().st_mode & 0o077 == 0
 

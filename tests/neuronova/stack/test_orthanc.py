@@ -57,10 +57,12 @@ def test_orthanc_config_is_loopback_only_with_dicomweb(tmp_path: Path) -> None:
     assert config["DicomWeb"]["Root"] == "/dicom-web/"
     assert config["DicomWeb"]["WadoRoot"] == "/wado"
     assert config["DicomWeb"]["StudiesMetadata"] == "Full"
-    # Only storescu from this host may store; the port is open on every interface.
+    # Only storescu from this host may store (the default list); the port is open on every
+    # interface. StableAge: the local stack's few seconds unless set.
     assert config["DicomAlwaysAllowStore"] is False
     assert config["DicomCheckModalityHost"] is True
-    assert ["STORESCU", "127.0.0.1"] == config["DicomModalities"]["storescu"][:2]
+    assert list(config["DicomModalities"].values()) == [["STORESCU", "127.0.0.1", 11112]]
+    assert config["StableAge"] == (settings.orthanc_stable_age_s or 5)  # the session sets 2
     # It stops Orthanc 1.10.1 from starting with the HTJ2K UID.
     assert "IngestTranscoding" not in config
     json.dumps(config)
@@ -179,3 +181,53 @@ def test_orthanc_answers_only_its_service_account_and_its_own_host_names(
         assert foreign.status_code == 403, host
     nginx_host = httpx.get(f"{base}/system", auth=account, headers={"Host": "orthanc"}, timeout=5)
     assert nginx_host.status_code == 200
+
+
+def test_the_modalities_and_the_stable_age_are_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from neuronova.stack.orthanc import dicom_status
+
+    modalities = [
+        {"aet": "CT_ROOM1", "host": "10.1.2.3", "port": 104},
+        {"aet": "MR 3T", "host": "mr3t.hospital.example"},
+    ]
+    monkeypatch.setenv("NEURONOVA_DICOM_MODALITIES", json.dumps(modalities))
+    monkeypatch.setenv("NEURONOVA_ORTHANC_STABLE_AGE_S", "45")
+    settings = settings_on_free_ports(tmp_path)
+    config = render_orthanc_config(settings, tmp_path, Path("/plugin.so"))
+    assert list(config["DicomModalities"].values()) == [
+        ["CT_ROOM1", "10.1.2.3", 104],
+        ["MR 3T", "mr3t.hospital.example", 104],
+    ]
+    assert config["StableAge"] == 45
+    assert dicom_status(settings) == {
+        "host": "127.0.0.1",
+        "port": settings.orthanc_dicom_port,
+        "aet": settings.orthanc_aet,
+        "allowed": [
+            {"aet": "CT_ROOM1", "host": "10.1.2.3"},
+            {"aet": "MR 3T", "host": "mr3t.hospital.example"},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    "modality",
+    [
+        {"aet": "", "host": "10.0.0.1"},
+        {"aet": "SEVENTEEN_CHARS_X", "host": "10.0.0.1"},
+        {"aet": "CT1", "host": "10.0.0.1; rm -rf /"},
+        {"aet": "CT1", "host": "10.0.0.1", "port": 0},
+    ],
+)
+def test_a_malformed_modality_is_refused_with_its_field(
+    modality: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from common.settings import Settings
+
+    monkeypatch.setenv("NEURONOVA_DICOM_MODALITIES", json.dumps([modality]))
+    with pytest.raises(ValidationError, match="dicom_modalities"):
+        Settings()
