@@ -86,14 +86,17 @@ def _what_is_new(
         return None, set(), set()
     with session_scope(settings.resolved_database_url) as session:
         rows = session.exec(
-            select(Instance.sop_instance_uid, Instance.series_instance_uid, Series.modality)
+            select(
+                Instance.sop_instance_uid,
+                Instance.study_instance_uid,
+                Instance.series_instance_uid,
+                Series.modality,
+            )
             .join(Series, col(Series.series_instance_uid) == col(Instance.series_instance_uid))
             .where(col(Instance.sop_instance_uid).in_(settled))
         ).all()
-        study = session.exec(
-            select(Instance.study_instance_uid).where(col(Instance.sop_instance_uid).in_(settled))
-        ).first()
-    new_rows = [(series, modality) for sop, series, modality in rows if sop in new]
+    study = rows[0][1] if rows else None
+    new_rows = [(series, modality) for sop, _, series, modality in rows if sop in new]
     return study, {s for s, _ in new_rows}, {m for _, m in new_rows if m}
 
 

@@ -75,6 +75,16 @@ def _wait_for_arrival(settings: Settings, client: OrthancClient, study_uid: str)
         time.sleep(0.5)
 
 
+def _sent_and_stable(
+    orthanc: Settings, settings: Settings, tmp_path: Path
+) -> tuple[str, list[str], StudyArrival]:
+    """From the end of the change log: a study sent by C-STORE, and its recorded arrival."""
+    with OrthancClient.from_settings(settings) as client:
+        read_new_arrivals(settings, client)
+        study, sops = _send_study(orthanc, tmp_path / "study")
+        return study, sops, _wait_for_arrival(settings, client, study)
+
+
 def test_a_stable_study_is_recorded_once_and_the_cursor_moves_on(
     orthanc: Settings, tmp_path: Path
 ) -> None:
@@ -101,10 +111,7 @@ def test_an_arrival_waits_while_prefect_is_down_and_then_gets_one_run(
     from neuronova.arrivals_watcher import submit_run
 
     settings = _watcher_settings(orthanc, tmp_path)
-    with OrthancClient.from_settings(settings) as client:
-        read_new_arrivals(settings, client)
-        study, _ = _send_study(orthanc, tmp_path / "study")
-        arrival = _wait_for_arrival(settings, client, study)
+    _, _, arrival = _sent_and_stable(orthanc, settings, tmp_path)
     key = (arrival.orthanc_study_id, arrival.change_seq)
     (closed_port,) = free_ports(1)
     down = {PREFECT_API_URL: f"http://127.0.0.1:{closed_port}/api"}
@@ -160,10 +167,7 @@ def test_process_arrival_brings_the_study_to_htj2k_and_hands_on_only_what_is_new
     orthanc: Settings, tmp_path: Path
 ) -> None:
     settings = _watcher_settings(orthanc, tmp_path)
-    with OrthancClient.from_settings(settings) as client:
-        read_new_arrivals(settings, client)
-        study, sops = _send_study(orthanc, tmp_path / "study")
-        arrival = _wait_for_arrival(settings, client, study)
+    study, sops, arrival = _sent_and_stable(orthanc, settings, tmp_path)
 
     first = process_arrival(arrival.orthanc_study_id, arrival.change_seq)
 

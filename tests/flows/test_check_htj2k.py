@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from common.db import Instance, QuarantineItem, session_scope
 from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
+from neuronova.demo import send_by_cstore
 from tasks.archive.orthanc import OrthancClient
 from tasks.archive.replace import recover_backups, replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
@@ -28,22 +28,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("orthanc", "prefe
 
 
 def storescu(settings: Settings, files: list[Path]) -> None:
-    """Push files over DICOM the way a modality would (dcmtk, AET STORESCU)."""
-    subprocess.run(
-        [
-            "storescu",
-            "-aet",
-            "STORESCU",
-            "-aec",
-            settings.orthanc_aet,
-            "127.0.0.1",
-            str(settings.orthanc_dicom_port),
-            *map(str, files),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    """Push files over DICOM the way a modality would (dcmtk, as the allowed AET STORESCU)."""
+    send_by_cstore(settings, files)
 
 
 def transfer_syntax(settings: Settings, sop_uid: str) -> str:
