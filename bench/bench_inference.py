@@ -49,8 +49,10 @@ def timed(run: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def seg_bytes(volume: Volume, mask: Any, study_uid: str, version: str) -> bytes:
-    series_uid, sop_uid = seg_uids(study_uid, "bench", version)
+def seg_bytes(
+    volume: Volume, mask: Any, study_uid: str, source_series_uid: str, version: str
+) -> bytes:
+    series_uid, sop_uid = seg_uids(study_uid, source_series_uid, "bench", version)
     seg = build_lesion_seg(
         volume.headers,
         mask,
@@ -158,10 +160,9 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
                 run = segment_volume(bundle, volume)
                 rows["segment"].append(time.perf_counter() - clock)
                 clock = time.perf_counter()
-                sop_uid = seg_uids(study_uid, "bench", version)[1]
-                store_seg(
-                    settings, seg_bytes(volume, run.mask, study_uid, version), study_uid, sop_uid
-                )
+                sop_uid = seg_uids(study_uid, choice.series_uid, "bench", version)[1]
+                data = seg_bytes(volume, run.mask, study_uid, choice.series_uid, version)
+                store_seg(settings, data, study_uid, sop_uid)
                 rows["seg"].append(time.perf_counter() - clock)
                 clock = time.perf_counter()
                 measured = measure_lesions(run.mask, volume.spacing)
@@ -170,6 +171,7 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
                 findings = LesionFindings(
                     f"Patient/{patient.resource['id']}",
                     study_uid,
+                    choice.series_uid,
                     "bench",
                     version,
                     lesion_count=measured.count,

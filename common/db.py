@@ -29,12 +29,17 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def utcnow() -> datetime:
     """Timezone-aware now (SQLModel stores it as UTC on both backends)."""
     return datetime.now(UTC)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """MariaDB hands datetimes back without a zone; they were written as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class Study(SQLModel, table=True):
@@ -111,6 +116,7 @@ class Role(StrEnum):
     CLINICIAN = "clinician"  # opens the studies of the patients on their care list
     RADIOLOGIST = "radiologist"  # opens every study
     ADMIN = "admin"  # opens every study, manages users, sees the Prefect UI
+    UPLOADER = "uploader"  # stores studies by STOW-RS; opens nothing
 
 
 class User(SQLModel, table=True):
@@ -252,15 +258,21 @@ class StudyArrival(SQLModel, table=True):
 
 
 class InferenceResult(SQLModel, table=True):
-    """One model's reading of one study: what ran where, what it found, where the results went.
+    """One model's reading of one series of a study: what ran where, what it found, where the
+    results went.
 
-    One row per (study, model, version): the business key that makes inference idempotent.
+    One row per (study, series, model, version): the business key that makes inference
+    idempotent; a series that arrives later gets a row (and a SEG, a report) of its own.
     """
 
     __tablename__ = "inference_results"
     __table_args__ = (
         UniqueConstraint(
-            "study_instance_uid", "model_name", "model_version", name="uq_inference_study_model"
+            "study_instance_uid",
+            "series_instance_uid",
+            "model_name",
+            "model_version",
+            name="uq_inference_series_model",
         ),
     )
 

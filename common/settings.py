@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     ingest_max_zip_ratio: int = Field(default=200, ge=2)
     ingest_max_pixel_bytes: int = Field(default=2 * 1024**3, ge=1024)
     ingest_max_frames: int = Field(default=10_000, ge=1)
+    stow_max_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1024,
+        description="The largest STOW-RS request body (POST /dicom-web/studies); a larger one "
+        "gets 413 before it is read.",
+    )
     ingest_batch_size: int = Field(
         default=64, ge=1, description="Instances per Prefect task run (keeps overhead small)."
     )
@@ -141,6 +147,20 @@ class Settings(BaseSettings):
     )
     arrival_max_attempts: int = Field(
         default=3, ge=1, le=20, description="Runs of one arrival before it is left as failed."
+    )
+    flow_heartbeat_s: int = Field(
+        default=30,
+        ge=30,
+        le=600,
+        description="How often a flow run started by a worker tells the Prefect server it is "
+        "alive (PREFECT_FLOWS_HEARTBEAT_FREQUENCY; Prefect's floor is 30).",
+    )
+    flow_crashed_after_s: int = Field(
+        default=120,
+        ge=60,
+        le=3600,
+        description="A worker's flow run silent this long (no heartbeat, no final state: its "
+        "process died) is marked Crashed, so that its work is started again.",
     )
     patient_sync_after_ingest: bool = Field(
         default=True, description="Sync each ingested study's patient (cache → FHIR → EMR)."
@@ -292,6 +312,12 @@ class Settings(BaseSettings):
         if self.environment == "production" and self.orthanc_password is None:
             raise ValueError(
                 "NEURONOVA_ORTHANC_PASSWORD must be set in production (Orthanc's service account)"
+            )
+        # One late heartbeat (a loaded machine, a slow server) must not crash a live run.
+        if self.flow_crashed_after_s < 2 * self.flow_heartbeat_s:
+            raise ValueError(
+                "NEURONOVA_FLOW_CRASHED_AFTER_S must be at least twice "
+                f"NEURONOVA_FLOW_HEARTBEAT_S ({self.flow_heartbeat_s} s)"
             )
         return self
 

@@ -20,6 +20,7 @@ from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists
 
 from common.settings import PROJECT_ROOT, Settings
+from deployments.crashed_runs import ensure_crashed_runs_automation
 from deployments.schedules import DEPLOYMENTS, load_flow
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,10 @@ def ensure_work_pools(settings: Settings) -> None:
 
 
 def register_deployments(settings: Settings) -> dict[str, UUID]:
-    """Every deployment on its pool; returns `flow/name` → deployment id."""
+    """Every deployment on its pool, and the automation that crashes runs whose process died
+    (deployments/crashed_runs.py); returns `flow/name` → deployment id."""
     ensure_work_pools(settings)
+    ensure_crashed_runs_automation(settings)
     registered = {}
     for spec in DEPLOYMENTS:
         flow = load_flow(spec.entrypoint)

@@ -88,7 +88,9 @@ def ingest_study(path: str, remove_originals: bool = False) -> IngestReport:
         mrns = patients_of_studies(settings.resolved_database_url, studies)
         report["patients"] = [sync_study_patient(mrn) for mrn in mrns]
     if settings.inference_after_ingest:
-        report["inference"] = [read_study(settings, uid) for uid in studies_with_mr(studies)]
+        report["inference"] = [
+            read_study(settings, uid, series) for uid, series in mr_series_of(studies).items()
+        ]
     return report
 
 
@@ -105,20 +107,27 @@ def sync_study_patient(mrn: str) -> PatientSyncReport:
     )
 
 
-def studies_with_mr(studies: dict[str, list[SeriesReport]]) -> list[str]:
-    """Studies with an MR series stored: candidates for the brain-lesion model."""
-    return [uid for uid, rows in studies.items() if any(r["modality"] == "MR" for r in rows)]
+def mr_series_of(studies: dict[str, list[SeriesReport]]) -> dict[str, list[str]]:
+    """Each study's MR series in this ingest (stored or already there: a re-run of an ingest
+    whose reading failed reads them again): the brain-lesion model chooses among them."""
+    chosen = {
+        uid: sorted(r["series_instance_uid"] for r in rows if r["modality"] == "MR")
+        for uid, rows in studies.items()
+    }
+    return {uid: series for uid, series in chosen.items() if series}
 
 
-def read_study(settings: Settings, study_uid: str) -> InferenceReport:
-    """Hand a stored study to `run_inference` (a subflow, linked in the UI)."""
+def read_study(settings: Settings, study_uid: str, series_uids: list[str]) -> InferenceReport:
+    """Hand a stored study's new series to `run_inference` (a subflow, linked in the UI)."""
 
     def in_process() -> State[Any]:
         from flows.run_inference import run_inference  # here: MONAI and torch cost seconds
 
-        return run_inference(study_uid, require_brain=True, return_state=True)
+        return run_inference(
+            study_uid, require_brain=True, series_uids=series_uids, return_state=True
+        )
 
-    parameters = {"study_uid": study_uid, "require_brain": True}
+    parameters = {"study_uid": study_uid, "require_brain": True, "series_uids": series_uids}
     with correlation(study_uid=study_uid):
         state = _run_linked(settings, "run_inference/one-study", parameters, in_process)
     return _hand_off_result(

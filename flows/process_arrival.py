@@ -4,26 +4,33 @@ The arrival watcher (tasks/archive/arrivals.py) starts one run per StableStudy c
 check the study (every instance that is not verified HTJ2K lossless is transcoded, verified,
 swapped in place and indexed; lossy stays lossy; another patient's files are conflicts), then
 the same hand-offs as ingest for what is new: the patient synced (`sync_patient`), then the AI
-(`run_inference`) when a new MR series arrived. A study whose instances were all settled
-already (sent twice, or stable again after the check's own replacements) gets no hand-off.
-The run marks its arrival done; a run that fails is submitted again by the watcher, and
-re-running it is safe (the check restores any original an interrupted swap left behind).
+(`run_inference`, choosing among the new MR series only) when a new MR series arrived. A study
+whose instances were all settled already (sent twice, or stable again after the check's own
+replacements) gets no hand-off.
+
+What is new: the series with instances this run indexed, or that any attempt at this arrival
+indexed (verified after the watcher recorded the arrival), so a re-run after a worker died
+mid-study still hands on what the first attempt already checked. The run marks its arrival
+done; a run that fails is submitted again by the watcher, and re-running it is safe (the check
+restores any original an interrupted swap left behind, at once for a re-run of this arrival;
+the hand-offs are idempotent).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import NotRequired, TypedDict
 
 from prefect import flow, get_run_logger
 from sqlmodel import col, select
 
-from common.db import Instance, Series, ensure_schema, session_scope
+from common.db import Instance, Series, as_utc, ensure_schema, session_scope
 from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from flows.ingest_study import read_study, sync_study_patient
-from tasks.archive.arrivals import mark_arrival_done
+from tasks.archive.arrivals import mark_arrival_done, read_arrival
 from tasks.archive.check import CheckInstanceReport, CheckOutcome, CheckStatus
 from tasks.archive.index import patients_of_studies
 from tasks.archive.prefect_tasks import check_study_task, recover_backups_task
@@ -40,7 +47,7 @@ class ArrivalReport(TypedDict):
     orthanc_study_id: str
     study_instance_uid: str | None
     counts: dict[str, int]  # per CheckStatus value
-    new_series: list[str]
+    new_series: dict[str, str]  # series UID → modality
     instances: list[CheckInstanceReport]
     patients: NotRequired[list[PatientSyncReport]]
     inference: NotRequired[list[InferenceReport]]
@@ -52,15 +59,19 @@ def process_arrival(orthanc_study_id: str, change_seq: int = 0) -> ArrivalReport
     settings = Settings()
     logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)
-    recover_backups_task(settings)
+    arrival = read_arrival(settings, orthanc_study_id, change_seq)
+    # A re-run after a run died mid-swap: that study's originals go back at once.
+    rerun = arrival is not None and arrival.attempts > 1
+    recover_backups_task(settings, interrupted_study=orthanc_study_id if rerun else None)
     outcomes = check_study_task(settings, orthanc_study_id)
     counts = Counter(o.status.value for o in outcomes)
-    study_uid, new_series, modalities = _what_is_new(settings, outcomes)
+    since = arrival.recorded_at if arrival else None
+    study_uid, new_series = _what_is_new(settings, outcomes, since)
     report = ArrivalReport(
         orthanc_study_id=orthanc_study_id,
         study_instance_uid=study_uid,
         counts=dict(counts),
-        new_series=sorted(new_series),
+        new_series=new_series,
         instances=[o.as_dict() for o in outcomes],
     )
     with correlation(study_uid=study_uid or ""):
@@ -69,35 +80,37 @@ def process_arrival(orthanc_study_id: str, change_seq: int = 0) -> ArrivalReport
             if settings.patient_sync_after_ingest:
                 mrns = patients_of_studies(settings.resolved_database_url, [study_uid])
                 report["patients"] = [sync_study_patient(mrn) for mrn in mrns]
-            if settings.inference_after_ingest and "MR" in modalities:
-                report["inference"] = [read_study(settings, study_uid)]
+            new_mr = sorted(uid for uid, modality in new_series.items() if modality == "MR")
+            if settings.inference_after_ingest and new_mr:
+                report["inference"] = [read_study(settings, study_uid, new_mr)]
     mark_arrival_done(settings, orthanc_study_id, change_seq, study_uid, _summary(report))
     return report
 
 
 def _what_is_new(
-    settings: Settings, outcomes: list[CheckOutcome]
-) -> tuple[str | None, set[str], set[str]]:
-    """The study's UID (from the index), the series with instances indexed by this run, and
-    those series' modalities."""
+    settings: Settings, outcomes: list[CheckOutcome], since: datetime | None
+) -> tuple[str | None, dict[str, str]]:
+    """The study's UID (from the index) and its new series (UID → modality): those with
+    instances indexed by this run, or verified since the arrival was recorded."""
     settled = [o.sop_instance_uid for o in outcomes if o.sop_instance_uid]
     new = {o.sop_instance_uid for o in outcomes if o.status in NEWLY_INDEXED}
     if not settled:
-        return None, set(), set()
+        return None, {}
     with session_scope(settings.resolved_database_url) as session:
-        rows = session.exec(
-            select(
-                Instance.sop_instance_uid,
-                Instance.study_instance_uid,
-                Instance.series_instance_uid,
-                Series.modality,
+        rows = [
+            (i.sop_instance_uid, i.study_instance_uid, i.series_instance_uid, i.verified_at, m)
+            for i, m in session.exec(
+                select(Instance, Series.modality)
+                .join(Series, col(Series.series_instance_uid) == col(Instance.series_instance_uid))
+                .where(col(Instance.sop_instance_uid).in_(settled))
             )
-            .join(Series, col(Series.series_instance_uid) == col(Instance.series_instance_uid))
-            .where(col(Instance.sop_instance_uid).in_(settled))
-        ).all()
+        ]
     study = rows[0][1] if rows else None
-    new_rows = [(series, modality) for sop, _, series, modality in rows if sop in new]
-    return study, {s for s, _ in new_rows}, {m for _, m in new_rows if m}
+    return study, {
+        series: modality or ""
+        for sop, _, series, verified_at, modality in rows
+        if sop in new or (since is not None and as_utc(verified_at) >= since)
+    }
 
 
 def _summary(report: ArrivalReport) -> str:

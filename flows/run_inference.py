@@ -7,9 +7,11 @@ stored through ingest (verified, indexed, so the viewer may open it) → the pat
 (a table and the overlay PNG of the slice with the largest lesion area) → an alert to the
 clinicians who may open the study (Redis → the webapp's alert streams).
 
-Idempotent per (study, model, version): a completed result is returned as it stands; one whose
-FHIR part is owed (FHIR down, patient not yet known) gets only that part on the next run. A
-study with nothing to read ends with a message, not a failure.
+Idempotent per (study, series read, model, version): a completed result is returned as it
+stands; one whose FHIR part is owed (FHIR down, patient not yet known) gets only that part on the
+next run. A series that arrives later is read on its own when the caller names it (`series_uids`:
+the arrival's or the ingest's new series), and reported beside the first. A study with nothing
+to read ends with a message, not a failure.
 """
 
 from __future__ import annotations
@@ -48,35 +50,40 @@ from tasks.patients.prefect_tasks import resolve_patient_task
 
 
 @flow(name="run_inference", log_prints=True, **REPORTED)
-def run_inference(study_uid: str, require_brain: bool = False) -> InferenceReport:
+def run_inference(
+    study_uid: str, require_brain: bool = False, series_uids: list[str] | None = None
+) -> InferenceReport:
     """Segment one study's brain MR and publish the result; see the module's docstring.
 
     `require_brain`: only read a series that a tag places in the head (ingest's trigger).
+    `series_uids`: choose only among these series (what just arrived); None: the whole study.
     """
     with correlation(study_uid=study_uid):  # on every log line of this run (common.logs)
-        return _read_study(study_uid, require_brain)
+        return _read_study(study_uid, require_brain, series_uids)
 
 
-def _read_study(study_uid: str, require_brain: bool) -> InferenceReport:
+def _read_study(
+    study_uid: str, require_brain: bool, series_uids: list[str] | None
+) -> InferenceReport:
     settings = Settings()
     logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)
     model, version = bundle_identity(settings.model_bundle_dir)
-    existing = find_result(settings, study_uid, model, version)
+    try:
+        study_tags, choice = choose_series_task(settings, study_uid, require_brain, series_uids)
+    except NoSuitableSeries as err:
+        logger.warning("no inference for study %s: %s", study_uid, err)
+        return InferenceReport(
+            status=InferenceStatus.NO_SUITABLE_SERIES,
+            study_instance_uid=study_uid,
+            message=str(err),
+        )
+    existing = find_result(settings, study_uid, choice.series_uid, model, version)
     if existing is not None and existing.status == InferenceStatus.COMPLETED:
-        logger.info("study already read by %s %s: nothing to read again", model, version)
+        logger.info("series already read by %s %s: nothing to read again", model, version)
         return _tell_clinicians(settings, existing, reused=True)
 
     if existing is None:
-        try:
-            study_tags, choice = choose_series_task(settings, study_uid, require_brain)
-        except NoSuitableSeries as err:
-            logger.warning("no inference for study %s: %s", study_uid, err)
-            return InferenceReport(
-                status=InferenceStatus.NO_SUITABLE_SERIES,
-                study_instance_uid=study_uid,
-                message=str(err),
-            )
         if choice.brain_evidence is None:
             logger.warning(
                 "series %s does not say it is of the head; read anyway", choice.series_uid
@@ -117,9 +124,9 @@ def _segment_and_store(
         "; ".join(run.attempts),
     )
     started = time.perf_counter()
-    store_seg_task(settings, volume, run.mask, study_uid, model, version)
+    store_seg_task(settings, volume, run.mask, study_uid, choice.series_uid, model, version)
     seg_s = time.perf_counter() - started
-    seg_series, seg_sop = seg_uids(study_uid, model, version)
+    seg_series, seg_sop = seg_uids(study_uid, choice.series_uid, model, version)
     row = save_result(
         settings,
         {
@@ -164,6 +171,7 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
         settings,
         patient["fhir_id"],
         row.study_instance_uid,
+        row.series_instance_uid,
         row.model_name,
         row.model_version,
         row.lesion_count,
@@ -209,6 +217,7 @@ def _tell_clinicians(settings: Settings, row: InferenceResult, *, reused: bool) 
 def _key(row: InferenceResult) -> dict[str, Any]:
     return {
         "study_instance_uid": row.study_instance_uid,
+        "series_instance_uid": row.series_instance_uid,
         "model_name": row.model_name,
         "model_version": row.model_version,
     }

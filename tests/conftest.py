@@ -49,6 +49,10 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
         ingest_batch_size=16,
         # Studies sent by C-STORE are stable (and handed on by the arrival watcher) this soon.
         orthanc_stable_age_s=2,
+        # A worker's run silent this long is marked Crashed (heartbeats every 30 s).
+        flow_crashed_after_s=60,
+        # Small enough that the STOW-RS test can send a body over it.
+        stow_max_bytes=8 * 1024 * 1024,
     )
     _STACK_DIRS.append(base.stack_dir)
     services = ["redis"] if EXTERNAL_MYSQL else ["mariadb", "redis"]

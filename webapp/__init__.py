@@ -2,7 +2,8 @@
 
 `create_app(settings)` builds it; gunicorn serves `webapp.wsgi:app` behind nginx. One blueprint
 per concern: `auth` (login, refresh, logout), `links` (study list, viewer links), `patients`,
-`alerts` (server-sent events when an AI result is ready); the `gate`
+`alerts` (server-sent events when an AI result is ready), `stow` (STOW-RS uploads through the
+verified ingest); the `gate`
 (DICOMweb and WADO-URI requests answered with X-Accel-Redirect or a denial) is a plain WSGI
 app in front of Flask.
 """
@@ -60,7 +61,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import admin_ui, alerts, auth, links, patients, viewer
+    from webapp import admin_ui, alerts, auth, links, patients, stow, viewer
     from webapp.gate import Gate, GateDispatcher
     from webapp.request_log import RequestLog
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(patients.bp)
     app.register_blueprint(alerts.bp)
     app.register_blueprint(admin_ui.bp)
+    app.register_blueprint(stow.bp)
     # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
     # Outermost, the request log: one request id and its line for both.
     app.wsgi_app = RequestLog(GateDispatcher(Gate(context), app.wsgi_app))  # type: ignore[method-assign]

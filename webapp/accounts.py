@@ -23,6 +23,7 @@ from common.db import (
     Role,
     Study,
     User,
+    as_utc,
     session_scope,
 )
 from tasks.patients.mrn import MRN_GRAMMAR, is_mrn
@@ -48,11 +49,6 @@ ALL_STUDIES_ROLES = frozenset({Role.RADIOLOGIST, Role.ADMIN})
 
 class AccountError(ValueError):
     """A user-management request that cannot be done (the message says why)."""
-
-
-def as_utc(moment: datetime) -> datetime:
-    """MariaDB hands datetimes back without a zone; they were written as UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def add_user(session: Session, username: str, role: str, password: str) -> User:

@@ -52,6 +52,7 @@ class Action(StrEnum):
     ADMIN_UI_LINK = "admin-ui-link"
     ADMIN_UI_LOGIN = "admin-ui-login"
     ADMIN_UI = "admin-ui"
+    STOW = "stow"  # an upload by STOW-RS
 
 
 class Outcome(StrEnum):

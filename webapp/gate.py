@@ -86,9 +86,15 @@ class GateDispatcher:
         self.flask_app = flask_app
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if is_gate_path(environ.get("PATH_INFO", "")):
+        path = environ.get("PATH_INFO", "")
+        if is_gate_path(path) and not is_stow(environ.get("REQUEST_METHOD", ""), path):
             return self.gate(environ, start_response)
         return self.flask_app(environ, start_response)
+
+
+def is_stow(method: str, path_info: str) -> bool:
+    """An upload (STOW-RS), which Flask's `webapp.stow` takes: never a read for the gate."""
+    return method == "POST" and path_info == DICOMWEB_ROOT + "/studies"
 
 
 class _PositiveCache:

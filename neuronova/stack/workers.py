@@ -79,6 +79,9 @@ def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
                 "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
                 "PREFECT_WORKER_WEBSERVER_PORT": str(worker_health_port(s, pool)),
                 "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(s)),
+                # Heartbeats: a run whose process dies is marked Crashed, then started again
+                # (deployments/crashed_runs.py).
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(s.flow_heartbeat_s),
                 # Runs on these workers hand studies on through the deployments, so inference
                 # lands on the gpu pool.
                 "NEURONOVA_HANDOFF": "deployment",

@@ -21,15 +21,24 @@ arrival; processing is idempotent, so it does only what is new (flows/process_ar
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 
-from common.db import ArrivalState, ChangeCursor, StudyArrival, session_scope, utcnow
+from common.db import (
+    ArrivalState,
+    ChangeCursor,
+    Study,
+    StudyArrival,
+    as_utc,
+    session_scope,
+    utcnow,
+)
 from common.settings import Settings
-from tasks.archive.orthanc import OrthancClient
+from tasks.archive.orthanc import OrthancClient, orthanc_study_id
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +168,50 @@ def follow_submitted(settings: Settings, run_state: Callable[[str], str | None])
                 again += 1
             session.add(current)
     return again
+
+
+def record_uploaded_studies(
+    settings: Settings, study_uids: list[str], received_at: datetime
+) -> None:
+    """Studies stored by an upload (STOW-RS) become pending arrivals at once, so the watcher
+    hands them on as it does a C-STORE's (patient sync, the AI).
+
+    Their instances are indexed already, so the arrival is dated when the upload began: the
+    run then counts them as new. An upload's sequence number is negative (Orthanc's changes
+    are positive), random, so two uploads of one study are two arrivals.
+    """
+    with session_scope(settings.resolved_database_url) as session:
+        for study_uid in study_uids:
+            study = session.get(Study, study_uid)
+            if study is None:
+                continue
+            session.add(
+                StudyArrival(
+                    orthanc_study_id=orthanc_study_id(study.patient_id, study_uid),
+                    change_seq=-(secrets.randbelow(2**31 - 1) + 1),
+                    study_instance_uid=study_uid,
+                    detail="uploaded (STOW-RS)",
+                    created_at=received_at,
+                    next_attempt_at=utcnow(),
+                )
+            )
+
+
+@dataclass(frozen=True)
+class ArrivalRecord:
+    """What a `process_arrival` run needs to know of its arrival's row."""
+
+    recorded_at: datetime  # when the watcher recorded it (UTC)
+    attempts: int  # runs submitted so far; above 1, an earlier one failed or died
+
+
+def read_arrival(
+    settings: Settings, orthanc_study_id: str, change_seq: int
+) -> ArrivalRecord | None:
+    """The arrival's row as a run sees it; None for a run started by hand."""
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.get(StudyArrival, (orthanc_study_id, change_seq))
+        return None if row is None else ArrivalRecord(as_utc(row.created_at), row.attempts)
 
 
 def mark_arrival_done(

@@ -9,6 +9,7 @@ GIL, and urllib3 spends about half as much per request. Every failure is mapped 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -26,6 +27,14 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+def orthanc_study_id(patient_id: str, study_uid: str) -> str:
+    """Orthanc's ID of a study, computed as Orthanc does: the SHA-1 of "PatientID|StudyUID" in
+    five dash-separated groups of eight hex digits (so it is known without asking Orthanc, even
+    once the study has left it)."""
+    digest = hashlib.sha1(f"{patient_id}|{study_uid}".encode(), usedforsecurity=False).hexdigest()
+    return "-".join(digest[i : i + 8] for i in range(0, 40, 8))
 
 
 @dataclass(frozen=True)

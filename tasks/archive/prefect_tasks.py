@@ -18,10 +18,10 @@ from tasks.retry import network_retries
 
 
 @task(name="recover_backups", **network_retries())
-def recover_backups_task(settings: Settings) -> int:
-    """Re-store originals whose replacement was interrupted."""
+def recover_backups_task(settings: Settings, interrupted_study: str | None = None) -> int:
+    """Re-store originals whose replacement was interrupted (`interrupted_study`'s at once)."""
     with OrthancClient.from_settings(settings) as client:
-        return recover_backups(client, settings.backup_dir)
+        return recover_backups(client, settings.backup_dir, interrupted_study=interrupted_study)
 
 
 @task(name="find_studies", **network_retries())

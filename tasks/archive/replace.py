@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 
 from common.errors import NeuroNovaError, VerificationError
-from tasks.archive.orthanc import OrthancClient, StoredInstance
+from tasks.archive.orthanc import OrthancClient, StoredInstance, orthanc_study_id
 from tasks.archive.quarantine import write_durably
 from tasks.dicom.parse import parse_dicom
 
@@ -66,17 +66,29 @@ def _write_backup(backup_dir: Path, orthanc_id: str, data: bytes) -> Path:
 
 
 def recover_backups(
-    client: OrthancClient, backup_dir: Path, *, grace_s: float = BACKUP_GRACE_S
+    client: OrthancClient,
+    backup_dir: Path,
+    *,
+    grace_s: float = BACKUP_GRACE_S,
+    interrupted_study: str | None = None,
 ) -> int:
-    """Re-store originals whose replacement never arrived; return how many were restored."""
+    """Re-store originals whose replacement never arrived; return how many were restored.
+
+    `interrupted_study` (Orthanc's study ID): a study whose last run is known to have died
+    (a re-run of a crashed arrival); its backups are recovered at once, not after the grace.
+    """
     restored = 0
     if not backup_dir.is_dir():
         return 0
     for backup in sorted(backup_dir.glob("*.dcm")):
-        if time.time() - backup.stat().st_mtime < grace_s:
-            continue
         data = backup.read_bytes()
-        sop_uid = str(parse_dicom(data).SOPInstanceUID)
+        parsed = parse_dicom(data)
+        of_interrupted = interrupted_study is not None and interrupted_study == orthanc_study_id(
+            str(parsed.get("PatientID", "")), str(parsed.StudyInstanceUID)
+        )
+        if not of_interrupted and time.time() - backup.stat().st_mtime < grace_s:
+            continue
+        sop_uid = str(parsed.SOPInstanceUID)
         if client.lookup(sop_uid) is None:
             client.store_instance(data)
             restored += 1

@@ -21,18 +21,20 @@ from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
 from tasks.inference.report import LesionFindings, publish_lesion_results
 from tasks.inference.results import seg_uids, store_seg
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
-from tasks.inference.series import SeriesChoice, choose_series, find_study_series
+from tasks.inference.series import SeriesChoice, choose_series, find_study_series, only_series
 from tasks.patients.fhir import FhirClient
 from tasks.retry import NUDGE_DELAYS_S, network_retries
 
 
 @task(name="choose_series", **network_retries())
 def choose_series_task(
-    settings: Settings, study_uid: str, require_brain: bool
+    settings: Settings, study_uid: str, require_brain: bool, series_uids: list[str] | None = None
 ) -> tuple[dict[str, Any], SeriesChoice]:
-    """The study's tags and the MR series the model will read."""
+    """The study's tags and the MR series the model will read (among `series_uids` if given)."""
     with OrthancClient.from_settings(settings) as client:
         study_tags, series = find_study_series(client, study_uid)
+    if series_uids is not None:
+        series = only_series(series, series_uids)
     choice = choose_series(
         study_tags, series, min_slices=settings.inference_min_slices, require_brain=require_brain
     )
@@ -55,10 +57,17 @@ def segment_task(settings: Settings, volume: Volume) -> SegmentationRun:
 
 @task(name="store_seg", **network_retries(), cache_policy=NO_CACHE)
 def store_seg_task(
-    settings: Settings, volume: Volume, mask: Any, study_uid: str, model: str, version: str
+    settings: Settings,
+    volume: Volume,
+    mask: Any,
+    study_uid: str,
+    source_series_uid: str,
+    model: str,
+    version: str,
 ) -> str:
-    """Build the SEG (UIDs derived from study and model version) and store it verified."""
-    series_uid, sop_uid = seg_uids(study_uid, model, version)
+    """Build the SEG (UIDs derived from the series read and the model version) and store it
+    verified."""
+    series_uid, sop_uid = seg_uids(study_uid, source_series_uid, model, version)
     seg = build_lesion_seg(
         volume.headers,
         mask,
@@ -77,6 +86,7 @@ def publish_fhir_task(
     settings: Settings,
     patient_fhir_id: str,
     study_uid: str,
+    series_uid: str,
     model: str,
     version: str,
     count: int,
@@ -85,7 +95,7 @@ def publish_fhir_task(
     """Observations and the DiagnosticReport, each created once (conditional creates)."""
     with FhirClient.from_settings(settings) as fhir:
         findings = LesionFindings(
-            f"Patient/{patient_fhir_id}", study_uid, model, version, count, volume_ml
+            f"Patient/{patient_fhir_id}", study_uid, series_uid, model, version, count, volume_ml
         )
         return publish_lesion_results(fhir, findings)
 

@@ -1,8 +1,9 @@
 """The AI result in FHIR: Observations (lesion count, total volume in mL) and a DiagnosticReport.
 
 Built as validated R4 JSON (`fhir.resources`), each with a business identifier made of the
-study, the model and its version, so a conditional create (`If-None-Exist` on it) makes them
-once however often inference runs. The report names the StudyInstanceUID the DICOM way
+study, the series read, the model and its version, so a conditional create (`If-None-Exist` on
+it) makes them once however often inference runs, and a later series gets reports of its own.
+The report names the StudyInstanceUID the DICOM way
 (`urn:dicom:uid` / `urn:oid:<uid>`) and says it is AI generated and not for clinical use.
 """
 
@@ -35,13 +36,13 @@ _OBSERVATION_CATEGORY = {
 UCUM = "http://unitsofmeasure.org"
 
 
-def result_key(study_uid: str, model: str, version: str, kind: str) -> str:
-    """The business key of one result: idempotent per (study, model version, kind).
+def result_key(study_uid: str, series_uid: str, model: str, version: str, kind: str) -> str:
+    """The business key of one result: idempotent per (study, series, model version, kind).
 
     No `|`, `,` or `$` in it: FHIR token searches (and so `If-None-Exist`) split on those.
     """
     slug = re.sub(r"[^a-z0-9.]+", "-", model.lower()).strip("-")
-    return f"{study_uid}:{slug}:{version}:{kind}"
+    return f"{study_uid}:{series_uid}:{slug}:{version}:{kind}"
 
 
 def _observation(
@@ -65,6 +66,7 @@ class LesionFindings:
 
     patient_ref: str  # Patient/<id>
     study_uid: str
+    series_uid: str  # the series the model read
     model: str
     version: str
     lesion_count: int
@@ -73,7 +75,11 @@ class LesionFindings:
 
 def lesion_observations(findings: LesionFindings) -> list[dict[str, Any]]:
     """The two measurements, as Observations for the patient."""
-    patient_ref, study_uid = findings.patient_ref, findings.study_uid
+    patient_ref, study_uid, series_uid = (
+        findings.patient_ref,
+        findings.study_uid,
+        findings.series_uid,
+    )
     model, version = findings.model, findings.version
     common: dict[str, Any] = {
         "resourceType": "Observation",
@@ -81,7 +87,12 @@ def lesion_observations(findings: LesionFindings) -> list[dict[str, Any]]:
         "category": [{"coding": [_OBSERVATION_CATEGORY]}],
         "subject": {"reference": patient_ref},
         "issued": datetime.now(UTC).isoformat(),
-        "note": [{"text": f"{NOT_FOR_CLINICAL_USE}. Model {model} {version}; study {study_uid}."}],
+        "note": [
+            {
+                "text": f"{NOT_FOR_CLINICAL_USE}. Model {model} {version}; "
+                f"study {study_uid}, series {series_uid}."
+            }
+        ],
         "device": {"display": f"{model} {version}"},
     }
     quantity = {
@@ -93,14 +104,14 @@ def lesion_observations(findings: LesionFindings) -> list[dict[str, Any]]:
     return [
         _observation(
             common,
-            result_key(study_uid, model, version, "lesion-count"),
+            result_key(study_uid, series_uid, model, version, "lesion-count"),
             "lesion-count",
             "Brain lesion count (AI)",
             {"valueInteger": int(findings.lesion_count)},
         ),
         _observation(
             common,
-            result_key(study_uid, model, version, "lesion-volume"),
+            result_key(study_uid, series_uid, model, version, "lesion-volume"),
             "lesion-volume",
             "Total brain lesion volume (AI)",
             {"valueQuantity": quantity},
@@ -110,11 +121,13 @@ def lesion_observations(findings: LesionFindings) -> list[dict[str, Any]]:
 
 def lesion_report(findings: LesionFindings, observation_refs: list[str]) -> dict[str, Any]:
     """The DiagnosticReport that groups the Observations and names the study."""
-    study_uid, model, version = findings.study_uid, findings.model, findings.version
+    study_uid, series_uid = findings.study_uid, findings.series_uid
+    model, version = findings.model, findings.version
+    key = result_key(study_uid, series_uid, model, version, "report")
     report = {
         "resourceType": "DiagnosticReport",
         "identifier": [
-            {"system": RESULT_SYSTEM, "value": result_key(study_uid, model, version, "report")},
+            {"system": RESULT_SYSTEM, "value": key},
             {"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"},
         ],
         "status": "preliminary",
@@ -125,7 +138,7 @@ def lesion_report(findings: LesionFindings, observation_refs: list[str]) -> dict
         "result": [{"reference": ref} for ref in observation_refs],
         "conclusion": (
             f"{findings.lesion_count} lesion(s), {findings.volume_ml:.1f} mL in total, "
-            f"in study {study_uid}. "
+            f"in study {study_uid} (series {series_uid}). "
             f"{NOT_FOR_CLINICAL_USE} ({model} {version})."
         ),
     }
@@ -144,6 +157,6 @@ def publish_lesion_results(fhir: FhirClient, findings: LesionFindings) -> tuple[
         stored, _created = fhir.conditional_create(observation, system=RESULT_SYSTEM, value=key)
         observation_ids.append(str(stored["id"]))
     report = lesion_report(findings, [f"Observation/{i}" for i in observation_ids])
-    key = result_key(findings.study_uid, findings.model, findings.version, "report")
+    key = report["identifier"][0]["value"]
     stored, _created = fhir.conditional_create(report, system=RESULT_SYSTEM, value=key)
     return str(stored["id"]), observation_ids

@@ -1,8 +1,8 @@
 """The AI result kept: the DICOM SEG stored through ingest (verified, indexed) and the result row.
 
-Idempotency rests on the business key (study, model, version): the SEG's UIDs are derived from
-it, so a second run finds the SEG in the archive index instead of making another, and the
-result row is unique on it.
+Idempotency rests on the business key (study, series read, model, version): the SEG's UIDs are
+derived from it, so a second run finds the SEG in the archive index instead of making another,
+and the result row is unique on it. A series that arrives later is a new key: its own reading.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, NotRequired, TypedDict
 
 from pydicom.uid import generate_uid
 from sqlmodel import select
+from sqlmodel.sql.expression import SelectOfScalar
 
 from common.db import InferenceResult, session_scope, utcnow
 from common.errors import NeuroNovaError
@@ -27,9 +28,10 @@ class SegNotStored(NeuroNovaError):
     """The SEG did not reach the archive verified (the message gives ingest's reason)."""
 
 
-def seg_uids(study_uid: str, model: str, version: str) -> tuple[str, str]:
-    """(series UID, SOP instance UID) of the SEG: the same for the same study and model version."""
-    key = [study_uid, model, version]
+def seg_uids(study_uid: str, series_uid: str, model: str, version: str) -> tuple[str, str]:
+    """(series UID, SOP instance UID) of the SEG: the same for the same series read by the same
+    model version."""
+    key = [study_uid, series_uid, model, version]
     return (
         generate_uid(entropy_srcs=[*key, "seg-series"]),
         generate_uid(entropy_srcs=[*key, "seg-instance"]),
@@ -58,26 +60,34 @@ def store_seg(settings: Settings, data: bytes, study_uid: str, sop_uid: str) -> 
 
 
 def find_result(
-    settings: Settings, study_uid: str, model: str, version: str
+    settings: Settings, study_uid: str, series_uid: str, model: str, version: str
 ) -> InferenceResult | None:
     with session_scope(settings.resolved_database_url) as session:
-        query = select(InferenceResult).where(
-            InferenceResult.study_instance_uid == study_uid,
-            InferenceResult.model_name == model,
-            InferenceResult.model_version == version,
-        )
-        return session.exec(query).first()
+        return session.exec(_by_key(study_uid, series_uid, model, version)).first()
+
+
+def _by_key(
+    study_uid: str, series_uid: str, model: str, version: str
+) -> SelectOfScalar[InferenceResult]:
+    return select(InferenceResult).where(
+        InferenceResult.study_instance_uid == study_uid,
+        InferenceResult.series_instance_uid == series_uid,
+        InferenceResult.model_name == model,
+        InferenceResult.model_version == version,
+    )
 
 
 def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:
-    """Insert or update the row for (study, model, version); timings merged, not replaced."""
+    """Insert or update the row for (study, series, model, version); timings merged, not
+    replaced."""
+    key = (
+        values["study_instance_uid"],
+        values["series_instance_uid"],
+        values["model_name"],
+        values["model_version"],
+    )
     with session_scope(settings.resolved_database_url) as session:
-        query = select(InferenceResult).where(
-            InferenceResult.study_instance_uid == values["study_instance_uid"],
-            InferenceResult.model_name == values["model_name"],
-            InferenceResult.model_version == values["model_version"],
-        )
-        row = session.exec(query).first()
+        row = session.exec(_by_key(*key)).first()
         timings = dict(values.pop("timings", {}))
         if row is None:
             row = InferenceResult(**values, timings=json.dumps(timings))

@@ -97,6 +97,17 @@ def choose_series(
     return max(candidates, key=rank)
 
 
+def only_series(series: list[dict[str, Any]], series_uids: list[str]) -> list[dict[str, Any]]:
+    """Those of the study's series (Orthanc's answers) named by UID; NoSuitableSeries if none."""
+    wanted = set(series_uids)
+    kept = [s for s in series if s.get("MainDicomTags", {}).get("SeriesInstanceUID") in wanted]
+    if not kept:
+        raise NoSuitableSeries(
+            f"none of the series asked for ({', '.join(sorted(wanted)) or 'none'}) is in the study"
+        )
+    return kept
+
+
 def find_study_series(client: OrthancClient, study_uid: str) -> tuple[dict[str, Any], list[Any]]:
     """(the study's and its patient's main tags, its series) from Orthanc; NoSuitableSeries if
     the study is not there."""

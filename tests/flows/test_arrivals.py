@@ -181,7 +181,7 @@ def test_process_arrival_brings_the_study_to_htj2k_and_hands_on_only_what_is_new
     assert done is not None and done.state == ArrivalState.DONE and done.study_instance_uid == study
     # Stable again (the check's own replacements, or the study sent twice): nothing new.
     second = process_arrival(arrival.orthanc_study_id, arrival.change_seq + 1)
-    assert second["counts"] == {"ok": 3} and second["new_series"] == []
+    assert second["counts"] == {"ok": 3} and second["new_series"] == {}
 
 
 @pytest.mark.parametrize(

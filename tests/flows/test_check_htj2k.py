@@ -18,7 +18,7 @@ from common.errors import PermanentUpstreamError
 from common.settings import Settings
 from flows.check_htj2k import check_htj2k
 from neuronova.demo import send_by_cstore
-from tasks.archive.orthanc import OrthancClient
+from tasks.archive.orthanc import OrthancClient, orthanc_study_id
 from tasks.archive.replace import recover_backups, replace_in_orthanc
 from tasks.dicom.htj2k import HTJ2K_LOSSLESS
 from tests.support.dicom_factory import dicom_bytes, make_ct, write
@@ -101,6 +101,30 @@ def test_backup_left_by_a_crash_is_restored(orthanc: Settings) -> None:
         assert recover_backups(client, orthanc.backup_dir) == 1
         assert client.get_instance_file(stored.orthanc_id) == original
     assert not backup.exists()
+
+
+def test_the_backup_of_a_study_whose_run_died_is_restored_at_once(orthanc: Settings) -> None:
+    """A re-run of a crashed arrival names its study: that study's fresh backups go back now;
+    another study's fresh backup may belong to a swap still running, and waits its grace."""
+    crashed, running = make_ct(), make_ct()
+    backups = {}
+    with OrthancClient.from_settings(orthanc) as client:
+        for ds in (crashed, running):
+            stored = client.store_instance(dicom_bytes(ds))
+            client.delete_instance(stored.orthanc_id)
+            orthanc.backup_dir.mkdir(parents=True, exist_ok=True)
+            backups[stored.study_id] = orthanc.backup_dir / f"{stored.orthanc_id}.x.dcm"
+            backups[stored.study_id].write_bytes(dicom_bytes(ds))
+        crashed_study = orthanc_study_id(str(crashed.PatientID), str(crashed.StudyInstanceUID))
+        assert crashed_study in backups  # Orthanc's own ID, computed without asking Orthanc
+
+        assert recover_backups(client, orthanc.backup_dir, interrupted_study=crashed_study) == 1
+        assert client.lookup(str(crashed.SOPInstanceUID)) is not None
+        assert client.lookup(str(running.SOPInstanceUID)) is None
+        assert not backups[crashed_study].exists()
+        (kept,) = [path for study, path in backups.items() if study != crashed_study]
+        assert kept.exists()
+        kept.unlink()  # (the "running" swap of this test never finishes)
 
 
 def test_archive_wide_check_reports_every_study(orthanc: Settings, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import redis
 import requests
+from pydicom.uid import generate_uid
 from sqlmodel import select
 
 from common.db import InferenceResult, session_scope
@@ -70,7 +71,8 @@ def _fhir_search(settings: Settings, resource: str, key: str) -> list[dict[str, 
 
 def _key(reading: dict[str, Any], kind: str) -> str:
     model = reading["model"]
-    return result_key(reading["study_instance_uid"], model["name"], model["version"], kind)
+    study, series = reading["study_instance_uid"], reading["series_instance_uid"]
+    return result_key(study, series, model["name"], model["version"], kind)
 
 
 def test_ingest_hands_the_patient_to_patient_sync(ingested: dict[str, Any]) -> None:
@@ -170,6 +172,71 @@ def test_a_second_run_adds_no_second_seg_or_report(
         assert seg_series is not None
         assert len(client.series_instances(seg_series)) == 1
     assert len(_fhir_search(patient_sources, "DiagnosticReport", _key(first, "report"))) == 1
+
+
+def _wait_until_stable(settings: Settings, study_uid: str) -> str:
+    """Orthanc's id of the study once it is stable (StableAge is 2 s in the tests)."""
+    deadline = time.monotonic() + 60
+    with OrthancClient.from_settings(settings) as client:
+        while True:
+            orthanc_id = client.lookup(study_uid, "Study")
+            if orthanc_id and client.study(orthanc_id).get("IsStable"):
+                return orthanc_id
+            assert time.monotonic() < deadline, "the study never became stable"
+            time.sleep(0.5)
+
+
+def _as_series(files: list[Path], folder: Path, description: str) -> tuple[str, list[Path]]:
+    """Copies of a series' files as a new series of the same study (new UIDs)."""
+    folder.mkdir(parents=True)
+    series_uid, copies = generate_uid(), []
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = series_uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = description
+        copies.append(folder / path.name)
+        ds.save_as(copies[-1], enforce_file_format=True)
+    return series_uid, copies
+
+
+def test_a_late_mr_series_gets_a_reading_of_its_own(
+    orthanc: Settings, patient_sources: Settings, prefect_harness: None, tmp_path: Path
+) -> None:
+    """A study sent by C-STORE is read; a second MR series of it, sent later, is handed on
+    alone and read on its own (a SEG and a report of its own); the first reading stays as it
+    was; stable again with nothing new, nothing is read."""
+    from flows.process_arrival import process_arrival
+    from neuronova.demo import send_by_cstore
+
+    files, _mask = write_sample_mr_study(tmp_path / "first", seed=SAMPLE_MR_SEED + 2)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    send_by_cstore(orthanc, files)
+    # Each call is another StableStudy change of the study (its own sequence number).
+    (first,) = process_arrival(_wait_until_stable(orthanc, study_uid), 1)["inference"]
+    assert first["status"] == "completed", first
+
+    late_series, late_files = _as_series(files, tmp_path / "late", "FLAIR brain (late)")
+    send_by_cstore(orthanc, late_files)
+    orthanc_id = _wait_until_stable(orthanc, study_uid)
+    arrival = process_arrival(orthanc_id, 2)
+
+    assert arrival["new_series"] == {late_series: "MR"}
+    (late,) = arrival["inference"]
+    assert late["status"] == "completed" and not late["reused"], late
+    assert late["series_instance_uid"] == late_series
+    assert late["seg"]["sop_instance_uid"] != first["seg"]["sop_instance_uid"]
+    assert late["fhir"]["report"] != first["fhir"]["report"]
+    assert len(_fhir_search(patient_sources, "DiagnosticReport", _key(late, "report"))) == 1
+    assert len(_fhir_search(patient_sources, "DiagnosticReport", _key(first, "report"))) == 1
+    with session_scope(orthanc.resolved_database_url) as session:
+        rows = session.exec(
+            select(InferenceResult).where(InferenceResult.study_instance_uid == study_uid)
+        ).all()
+    assert {r.series_instance_uid for r in rows} == {first["series_instance_uid"], late_series}
+
+    again = process_arrival(orthanc_id, 3)  # stable after the check's own replacements
+    assert again["new_series"] == {} and "inference" not in again
 
 
 def test_a_study_without_mr_ends_with_a_message(

@@ -5,64 +5,18 @@ stream closes once its session does."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from typing import Any
 
 import httpx
 import pytest
 
 from common.db import session_scope
 from tasks.inference.alerts import AI_RESULT, AlertPublisher
+from tests.support.alerts import Listener
 from tests.support.viewing import PASSWORD, Viewing
 from webapp import accounts
 
 pytestmark = pytest.mark.integration
-
-
-class Listener:
-    """One alert stream read in a thread: its events, and whether the server ended it."""
-
-    def __init__(self, viewing: Viewing, access: str) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self.status: int | None = None
-        self.ended = threading.Event()
-        self.opened = threading.Event()
-        self._client = httpx.Client(base_url=viewing.base, timeout=httpx.Timeout(30, read=30))
-        self._thread = threading.Thread(target=self._read, args=(access,), daemon=True)
-        self._thread.start()
-        assert self.opened.wait(10), "the alert stream did not open"
-
-    def _read(self, access: str) -> None:
-        headers = {"Authorization": f"Bearer {access}", "Accept": "text/event-stream"}
-        try:
-            with self._client.stream("GET", "/api/alerts", headers=headers) as response:
-                self.status = response.status_code
-                self.opened.set()
-                kind = "message"
-                for line in response.iter_lines():
-                    if line.startswith("event:"):
-                        kind = line.removeprefix("event:").strip()
-                    elif line.startswith("data:"):
-                        self.events.append((kind, json.loads(line.removeprefix("data:"))))
-                        kind = "message"
-        except httpx.HTTPError:
-            pass
-        finally:
-            self.opened.set()
-            self.ended.set()
-
-    def wait_for(self, kind: str, timeout_s: float = 10) -> dict[str, Any] | None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            for seen, data in self.events:
-                if seen == kind:
-                    return data
-            time.sleep(0.05)
-        return None
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def _access(viewing: Viewing, username: str) -> str:
@@ -87,7 +41,9 @@ def _publish(viewing: Viewing, study: str) -> int:
 
 
 def test_an_ai_result_reaches_those_allowed_the_study_only(viewing: Viewing, dora: str) -> None:
-    listeners = {name: Listener(viewing, _access(viewing, name)) for name in ("cara", "rex", dora)}
+    listeners = {
+        name: Listener(viewing.base, _access(viewing, name)) for name in ("cara", "rex", dora)
+    }
     try:
         assert all(listener.status == 200 for listener in listeners.values())
         heard_by = _publish(viewing, viewing.study_a)
@@ -105,7 +61,7 @@ def test_an_ai_result_reaches_those_allowed_the_study_only(viewing: Viewing, dor
 
 def test_a_stream_closes_when_its_session_does(viewing: Viewing) -> None:
     access = _access(viewing, "cara")
-    listener = Listener(viewing, access)
+    listener = Listener(viewing.base, access)
     try:
         assert listener.status == 200
         out = httpx.post(
@@ -144,8 +100,8 @@ def test_an_alert_after_a_demotion_or_a_crafted_kind_is_not_delivered(viewing: V
     with session_scope(url) as session:
         for name in ("erin", "fritz"):
             accounts.grant_patient(session, name, viewing.patient_a)
-    erin = Listener(viewing, _access(viewing, "erin"))
-    fritz = Listener(viewing, _access(viewing, "fritz"))
+    erin = Listener(viewing.base, _access(viewing, "erin"))
+    fritz = Listener(viewing.base, _access(viewing, "fritz"))
     try:
         _publish(viewing, viewing.study_a)
         assert erin.wait_for(AI_RESULT) is not None and fritz.wait_for(AI_RESULT) is not None
@@ -191,7 +147,7 @@ def test_one_user_holds_a_bounded_number_of_streams(viewing: Viewing) -> None:
             accounts.add_user(session, "gina", "radiologist", PASSWORD)
     access = _access(viewing, "gina")
     cap = viewing.settings.alerts_streams_per_user
-    listeners = [Listener(viewing, access) for _ in range(cap)]
+    listeners = [Listener(viewing.base, access) for _ in range(cap)]
     try:
         assert all(listener.status == 200 for listener in listeners)
         extra = httpx.get(
@@ -199,7 +155,7 @@ def test_one_user_holds_a_bounded_number_of_streams(viewing: Viewing) -> None:
         )
         assert extra.status_code == 429 and extra.headers["retry-after"] == "30"
         # Another user is not held to gina's streams.
-        other = Listener(viewing, _access(viewing, "cara"))
+        other = Listener(viewing.base, _access(viewing, "cara"))
         assert other.status == 200
         other.close()
     finally:
