@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -68,6 +69,9 @@ class AlertPublisher:
             raise TransientUpstreamError(f"Redis did not take the alert: {err}") from err
 
 
+_SUBSCRIBE_TIMEOUT_S = 5.0
+
+
 def subscribe_to_alerts(settings: Settings) -> redis.client.PubSub:
     """A subscription to the configured alert channel (the webapp's alert streams read it).
 
@@ -77,8 +81,19 @@ def subscribe_to_alerts(settings: Settings) -> redis.client.PubSub:
     if not url:
         raise NeuroNovaError("alerts are not configured: set NEURONOVA_REDIS_URL")
     client = redis.Redis.from_url(url, socket_connect_timeout=5)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub()
     pubsub.subscribe(settings.alerts_channel)
+    # Wait for Redis to confirm: once the caller's stream is open, an alert published at once
+    # must reach it (SUBSCRIBE is only in a socket buffer until Redis has read it).
+    deadline = time.monotonic() + _SUBSCRIBE_TIMEOUT_S
+    while True:
+        confirmed = pubsub.get_message(timeout=0.5)
+        if confirmed is not None and confirmed["type"] == "subscribe":
+            break
+        if time.monotonic() > deadline:
+            pubsub.close()
+            raise redis.TimeoutError("Redis did not confirm the alert subscription")
+    pubsub.ignore_subscribe_messages = True
     return pubsub
 
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from common.settings import PROJECT_ROOT
+from neuronova.orthanc_config import TLS_DIR, dicom_config
 
 COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
 SECRETS = {
@@ -32,6 +33,18 @@ SECRETS = {
     "ORTHANC_PASSWORD": "h" * 24,
     "REDIS_PASSWORD": "d" * 24,
     "PREFECT_AUTH_STRING": "a" * 32,
+    "ORTHANC_DB_PASSWORD": "g" * 24,
+}
+MODALITIES = '[{"aet": "CT_ROOM1", "host": "10.1.2.3", "port": 104}]'
+# What compose cannot start without: the secrets, and who may C-STORE (no default makes sense
+# in a hospital: the demo's storescu on 127.0.0.1 would be nobody inside a container).
+REQUIRED = SECRETS | {"NEURONOVA_DICOM_MODALITIES": MODALITIES}
+# Compose reads these from the environment: the developer's own values never reach these tests.
+COMPOSE_VARIABLES = {
+    *REQUIRED,
+    "NEURONOVA_DICOM_TLS",
+    "NEURONOVA_DICOM_PORT",
+    "NEURONOVA_DICOM_BIND",
 }
 
 
@@ -39,7 +52,7 @@ def _config(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[st
     tool = shutil.which("docker-compose")
     assert tool, "Debian's docker-compose is missing: run `make system`"
     shutil.copy(COMPOSE_FILE, folder / "docker-compose.yml")  # no .env of the developer's
-    clean = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
     return subprocess.run(
         [
             tool,
@@ -59,7 +72,10 @@ def _config(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[st
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    result = _config(SECRETS, tmp_path_factory.mktemp("compose"))
+    return _parsed(_config(REQUIRED, tmp_path_factory.mktemp("compose")))
+
+
+def _parsed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert result.returncode == 0, result.stderr
     parsed: dict[str, Any] = yaml.safe_load(result.stdout)
     return parsed
@@ -71,6 +87,8 @@ def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
         "webapp",
         "alerts",
         "orthanc",
+        "orthanc-config",
+        "orthanc-db",
         "mysql",
         "redis",
         "prefect-server",
@@ -91,9 +109,10 @@ def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
     assert "--pool cpu" in _command(services["worker-cpu"])
     assert "--pool gpu" in _command(services["worker-gpu"])
     assert _command(services["arrivals"]).startswith("neuronova watch-arrivals")
-    # Workers, the webapp and the alerts pool run the same image.
+    # Workers, the webapp, the alerts pool and Orthanc's configuration run the same image.
     assert all(
-        "build" in services[name] for name in ("worker-cpu", "worker-gpu", "webapp", "alerts")
+        "build" in services[name]
+        for name in ("worker-cpu", "worker-gpu", "webapp", "alerts", "orthanc-config")
     )
 
 
@@ -108,27 +127,186 @@ def test_the_gpu_worker_reserves_a_gpu(config: dict[str, Any]) -> None:
     assert config["services"]["worker-gpu"]["environment"]["NEURONOVA_INFERENCE_DEVICE"] == "cuda"
 
 
-def test_only_nginx_publishes_ports_and_orthanc_is_unreachable_from_outside(
-    config: dict[str, Any],
-) -> None:
+def test_only_nginx_and_orthancs_dicom_port_are_published(config: dict[str, Any]) -> None:
     services, networks = config["services"], config["networks"]
     published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"nginx"}
-    # Every network but the frontend is internal: no way in from outside but nginx.
-    assert {name for name, n in networks.items() if not n.get("internal")} == {"frontend"}
-    assert set(services["orthanc"]["networks"]) == {"pacs"}
+    assert published == {"nginx", "orthanc"}
+    # Docker publishes per container: Orthanc's HTTP (8042) must not be among its ports.
+    assert [_published(port)[2] for port in services["orthanc"]["ports"]] == [4242]
+    # Every network but nginx's frontend and the modalities' is internal; Orthanc alone is on
+    # the modalities' network (a container on internal networks only publishes nothing).
+    assert {name for name, n in networks.items() if not n.get("internal")} == {
+        "frontend",
+        "modalities",
+    }
+    assert set(services["orthanc"]["networks"]) == {"pacs", "modalities"}
+    on_modalities = {name for name, s in services.items() if "modalities" in s.get("networks", {})}
+    assert on_modalities == {"orthanc"}
     on_pacs = {name for name, s in services.items() if "pacs" in s.get("networks", {})}
-    assert on_pacs == {"orthanc", "nginx", "worker-cpu", "worker-gpu", "arrivals"}  # not the webapp
+    # Not the webapp; Orthanc's database is on Orthanc's network alone.
+    assert on_pacs == {"orthanc", "orthanc-db", "nginx", "worker-cpu", "worker-gpu", "arrivals"}
     assert "frontend" in services["nginx"]["networks"]
+
+
+def _published(port: str | dict[str, Any]) -> tuple[str, str, int]:
+    """(host address, host port, container port) of a published port: docker-compose 1.29
+    (Debian 12) writes "[address:]published:target[/protocol]" when an address is given and an
+    object otherwise; 2.x (Debian 13) always an object (`host_ip`, `published`, `target`)."""
+    if isinstance(port, dict):
+        return str(port.get("host_ip", "")), str(port.get("published", "")), int(port["target"])
+    *host, target = port.split("/")[0].split(":")
+    address, published = ["", "", *host][-2:]
+    return address, published, int(target)
+
+
+@pytest.mark.parametrize(
+    ("port", "expected"),
+    [
+        ("0.0.0.0:4242:4242/tcp", ("0.0.0.0", "4242", 4242)),
+        ("4242:4242", ("", "4242", 4242)),
+        ({"published": 80, "target": 80}, ("", "80", 80)),
+        (
+            {"mode": "ingress", "host_ip": "10.0.0.5", "target": 4242, "published": "104"},
+            ("10.0.0.5", "104", 4242),
+        ),
+    ],
+    ids=["1.29 with address", "short", "1.29 object", "2.x"],
+)
+def test_ports_read_the_same_from_either_docker_compose(
+    port: str | dict[str, Any], expected: tuple[str, str, int]
+) -> None:
+    assert _published(port) == expected
+
+
+def test_the_dicom_port_and_its_host_address_come_from_env(tmp_path: Path) -> None:
+    env = REQUIRED | {"NEURONOVA_DICOM_PORT": "104", "NEURONOVA_DICOM_BIND": "10.20.0.5"}
+    orthanc = _parsed(_config(env, tmp_path))["services"]["orthanc"]
+    assert [_published(port) for port in orthanc["ports"]] == [("10.20.0.5", "104", 4242)]
+
+
+def test_orthanc_keeps_its_index_on_postgresql(config: dict[str, Any]) -> None:
+    """The official image's PostgreSQL plugin, on a database of Orthanc's own, unlocked so that
+    more Orthanc instances can share it; the DICOM files stay on Orthanc's volume."""
+    services = config["services"]
+    orthanc, db = services["orthanc"], services["orthanc-db"]
+    env = orthanc["environment"]
+    assert env["ORTHANC__POSTGRESQL__HOST"] == "orthanc-db"
+    assert str(env["ORTHANC__POSTGRESQL__PORT"]) == "5432"
+    assert env["ORTHANC__POSTGRESQL__ENABLE_INDEX"] == "true"
+    assert env["ORTHANC__POSTGRESQL__ENABLE_STORAGE"] == "false"
+    assert env["ORTHANC__POSTGRESQL__LOCK"] == "false"
+    assert env["ORTHANC__DATABASE_SERVER_IDENTIFIER"]
+    assert db["image"].startswith("postgres:")
+    assert db["environment"]["POSTGRES_DB"] == env["ORTHANC__POSTGRESQL__DATABASE"]
+    assert db["environment"]["POSTGRES_USER"] == env["ORTHANC__POSTGRESQL__USERNAME"]
+    password = SECRETS["ORTHANC_DB_PASSWORD"]
+    assert (
+        db["environment"]["POSTGRES_PASSWORD"] == env["ORTHANC__POSTGRESQL__PASSWORD"] == password
+    )
+    # Nobody else holds that password, and the database is neither published nor reachable
+    # from any other network.
+    others = {name for name, s in services.items() if password in json.dumps(s)}
+    assert others == {"orthanc", "orthanc-db"}
+    assert not db.get("ports")
+    assert set(db["networks"]) == {"pacs"}
+    assert "pg_isready" in " ".join(db["healthcheck"]["test"])
+    assert orthanc["depends_on"]["orthanc-db"]["condition"] == "service_healthy"
+    assert any(
+        source == "orthanc-data" and target == "/var/lib/orthanc/db"
+        for source, target in map(_mount, orthanc["volumes"])
+    )
+    assert any(
+        source == "orthanc-db" and target == "/var/lib/postgresql/data"
+        for source, target in map(_mount, db["volumes"])
+    )
+
+
+def test_the_modality_list_is_configuration_read_once_before_orthanc(
+    config: dict[str, Any],
+) -> None:
+    """NEURONOVA_DICOM_MODALITIES, the local stack's setting, written by our own code into
+    Orthanc's configuration folder; Orthanc starts only once that succeeded."""
+    services = config["services"]
+    writer, orthanc = services["orthanc-config"], services["orthanc"]
+    command = _command(writer).split()
+    assert command[:3] == ["python", "-m", "neuronova.orthanc_config"]
+    assert writer["environment"]["NEURONOVA_DICOM_MODALITIES"] == MODALITIES
+    assert orthanc["depends_on"]["orthanc-config"]["condition"] == "service_completed_successfully"
+    # A one-shot, with no network at all.
+    assert writer["restart"] == "no"
+    assert writer["network_mode"] == "none"
+    # It writes into the volume that Orthanc reads, read-only, as /etc/orthanc/*.json.
+    output = Path(command[3])
+    writes = {
+        source for source, target in map(_mount, writer["volumes"]) if target == str(output.parent)
+    }
+    assert output.suffix == ".json" and writes == {"orthanc-config"}
+    reads = [v for v in orthanc["volumes"] if _mount(v) == ("orthanc-config", "/etc/orthanc")]
+    assert len(reads) == 1 and _read_only(reads[0])
+
+
+def test_a_single_quoted_modality_list_in_env_reaches_the_writer_as_json(tmp_path: Path) -> None:
+    # The way docs/operations.md tells operators to write it: single quotes keep the JSON as is.
+    (tmp_path / ".env").write_text(f"NEURONOVA_DICOM_MODALITIES='{MODALITIES}'\n")
+    env = {k: v for k, v in REQUIRED.items() if k != "NEURONOVA_DICOM_MODALITIES"}
+    writer = _parsed(_config(env, tmp_path))["services"]["orthanc-config"]
+    assert json.loads(writer["environment"]["NEURONOVA_DICOM_MODALITIES"]) == json.loads(MODALITIES)
+
+
+@pytest.mark.parametrize(("switch", "tls"), [(None, False), ("false", False), ("true", True)])
+def test_dicom_tls_is_off_unless_env_switches_it_on(
+    switch: str | None, tls: bool, tmp_path: Path
+) -> None:
+    env = REQUIRED | ({"NEURONOVA_DICOM_TLS": switch} if switch else {})
+    services = _parsed(_config(env, tmp_path))["services"]
+    assert _command(services["orthanc-config"]).split()[-2:] == ["--dicom-tls", str(tls).lower()]
+    # The certificates come from ./secrets/dicom-tls, mounted read-only where the written
+    # configuration points.
+    mounts = [v for v in services["orthanc"]["volumes"] if _mount(v)[1] == str(TLS_DIR)]
+    assert len(mounts) == 1 and _read_only(mounts[0])
+    assert Path(_mount(mounts[0])[0]).parts[-2:] == ("secrets", "dicom-tls")
+
+
+def test_the_written_tls_options_point_into_the_mounted_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from common.settings import Settings
+
+    monkeypatch.chdir(tmp_path)  # no developer's .env
+    monkeypatch.setenv("NEURONOVA_DICOM_MODALITIES", MODALITIES)
+    written = dicom_config(Settings(), tls=True)
+    paths = [
+        value
+        for key, value in written.items()
+        if key.startswith("DicomTls") and isinstance(value, str)
+    ]
+    assert len(paths) == 3
+    assert all(Path(p).parent == Path(str(TLS_DIR)) for p in paths)
+
+
+ONE_SHOTS = {"orthanc-config"}
 
 
 def test_services_restart_and_ours_report_their_health(config: dict[str, Any]) -> None:
     services = config["services"]
-    assert {name for name, s in services.items() if s.get("restart") != "unless-stopped"} == set()
+    # A one-shot runs once per `docker compose up` and exits; the rest restart unless stopped.
+    assert {
+        name for name, s in services.items() if s.get("restart") != "unless-stopped"
+    } == ONE_SHOTS
+    assert all(services[name]["restart"] == "no" for name in ONE_SHOTS)
     ours = {name for name, s in services.items() if "build" in s}
-    assert ours == {"webapp", "alerts", "worker-cpu", "worker-gpu", "arrivals", "nginx"}
-    stateful = {"mysql", "prefect-db", "fhir-db", "redis", "prefect-server"}
-    assert {name for name in ours | stateful if "healthcheck" not in services[name]} == set()
+    assert ours == {
+        "webapp",
+        "alerts",
+        "worker-cpu",
+        "worker-gpu",
+        "arrivals",
+        "nginx",
+        "orthanc-config",
+    }
+    stateful = {"mysql", "prefect-db", "fhir-db", "orthanc-db", "redis", "prefect-server"}
+    long_lived = ours - ONE_SHOTS
+    assert {name for name in long_lived | stateful if "healthcheck" not in services[name]} == set()
     for worker in ("worker-cpu", "worker-gpu"):
         service = services[worker]
         # The probe asks the worker's own webserver, which only --with-healthcheck starts.
@@ -153,9 +331,11 @@ def test_no_password_has_a_default() -> None:
             assert "${" in line and ":?" in line, f"a secret without a required variable: {line}"
 
 
-@pytest.mark.parametrize("missing", sorted(SECRETS))
-def test_a_missing_secret_stops_compose_with_its_name(missing: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in SECRETS.items() if k != missing}
+@pytest.mark.parametrize("missing", sorted(REQUIRED))
+def test_a_missing_secret_or_setting_stops_compose_with_its_name(
+    missing: str, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in REQUIRED.items() if k != missing}
     result = _config(env, tmp_path)
     assert result.returncode != 0
     assert missing in result.stderr
@@ -229,6 +409,13 @@ def _mount(volume: str | dict[str, Any]) -> tuple[str, str]:
         return str(volume.get("source", "")), str(volume["target"])
     source, target = volume.split(":")[:2]
     return source, target
+
+
+def _read_only(volume: str | dict[str, Any]) -> bool:
+    """Whether a service's volume is mounted read-only, as either docker-compose writes it."""
+    if isinstance(volume, dict):
+        return bool(volume.get("read_only"))
+    return volume.split(":")[2:3] == ["ro"]
 
 
 @pytest.mark.parametrize(

@@ -26,6 +26,7 @@ from tasks.archive.arrivals import (
     Arrival,
     follow_submitted,
     read_new_arrivals,
+    record_uploaded_studies,
     submit_due_arrivals,
 )
 from tasks.archive.orthanc import OrthancClient
@@ -182,6 +183,31 @@ def test_process_arrival_brings_the_study_to_htj2k_and_hands_on_only_what_is_new
     # Stable again (the check's own replacements, or the study sent twice): nothing new.
     second = process_arrival(arrival.orthanc_study_id, arrival.change_seq + 1)
     assert second["counts"] == {"ok": 3} and second["new_series"] == {}
+
+
+def test_an_uploaded_study_is_an_arrival_whose_series_are_new(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    """STOW-RS stores through ingest (indexed at once), then records the study as an arrival
+    dated when the upload began: its run finds everything settled, yet hands the series on."""
+    from tasks.ingest.batch import ingest_batch
+    from tasks.ingest.inputs import InputRef
+
+    study, series = generate_uid(), generate_uid()
+    files = [write(make_ct(i, study=study, series=series), tmp_path / f"{i}.dcm") for i in range(2)]
+    received_at = utcnow()
+    ingest_batch(orthanc, [InputRef(str(f)) for f in files])
+    record_uploaded_studies(orthanc, [study], received_at)
+    with session_scope(orthanc.resolved_database_url) as session:
+        (arrival,) = session.exec(
+            select(StudyArrival).where(StudyArrival.study_instance_uid == study)
+        ).all()
+    with OrthancClient.from_settings(orthanc) as client:
+        assert client.lookup(study, "Study") == arrival.orthanc_study_id
+
+    report = process_arrival(arrival.orthanc_study_id, arrival.change_seq)
+
+    assert report["counts"] == {"ok": 2} and report["new_series"] == {series: "CT"}
 
 
 @pytest.mark.parametrize(

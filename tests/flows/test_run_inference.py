@@ -209,7 +209,7 @@ def test_a_late_mr_series_gets_a_reading_of_its_own(
     from flows.process_arrival import process_arrival
     from neuronova.demo import send_by_cstore
 
-    files, _mask = write_sample_mr_study(tmp_path / "first", seed=SAMPLE_MR_SEED + 2)
+    files, _mask = write_sample_mr_study(tmp_path / "first", seed=SAMPLE_MR_SEED + 6)
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     send_by_cstore(orthanc, files)
     # Each call is another StableStudy change of the study (its own sequence number).
