@@ -305,6 +305,11 @@ def deploy() -> None:
         console.print(f"deployed {name}")
     limits = ", ".join(f"{p} (limit {n or 'none'})" for p, n in pool_limits(settings).items())
     console.print(f"work pools: {limits}; start workers with `prefect worker start --pool cpu`")
+    console.print(
+        f"a worker's run silent for {settings.flow_crashed_after_s} s is marked Crashed "
+        f"(heartbeats every {settings.flow_heartbeat_s} s: PREFECT_FLOWS_HEARTBEAT_FREQUENCY "
+        "on the workers), and its arrival is run again"
+    )
 
 
 @app.command()
