@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 
 def utcnow() -> datetime:
@@ -228,6 +228,16 @@ class ChangeCursor(SQLModel, table=True):
     source: str = Field(primary_key=True, max_length=64, description="Which Orthanc: its AET.")
     last_seq: int
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class StudyLock(SQLModel, table=True):
+    """One study processed by one run at a time (`tasks/archive/study_lock.py`): a lease that
+    its holder renews while it lives, so that a holder that died frees the study on its own."""
+
+    __tablename__ = "study_locks"
+    orthanc_study_id: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=64, description="Who holds it: a flow run id, a host:pid.")
+    expires_at: datetime
 
 
 class ArrivalState(StrEnum):

@@ -10,7 +10,8 @@ replacements) gets no hand-off.
 
 What is new: the series with instances this run indexed, or that any attempt at this arrival
 indexed (verified after the watcher recorded the arrival), so a re-run after a worker died
-mid-study still hands on what the first attempt already checked. The run marks its arrival
+mid-study still hands on what the first attempt already checked. One run holds a study at a
+time (tasks/archive/study_lock.py): a second arrival of it waits. The run marks its arrival
 done; a run that fails is submitted again by the watcher, and re-running it is safe (the check
 restores any original an interrupted swap left behind, at once for a re-run of this arrival;
 the hand-offs are idempotent).
@@ -23,6 +24,7 @@ from datetime import datetime
 from typing import NotRequired, TypedDict
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from sqlmodel import col, select
 
 from common.db import Instance, Series, as_utc, ensure_schema, session_scope
@@ -34,6 +36,7 @@ from tasks.archive.arrivals import mark_arrival_done, read_arrival
 from tasks.archive.check import CheckInstanceReport, CheckOutcome, CheckStatus
 from tasks.archive.index import patients_of_studies
 from tasks.archive.prefect_tasks import check_study_task, recover_backups_task
+from tasks.archive.study_lock import study_lock
 from tasks.inference.results import InferenceReport
 from tasks.patients.sync import PatientSyncReport
 
@@ -57,8 +60,21 @@ class ArrivalReport(TypedDict):
 def process_arrival(orthanc_study_id: str, change_seq: int = 0) -> ArrivalReport:
     """Check one stable study, then hand on what is new in it."""
     settings = Settings()
-    logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)
+    # One run per study at a time (a late series, the study stable again, a re-run): the
+    # lease outlives a holder that died by the time its run is marked Crashed.
+    with study_lock(
+        settings.resolved_database_url,
+        orthanc_study_id,
+        lease_s=settings.flow_crashed_after_s,
+        wait_s=settings.handoff_timeout_s,
+        who=str(flow_run.id or ""),
+    ):
+        return _process(settings, orthanc_study_id, change_seq)
+
+
+def _process(settings: Settings, orthanc_study_id: str, change_seq: int) -> ArrivalReport:
+    logger = get_run_logger()
     arrival = read_arrival(settings, orthanc_study_id, change_seq)
     # A re-run after a run died mid-swap: that study's originals go back at once.
     rerun = arrival is not None and arrival.attempts > 1

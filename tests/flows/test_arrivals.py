@@ -185,6 +185,27 @@ def test_process_arrival_brings_the_study_to_htj2k_and_hands_on_only_what_is_new
     assert second["counts"] == {"ok": 3} and second["new_series"] == {}
 
 
+def test_two_arrivals_of_one_study_run_one_after_the_other(
+    orthanc: Settings, tmp_path: Path
+) -> None:
+    """Two runs for one study at once (a re-run beside a newer arrival): the second waits for
+    the first's lock, then finds everything settled; nothing fails, nothing is swapped twice."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = _watcher_settings(orthanc, tmp_path)
+    _study, sops, arrival = _sent_and_stable(orthanc, settings, tmp_path)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = [pool.submit(process_arrival, arrival.orthanc_study_id, seq) for seq in (10, 11)]
+        reports = [run.result(timeout=300) for run in runs]
+    assert sorted(tuple(r["counts"].items()) for r in reports) == [
+        (("ok", 3),),
+        (("replaced", 3),),
+    ]
+    with session_scope(orthanc.resolved_database_url) as session:
+        rows = [session.get(Instance, sop) for sop in sops]
+    assert all(r is not None and r.transfer_syntax in HTJ2K_LOSSLESS_SYNTAXES for r in rows)
+
+
 def test_an_uploaded_study_is_an_arrival_whose_series_are_new(
     orthanc: Settings, tmp_path: Path
 ) -> None:
