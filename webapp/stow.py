@@ -4,12 +4,13 @@ For users with the role `uploader` (and admins), signed in with an access token 
 `/api/auth/login` (`Authorization: Bearer`); a viewer token is for another audience and is
 refused like no token. The body (`multipart/related; type="application/dicom"`, PS3.18 §10.5)
 is streamed part by part into a private staging folder, never held in memory, and handed to
-the same `ingest_batch` that `neuronova ingest` uses: every instance is transcoded to HTJ2K
-lossless where it is not, verified, stored in Orthanc and indexed before the answer is sent;
-bad files and conflicts are kept in quarantine with their reason. The answer is PS3.18's:
-`application/dicom+json` with a ReferencedSOPSequence (stored, or already stored) and a
-FailedSOPSequence (FailureReason 0xC000 for a file that cannot be used, 0x0111 for a conflict
-with what the archive holds); 200 all stored, 202 some failed, 409 none stored.
+the same `ingest_batch` that `neuronova ingest` uses, a batch at a time: every instance is
+transcoded to HTJ2K lossless where it is not, verified, stored in Orthanc and indexed before
+the answer is sent; bad files and conflicts are kept in quarantine with their reason. The
+answer is PS3.18's: `application/dicom+json` with a ReferencedSOPSequence (stored, or already
+stored) and a FailedSOPSequence (FailureReason 0xC000 for a file that cannot be used, 0x0111
+for a conflict with what the archive holds, 0x0110 for what the archive failed to take after
+its retries); 200 all stored, 202 some failed, 409 none stored, 503 the archive took nothing.
 
 The hand-offs (patient sync, the AI for MR) are the arrival watcher's: each study stored gets an
 arrival row, as a C-STORE does once stable, so they run on the workers, durably, and the upload
@@ -53,6 +54,7 @@ DICOM_JSON = "application/dicom+json"
 # PS3.18 §10.5.3 / PS3.4 Annex GG: why an instance was not stored.
 CANNOT_UNDERSTAND = 0xC000  # not DICOM, broken, over a limit: kept in quarantine
 DUPLICATE_CONFLICT = 0x0111  # its UIDs are taken by other content or another patient
+PROCESSING_FAILURE = 0x0110  # the archive failed: not stored, send it again
 MAX_PARTS = 20_000
 
 
@@ -107,13 +109,9 @@ def _store(settings: Settings, user: User, boundary: bytes, folder: Path) -> Res
         audit(Action.STOW, 400, username=user.username, reason="no part")
         return deny_response(400, "the body holds no instance")
     ids = {str(part.path): _part_ids(part) for part in parts}
-    try:
-        outcomes = ingest_batch(
-            settings, [InputRef(str(part.path)) for part in parts], remove_originals=True
-        )
-    except UpstreamError as err:
-        # Nothing was half-kept: the archive did not take them; the sender still has them.
-        log.warning("STOW-RS upload not stored: %s", err)
+    outcomes, unavailable = _ingest_in_batches(settings, [str(part.path) for part in parts])
+    if unavailable and not outcomes:
+        # Nothing was kept: the archive did not answer; the sender still has every file.
         audit(Action.STOW, 503, username=user.username, reason="archive unavailable")
         answer = deny_response(503, "the archive is unavailable; send the study again later")
         answer.headers["Retry-After"] = "30"
@@ -121,20 +119,41 @@ def _store(settings: Settings, user: User, boundary: bytes, folder: Path) -> Res
     stored = [o for o in outcomes if o.status in (IngestStatus.STORED, IngestStatus.DUPLICATE)]
     new_studies = {o.study_uid for o in outcomes if o.status == IngestStatus.STORED}
     record_uploaded_studies(settings, sorted(s for s in new_studies if s), received_at)
-    status = 200 if len(stored) == len(outcomes) else 202 if stored else 409
+    total = len(outcomes) + len(unavailable)
+    status = 200 if len(stored) == total else 202 if stored else 409
     audit(
         Action.STOW,
         status,
         username=user.username,
         study=next((o.study_uid for o in stored if o.study_uid), None),
-        reason=f"{len(stored)} stored, {len(outcomes) - len(stored)} failed",
+        reason=f"{len(stored)} stored, {total - len(stored)} failed",
     )
-    body = stow_response(outcomes, ids, settings.gateway_url.rstrip("/"))
+    body = stow_response(outcomes, ids, settings.gateway_url.rstrip("/"), unavailable)
     response = Response(
         json.dumps(body, separators=(",", ":")), status=status, content_type=DICOM_JSON
     )
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def _ingest_in_batches(settings: Settings, paths: list[str]) -> tuple[list[FileOutcome], list[str]]:
+    """Ingest the parts a batch at a time (memory stays bounded for a large study); once the
+    archive fails a batch (after its retries), that batch and the rest are returned as not
+    stored: the sender may send them again (what was stored is a duplicate then)."""
+    outcomes: list[FileOutcome] = []
+    size = settings.ingest_batch_size
+    for start in range(0, len(paths), size):
+        batch = paths[start : start + size]
+        try:
+            outcomes += ingest_batch(settings, [InputRef(p) for p in batch], remove_originals=True)
+        except UpstreamError as err:
+            log.warning(
+                "STOW-RS: the archive failed a batch, %d parts not stored: %s",
+                len(paths) - start,
+                err,
+            )
+            return outcomes, paths[start:]
+    return outcomes, []
 
 
 def _too_large(settings: Settings) -> Response:
@@ -157,10 +176,23 @@ def _part_ids(part: Part) -> PartIds:
 
 
 def stow_response(
-    outcomes: list[FileOutcome], ids: dict[str, PartIds], base_url: str
+    outcomes: list[FileOutcome],
+    ids: dict[str, PartIds],
+    base_url: str,
+    unavailable: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The PS3.18 STOW-RS response dataset, as DICOM JSON."""
+    """The PS3.18 STOW-RS response dataset, as DICOM JSON (`unavailable`: parts the archive
+    did not take, failed with 0x0110)."""
     referenced, failed = [], []
+    for path in unavailable or []:
+        part = ids.get(path, PartIds(None, None))
+        failed.append(
+            {
+                "00081150": _uid(part.sop_class_uid),
+                "00081155": _uid(part.sop_instance_uid),
+                "00081197": {"vr": "US", "Value": [PROCESSING_FAILURE]},
+            }
+        )
     for outcome in outcomes:
         part = ids.get(outcome.path, PartIds(None, None))
         sop_uid = outcome.sop_instance_uid or part.sop_instance_uid
