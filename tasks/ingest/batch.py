@@ -49,7 +49,7 @@ from tasks.ingest.prepare import (
     outcome_for,
     prepare_inputs,
 )
-from tasks.ingest.workers import discard_pool, prepare_pool
+from tasks.ingest.workers import discard_pool, prepare_pool, running_pool
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,10 @@ def ingest_batch(
     """Ingest `refs`. Raises the first `UpstreamError` after recording everything final."""
     limits = IngestLimits.from_settings(settings)
     guard = DecodeGuard(settings.data_dir / "decoding")
-    workers = prepare_pool(settings.ingest_processes)
+    # A few inputs (a SEG, a small STOW request) are not worth starting the workers for.
+    workers = running_pool()
+    if workers is None and len(refs) > _FEW:
+        workers = prepare_pool(settings.ingest_processes)
     items: list[PreparedInput] = []
     with (
         ThreadPoolExecutor(max_workers=settings.ingest_workers) as store_pool,
@@ -99,12 +102,19 @@ def ingest_batch(
 
 
 def _submit(
-    workers: ProcessPoolExecutor, refs: Sequence[InputRef], limits: IngestLimits, guard: DecodeGuard
+    workers: ProcessPoolExecutor | None,
+    refs: Sequence[InputRef],
+    limits: IngestLimits,
+    guard: DecodeGuard,
 ) -> Future[list[PreparedInput]]:
-    """Hand a chunk of inputs to the workers (a pool that broke meanwhile answers as its
-    futures do)."""
+    """Hand a chunk of inputs to the workers, or prepare it here when there are none (a pool
+    that broke meanwhile answers as its futures do)."""
     try:
-        return workers.submit(prepare_inputs, list(refs), limits, guard)
+        if workers is not None:
+            return workers.submit(prepare_inputs, list(refs), limits, guard)
+        done: Future[list[PreparedInput]] = Future()
+        done.set_result(prepare_inputs(refs, limits, guard))
+        return done
     except BrokenProcessPool as err:
         failed: Future[list[PreparedInput]] = Future()
         failed.set_exception(err)
@@ -116,7 +126,7 @@ def _prepared(
     refs: Sequence[InputRef],
     limits: IngestLimits,
     guard: DecodeGuard,
-    workers: ProcessPoolExecutor,
+    workers: ProcessPoolExecutor | None,
 ) -> list[PreparedInput]:
     """The prepared inputs, or, when their worker process died, the inputs prepared here.
 
@@ -129,13 +139,16 @@ def _prepared(
         return future.result()
     except BrokenProcessPool:
         log.warning("an ingest worker process died; preparing %d inputs here", len(refs))
-        discard_pool(workers)
+        if workers is not None:
+            discard_pool(workers)
         return prepare_inputs(refs, limits, guard)
 
 
 # Inputs per worker call and per screening: small enough that uploads start early, large
 # enough that the round trips to the workers and the two index queries per chunk stay cheap.
 _CHUNK = 8
+# Batches up to this size are prepared in this process unless the workers run already.
+_FEW = 2 * _CHUNK
 
 
 class _Screen:

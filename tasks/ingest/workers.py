@@ -42,6 +42,28 @@ def prepare_pool(processes: int = 0) -> ProcessPoolExecutor:
         return _pool
 
 
+def running_pool() -> ProcessPoolExecutor | None:
+    """The pool if one was started (and has not broken), else None."""
+    with _lock:
+        return _pool
+
+
+def start_workers(processes: int = 0) -> None:
+    """Start the pool and its first worker in the background, so that the forkserver's imports
+    run beside the caller's own start-up (the CLI's imports of Prefect and the flows) instead
+    of after it, when the first batch waits for them."""
+    threading.Thread(
+        target=_start, args=(processes,), name="ingest-workers-start", daemon=True
+    ).start()
+
+
+def _start(processes: int) -> None:
+    try:
+        prepare_pool(processes).submit(os.getpid)
+    except Exception:  # the first batch starts the pool again, or says why it cannot
+        log.debug("could not start the ingest workers ahead of time", exc_info=True)
+
+
 def discard_pool(pool: ProcessPoolExecutor) -> None:
     """Forget a pool that broke (a worker died): the next batch starts a new one."""
     global _pool
