@@ -100,7 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=600)
     parser.add_argument("--workers", type=int, default=4, help="NEURONOVA_INGEST_WORKERS")
-    parser.add_argument("--batch-size", type=int, default=64, help="NEURONOVA_INGEST_BATCH_SIZE")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="NEURONOVA_INGEST_BATCH_SIZE (default: ours)"
+    )
     parser.add_argument("--rounds", type=int, default=1, help="repeat, interleaved; medians")
     parser.add_argument("--no-flow", action="store_true", help="skip the in-process flow run")
     args = parser.parse_args()
@@ -115,11 +117,12 @@ def main() -> None:
                 "NEURONOVA_ORTHANC_DICOM_PORT": str(dicom_port),
                 "NEURONOVA_PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                 "NEURONOVA_INGEST_WORKERS": str(args.workers),
-                "NEURONOVA_INGEST_BATCH_SIZE": str(args.batch_size),
                 "NEURONOVA_PATIENT_SYNC_AFTER_INGEST": "false",
                 "NEURONOVA_INFERENCE_AFTER_INGEST": "false",
             }
         )
+        if args.batch_size is not None:
+            os.environ["NEURONOVA_INGEST_BATCH_SIZE"] = str(args.batch_size)
         settings = Settings()
         # The flow and the CLI below keep data dirs of their own: give them the stack's account.
         account = settings.orthanc_credentials()

@@ -95,8 +95,10 @@ class Settings(BaseSettings):
         description="The largest STOW-RS request body (POST /dicom-web/studies); a larger one "
         "gets 413 before it is read.",
     )
+    # 256: a task run costs Prefect's server and client about 50 ms of CPU, which at 64 was
+    # a tenth of a batch's; a batch keeps its uploads busy by itself (tasks/ingest/batch.py).
     ingest_batch_size: int = Field(
-        default=64, ge=1, description="Instances per Prefect task run (keeps overhead small)."
+        default=256, ge=1, description="Instances per Prefect task run (keeps overhead small)."
     )
 
     gateway_url: str = Field(

@@ -317,10 +317,11 @@ def test_one_uid_twice_in_a_batch_is_a_duplicate_or_a_conflict(
 
 
 def test_a_batch_decides_repeats_and_identity_across_its_chunks(
-    orthanc: Settings, tmp_path: Path
+    orthanc: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Inputs are prepared and screened in chunks (8 at a time) while earlier ones upload: a
     repeat or an identity conflict far from the first of its kind is still caught."""
+    monkeypatch.setenv("NEURONOVA_INGEST_BATCH_SIZE", "64")  # one batch, three chunks
     study, series = generate_uid(), generate_uid()
     series_files = [make_ct(i, study=study, series=series) for i in range(20)]
     for i, ds in enumerate(series_files):
