@@ -76,6 +76,12 @@ class Settings(BaseSettings):
         description="When the bulk EMR → FHIR → cache sync runs (cron, UTC); unset: the yaml's.",
     )
     ingest_workers: int = Field(default=4, ge=1, le=64, description="Concurrent Orthanc uploads.")
+    ingest_processes: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Worker processes that read, transcode and verify inputs (0: one per CPU).",
+    )
     # What one input may cost (tasks/ingest/limits.py): over a limit, it is quarantined.
     ingest_max_file_bytes: int = Field(default=2 * 1024**3, ge=1024)
     ingest_max_zip_members: int = Field(default=100_000, ge=1)
@@ -89,8 +95,10 @@ class Settings(BaseSettings):
         description="The largest STOW-RS request body (POST /dicom-web/studies); a larger one "
         "gets 413 before it is read.",
     )
+    # 256: a task run costs Prefect's server and client about 50 ms of CPU, which at 64 was
+    # a tenth of a batch's; a batch keeps its uploads busy by itself (tasks/ingest/batch.py).
     ingest_batch_size: int = Field(
-        default=64, ge=1, description="Instances per Prefect task run (keeps overhead small)."
+        default=256, ge=1, description="Instances per Prefect task run (keeps overhead small)."
     )
 
     gateway_url: str = Field(

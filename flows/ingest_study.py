@@ -37,6 +37,7 @@ from tasks.ingest.report import (
     publish_study_artifact,
     summarise_studies,
 )
+from tasks.ingest.workers import start_workers
 from tasks.patients.sync import PatientSyncReport
 from tasks.retry import network_retries
 
@@ -56,6 +57,7 @@ def ingest_study(path: str, remove_originals: bool = False) -> IngestReport:
     """Ingest a file, folder or zip; return the per-file report with per-study summaries."""
     settings = Settings()
     logger = get_run_logger()
+    start_workers(settings.ingest_processes)  # while the inputs are listed
     ensure_schema(settings.resolved_database_url)
     refs = collect_inputs_task(path, IngestLimits.from_settings(settings))
     logger.info("ingesting %d inputs in batches of %d", len(refs), settings.ingest_batch_size)

@@ -68,7 +68,10 @@ def ingest(
 
     Exit status: 0 all stored or duplicate, 3 some quarantined or in conflict, 1 the run failed.
     """
+    from tasks.ingest.workers import start_workers  # standard library only: light
+
     settings = Settings()
+    start_workers(settings.ingest_processes)  # their imports overlap with ours below
     use_prefect_server(settings)
     from flows.ingest_study import ingest_study
 

@@ -50,6 +50,14 @@ class KnownIdentities:
             known.series_study.update((s, study) for s, study in rows)
         return known
 
+    def learn(self, other: KnownIdentities) -> None:
+        """Add what `other` knows (a later look-up) where nothing is known yet: what was
+        recorded or seen first stands."""
+        for study, patient in other.study_patient.items():
+            self.study_patient.setdefault(study, patient)
+        for series, study in other.series_study.items():
+            self.series_study.setdefault(series, study)
+
     def mismatch(self, ids: InstanceIds) -> str | None:
         """Why this instance contradicts what is known (None when it does not); what it names
         is then known too, so the first of several new instances sets the rule for the rest."""

@@ -16,8 +16,8 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from sqlmodel import Session
@@ -47,8 +47,9 @@ from tasks.ingest.prepare import (
     IngestStatus,
     PreparedInput,
     outcome_for,
-    prepare_input,
+    prepare_inputs,
 )
+from tasks.ingest.workers import discard_pool, prepare_pool, running_pool
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +58,38 @@ def ingest_batch(
     settings: Settings, refs: Sequence[InputRef], *, remove_originals: bool = False
 ) -> list[FileOutcome]:
     """Ingest `refs`. Raises the first `UpstreamError` after recording everything final."""
-    # Threads, not processes: a process pool would re-import the caller's main module in
-    # every worker (seconds here), which costs more than the GIL does on a batch.
-    with ThreadPoolExecutor(max_workers=settings.ingest_workers) as pool:
-        limits = IngestLimits.from_settings(settings)
-        guard = DecodeGuard(settings.data_dir / "decoding")
-        prepare = partial(prepare_input, limits=limits, guard=guard)
-        items = list(pool.map(carry_context(prepare), refs))
-        _settle_repeats_within_batch(items)
-        with session_scope(settings.resolved_database_url) as session:
-            known = known_instances(session, (i.ids.sop_uid for i in items if i.ids))
-            identities = KnownIdentities.from_index(session, (i.ids for i in items if i.ids))
-        _hold_identity_conflicts(items, identities)
-        with OrthancClient.from_settings(settings) as client:
+    limits = IngestLimits.from_settings(settings)
+    guard = DecodeGuard(settings.data_dir / "decoding")
+    # A few inputs (a SEG, a small STOW request) are not worth starting the workers for.
+    workers = running_pool()
+    if workers is None and len(refs) > _FEW:
+        workers = prepare_pool(settings.ingest_processes)
+    items: list[PreparedInput] = []
+    with (
+        ThreadPoolExecutor(max_workers=settings.ingest_workers) as store_pool,
+        OrthancClient.from_settings(settings) as client,
+    ):
 
-            def store(item: PreparedInput) -> None:
-                _store(item, client, known.get(_sop(item)), settings.backup_dir)
+        def store(item: PreparedInput, known: Instance | None) -> None:
+            _store(item, client, known, settings.backup_dir)
 
-            list(pool.map(carry_context(store), items))
+        # A pipeline: inputs are prepared in order in the worker processes while those before
+        # them upload, so that Orthanc works while we transcode. The decisions that need the
+        # index or the earlier inputs are taken per chunk, in input order, before uploading.
+        chunks = [refs[start : start + _CHUNK] for start in range(0, len(refs), _CHUNK)]
+        pending = [_submit(workers, chunk, limits, guard) for chunk in chunks]
+        screen = _Screen()
+        uploads = []
+        for future, chunk_refs in zip(pending, chunks, strict=True):
+            chunk = _prepared(future, chunk_refs, limits, guard, workers)
+            items.extend(chunk)
+            known = screen.decide(settings, chunk)
+            uploads += [
+                store_pool.submit(carry_context(store), item, known.get(_sop(item)))
+                for item in chunk
+            ]
+        for upload in uploads:
+            upload.result()
     with session_scope(settings.resolved_database_url) as session:
         _record(settings, session, items)
     errors = [i.upstream_error for i in items if i.upstream_error is not None]
@@ -86,11 +101,84 @@ def ingest_batch(
     return [i.outcome for i in items if i.outcome is not None]
 
 
-def _settle_repeats_within_batch(items: list[PreparedInput]) -> None:
+def _submit(
+    workers: ProcessPoolExecutor | None,
+    refs: Sequence[InputRef],
+    limits: IngestLimits,
+    guard: DecodeGuard,
+) -> Future[list[PreparedInput]]:
+    """Hand a chunk of inputs to the workers, or prepare it here when there are none (a pool
+    that broke meanwhile answers as its futures do)."""
+    try:
+        if workers is not None:
+            return workers.submit(prepare_inputs, list(refs), limits, guard)
+        done: Future[list[PreparedInput]] = Future()
+        done.set_result(prepare_inputs(refs, limits, guard))
+        return done
+    except BrokenProcessPool as err:
+        failed: Future[list[PreparedInput]] = Future()
+        failed.set_exception(err)
+        return failed
+
+
+def _prepared(
+    future: Future[list[PreparedInput]],
+    refs: Sequence[InputRef],
+    limits: IngestLimits,
+    guard: DecodeGuard,
+    workers: ProcessPoolExecutor | None,
+) -> list[PreparedInput]:
+    """The prepared inputs, or, when their worker process died, the inputs prepared here.
+
+    A worker that dies (a decoder crash, the memory killer) breaks the pool and every input
+    still in it. Here the decode guard decides: an input whose mark is left (it, or one
+    decoded beside it, was being decoded) is quarantined without being decoded again; the
+    others are prepared in this process. The next batch gets a new pool.
+    """
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        log.warning("an ingest worker process died; preparing %d inputs here", len(refs))
+        if workers is not None:
+            discard_pool(workers)
+        return prepare_inputs(refs, limits, guard)
+
+
+# Inputs per worker call and per screening: small enough that uploads start early, large
+# enough that the round trips to the workers and the two index queries per chunk stay cheap.
+_CHUNK = 8
+# Batches up to this size are prepared in this process unless the workers run already.
+_FEW = 2 * _CHUNK
+
+
+class _Screen:
+    """The decisions taken before an upload, chunk after chunk in input order, with what the
+    earlier chunks of the batch taught: repeats within the batch, known instances, identity."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, PreparedInput] = {}
+        self.identities = KnownIdentities()
+
+    def decide(self, settings: Settings, chunk: list[PreparedInput]) -> dict[str, Instance]:
+        """Settle `chunk`'s repeats and identity conflicts; return its indexed instances."""
+        _settle_repeats_within_batch(chunk, self.first)
+        with session_scope(settings.resolved_database_url) as session:
+            known = known_instances(session, (i.ids.sop_uid for i in chunk if i.ids))
+            self.identities.learn(
+                KnownIdentities.from_index(session, (i.ids for i in chunk if i.ids))
+            )
+        _hold_identity_conflicts(chunk, self.identities)
+        return known
+
+
+def _settle_repeats_within_batch(
+    items: list[PreparedInput], first: dict[str, PreparedInput] | None = None
+) -> None:
     """A SOP UID seen twice in one batch: the first goes on; a repeat with the same HTJ2K bytes
     is a duplicate of it, one with other bytes a conflict (Orthanc keys instances by patient,
-    study, series and SOP UID, so it would not catch every such pair by itself)."""
-    first: dict[str, PreparedInput] = {}
+    study, series and SOP UID, so it would not catch every such pair by itself). `first` holds
+    the first of each UID seen in earlier chunks of the batch, and learns this chunk's."""
+    first = {} if first is None else first
     for item in items:
         if item.ids is None or item.result is None or item.outcome is not None:
             continue

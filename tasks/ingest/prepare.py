@@ -8,6 +8,7 @@ that needs them again reads them again, so a batch holds HTJ2K files, not origin
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from enum import StrEnum
@@ -128,6 +129,13 @@ def prepare_input(
             reason=f"unexpected error while reading ({type(err).__name__})",
         )
     return item
+
+
+def prepare_inputs(
+    refs: Sequence[InputRef], limits: IngestLimits | None = None, guard: DecodeGuard | None = None
+) -> list[PreparedInput]:
+    """`prepare_input` of each of `refs`, in order (one call to a worker process for many)."""
+    return [prepare_input(ref, limits, guard) for ref in refs]
 
 
 def outcome_for(

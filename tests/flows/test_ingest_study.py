@@ -316,6 +316,29 @@ def test_one_uid_twice_in_a_batch_is_a_duplicate_or_a_conflict(
     assert orthanc_file(orthanc, first.SOPInstanceUID)  # one instance under that UID
 
 
+def test_a_batch_decides_repeats_and_identity_across_its_chunks(
+    orthanc: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs are prepared and screened in chunks (8 at a time) while earlier ones upload: a
+    repeat or an identity conflict far from the first of its kind is still caught."""
+    monkeypatch.setenv("NEURONOVA_INGEST_BATCH_SIZE", "64")  # one batch, three chunks
+    study, series = generate_uid(), generate_uid()
+    series_files = [make_ct(i, study=study, series=series) for i in range(20)]
+    for i, ds in enumerate(series_files):
+        write(ds, tmp_path / f"{i:02d}.dcm")
+    write(series_files[0], tmp_path / "90-repeat.dcm")
+    impostor = make_ct(30, study=study)
+    impostor.PatientID = "SOMEONE-ELSE"
+    write(impostor, tmp_path / "91-impostor.dcm")
+
+    outcomes = by_path(ingest_study(str(tmp_path)))
+
+    assert all(outcomes[f"{i:02d}.dcm"]["status"] == "stored" for i in range(20))
+    assert outcomes["90-repeat.dcm"]["status"] == "duplicate"
+    assert outcomes["91-impostor.dcm"]["status"] == "conflict"
+    assert "patient mismatch" in outcomes["91-impostor.dcm"]["reason"]
+
+
 def test_another_patients_file_in_a_known_study_is_a_conflict_held_in_quarantine(
     orthanc: Settings, tmp_path: Path
 ) -> None:
