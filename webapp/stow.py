@@ -145,7 +145,9 @@ def _ingest_in_batches(settings: Settings, paths: list[str]) -> tuple[list[FileO
     for start in range(0, len(paths), size):
         batch = paths[start : start + size]
         try:
-            outcomes += ingest_batch(settings, [InputRef(p) for p in batch], remove_originals=True)
+            outcomes += ingest_batch(
+                settings, [InputRef(p) for p in batch], remove_originals=True, in_process=True
+            )
         except UpstreamError as err:
             log.warning(
                 "STOW-RS: the archive failed a batch, %d parts not stored: %s",

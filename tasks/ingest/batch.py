@@ -55,14 +55,22 @@ log = logging.getLogger(__name__)
 
 
 def ingest_batch(
-    settings: Settings, refs: Sequence[InputRef], *, remove_originals: bool = False
+    settings: Settings,
+    refs: Sequence[InputRef],
+    *,
+    remove_originals: bool = False,
+    in_process: bool = False,
 ) -> list[FileOutcome]:
-    """Ingest `refs`. Raises the first `UpstreamError` after recording everything final."""
+    """Ingest `refs`. Raises the first `UpstreamError` after recording everything final.
+
+    `in_process`: prepare the inputs on this process's threads, never in worker processes
+    (the webapp: a gunicorn worker starts no process pool of its own).
+    """
     limits = IngestLimits.from_settings(settings)
     guard = DecodeGuard(settings.data_dir / "decoding")
     # A few inputs (a SEG, a small STOW request) are not worth starting the workers for.
-    workers = running_pool()
-    if workers is None and len(refs) > _FEW:
+    workers = None if in_process else running_pool()
+    if workers is None and not in_process and len(refs) > _FEW:
         workers = prepare_pool(settings.ingest_processes)
     items: list[PreparedInput] = []
     with (

@@ -169,3 +169,14 @@ def test_a_body_over_the_limit_gets_413_and_stores_nothing(
             select(AuditEvent).where(AuditEvent.action == "stow", AuditEvent.status == 413)
         ).all()
     assert audited
+
+
+def test_an_upload_of_several_batches_is_stored_whole(
+    gateway: Settings, users: dict[str, str]
+) -> None:
+    study, series = generate_uid(), generate_uid()
+    count = gateway.ingest_batch_size + 4  # two batches, prepared in the webapp's own process
+    slices = [make_ct(i, size=32, study=study, series=series) for i in range(count)]
+    answer = _stow(gateway, users["ulla"], related_body([dicom_bytes(ds) for ds in slices]))
+    assert answer.status_code == 200, answer.text
+    assert _uids(_items(answer, "00081199")) == [str(ds.SOPInstanceUID) for ds in slices]
