@@ -128,6 +128,9 @@ def write_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    # The umask may have taken bits off (CI runs with 077): a file another service's user
+    # reads must have exactly the mode asked for.
+    os.fchmod(fd, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     tmp.replace(path)

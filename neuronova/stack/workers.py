@@ -58,6 +58,9 @@ def _worker_command(pool: str) -> Callable[[Context], list[str]]:
     return command
 
 
+WORKER_CLIENT_MAX_RETRIES = "8"
+
+
 def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
     def env(ctx: Context) -> dict[str, str]:
         s = ctx.settings
@@ -76,6 +79,11 @@ def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 # Poll every 2 s: a triggered run starts sooner, for one cheap request.
                 "PREFECT_WORKER_QUERY_SECONDS": "2",
+                # The local Prefect server keeps its state in SQLite, one writer at a time:
+                # under a burst it answers 503 (retryable) for a while. Prefect's default of 5
+                # retries (62 s of backoff) once ran out while submitting a run, which the
+                # worker then reported Crashed; 8 retries wait up to ~8 minutes.
+                "PREFECT_CLIENT_MAX_RETRIES": WORKER_CLIENT_MAX_RETRIES,
                 "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
                 "PREFECT_WORKER_WEBSERVER_PORT": str(worker_health_port(s, pool)),
                 "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(s)),

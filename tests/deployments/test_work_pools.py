@@ -22,6 +22,7 @@ from common.settings import Settings
 from neuronova.prefect_env import prefect_results_dir
 from neuronova.stack.component import Component
 from neuronova.stack.supervisor import LocalStack
+from neuronova.stack.workers import WORKER_CLIENT_MAX_RETRIES
 from tests.support.dicom_factory import make_dataset, to_part10
 from tests.support.processes import group_reaped, reaped
 
@@ -162,6 +163,7 @@ def test_two_workers_on_one_pool_share_a_burst_of_20_ingest_runs(
         "PREFECT_API_URL": prefect_server,
         "PREFECT_API_AUTH_STRING": orthanc.stack_prefect_auth_string(),
         "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_CLIENT_MAX_RETRIES": WORKER_CLIENT_MAX_RETRIES,  # as docs/operations.md says
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_results_dir(orthanc)),
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
     }
