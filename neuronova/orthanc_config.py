@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     try:
         # Readable by Orthanc's user, whichever it is: the file holds no secret.
-        write_atomically(args.output, json.dumps(config, indent=2) + "\n", mode=0o644)
+        write_atomically(
+            args.output, json.dumps(config, indent=2) + "\n", mode=0o644, exact_mode=True
+        )
     except OSError as err:
         print(
             f"orthanc-config: cannot write {args.output} ({err.strerror}): the volume must be "

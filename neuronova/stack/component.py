@@ -121,16 +121,17 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-def write_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
+def write_atomically(path: Path, text: str, *, mode: int = 0o644, exact_mode: bool = False) -> None:
     """Replace the file in one step, so a process never reads half of it; `mode` from the
-    start (0o600 for a file that holds a password: never readable by others, not even briefly)."""
+    start (0o600 for a file that holds a password: never readable by others, not even briefly),
+    less what the umask takes off (the stack runs under 077: its data folder is its own), or
+    exactly `mode` with `exact_mode` (a file another user, in another container, must read)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    # The umask may have taken bits off (CI runs with 077): a file another service's user
-    # reads must have exactly the mode asked for.
-    os.fchmod(fd, mode)
+    if exact_mode:
+        os.fchmod(fd, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
     tmp.replace(path)
