@@ -3,7 +3,7 @@
 `create_app(settings)` builds it; gunicorn serves `webapp.wsgi:app` behind nginx. One blueprint
 per concern: `auth` (login, refresh, logout), `links` (study list, viewer links), `patients`,
 `alerts` (server-sent events when an AI result is ready), `stow` (STOW-RS uploads through the
-verified ingest); the `gate`
+verified ingest), `pages` (the sign-in page at `/`, the worklist, sign-out); the `gate`
 (DICOMweb and WADO-URI requests answered with X-Accel-Redirect or a denial) is a plain WSGI
 app in front of Flask.
 """
@@ -57,11 +57,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         audit=AuditLog(database_url),
         trusted_proxies=frozenset(settings.trusted_proxies),
         admin_key=derive_key(secret, "admin-ui"),
+        web_key=derive_key(secret, "web-session"),
+        csrf_key=derive_key(secret, "csrf"),
     )
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import admin_ui, alerts, auth, links, patients, stow, viewer
+    from webapp import admin_ui, alerts, auth, links, pages, patients, stow, viewer
     from webapp.gate import Gate, GateDispatcher
     from webapp.request_log import RequestLog
 
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(alerts.bp)
     app.register_blueprint(admin_ui.bp)
     app.register_blueprint(stow.bp)
+    app.register_blueprint(pages.bp)
     # The gate answers /dicom-web and /wado before Flask sees them (one request per image).
     # Outermost, the request log: one request id and its line for both.
     app.wsgi_app = RequestLog(GateDispatcher(Gate(context), app.wsgi_app))  # type: ignore[method-assign]

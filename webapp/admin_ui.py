@@ -33,10 +33,10 @@ from webapp.context import audit, deny_response, web_context
 from webapp.tokens import (
     ADMIN_LINK_AUDIENCE,
     ADMIN_UI_AUDIENCE,
-    AdminClaims,
+    SessionClaims,
     TokenRejected,
-    issue_admin_token,
-    verify_admin_token,
+    issue_session_token,
+    verify_session_token,
 )
 
 bp = Blueprint("admin_ui", __name__)
@@ -55,7 +55,7 @@ def prefect_link() -> Response | tuple[Response, int]:
         audit(Action.ADMIN_UI_LINK, 403, username=user.username, reason="not an admin")
         return deny_response(403, "not allowed"), 403
     ctx = web_context()
-    token, claims = issue_admin_token(
+    token, claims = issue_session_token(
         ctx.admin_key,
         audience=ADMIN_LINK_AUDIENCE,
         username=user.username,
@@ -113,7 +113,7 @@ def prefect_login() -> Response | tuple[Response, int]:
     body = request.get_json(silent=True)
     sent = body.get("token") if isinstance(body, dict) else None
     try:
-        link = verify_admin_token(
+        link = verify_session_token(
             ctx.admin_key, sent if isinstance(sent, str) else "", audience=ADMIN_LINK_AUDIENCE
         )
         _check_admin(link)
@@ -126,7 +126,7 @@ def prefect_login() -> Response | tuple[Response, int]:
         audit(Action.ADMIN_UI_LOGIN, 401, reason=err.reason)
         return deny_response(401, "link invalid, used or expired: ask for a new one"), 401
     session_ttl = ctx.settings.access_token_ttl_s
-    cookie, _ = issue_admin_token(
+    cookie, _ = issue_session_token(
         ctx.admin_key,
         audience=ADMIN_UI_AUDIENCE,
         username=link.username,
@@ -153,7 +153,7 @@ def ui_auth() -> Response | tuple[Response, int]:
     """nginx's question before each `/prefect/` request: 204 yes, 401/403 no."""
     ctx = web_context()
     try:
-        claims = verify_admin_token(
+        claims = verify_session_token(
             ctx.admin_key, request.cookies.get(COOKIE, ""), audience=ADMIN_UI_AUDIENCE
         )
         _check_admin(claims)
@@ -163,7 +163,7 @@ def ui_auth() -> Response | tuple[Response, int]:
     return Response(status=204)
 
 
-def _check_admin(claims: AdminClaims) -> None:
+def _check_admin(claims: SessionClaims) -> None:
     """The token's session is open, its user active, an admin, and the jti not spent."""
     with get_engine(web_context().database_url).connect() as connection:
         user = accounts.api_token_user(

@@ -53,6 +53,8 @@ class Action(StrEnum):
     ADMIN_UI_LOGIN = "admin-ui-login"
     ADMIN_UI = "admin-ui"
     STOW = "stow"  # an upload by STOW-RS
+    WORKLIST = "worklist"  # the signed-in worklist page (webapp/pages.py)
+    PAGE = "page"  # a refused form post of our pages (CSRF, origin)
 
 
 class Outcome(StrEnum):

@@ -8,6 +8,7 @@ the session, which also ends the viewer links issued under it.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,16 +39,27 @@ def _name_key(username: str) -> str:
     return hashlib.sha256(username.strip().lower().encode()).hexdigest()
 
 
-@bp.post("/login")
-def login() -> Response | tuple[Response, int]:
-    body = request.get_json(silent=True)
-    username = body.get("username") if isinstance(body, dict) else None
-    password = body.get("password") if isinstance(body, dict) else None
-    if not isinstance(username, str) or not isinstance(password, str) or not username:
-        return deny_response(400, "JSON body with username and password required"), 400
-    if len(username) > 256 or len(password) > 1024:
-        return deny_response(401, BAD_CREDENTIALS), 401
+@dataclass(frozen=True)
+class LoginOutcome:
+    """What a sign-in attempt came to: the user and their new login session, or why not."""
 
+    user: User | None = None
+    sid: str | None = None
+    retry_after_s: int = 0  # > 0: too many failures, try again after this long
+
+    @property
+    def blocked(self) -> bool:
+        return self.retry_after_s > 0
+
+
+def attempt_login(username: str, password: str) -> LoginOutcome:
+    """Check a user name and password under the login rules (per-name and per-address failure
+    limits, one answer for an unknown user, an inactive one and a wrong password) and open a
+    login session on success. Audited. The API (`/api/auth/login`) and the sign-in page
+    (webapp/pages.py) both come here, so they follow the same rules and share the counters."""
+    if len(username) > 256 or len(password) > 1024:
+        audit(Action.LOGIN, 401, reason="bad credentials")
+        return LoginOutcome()
     settings = web_context().settings
     key, address = _name_key(username), client_addr()
     # Every attempt is counted (committed) before its password is checked, so concurrent
@@ -67,25 +79,43 @@ def login() -> Response | tuple[Response, int]:
         )
         user = None if blocked else accounts.authenticate(session, username, password)
         known_name: str | None = None
+        sid: str | None = None
         if user is None and not blocked:
             known = accounts.find_user(session, username) if len(username) <= 64 else None
             known_name = known.username if known else None
         if user is not None:
             accounts.clear_login_failures(session, key, address, attempt)
-            auth_session = accounts.open_session(session, user, settings.refresh_token_ttl_s)
-            claims = {"sid": auth_session.sid, "role": user.role}
-            access = create_access_token(identity=user.username, additional_claims=claims)
-            refresh = create_refresh_token(identity=user.username, additional_claims=claims)
+            sid = accounts.open_session(session, user, settings.refresh_token_ttl_s).sid
     if blocked:
         audit(Action.LOGIN, 429, reason="too many failed logins from this address")
-        response = deny_response(429, "too many failed logins; try again later")
-        response.headers["Retry-After"] = str(blocked)
-        return response, 429
+        return LoginOutcome(retry_after_s=blocked)
     if user is None:
         # The typed name is kept only when it is a real account (never a mistyped password).
         audit(Action.LOGIN, 401, username=known_name, reason="bad credentials")
-        return deny_response(401, BAD_CREDENTIALS), 401
+        return LoginOutcome()
     audit(Action.LOGIN, 200, username=user.username)
+    return LoginOutcome(user=user, sid=sid)
+
+
+@bp.post("/login")
+def login() -> Response | tuple[Response, int]:
+    body = request.get_json(silent=True)
+    username = body.get("username") if isinstance(body, dict) else None
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(username, str) or not isinstance(password, str) or not username:
+        return deny_response(400, "JSON body with username and password required"), 400
+    outcome = attempt_login(username, password)
+    if outcome.blocked:
+        response = deny_response(429, "too many failed logins; try again later")
+        response.headers["Retry-After"] = str(outcome.retry_after_s)
+        return response, 429
+    user = outcome.user
+    if user is None or outcome.sid is None:
+        return deny_response(401, BAD_CREDENTIALS), 401
+    claims = {"sid": outcome.sid, "role": user.role}
+    access = create_access_token(identity=user.username, additional_claims=claims)
+    refresh = create_refresh_token(identity=user.username, additional_claims=claims)
+    settings = web_context().settings
     return jsonify(
         {
             "access_token": access,

@@ -28,6 +28,8 @@ class WebContext:
     audit: AuditLog
     trusted_proxies: frozenset[str]
     admin_key: bytes  # the admin UI's links and cookies (webapp.admin_ui)
+    web_key: bytes  # the signed-in browser's session cookie (webapp.pages)
+    csrf_key: bytes  # the pages' CSRF tokens, one per login session (webapp.pages)
 
 
 def web_context() -> WebContext:

@@ -36,6 +36,8 @@ VIEWER_LINK_AUDIENCE = "neuronova-viewer-link"
 # The Prefect UI behind the gateway: a one-use link, then a cookie scoped to /prefect.
 ADMIN_LINK_AUDIENCE = "neuronova-admin-link"
 ADMIN_UI_AUDIENCE = "neuronova-admin-ui"
+# The signed-in browser's cookie (webapp/pages.py), under its own derived key.
+WEB_SESSION_AUDIENCE = "neuronova-web-session"
 # A signed viewer token is ~450 bytes; anything far larger is not ours and is not parsed.
 MAX_TOKEN_LENGTH = 4096
 # Clocks of gunicorn workers and the issuing process are one machine's, so little leeway.
@@ -182,8 +184,9 @@ def _viewer_claims_of(payload: dict[str, Any], browser: str) -> ViewerClaims:
 
 
 @dataclass(frozen=True)
-class AdminClaims:
-    """What a verified admin-UI token (link or cookie) says."""
+class SessionClaims:
+    """What a verified session-bound token says: an admin-UI link or cookie, or the signed-in
+    browser's cookie."""
 
     username: str
     sid: str
@@ -191,12 +194,13 @@ class AdminClaims:
     expires_at: datetime
 
 
-def issue_admin_token(
+def issue_session_token(
     key: bytes, *, audience: str, username: str, sid: str, ttl_s: int
-) -> tuple[str, AdminClaims]:
-    """A signed token for the admin UI: a one-use link (ADMIN_LINK_AUDIENCE) or the cookie
-    the link is exchanged for (ADMIN_UI_AUDIENCE), bound to one login session."""
-    claims = AdminClaims(
+) -> tuple[str, SessionClaims]:
+    """A signed token bound to one login session: for the admin UI a one-use link
+    (ADMIN_LINK_AUDIENCE) or the cookie the link is exchanged for (ADMIN_UI_AUDIENCE); for the
+    signed-in browser its cookie (WEB_SESSION_AUDIENCE)."""
+    claims = SessionClaims(
         username=username,
         sid=sid,
         jti=uuid.uuid4().hex,
@@ -205,15 +209,16 @@ def issue_admin_token(
     return _sign(key, audience, claims), claims
 
 
-def verify_admin_token(key: bytes, token: str, *, audience: str) -> AdminClaims:
-    """The claims of a valid admin-UI token of that audience; TokenRejected for anything else."""
-    payload = _decode(key, token, audience, kind="an admin UI token of this kind")
+def verify_session_token(key: bytes, token: str, *, audience: str) -> SessionClaims:
+    """The claims of a valid session-bound token of that audience; TokenRejected for anything
+    else."""
+    payload = _decode(key, token, audience, kind="a session token of this kind")
     sub, sid, jti = (payload.get(k) for k in ("sub", "sid", "jti"))
     if not (isinstance(sub, str) and isinstance(sid, str) and isinstance(jti, str)):
         raise TokenRejected("invalid token claims")
     if not (sub and sid and jti):
         raise TokenRejected("invalid token claims")
-    return AdminClaims(
+    return SessionClaims(
         username=sub, sid=sid, jti=jti, expires_at=datetime.fromtimestamp(int(payload["exp"]), UTC)
     )
 
@@ -223,7 +228,7 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def _sign(key: bytes, audience: str, claims: ViewerClaims | AdminClaims, **extra: str) -> str:
+def _sign(key: bytes, audience: str, claims: ViewerClaims | SessionClaims, **extra: str) -> str:
     """The signed token: the standard claims, with `extra` ones after the subject; issued now,
     valid until the claims' expiry."""
     now = _now()

@@ -1,0 +1,252 @@
+"""The front door on the Flask app: sign-in page, session cookie, CSRF, worklist, open, sign-out."""
+
+from __future__ import annotations
+
+import json
+import re
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlmodel import select
+
+from common.db import AuditEvent, CachedPatient, InferenceResult, session_scope
+from tests.support.web import PASSWORD, STUDY_A, STUDY_B, bearer, login
+from webapp import accounts
+
+A, B = STUDY_A, STUDY_B
+SESSION_COOKIE = "__Host-neuronova_session"  # the test gateway is https
+ORIGIN = "https://viewer.example.org"
+
+
+def _csrf(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "the form carries no CSRF token"
+    return found.group(1)
+
+
+def sign_in(client: FlaskClient, username: str = "alice", password: str = PASSWORD) -> str:
+    """Sign in through the form as a browser does; returns the worklist's CSRF token."""
+    form = client.get("/")
+    answer = client.post(
+        "/",
+        data={"csrf": _csrf(form.text), "username": username, "password": password},
+        headers={"Origin": ORIGIN},
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/worklist", answer.text
+    page = client.get("/worklist")
+    assert page.status_code == 200
+    return _csrf(page.text)
+
+
+def _set_cookie(response: object, name: str) -> str:
+    headers = response.headers.getlist("Set-Cookie")  # type: ignore[attr-defined]
+    (cookie,) = [h for h in headers if h.startswith(f"{name}=")]
+    return str(cookie)
+
+
+def test_the_root_is_a_sign_in_form_under_a_strict_policy(client: FlaskClient) -> None:
+    page = client.get("/")
+
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert 'for="username"' in page.text and 'for="password"' in page.text  # labelled
+    assert _csrf(page.text)
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
+    assert page.headers["Cache-Control"] == "no-store"
+    cookie = _set_cookie(page, "__Host-neuronova_signin")
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" in cookie
+    assert client.get("/worklist/static/app.css").status_code == 200
+
+
+def test_signing_in_sets_the_session_cookie_and_shows_only_the_users_studies(
+    client: FlaskClient,
+) -> None:
+    form = client.get("/")
+    answer = client.post(
+        "/",
+        data={"csrf": _csrf(form.text), "username": "alice", "password": PASSWORD},
+        headers={"Origin": ORIGIN},
+    )
+
+    assert answer.status_code == 303 and answer.headers["Location"] == "/worklist"
+    cookie = _set_cookie(answer, SESSION_COOKIE)
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" in cookie
+    assert "Path=/" in cookie and "Domain" not in cookie
+    page = client.get("/worklist")
+    assert A.study in page.text and A.patient_id in page.text
+    assert B.study not in page.text and B.patient_id not in page.text
+    assert client.get("/").headers["Location"] == "/worklist"  # signed in: the root moves on
+
+
+def test_a_radiologist_sees_every_study(client: FlaskClient) -> None:
+    sign_in(client, "rad")
+    page = client.get("/worklist").text
+    assert A.study in page and B.study in page
+
+
+def test_unknown_user_and_wrong_password_get_the_same_answer(client: FlaskClient) -> None:
+    answers = []
+    for username, password in (("alice", "wrong-password-1"), ("nobody", PASSWORD)):
+        form = client.get("/")
+        answers.append(
+            client.post(
+                "/",
+                data={"csrf": _csrf(form.text), "username": username, "password": password},
+            )
+        )
+    assert [a.status_code for a in answers] == [401, 401]
+    errors = [re.search(r'role="alert"[^>]*>([^<]+)<', a.text) for a in answers]
+    assert errors[0] and errors[1] and errors[0].group(1) == errors[1].group(1)
+    assert all(SESSION_COOKIE not in " ".join(a.headers.getlist("Set-Cookie")) for a in answers)
+
+
+def test_failures_count_across_the_form_and_the_api(client: FlaskClient) -> None:
+    for _ in range(3):  # login_max_failures in the test settings
+        assert client.post("/api/auth/login", json={"username": "alice", "password": "x" * 12})
+    form = client.get("/")
+    answer = client.post(
+        "/", data={"csrf": _csrf(form.text), "username": "alice", "password": PASSWORD}
+    )
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("data", "headers"),
+    [
+        ({"username": "alice", "password": PASSWORD}, {}),
+        ({"username": "alice", "password": PASSWORD, "csrf": "0" * 64}, {}),
+        (
+            {"username": "alice", "password": PASSWORD, "csrf": "@valid"},
+            {"Origin": "https://evil.example"},
+        ),
+    ],
+    ids=["no token", "wrong token", "another origin"],
+)
+def test_a_sign_in_without_its_token_or_from_elsewhere_is_refused(
+    client: FlaskClient, data: dict[str, str], headers: dict[str, str]
+) -> None:
+    form = client.get("/")
+    if data.get("csrf") == "@valid":
+        data = data | {"csrf": _csrf(form.text)}
+    answer = client.post("/", data=data, headers=headers)
+    assert answer.status_code == 403
+    assert SESSION_COOKIE not in " ".join(answer.headers.getlist("Set-Cookie"))
+
+
+def test_worklist_forms_need_the_sessions_token_and_our_origin(
+    app: Flask, client: FlaskClient
+) -> None:
+    csrf = sign_in(client)
+    assert client.post("/worklist/open", data={"study": A.study}).status_code == 403
+    other = client.post("/worklist/open", data={"study": A.study, "csrf": "1" * 64})
+    assert other.status_code == 403
+    cross = client.post(
+        "/worklist/sign-out", data={"csrf": csrf}, headers={"Origin": "https://evil.example"}
+    )
+    assert cross.status_code == 403
+    assert client.get("/worklist").status_code == 200  # still signed in
+    app.extensions["neuronova"].audit.flush()
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        refused = session.exec(select(AuditEvent).where(AuditEvent.action == "page")).all()
+    assert len(refused) == 3 and all(r.username == "alice" for r in refused)
+    assert all(csrf not in (r.reason or "") for r in refused)
+
+
+def test_pages_without_a_session_go_to_the_sign_in_page(client: FlaskClient) -> None:
+    assert client.get("/worklist").headers["Location"] == "/"
+    assert client.post("/worklist/open", data={"study": A.study}).headers["Location"] == "/"
+    client.set_cookie(SESSION_COOKIE, "forged.token.value", domain="localhost")
+    assert client.get("/worklist").headers["Location"] == "/"
+
+
+def test_search_narrows_the_list_and_never_widens_it(app: Flask, client: FlaskClient) -> None:
+    url = app.extensions["neuronova"].database_url
+    with session_scope(url) as session:
+        for mrn, given, family in (
+            (A.patient_id, "Ada", "Lovelace"),
+            (B.patient_id, "Bob", "Stone"),
+        ):
+            resource = {"resourceType": "Patient", "name": [{"given": [given], "family": family}]}
+            session.add(CachedPatient(mrn=mrn, resource=json.dumps(resource), source="fhir"))
+    sign_in(client)
+
+    page = client.get("/worklist").text
+    assert "Ada Lovelace" in page and "Bob Stone" not in page
+    assert A.study in client.get("/worklist?name=lovelace").text
+    assert A.study not in client.get("/worklist?name=stone").text
+    by_mrn = client.get(f"/worklist?mrn={B.patient_id}").text  # another clinician's patient
+    assert B.study not in by_mrn and "Bob Stone" not in by_mrn and "No study to show" in by_mrn
+    assert A.study in client.get(f"/worklist?mrn={A.patient_id}").text
+    assert A.study not in client.get("/worklist?from=2999-01-01").text
+
+
+def test_the_ai_column_says_what_the_readings_found(app: Flask, client: FlaskClient) -> None:
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        session.add(
+            InferenceResult(
+                study_instance_uid=A.study,
+                series_instance_uid=A.series,
+                patient_id=A.patient_id,
+                model_name="brain-lesion",
+                model_version="1",
+                model_sha256="0" * 64,
+                status="completed",
+                device="cpu",
+                lesion_count=2,
+                lesion_volume_ml=3.45,
+                seg_series_uid="1.2.3",
+                seg_sop_instance_uid="1.2.3.1",
+                timings="{}",
+            )
+        )
+    sign_in(client)
+    assert "2 lesions, 3.5 mL" in client.get("/worklist").text
+
+
+def test_open_follows_a_one_use_viewer_link_bound_to_this_session(client: FlaskClient) -> None:
+    csrf = sign_in(client)
+
+    opened = client.post("/worklist/open", data={"study": A.study, "csrf": csrf})
+
+    assert opened.status_code == 303
+    location = urlsplit(opened.headers["Location"])
+    assert location.path == "/view" and not location.query  # the token only in the fragment
+    (token,) = parse_qs(location.fragment)["token"]
+    viewer = client.post("/view", json={"token": token})
+    assert viewer.status_code == 200
+    assert client.post("/view", json={"token": token}).status_code == 401  # one use
+    refused = client.post("/worklist/open", data={"study": B.study, "csrf": csrf})
+    assert refused.status_code == 403 and "/view" not in refused.headers.get("Location", "")
+
+
+def test_sign_out_ends_the_page_and_the_viewer_it_opened(client: FlaskClient) -> None:
+    csrf = sign_in(client)
+    opened = client.post("/worklist/open", data={"study": A.study, "csrf": csrf})
+    (link,) = parse_qs(urlsplit(opened.headers["Location"]).fragment)["token"]
+    viewer = client.post("/view", json={"token": link}).get_json()["token"]
+    series = f"/dicom-web/studies/{A.study}/series/{A.series}/instances/{A.instances[0]}"
+    assert client.get(series, headers=bearer(viewer)).status_code == 200
+
+    out = client.post("/worklist/sign-out", data={"csrf": csrf}, headers={"Origin": ORIGIN})
+
+    assert out.status_code == 303 and out.headers["Location"] == "/"
+    assert client.get("/worklist").headers["Location"] == "/"
+    assert client.get(series, headers=bearer(viewer)).status_code == 401
+
+
+def test_a_password_change_ends_the_browser_session(app: Flask, client: FlaskClient) -> None:
+    sign_in(client)
+    with session_scope(app.extensions["neuronova"].database_url) as session:
+        accounts.set_password(session, "alice", "a-new-password-42")
+    assert client.get("/worklist").headers["Location"] == "/"
+
+
+def test_the_api_login_still_answers_tokens(client: FlaskClient) -> None:
+    tokens: dict[str, object] = dict(login(client))
+    assert tokens["token_type"] == "Bearer" and tokens["user"] == {
+        "username": "alice",
+        "role": "clinician",
+    }

@@ -1,0 +1,306 @@
+"""The clinician's front door: the sign-in page at `/`, the worklist, opening a study, sign-out.
+
+Server-rendered (Jinja templates in webapp/templates, our own CSS in webapp/static); no script
+is needed to sign in, search or open a study.
+
+The signed-in browser holds one cookie: a signed token (its own derived key and audience) that
+names the login session it was opened under, HttpOnly, SameSite=Strict, Secure with the
+`__Host-` prefix behind TLS. Every request checks that session as the API does (open, its user
+active, not expired): signing out, an admin ending the user's sessions or a password change ends
+the page, the viewer links opened from it and the viewers those links opened, at once.
+
+Every form carries a CSRF token: for the worklist's forms an HMAC of the login session, for the
+sign-in form an HMAC of a random value in a short-lived cookie of its own (so a page of another
+site cannot sign a browser into its own account either). A form post that says it comes from
+another origin is refused before anything else. Refusals are audited without the token.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime
+from functools import wraps
+from hashlib import sha256
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from flask import Blueprint, Response, g, render_template, request
+
+from common.db import User, get_engine
+from tasks.dicom.uid import is_uid
+from webapp import accounts
+from webapp.audit import Action
+from webapp.auth import BAD_CREDENTIALS, attempt_login
+from webapp.context import audit, db_session, web_context
+from webapp.tokens import (
+    WEB_SESSION_AUDIENCE,
+    SessionClaims,
+    TokenRejected,
+    issue_session_token,
+    issue_viewer_link,
+    verify_session_token,
+)
+from webapp.worklist import WorklistFilter, worklist_page
+
+bp = Blueprint(
+    "pages",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/worklist/static",
+)
+
+_SESSION_COOKIE = "neuronova_session"
+_SIGNIN_COOKIE = "neuronova_signin"
+SIGNIN_COOKIE_TTL_S = 1800  # a sign-in form left open longer is shown again, with a new token
+
+# Our pages run no inline script or style and talk to no one but us; nginx adds its own
+# (wider, for OHIF) policy at the server level, and a browser enforces both.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+# --------------------------------------------------------------------------- cookies and tokens
+
+
+def _https() -> bool:
+    # From the configured address, not a header: behind TLS the cookies are always Secure.
+    return urlsplit(web_context().settings.gateway_url).scheme == "https"
+
+
+def session_cookie_name() -> str:
+    """`__Host-` behind TLS: browsers then refuse the cookie unless it is Secure, host-only and
+    for the whole path, so no other site (a subdomain, another port) can plant one."""
+    return f"__Host-{_SESSION_COOKIE}" if _https() else _SESSION_COOKIE
+
+
+def _signin_cookie_name() -> str:
+    return f"__Host-{_SIGNIN_COOKIE}" if _https() else _SIGNIN_COOKIE
+
+
+def _set_cookie(response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", httponly=True, samesite="Strict", secure=_https()
+    )
+
+
+def _see_other(location: str) -> Response:
+    """303: after a form post the browser GETs the next page (a reload posts nothing again)."""
+    return Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+def _mac(purpose: str, value: str) -> str:
+    message = f"{purpose}:{value}".encode()
+    return hmac.new(web_context().csrf_key, message, sha256).hexdigest()
+
+
+def csrf_token(sid: str) -> str:
+    """The CSRF token of a login session's forms (the same for every form of the session)."""
+    return _mac("session", sid)
+
+
+def signed_in() -> tuple[User, SessionClaims] | None:
+    """The browser's user and session claims, when its cookie names an open login session of
+    an active user; None for anything else (no cookie, forged, expired, signed out)."""
+    if "neuronova_page_user" in g:
+        found: tuple[User, SessionClaims] | None = g.neuronova_page_user
+        return found
+    found = None
+    ctx = web_context()
+    try:
+        cookie = request.cookies.get(session_cookie_name(), "")
+        claims = verify_session_token(ctx.web_key, cookie, audience=WEB_SESSION_AUDIENCE)
+    except TokenRejected:
+        claims = None
+    if claims is not None and claims.expires_at > datetime.now(UTC):
+        with get_engine(ctx.database_url).connect() as connection:
+            user = accounts.api_token_user(
+                connection, sid=claims.sid, jti=claims.jti, username=claims.username
+            )
+        found = (user, claims) if user is not None else None
+    g.neuronova_page_user = found
+    return found
+
+
+def _from_our_origin() -> bool:
+    """A form post says where it comes from (Origin; Sec-Fetch-Site in browsers that send no
+    Origin): anything but this gateway's own origin is refused."""
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        gateway = urlsplit(web_context().settings.gateway_url)
+        return origin == f"{gateway.scheme}://{gateway.netloc}"
+    return request.headers.get("Sec-Fetch-Site", "same-origin") in {"same-origin", "none"}
+
+
+def _refuse(status: int, reason: str, username: str | None = None) -> Response:
+    audit(Action.PAGE, status, username=username, reason=reason)
+    page = render_template(
+        "refused.html", status=status, message="This form has expired or did not come from us."
+    )
+    return Response(page, status=status, mimetype="text/html")
+
+
+def form_post[F: Callable[..., Any]](view: F) -> F:
+    """For the signed-in pages' forms: a session, our origin, and the session's CSRF token;
+    else a 403 page (or the sign-in page, for a browser that is not signed in)."""
+
+    @wraps(view)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        found = signed_in()
+        if found is None:
+            return _see_other("/")
+        user, claims = found
+        if not _from_our_origin():
+            return _refuse(403, "form posted from another origin", user.username)
+        sent = request.form.get("csrf", "")
+        if not hmac.compare_digest(sent, csrf_token(claims.sid)):
+            return _refuse(403, "missing or wrong CSRF token", user.username)
+        return view(*args, **kwargs)
+
+    return checked  # type: ignore[return-value]
+
+
+@bp.after_request
+def _page_headers(response: Response) -> Response:
+    """Our pages are never stored (they name patients) and run under a strict policy."""
+    if response.mimetype == "text/html":
+        response.headers["Cache-Control"] = "no-store"
+        response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    return response
+
+
+# --------------------------------------------------------------------------- sign-in
+
+
+def _signin_page(status: int = 200, error: str = "", username: str = "") -> Response:
+    nonce = secrets.token_urlsafe(32)
+    page = render_template(
+        "signin.html", csrf=_mac("signin", nonce), error=error, username=username
+    )
+    response = Response(page, status=status, mimetype="text/html")
+    _set_cookie(response, _signin_cookie_name(), nonce, SIGNIN_COOKIE_TTL_S)
+    return response
+
+
+@bp.get("/")
+def signin_page() -> Response:
+    """The gateway's root: the sign-in form, or the worklist for a browser signed in already."""
+    if signed_in() is not None:
+        return _see_other("/worklist")
+    return _signin_page()
+
+
+@bp.post("/")
+def sign_in() -> Response:
+    """The sign-in form: the same rules as `/api/auth/login` (webapp.auth.attempt_login); on
+    success the session cookie, then the worklist."""
+    nonce = request.cookies.get(_signin_cookie_name(), "")
+    sent = request.form.get("csrf", "")
+    if not _from_our_origin():
+        return _refuse(403, "sign-in posted from another origin")
+    if not nonce or not hmac.compare_digest(sent, _mac("signin", nonce)):
+        # An old tab or a forged form: show a fresh form rather than a dead end.
+        audit(Action.PAGE, 403, reason="sign-in form without its CSRF token")
+        return _signin_page(403, "The sign-in form had expired. Please sign in again.")
+    username = request.form.get("username", "").strip()
+    password = request.form.get("password", "")
+    if not username or not password:
+        return _signin_page(400, "Enter your user name and password.", username[:64])
+    outcome = attempt_login(username, password)
+    if outcome.blocked:
+        response = _signin_page(429, "Too many failed sign-ins. Try again later.", username[:64])
+        response.headers["Retry-After"] = str(outcome.retry_after_s)
+        return response
+    if outcome.user is None or outcome.sid is None:
+        return _signin_page(401, BAD_CREDENTIALS.capitalize() + ".", username[:64])
+    ttl = web_context().settings.refresh_token_ttl_s  # the login session's own lifetime
+    token, _ = issue_session_token(
+        web_context().web_key,
+        audience=WEB_SESSION_AUDIENCE,
+        username=outcome.user.username,
+        sid=outcome.sid,
+        ttl_s=ttl,
+    )
+    response = _see_other("/worklist")
+    _set_cookie(response, session_cookie_name(), token, ttl)
+    response.delete_cookie(_signin_cookie_name(), path="/", secure=_https(), samesite="Strict")
+    return response
+
+
+# --------------------------------------------------------------------------- worklist
+
+
+@bp.get("/worklist")
+def worklist() -> Response:
+    """The user's studies under the search in the address (mrn, name, from, to, page)."""
+    found = signed_in()
+    if found is None:
+        return _see_other("/")
+    user, claims = found
+    wanted = WorklistFilter.from_args(request.args)
+    with db_session() as session:
+        page = worklist_page(session, user, wanted)
+    audit(Action.WORKLIST, 200, username=user.username, now=False)
+    return Response(
+        render_template(
+            "worklist.html",
+            user=user,
+            csrf=csrf_token(claims.sid),
+            wanted=wanted,
+            page=page,
+            previous_url=_page_url(wanted, page.page - 1) if page.page > 1 else "",
+            next_url=_page_url(wanted, page.page + 1) if page.has_next else "",
+        ),
+        mimetype="text/html",
+    )
+
+
+def _page_url(wanted: WorklistFilter, page: int) -> str:
+    return "/worklist?" + urlencode(wanted.query_args(page))
+
+
+@bp.post("/worklist/open")
+@form_post
+def open_study() -> Response:
+    """A worklist row's Open: a one-use viewer link for this browser's session, followed at
+    once (webapp/viewer.py spends it and binds the viewer to this browser)."""
+    found = signed_in()
+    assert found is not None  # form_post checked it
+    user, claims = found
+    study = request.form.get("study", "")
+    with db_session() as session:
+        allowed = is_uid(study) and accounts.may_open_study(session, user, study)
+    if not allowed:
+        # Unknown and forbidden studies get the same answer: no probing of the index.
+        audit(Action.VIEWER_LINK, 403, username=user.username, reason="policy")
+        page = render_template("refused.html", status=403, message="You may not open that study.")
+        return Response(page, status=403, mimetype="text/html")
+    ctx = web_context()
+    token, _ = issue_viewer_link(
+        ctx.viewer_key,
+        username=user.username,
+        study_instance_uid=study,
+        sid=claims.sid,
+        ttl_s=ctx.settings.viewer_link_ttl_s,
+    )
+    audit(Action.VIEWER_LINK, 200, username=user.username, study=study)
+    # The token stays in the fragment: browsers keep it across the redirect and never send it.
+    return _see_other(f"/view#{urlencode({'token': token})}")
+
+
+@bp.post("/worklist/sign-out")
+@form_post
+def sign_out() -> Response:
+    """End the login session: this page, its viewer links and the viewers they opened."""
+    found = signed_in()
+    assert found is not None
+    user, claims = found
+    with db_session() as session:
+        accounts.close_session(session, claims.sid)
+    audit(Action.LOGOUT, 200, username=user.username)
+    response = _see_other("/")
+    response.delete_cookie(session_cookie_name(), path="/", secure=_https(), samesite="Strict")
+    return response

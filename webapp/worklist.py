@@ -1,0 +1,199 @@
+"""The worklist: the studies a user may open, newest first, with what a clinician needs to pick one.
+
+One query per page, restricted by the same rule as every other door (`accounts.may_open_study`):
+admins and radiologists see every indexed study, clinicians the studies of the patients on their
+care list, anyone else nothing. Searches narrow that set; they never widen it, so nothing on the
+page (a name, a count, a page number) comes from a study the user may not open.
+
+Patient names come from the patient cache (FHIR Patient resources kept by MRN); a study whose
+patient was never synced shows its MRN alone. The AI column comes from `inference_results`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from common.db import CachedPatient, CareGrant, InferenceResult, Role, Study, User
+from webapp.accounts import ALL_STUDIES_ROLES
+
+PAGE_SIZE = 50
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class WorklistFilter:
+    """What the search form sends; empty fields do not filter."""
+
+    mrn: str = ""
+    name: str = ""
+    date_from: str = ""  # YYYY-MM-DD, as an <input type=date> sends it
+    date_to: str = ""
+    page: int = 1
+
+    @classmethod
+    def from_args(cls, args: Any) -> WorklistFilter:
+        """From a request's query string, bounded: no field longer than a real one, dates only
+        in the form a date input sends (anything else is ignored, not an error)."""
+
+        def text(name: str, limit: int) -> str:
+            value = args.get(name, "")
+            return value.strip()[:limit] if isinstance(value, str) else ""
+
+        def date(name: str) -> str:
+            value = text(name, 10)
+            return value if _DATE.match(value) else ""
+
+        try:
+            page = max(1, min(int(args.get("page", "1")), 10_000))
+        except ValueError:
+            page = 1
+        return cls(
+            mrn=text("mrn", 64),
+            name=text("name", 64),
+            date_from=date("from"),
+            date_to=date("to"),
+            page=page,
+        )
+
+    def query_args(self, page: int) -> dict[str, str]:
+        """The same search, on another page (for the pager's links)."""
+        args = {"mrn": self.mrn, "name": self.name, "from": self.date_from, "to": self.date_to}
+        return {k: v for k, v in args.items() if v} | {"page": str(page)}
+
+
+@dataclass(frozen=True)
+class AiStatus:
+    """The AI column: `label` for people, `state` for the page's script and styles."""
+
+    state: str  # none, reported, lesions, no-lesion, pending
+    label: str
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    study_instance_uid: str
+    patient_id: str
+    patient_name: str
+    study_date: str  # YYYY-MM-DD or ""
+    modalities: str
+    ai: AiStatus
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    rows: list[WorklistRow]
+    page: int
+    has_next: bool
+
+
+def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> WorklistPage:
+    """One page of the user's worklist under the search; a row more than a page is read to know
+    whether there is a next page (no COUNT over the whole index)."""
+    query = (
+        select(Study, CachedPatient.resource)
+        .join(CachedPatient, col(CachedPatient.mrn) == col(Study.patient_id), isouter=True)
+        .order_by(
+            col(Study.study_date).desc(),
+            col(Study.created_at).desc(),
+            col(Study.study_instance_uid),
+        )
+    )
+    if user.role not in ALL_STUDIES_ROLES:
+        if user.role != Role.CLINICIAN or not user.active:
+            return WorklistPage(rows=[], page=wanted.page, has_next=False)
+        query = query.join(
+            CareGrant,
+            (col(CareGrant.patient_id) == col(Study.patient_id)) & (CareGrant.user_id == user.id),
+        )
+    if wanted.mrn:
+        query = query.where(col(Study.patient_id) == wanted.mrn)
+    if wanted.name:
+        # The cached resource is JSON: a first cut in SQL, then the name itself (below).
+        query = query.where(func.lower(CachedPatient.resource).contains(wanted.name.lower()))
+    if wanted.date_from:
+        query = query.where(col(Study.study_date) >= wanted.date_from.replace("-", ""))
+    if wanted.date_to:
+        query = query.where(col(Study.study_date) <= wanted.date_to.replace("-", ""))
+    offset = (wanted.page - 1) * PAGE_SIZE
+    found = list(session.exec(query.offset(offset).limit(PAGE_SIZE + 1)))
+    rows = [
+        _row(study, display_name(resource))
+        for study, resource in found[:PAGE_SIZE]
+        if not wanted.name or wanted.name.lower() in display_name(resource).lower()
+    ]
+    ai = _ai_statuses(session, [r.study_instance_uid for r in rows])
+    rows = [_with_ai(r, ai.get(r.study_instance_uid)) for r in rows]
+    return WorklistPage(rows=rows, page=wanted.page, has_next=len(found) > PAGE_SIZE)
+
+
+def display_name(resource: str | None) -> str:
+    """A FHIR Patient's name as people write it ("Given Family"), or "" when it has none."""
+    if not resource:
+        return ""
+    try:
+        patient = json.loads(resource)
+    except ValueError:
+        return ""
+    names = patient.get("name") if isinstance(patient, dict) else None
+    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
+        return ""
+    first = names[0]
+    if isinstance(first.get("text"), str) and first["text"].strip():
+        return str(first["text"]).strip()
+    given = [g for g in first.get("given", []) if isinstance(g, str)]
+    family = first.get("family")
+    return " ".join([*given, family if isinstance(family, str) else ""]).strip()
+
+
+def _row(study: Study, name: str) -> WorklistRow:
+    date = study.study_date or ""
+    if len(date) == 8 and date.isdigit():
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return WorklistRow(
+        study_instance_uid=study.study_instance_uid,
+        patient_id=study.patient_id,
+        patient_name=name,
+        study_date=date,
+        modalities=", ".join(m for m in study.modalities.split("\\") if m),
+        ai=AiStatus("none", "not applicable"),
+    )
+
+
+def _ai_statuses(session: Session, studies: list[str]) -> dict[str, AiStatus]:
+    """The AI column of each study on the page, from its readings (one query for the page)."""
+    if not studies:
+        return {}
+    readings = session.exec(
+        select(InferenceResult).where(col(InferenceResult.study_instance_uid).in_(studies))
+    )
+    by_study: dict[str, list[InferenceResult]] = {}
+    for reading in readings:
+        by_study.setdefault(reading.study_instance_uid, []).append(reading)
+    return {study: ai_status(found) for study, found in by_study.items()}
+
+
+def ai_status(readings: list[InferenceResult]) -> AiStatus:
+    """What a study's readings add up to: lesions (count and mL over its MR series), none found,
+    or found with the report still owed."""
+    if not readings:
+        return AiStatus("none", "not applicable")
+    count = sum(r.lesion_count for r in readings)
+    volume = sum(r.lesion_volume_ml for r in readings)
+    if any(r.status != "completed" for r in readings):
+        return AiStatus("pending", "read, report pending")
+    if count == 0:
+        return AiStatus("no-lesion", "no lesion")
+    noun = "lesion" if count == 1 else "lesions"
+    return AiStatus("lesions", f"{count} {noun}, {volume:.1f} mL")
+
+
+def _with_ai(row: WorklistRow, status: AiStatus | None) -> WorklistRow:
+    if status is None:
+        return row
+    return WorklistRow(**{**row.__dict__, "ai": status})
