@@ -33,7 +33,11 @@ def test_a_clinician_signs_in_sees_her_studies_opens_one_and_signs_out(
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
     _sign_in(worklist, viewing, "cara", "not the password")
-    assert worklist.get_by_role("alert").inner_text().startswith("Invalid user name or password")
+    assert (
+        worklist.get_by_role("alert")
+        .inner_text(timeout=10_000)
+        .startswith("Invalid user name or password")
+    ), worklist.content()
     _sign_in(worklist, viewing, "cara")
     worklist.wait_for_url(f"{viewing.base}/worklist")
     worklist.screenshot(path=str(ARTIFACTS / "worklist-cara.png"))

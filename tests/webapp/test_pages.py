@@ -136,6 +136,17 @@ def test_a_sign_in_without_its_token_or_from_elsewhere_is_refused(
     assert SESSION_COOKIE not in " ".join(answer.headers.getlist("Set-Cookie"))
 
 
+def test_a_browser_under_no_referrer_signs_in_by_sec_fetch_site(client: FlaskClient) -> None:
+    """Our Referrer-Policy makes a browser send `Origin: null`; Sec-Fetch-Site says same-origin."""
+    form = client.get("/")
+    answer = client.post(
+        "/",
+        data={"csrf": _csrf(form.text), "username": "alice", "password": PASSWORD},
+        headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
+    )
+    assert answer.status_code == 303
+
+
 def test_worklist_forms_need_the_sessions_token_and_our_origin(
     app: Flask, client: FlaskClient
 ) -> None:
