@@ -406,9 +406,11 @@ def demo() -> None:
         f"This link logs {DEMO_ADMIN} in (one use, within 5 minutes):"
     )
     print(ui_link)
+    gateway = str(status["gateway"]).rstrip("/")
     console.print(
-        f"Gateway: {status['gateway']}  (user {DEMO_CLINICIAN}, password in "
-        f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')})"
+        f"Sign in at {gateway}/ as {DEMO_CLINICIAN} (password in "
+        f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')}): the worklist shows the "
+        "sample patient's study with its AI result; Open shows it in OHIF."
     )
     console.print(
         f"FHIR R4: {status['fhir']}   OpenEMR (emulator): {status['emr']['url']}  "
