@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(viewer.bp)
     app.register_blueprint(patients.bp)
     app.register_blueprint(alerts.bp)
+    app.register_blueprint(alerts.page_bp)
     app.register_blueprint(admin_ui.bp)
     app.register_blueprint(stow.bp)
     app.register_blueprint(pages.bp)

@@ -9,7 +9,8 @@ is checked against the policy with that record; only alerts of a known kind pass
 event's name is that kind. The stream ends when the access token expires (an `expired` event:
 reconnect with a fresh token) or as soon as the session is closed (logout, a new password),
 checked at every heartbeat too. Browsers read it with `fetch` (the token goes in the
-Authorization header, never in the URL).
+Authorization header, never in the URL). The signed-in worklist page reads the same stream at
+`/worklist/alerts` with its session cookie (EventSource), under the same checks.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from webapp.context import WebContext, audit, db_session, deny_response, web_con
 log = logging.getLogger(__name__)
 
 bp = Blueprint("alerts", __name__, url_prefix="/api")
+page_bp = Blueprint("page_alerts", __name__)  # the worklist page's stream, by its cookie
 
 _POLL_S = 1.0  # the longest a new alert or a closed session waits to be noticed
 
@@ -67,10 +69,34 @@ _OPEN = _OpenStreams()
 @bp.get("/alerts")
 @jwt_required()
 def stream_alerts() -> Response:
-    """The caller's alert stream (text/event-stream)."""
-    ctx = web_context()
+    """The caller's alert stream (text/event-stream), for an API client with its access token."""
     user: User = current_user
-    claims = get_jwt()
+    return _open_stream(user, get_jwt())
+
+
+@page_bp.get("/worklist/alerts")
+def stream_page_alerts() -> Response:
+    """The same stream for the signed-in worklist page (its session cookie, webapp/pages.py):
+    it ends when the login session does (sign-out ends the page's live updates)."""
+    from webapp.pages import signed_in
+
+    found = signed_in()
+    if found is None:
+        audit(Action.ALERTS, 401, reason="no open browser session")
+        return deny_response(401, "sign in again")
+    user, session = found
+    claims = {
+        "sid": session.sid,
+        "jti": session.jti,
+        "sub": session.username,
+        "exp": session.expires_at.timestamp(),
+    }
+    return _open_stream(user, claims)
+
+
+def _open_stream(user: User, claims: dict[str, Any]) -> Response:
+    """Open a stream for this user under these claims (sid, jti, sub, exp), within the limits."""
+    ctx = web_context()
     if not ctx.settings.resolved_redis_url:
         audit(Action.ALERTS, 503, username=user.username, reason="alerts not configured")
         return deny_response(503, "alerts are not configured")

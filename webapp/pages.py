@@ -42,7 +42,7 @@ from webapp.tokens import (
     issue_viewer_link,
     verify_session_token,
 )
-from webapp.worklist import WorklistFilter, worklist_page
+from webapp.worklist import WorklistFilter, worklist_page, worklist_row
 
 bp = Blueprint(
     "pages",
@@ -261,6 +261,25 @@ def worklist() -> Response:
         ),
         mimetype="text/html",
     )
+
+
+@bp.get("/worklist/row")
+def worklist_row_fragment() -> Response:
+    """One study's row as the worklist renders it, for the page's live update after an alert
+    (`?study=UID`); 404 for a study the user may not open, exactly as for an unknown one."""
+    found = signed_in()
+    if found is None:
+        return Response("sign in again", status=401, mimetype="text/plain")
+    user, claims = found
+    study = request.args.get("study", "")
+    row = None
+    if is_uid(study):
+        with db_session() as session:
+            row = worklist_row(session, user, study)
+    if row is None:
+        return Response("no such study", status=404, mimetype="text/plain")
+    fragment = render_template("_row.html", row=row, csrf=csrf_token(claims.sid))
+    return Response(fragment, mimetype="text/html")
 
 
 def _page_url(wanted: WorklistFilter, page: int) -> str:

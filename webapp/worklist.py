@@ -95,22 +95,9 @@ class WorklistPage:
 def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> WorklistPage:
     """One page of the user's worklist under the search; a row more than a page is read to know
     whether there is a next page (no COUNT over the whole index)."""
-    query = (
-        select(Study, CachedPatient.resource)
-        .join(CachedPatient, col(CachedPatient.mrn) == col(Study.patient_id), isouter=True)
-        .order_by(
-            col(Study.study_date).desc(),
-            col(Study.created_at).desc(),
-            col(Study.study_instance_uid),
-        )
-    )
-    if user.role not in ALL_STUDIES_ROLES:
-        if user.role != Role.CLINICIAN or not user.active:
-            return WorklistPage(rows=[], page=wanted.page, has_next=False)
-        query = query.join(
-            CareGrant,
-            (col(CareGrant.patient_id) == col(Study.patient_id)) & (CareGrant.user_id == user.id),
-        )
+    query = _visible_studies(user)
+    if query is None:
+        return WorklistPage(rows=[], page=wanted.page, has_next=False)
     if wanted.mrn:
         query = query.where(col(Study.patient_id) == wanted.mrn)
     if wanted.name:
@@ -127,9 +114,46 @@ def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> Workl
         for study, resource in found[:PAGE_SIZE]
         if not wanted.name or wanted.name.lower() in display_name(resource).lower()
     ]
-    ai = _ai_statuses(session, [r.study_instance_uid for r in rows])
-    rows = [_with_ai(r, ai.get(r.study_instance_uid)) for r in rows]
-    return WorklistPage(rows=rows, page=wanted.page, has_next=len(found) > PAGE_SIZE)
+    return WorklistPage(
+        rows=_with_ai(session, rows), page=wanted.page, has_next=len(found) > PAGE_SIZE
+    )
+
+
+def worklist_row(session: Session, user: User, study_uid: str) -> WorklistRow | None:
+    """One study's row (for the page's live update), when the user may open it; else None."""
+    query = _visible_studies(user)
+    if query is None:
+        return None
+    found = session.exec(query.where(col(Study.study_instance_uid) == study_uid)).first()
+    if found is None:
+        return None
+    study, resource = found
+    (row,) = _with_ai(session, [_row(study, display_name(resource))])
+    return row
+
+
+def _visible_studies(user: User) -> Any:
+    """The studies this user may open with their cached patient, newest first; None for a user
+    who may open none (the same rule as `accounts.may_open_study`)."""
+    query = (
+        select(Study, CachedPatient.resource)
+        .join(CachedPatient, col(CachedPatient.mrn) == col(Study.patient_id), isouter=True)
+        .order_by(
+            col(Study.study_date).desc(),
+            col(Study.created_at).desc(),
+            col(Study.study_instance_uid),
+        )
+    )
+    if not user.active:
+        return None
+    if user.role in ALL_STUDIES_ROLES:
+        return query
+    if user.role != Role.CLINICIAN:
+        return None
+    return query.join(
+        CareGrant,
+        (col(CareGrant.patient_id) == col(Study.patient_id)) & (CareGrant.user_id == user.id),
+    )
 
 
 def display_name(resource: str | None) -> str:
@@ -193,7 +217,12 @@ def ai_status(readings: list[InferenceResult]) -> AiStatus:
     return AiStatus("lesions", f"{count} {noun}, {volume:.1f} mL")
 
 
-def _with_ai(row: WorklistRow, status: AiStatus | None) -> WorklistRow:
-    if status is None:
-        return row
-    return WorklistRow(**{**row.__dict__, "ai": status})
+def _with_ai(session: Session, rows: list[WorklistRow]) -> list[WorklistRow]:
+    """The rows with their AI column filled in (one query for all of them)."""
+    statuses = _ai_statuses(session, [r.study_instance_uid for r in rows])
+    return [
+        WorklistRow(**{**r.__dict__, "ai": statuses[r.study_instance_uid]})
+        if r.study_instance_uid in statuses
+        else r
+        for r in rows
+    ]

@@ -80,3 +80,73 @@ def test_a_clinician_signs_in_sees_her_studies_opens_one_and_signs_out(
     worklist.goto(f"{viewing.base}/worklist")
     assert worklist.url == f"{viewing.base}/"  # back to the sign-in page
     context.close()
+
+
+def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: ignore[no-untyped-def]
+    browser, viewing: Viewing
+) -> None:
+    """A clinician's worklist listens to her alert stream: a study of her patient read by the AI
+    appears with its result and a notice; nothing of another patient's does."""
+    from sqlmodel import select
+
+    from common.db import InferenceResult, session_scope
+    from tasks.inference.alerts import AI_RESULT, AlertPublisher
+    from tests.support.web import IndexedStudy, index_study
+    from webapp import accounts
+
+    settings = viewing.settings
+    url = settings.resolved_database_url
+    mine = IndexedStudy(
+        "NN-LIVE-0001", "1.2.826.0.1.7001", "1.2.826.0.1.7001.1", ("1.2.826.0.1.7001.1.1",)
+    )
+    other = IndexedStudy(
+        "NN-LIVE-0002", "1.2.826.0.1.7002", "1.2.826.0.1.7002.1", ("1.2.826.0.1.7002.1.1",)
+    )
+    with session_scope(url) as session:
+        if accounts.find_user(session, "lina") is None:
+            accounts.add_user(session, "lina", "clinician", PASSWORD)
+    with session_scope(url) as session:
+        accounts.grant_patient(session, "lina", mine.patient_id)
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    _sign_in(page, viewing, "lina")
+    page.wait_for_url(f"{viewing.base}/worklist")
+    assert page.locator("tr[data-study]").count() == 0
+    page.wait_for_timeout(1500)  # the page's stream is open (EventSource connects on load)
+
+    for study in (other, mine):  # read by the AI: indexed, a reading, the alert
+        with session_scope(url) as session:
+            known = session.exec(
+                select(InferenceResult).where(InferenceResult.study_instance_uid == study.study)
+            ).first()
+        if known is None:
+            index_study(url, study)
+            with session_scope(url) as session:
+                session.add(
+                    InferenceResult(
+                        study_instance_uid=study.study,
+                        series_instance_uid=study.series,
+                        patient_id=study.patient_id,
+                        model_name="brain-lesion",
+                        model_version="1",
+                        model_sha256="0" * 64,
+                        status="completed",
+                        device="cpu",
+                        lesion_count=2,
+                        lesion_volume_ml=4.2,
+                        seg_series_uid=study.series + ".9",
+                        seg_sop_instance_uid=study.series + ".9.1",
+                        timings="{}",
+                    )
+                )
+        with AlertPublisher.from_settings(settings) as publisher:
+            publisher.publish(AI_RESULT, study.study, study.patient_id, {"lesion_count": 2})
+
+    row = page.locator(f'tr[data-study="{mine.study}"]')
+    row.wait_for(timeout=15_000)
+    assert "2 lesions, 4.2 mL" in row.inner_text()
+    assert "New AI result" in page.get_by_role("status").first.inner_text()
+    page.screenshot(path=str(ARTIFACTS / "worklist-live.png"))
+    assert page.locator(f'tr[data-study="{other.study}"]').count() == 0
+    assert other.patient_id not in page.content()
+    context.close()

@@ -261,3 +261,23 @@ def test_the_api_login_still_answers_tokens(client: FlaskClient) -> None:
         "username": "alice",
         "role": "clinician",
     }
+
+
+def test_the_row_fragment_is_the_users_own_studies_only(client: FlaskClient) -> None:
+    assert client.get(f"/worklist/row?study={A.study}").status_code == 401
+    sign_in(client)
+
+    own = client.get(f"/worklist/row?study={A.study}")
+
+    assert own.status_code == 200 and own.text.lstrip().startswith(f'<tr data-study="{A.study}"')
+    other = client.get(f"/worklist/row?study={B.study}")
+    unknown = client.get("/worklist/row?study=1.2.3.4")
+    assert other.status_code == unknown.status_code == 404 and other.text == unknown.text
+    assert client.get("/worklist/row?study=not-a-uid").status_code == 404
+
+
+def test_the_pages_alert_stream_needs_the_session_cookie(client: FlaskClient) -> None:
+    assert client.get("/worklist/alerts").status_code == 401
+    sign_in(client)
+    # Signed in, the stream is opened (here no Redis is configured: 503, not 401).
+    assert client.get("/worklist/alerts").status_code == 503

@@ -1,0 +1,60 @@
+// The worklist, live: the page listens to its alert stream (/worklist/alerts, by the session
+// cookie) and, for each AI result about a study the user may open, puts that study's row (as the
+// server renders it) at the top, or replaces it, and says so in the notice. Signing out, or the
+// session ending elsewhere, closes the stream and goes back to the sign-in page.
+"use strict";
+
+(() => {
+  const notice = document.getElementById("notice");
+  const table = document.querySelector("table.worklist");
+  if (!notice || !table) return;
+  const body = table.tBodies[0];
+  // Only the first page of an unfiltered list takes new rows (a search shows what it found).
+  const takesNewRows = table.dataset.page === "1" && table.dataset.searched === "0";
+
+  async function showRow(study) {
+    const answer = await fetch(`/worklist/row?study=${encodeURIComponent(study)}`, {
+      credentials: "same-origin", cache: "no-store",
+    });
+    if (answer.status === 401) { location.assign("/"); return null; }
+    if (answer.status !== 200) return null;
+    const holder = document.createElement("tbody");
+    holder.innerHTML = (await answer.text()).trim();
+    const row = holder.querySelector("tr[data-study]");
+    if (!row) return null;
+    const old = body.querySelector(`tr[data-study="${CSS.escape(study)}"]`);
+    if (old) {
+      old.replaceWith(row);
+    } else if (takesNewRows) {
+      body.prepend(row);
+      table.hidden = false;
+      const empty = document.querySelector("p.empty");
+      if (empty) empty.remove();
+    }
+    row.classList.add("fresh");
+    return row;
+  }
+
+  function say(text) {
+    notice.textContent = text;
+  }
+
+  const stream = new EventSource("/worklist/alerts");
+  stream.addEventListener("ai-result", async (event) => {
+    let alert;
+    try { alert = JSON.parse(event.data); } catch { return; }
+    const row = await showRow(alert.study_instance_uid);
+    if (!row) return;
+    const who = row.cells[0].textContent.trim();
+    const mrn = row.cells[1].textContent.trim();
+    const ai = row.querySelector("td.ai").textContent.trim();
+    say(`New AI result: ${who === "—" ? mrn : `${who} (${mrn})`}: ${ai}.`);
+  });
+  stream.addEventListener("closed", () => { stream.close(); location.assign("/"); });
+  stream.addEventListener("expired", () => { stream.close(); location.assign("/"); });
+  stream.addEventListener("error", () => {
+    // The browser retries a dropped stream by itself; a refused one (401) stays closed.
+    if (stream.readyState === EventSource.CLOSED) say("Live updates stopped: reload the page.");
+  });
+  window.addEventListener("pagehide", () => stream.close());
+})();
