@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import PROJECT_ROOT
+from tests.support.axe import severe_violations
 from tests.support.browser import best_match, reference_slices, wait_for_image
 from tests.support.viewing import Viewing
 
@@ -149,4 +150,26 @@ def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: igno
     page.screenshot(path=str(ARTIFACTS / "worklist-live.png"))
     assert page.locator(f'tr[data-study="{other.study}"]').count() == 0
     assert other.patient_id not in page.content()
+    context.close()
+
+
+def test_the_sign_in_and_worklist_pages_pass_axe(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
+    """axe-core (npm, injected past our CSP) finds nothing serious or critical, and signing in
+    works from the keyboard alone."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    page = context.new_page()
+    page.goto(f"{viewing.base}/")
+    assert severe_violations(page) == []
+    page.goto(f"{viewing.base}/")
+    assert page.evaluate("document.activeElement.id") == "username"  # focused on arrival
+    page.keyboard.type("cara")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{viewing.base}/worklist")
+    assert severe_violations(page) == []
+    page.keyboard.press("Tab")  # the first stop: the skip link, then the page's controls
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.goto(f"{viewing.base}/worklist?mrn=nobody")  # the empty result too
+    assert severe_violations(page) == []
     context.close()

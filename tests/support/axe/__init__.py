@@ -1,0 +1,47 @@
+"""axe-core from npm (pinned in package-lock.json here), for the accessibility checks of our pages.
+
+`npm ci` installs it once into this folder's node_modules/ (ignored by git); the tests inject
+`axe.min.js` into a page (Playwright's `bypass_csp`: our CSP allows no foreign script) and keep
+the violations of impact serious or critical.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+AXE_DIR = Path(__file__).parent
+AXE_SCRIPT = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+SEVERE = ("serious", "critical")
+
+
+def axe_script() -> str:
+    """axe.min.js, installed from the lock file on first use."""
+    if not AXE_SCRIPT.exists():
+        from neuronova.node import node_env, npm_command
+
+        result = subprocess.run(
+            npm_command("ci", "--no-audit", "--no-fund", "--silent"),
+            cwd=AXE_DIR,
+            env=node_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"npm ci in {AXE_DIR} failed: {result.stderr[-2000:]}")
+    return AXE_SCRIPT.read_text()
+
+
+def severe_violations(page: Any) -> list[str]:
+    """axe-core's serious and critical findings on the page as it is now, one line each."""
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(content=axe_script())
+    violations = page.evaluate("async () => (await axe.run(document)).violations")
+    return [
+        f"{v['impact']}: {v['id']} ({v['help']}) at "
+        + ", ".join(str(n["target"]) for n in v["nodes"][:3])
+        for v in violations
+        if v.get("impact") in SEVERE
+    ]
