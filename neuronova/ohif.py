@@ -7,6 +7,7 @@ integrity hash); nothing is built and no dependency is installed. The unpacked c
 
 from __future__ import annotations
 
+import gzip
 import logging
 import shutil
 import subprocess
@@ -25,6 +26,11 @@ OHIF_VERSION = "3.13.2"
 # Its AI tools' ONNX runtime (136 MB): unused here.
 _UNUSED = ("ort",)
 
+# What nginx serves precompressed (gzip_static): OHIF's text and WebAssembly, ~60 MB as shipped.
+PRECOMPRESSED_SUFFIXES = frozenset({".js", ".css", ".wasm", ".json", ".svg", ".html", ".txt"})
+# Rewritten whenever our configuration changes: compressed on the fly instead, never stale.
+_NOT_PRECOMPRESSED = frozenset({"app-config.js"})
+
 # Our OHIF configuration (same-origin DICOMweb through the gate; why WADO-URI: see the file).
 APP_CONFIG_PATH = PROJECT_ROOT / "nginx" / "ohif-app-config.js"
 
@@ -39,6 +45,7 @@ def ensure_ohif(version: str = OHIF_VERSION) -> Path:
     root = ohif_root(version)
     if not (root / "index.html").exists():
         _install(version, root)
+    precompress(root)
     wanted = APP_CONFIG_PATH.read_text()
     config = root / "app-config.js"
     if not config.exists() or config.read_text() != wanted:
@@ -77,3 +84,25 @@ def _install(version: str, root: Path) -> None:
             shutil.rmtree(root)
         dist.replace(root)
     log.info("OHIF %s installed in %s", version, root)
+
+
+def precompress(root: Path) -> int:
+    """Write `NAME.gz` (level 9) beside each of OHIF's text and WebAssembly files that lacks an
+    up-to-date one, so nginx sends the smaller file with no work per request (`gzip_static`);
+    returns how many were written. Once per install: about 10 s on 2 cores."""
+    written = 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix not in PRECOMPRESSED_SUFFIXES:
+            continue
+        if path.name in _NOT_PRECOMPRESSED:
+            continue
+        packed = path.with_name(path.name + ".gz")
+        if packed.exists() and packed.stat().st_mtime >= path.stat().st_mtime:
+            continue
+        tmp = packed.with_name(packed.name + ".tmp")
+        tmp.write_bytes(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
+        tmp.replace(packed)
+        written += 1
+    if written:
+        log.info("OHIF: %d files precompressed for gzip_static", written)
+    return written

@@ -173,3 +173,30 @@ def test_the_sign_in_and_worklist_pages_pass_axe(browser, viewing: Viewing) -> N
     page.goto(f"{viewing.base}/worklist?mrn=nobody")  # the empty result too
     assert severe_violations(page) == []
     context.close()
+
+
+def test_ohif_files_are_sent_precompressed_and_hashed_ones_cached_for_a_year(
+    viewing: Viewing,
+) -> None:
+    import httpx
+
+    from neuronova.ohif import ohif_root
+
+    root = ohif_root()
+    bundle = next(p for p in sorted(root.glob("*.bundle.*.js")) if p.stat().st_size > 100_000)
+    answer = httpx.get(
+        f"{viewing.base}/{bundle.name}", headers={"Accept-Encoding": "gzip"}, timeout=30
+    )
+    assert answer.status_code == 200 and answer.headers["Content-Encoding"] == "gzip"
+    # The precompressed file as it is (gzip_static), not a compression made for this request.
+    packed = bundle.with_name(bundle.name + ".gz")
+    assert int(answer.headers["Content-Length"]) == packed.stat().st_size
+    assert answer.content == bundle.read_bytes()  # httpx unpacks it: the same bundle
+    assert "max-age=31536000" in answer.headers["Cache-Control"]
+    # A client that takes no gzip gets the plain file.
+    plain = httpx.get(
+        f"{viewing.base}/{bundle.name}", headers={"Accept-Encoding": "identity"}, timeout=30
+    )
+    assert "Content-Encoding" not in plain.headers and plain.content == bundle.read_bytes()
+    # Our configuration is never precompressed (it is rewritten when it changes).
+    assert not (root / "app-config.js.gz").exists()
