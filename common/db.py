@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 
 def utcnow() -> datetime:
@@ -48,8 +48,9 @@ class Study(SQLModel, table=True):
     __tablename__ = "studies"
     study_instance_uid: str = Field(primary_key=True, max_length=64)
     patient_id: str = Field(index=True, max_length=64)
-    study_date: str | None = Field(default=None, max_length=8)
+    study_date: str | None = Field(default=None, max_length=8, index=True)
     accession_number: str | None = Field(default=None, max_length=16)
+    study_description: str | None = Field(default=None, max_length=64)
     modalities: str = Field(default="", max_length=64)
     orthanc_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
@@ -129,6 +130,20 @@ class User(SQLModel, table=True):
     role: str = Field(max_length=16, description="a Role value")
     active: bool = True
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class BreakGlassGrant(SQLModel, table=True):
+    """A clinician's emergency access to a patient outside their care list: asked for by the
+    patient's full MRN with a reason, for a limited time (`break_glass_minutes`), audited, and
+    listed for admins. Rows are kept after they expire: they are the record of who looked."""
+
+    __tablename__ = "break_glass_grants"
+    id: int | None = Field(default=None, primary_key=True)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    patient_id: str = Field(index=True, max_length=64)
+    reason: str = Field(max_length=500)
+    opened_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
 
 
 class CareGrant(SQLModel, table=True):

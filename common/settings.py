@@ -273,6 +273,12 @@ class Settings(BaseSettings):
     )
     access_token_ttl_s: int = Field(default=900, ge=30, le=86400)
     refresh_token_ttl_s: int = Field(default=8 * 3600, ge=60, le=7 * 86400)
+    break_glass_minutes: int = Field(
+        default=60,
+        ge=5,
+        le=24 * 60,
+        description="How long a clinician's break-glass access to a patient off the list lasts.",
+    )
     viewer_link_ttl_s: int = Field(
         default=600,
         ge=30,

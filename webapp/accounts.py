@@ -10,13 +10,15 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
-from sqlalchemy import Connection, delete, func, text
+from sqlalchemy import Connection, delete, func, or_, text
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from common.db import (
     AuthSession,
+    BreakGlassGrant,
     CareGrant,
     LoginFailure,
     RevokedToken,
@@ -246,7 +248,7 @@ def may_open_study(session: Session, user: User, study_instance_uid: str) -> boo
         return True
     if user.role != Role.CLINICIAN:
         return False  # an unknown role opens nothing
-    return session.get(CareGrant, (user.id, study.patient_id)) is not None
+    return may_read_patient(session, user, study.patient_id)
 
 
 def may_read_patient(session: Session, user: User, patient_id: str) -> bool:
@@ -258,7 +260,50 @@ def may_read_patient(session: Session, user: User, patient_id: str) -> bool:
         return True
     if user.role != Role.CLINICIAN:
         return False
-    return session.get(CareGrant, (user.id, patient_id)) is not None
+    if session.get(CareGrant, (user.id, patient_id)) is not None:
+        return True
+    return break_glass_until(session, user, patient_id) is not None
+
+
+# --------------------------------------------------------------------------- break-glass
+
+
+def break_glass_until(session: Session, user: User, patient_id: str) -> datetime | None:
+    """When the user's open break-glass access to this patient ends; None when there is none."""
+    until = session.exec(
+        select(func.max(BreakGlassGrant.expires_at)).where(
+            BreakGlassGrant.user_id == user.id, BreakGlassGrant.patient_id == patient_id
+        )
+    ).first()
+    return as_utc(until) if until is not None and _still_open(until) else None
+
+
+def open_break_glass(
+    session: Session, user: User, patient_id: str, reason: str, minutes: int
+) -> BreakGlassGrant:
+    """Record a clinician's emergency access to a patient, for `minutes` from now."""
+    assert user.id is not None
+    now = datetime.now(UTC)
+    grant = BreakGlassGrant(
+        user_id=user.id,
+        patient_id=patient_id,
+        reason=reason,
+        opened_at=now,
+        expires_at=now + timedelta(minutes=minutes),
+    )
+    session.add(grant)
+    return grant
+
+
+def break_glass_patients(session: Session, user: User) -> list[str]:
+    """The patients the user holds open break-glass access to now."""
+    now = datetime.now(UTC)
+    rows = session.exec(
+        select(BreakGlassGrant.patient_id, BreakGlassGrant.expires_at).where(
+            BreakGlassGrant.user_id == user.id
+        )
+    )
+    return sorted({mrn for mrn, until in rows if as_utc(until) > now})
 
 
 def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
@@ -268,8 +313,25 @@ def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
         return list(session.exec(query.limit(limit)))
     if user.role != Role.CLINICIAN:
         return []
-    patients = select(CareGrant.patient_id).where(CareGrant.user_id == user.id)
-    return list(session.exec(query.where(Study.patient_id.in_(patients)).limit(limit)))  # type: ignore[attr-defined]
+    return list(session.exec(query.where(visible_to_clinician(session, user)).limit(limit)))
+
+
+def visible_to_clinician(session: Session, user: User) -> Any:
+    """The condition on `studies` for a clinician: a patient on the care list, or one the
+    clinician holds open break-glass access to."""
+    care = select(CareGrant.patient_id).where(CareGrant.user_id == user.id)
+    glass = break_glass_patients(session, user)
+    on_list = col(Study.patient_id).in_(care)
+    return or_(on_list, col(Study.patient_id).in_(glass)) if glass else on_list
+
+
+def _still_open(until: datetime | str | None) -> bool:
+    """A break-glass grant's end (as a plain query returns it) is still ahead."""
+    if until is None:
+        return False
+    if isinstance(until, str):  # SQLite hands text back to a plain query
+        until = datetime.fromisoformat(until)
+    return as_utc(until) > datetime.now(UTC)
 
 
 def _token_live(
@@ -287,7 +349,9 @@ def _token_live(
 
 
 _VIEWER_TOKEN_ALLOWED = text(
-    "SELECT s.revoked_at, s.expires_at, u.active, u.role, r.jti, g.user_id"
+    "SELECT s.revoked_at, s.expires_at, u.active, u.role, r.jti, g.user_id,"
+    " (SELECT MAX(b.expires_at) FROM break_glass_grants b"
+    "  WHERE b.user_id = u.id AND b.patient_id = st.patient_id) AS glass_until"
     " FROM auth_sessions s JOIN users u ON u.id = s.user_id"
     " LEFT JOIN revoked_tokens r ON r.jti = :jti"
     " LEFT JOIN studies st ON st.study_instance_uid = :study"
@@ -315,9 +379,13 @@ def viewer_token_allowed(connection: Connection, claims: ViewerClaims) -> bool:
     ).first()
     if row is None:
         return False
-    revoked_at, expires_at, active, role, blocked, granted = row
+    revoked_at, expires_at, active, role, blocked, granted, glass_until = row
     live = _token_live(revoked_at, expires_at, active, blocked)
-    return live and (role in ALL_STUDIES_ROLES or (role == Role.CLINICIAN and granted is not None))
+    if not live:
+        return False
+    if role in ALL_STUDIES_ROLES:
+        return True
+    return role == Role.CLINICIAN and (granted is not None or _still_open(glass_until))
 
 
 _API_TOKEN_USER = text(

@@ -55,6 +55,7 @@ class Action(StrEnum):
     STOW = "stow"  # an upload by STOW-RS
     WORKLIST = "worklist"  # the signed-in worklist page (webapp/pages.py)
     PAGE = "page"  # a refused form post of our pages (CSRF, origin)
+    BREAK_GLASS = "break-glass"  # a clinician's emergency access outside the care list
 
 
 class Outcome(StrEnum):

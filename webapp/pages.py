@@ -27,9 +27,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, g, render_template, request
+from sqlmodel import col, select
 
-from common.db import User, get_engine
+from common.db import BreakGlassGrant, Role, Study, User, as_utc, get_engine
 from tasks.dicom.uid import is_uid
+from tasks.patients.mrn import is_mrn
 from webapp import accounts
 from webapp.audit import Action
 from webapp.auth import BAD_CREDENTIALS, attempt_login
@@ -328,3 +330,105 @@ def sign_out() -> Response:
     response = _see_other("/")
     response.delete_cookie(session_cookie_name(), path="/", secure=_https(), samesite="Strict")
     return response
+
+
+# --------------------------------------------------------------------------- break-glass
+
+MIN_REASON_LENGTH = 10
+MAX_REASON_LENGTH = 500
+
+
+def _page(template: str, code: int = 200, **values: Any) -> Response:
+    return Response(render_template(template, **values), status=code, mimetype="text/html")
+
+
+@bp.get("/worklist/break-glass")
+def break_glass_page() -> Response:
+    """A clinician's form to open one patient outside the care list: full MRN and a reason."""
+    found = signed_in()
+    if found is None:
+        return _see_other("/")
+    user, claims = found
+    if user.role != Role.CLINICIAN:
+        return _see_other("/worklist")  # radiologists and admins open every study already
+    minutes = web_context().settings.break_glass_minutes
+    return _page("break_glass.html", user=user, csrf=csrf_token(claims.sid), minutes=minutes)
+
+
+@bp.post("/worklist/break-glass")
+@form_post
+def open_break_glass() -> Response:
+    """Grant the clinician this patient for `break_glass_minutes`, audited with the reason; then
+    the worklist shows that patient's studies. Only a full MRN of a patient with studies in
+    the archive: no browsing, no partial search outside the care list."""
+    found = signed_in()
+    assert found is not None
+    user, claims = found
+    settings = web_context().settings
+    if user.role != Role.CLINICIAN:
+        return _see_other("/worklist")
+    mrn = request.form.get("mrn", "").strip()
+    reason = " ".join(request.form.get("reason", "").split())
+    values = {
+        "user": user,
+        "csrf": csrf_token(claims.sid),
+        "minutes": settings.break_glass_minutes,
+        "mrn": mrn[:64],
+        "reason": reason[:MAX_REASON_LENGTH],
+    }
+    if len(reason) < MIN_REASON_LENGTH or len(reason) > MAX_REASON_LENGTH:
+        audit(Action.BREAK_GLASS, 400, username=user.username, reason="no reason given")
+        error = f"Give the reason, in {MIN_REASON_LENGTH} to {MAX_REASON_LENGTH} characters."
+        return _page("break_glass.html", 400, error=error, **values)
+    with db_session() as session:
+        exists = is_mrn(mrn) and (
+            session.exec(select(Study.study_instance_uid).where(Study.patient_id == mrn)).first()
+            is not None
+        )
+        if exists:
+            accounts.open_break_glass(session, user, mrn, reason, settings.break_glass_minutes)
+    if not exists:
+        audit(Action.BREAK_GLASS, 404, username=user.username, reason="no study for that MRN")
+        error = "No study in the archive for that MRN. Type the patient's full MRN."
+        return _page("break_glass.html", 404, error=error, **values)
+    audit(
+        Action.BREAK_GLASS,
+        200,
+        username=user.username,
+        patient=mrn,
+        reason=f"break-glass for {settings.break_glass_minutes} min: {reason}"[:255],
+    )
+    return _see_other("/worklist?" + urlencode({"mrn": mrn}))
+
+
+@bp.get("/worklist/break-glass/log")
+def break_glass_log() -> Response:
+    """Every break-glass access, newest first, for admins: who, which patient, when, why."""
+    found = signed_in()
+    if found is None:
+        return _see_other("/")
+    user, claims = found
+    if user.role != Role.ADMIN:
+        audit(Action.BREAK_GLASS, 403, username=user.username, reason="log: not an admin")
+        return _page("refused.html", 403, status=403, message="Admins only.")
+    with db_session() as session:
+        rows = session.exec(
+            select(BreakGlassGrant, User.username)
+            .join(User, col(User.id) == col(BreakGlassGrant.user_id))
+            .order_by(col(BreakGlassGrant.opened_at).desc())
+            .limit(1000)
+        ).all()
+    now = datetime.now(UTC)
+    entries = [
+        {
+            "username": username,
+            "patient_id": grant.patient_id,
+            "opened_at": as_utc(grant.opened_at).strftime("%Y-%m-%d %H:%M UTC"),
+            "expires_at": as_utc(grant.expires_at).strftime("%Y-%m-%d %H:%M UTC"),
+            "open": as_utc(grant.expires_at) > now,
+            "reason": grant.reason,
+        }
+        for grant, username in rows
+    ]
+    audit(Action.BREAK_GLASS, 200, username=user.username, reason="log viewed", now=False)
+    return _page("break_glass_log.html", user=user, csrf=csrf_token(claims.sid), entries=entries)

@@ -2,8 +2,9 @@
 
 One query per page, restricted by the same rule as every other door (`accounts.may_open_study`):
 admins and radiologists see every indexed study, clinicians the studies of the patients on their
-care list, anyone else nothing. Searches narrow that set; they never widen it, so nothing on the
-page (a name, a count, a page number) comes from a study the user may not open.
+care list (and of those a break-glass grant opened for them, while it lasts), anyone else
+nothing. Searches narrow that set; they never widen it, so nothing on the page (a name, a count,
+a page number) comes from a study the user may not open.
 
 Patient names come from the patient cache (FHIR Patient resources kept by MRN); a study whose
 patient was never synced shows its MRN alone. The AI column comes from `inference_results`.
@@ -19,8 +20,8 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from common.db import CachedPatient, CareGrant, InferenceResult, Role, Study, User
-from webapp.accounts import ALL_STUDIES_ROLES
+from common.db import CachedPatient, InferenceResult, Role, Study, User
+from webapp.accounts import ALL_STUDIES_ROLES, visible_to_clinician
 
 PAGE_SIZE = 50
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -81,6 +82,7 @@ class WorklistRow:
     patient_id: str
     patient_name: str
     study_date: str  # YYYY-MM-DD or ""
+    description: str
     modalities: str
     ai: AiStatus
 
@@ -95,7 +97,7 @@ class WorklistPage:
 def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> WorklistPage:
     """One page of the user's worklist under the search; a row more than a page is read to know
     whether there is a next page (no COUNT over the whole index)."""
-    query = _visible_studies(user)
+    query = _visible_studies(session, user)
     if query is None:
         return WorklistPage(rows=[], page=wanted.page, has_next=False)
     if wanted.mrn:
@@ -121,7 +123,7 @@ def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> Workl
 
 def worklist_row(session: Session, user: User, study_uid: str) -> WorklistRow | None:
     """One study's row (for the page's live update), when the user may open it; else None."""
-    query = _visible_studies(user)
+    query = _visible_studies(session, user)
     if query is None:
         return None
     found = session.exec(query.where(col(Study.study_instance_uid) == study_uid)).first()
@@ -132,7 +134,7 @@ def worklist_row(session: Session, user: User, study_uid: str) -> WorklistRow | 
     return row
 
 
-def _visible_studies(user: User) -> Any:
+def _visible_studies(session: Session, user: User) -> Any:
     """The studies this user may open with their cached patient, newest first; None for a user
     who may open none (the same rule as `accounts.may_open_study`)."""
     query = (
@@ -150,10 +152,7 @@ def _visible_studies(user: User) -> Any:
         return query
     if user.role != Role.CLINICIAN:
         return None
-    return query.join(
-        CareGrant,
-        (col(CareGrant.patient_id) == col(Study.patient_id)) & (CareGrant.user_id == user.id),
-    )
+    return query.where(visible_to_clinician(session, user))
 
 
 def display_name(resource: str | None) -> str:
@@ -184,6 +183,7 @@ def _row(study: Study, name: str) -> WorklistRow:
         patient_id=study.patient_id,
         patient_name=name,
         study_date=date,
+        description=study.study_description or "",
         modalities=", ".join(m for m in study.modalities.split("\\") if m),
         ai=AiStatus("none", "not applicable"),
     )

@@ -42,6 +42,7 @@ class IndexEntry:
     bytes_in: int
     bytes_stored: int
     source: str = "ingest"
+    study_description: str | None = None
 
 
 def entry_for(
@@ -63,6 +64,7 @@ def entry_for(
         series_number=ids.series_number,
         study_date=ids.study_date,
         accession_number=ids.accession_number,
+        study_description=ids.study_description,
         orthanc_id=stored.orthanc_id,
         orthanc_series_id=stored.series_id,
         orthanc_study_id=stored.study_id,
@@ -120,6 +122,7 @@ def _update_study(session: Session, study_uid: str, entries: list[IndexEntry]) -
     for entry in entries:
         study.study_date = entry.study_date or study.study_date
         study.accession_number = entry.accession_number or study.accession_number
+        study.study_description = entry.study_description or study.study_description
         study.orthanc_id = entry.orthanc_study_id
         study.modalities = _merge_modalities(study.modalities, entry.modality)
     study.updated_at = utcnow()

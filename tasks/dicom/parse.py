@@ -48,6 +48,7 @@ class InstanceIds:
     series_number: int | None
     study_date: str | None
     accession_number: str | None
+    study_description: str | None = None
 
 
 def parse_dicom(data: bytes) -> Dataset:
@@ -116,6 +117,8 @@ def validate_identifiers(ds: Dataset) -> InstanceIds:
         series_number=_optional_int(ds, "SeriesNumber"),
         study_date=_optional_text(ds, "StudyDate"),
         accession_number=_optional_text(ds, "AccessionNumber"),
+        # For the worklist; a modality may send more than the 64 characters of the VR.
+        study_description=(_optional_text(ds, "StudyDescription") or "")[:64] or None,
     )
 
 

@@ -153,7 +153,7 @@ def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: igno
     context.close()
 
 
-def test_the_sign_in_and_worklist_pages_pass_axe(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
+def test_the_sign_in_worklist_and_break_glass_pages_pass_axe(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
     """axe-core (npm, injected past our CSP) finds nothing serious or critical, and signing in
     works from the keyboard alone."""
     context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
@@ -171,6 +171,14 @@ def test_the_sign_in_and_worklist_pages_pass_axe(browser, viewing: Viewing) -> N
     page.keyboard.press("Tab")  # the first stop: the skip link, then the page's controls
     assert page.evaluate("document.activeElement.textContent") == "Skip to content"
     page.goto(f"{viewing.base}/worklist?mrn=nobody")  # the empty result too
+    assert severe_violations(page) == []
+    page.goto(f"{viewing.base}/worklist/break-glass")
+    page.get_by_role("button", name="Open for").click()  # the browser asks for both fields
+    page.get_by_label("Patient's full MRN").fill("NN-TEST")
+    page.get_by_label("Reason").fill("unconscious patient in the ER")
+    page.get_by_role("button", name="Open for").click()
+    assert "No study in the archive" in page.get_by_role("alert").inner_text()
+    page.screenshot(path=str(ARTIFACTS / "break-glass.png"))
     assert severe_violations(page) == []
     context.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -11,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlmodel import select
 
-from common.db import AuditEvent, CachedPatient, InferenceResult, session_scope
+from common.db import AuditEvent, BreakGlassGrant, CachedPatient, InferenceResult, session_scope
 from tests.support.web import PASSWORD, STUDY_A, STUDY_B, bearer, login
 from webapp import accounts
 
@@ -281,3 +282,77 @@ def test_the_pages_alert_stream_needs_the_session_cookie(client: FlaskClient) ->
     sign_in(client)
     # Signed in, the stream is opened (here no Redis is configured: 503, not 401).
     assert client.get("/worklist/alerts").status_code == 503
+
+
+def _break_glass(client: FlaskClient, csrf: str, mrn: str, reason: str) -> object:
+    return client.post(
+        "/worklist/break-glass",
+        data={"csrf": csrf, "mrn": mrn, "reason": reason},
+        headers={"Origin": ORIGIN},
+    )
+
+
+def test_break_glass_needs_the_full_mrn_and_a_reason_and_then_opens_the_patient(
+    app: Flask, client: FlaskClient
+) -> None:
+    csrf = sign_in(client)
+    assert client.get("/worklist/break-glass").status_code == 200
+    series = f"/worklist/row?study={B.study}"
+    assert client.get(series).status_code == 404
+
+    no_reason = _break_glass(client, csrf, B.patient_id, "")
+    partial = _break_glass(client, csrf, B.patient_id[:-1], "patient arrived unconscious")
+    unknown = _break_glass(client, csrf, "MRN-NOBODY", "patient arrived unconscious")
+
+    assert no_reason.status_code == 400  # type: ignore[attr-defined]
+    assert partial.status_code == unknown.status_code == 404  # type: ignore[attr-defined]
+    assert client.get(series).status_code == 404  # nothing opened
+    assert B.study not in client.get(f"/worklist?mrn={B.patient_id}").text
+
+    opened = _break_glass(client, csrf, B.patient_id, "patient arrived unconscious in ER")
+
+    assert opened.status_code == 303  # type: ignore[attr-defined]
+    assert opened.headers["Location"] == f"/worklist?mrn={B.patient_id}"  # type: ignore[attr-defined]
+    assert B.study in client.get(f"/worklist?mrn={B.patient_id}").text
+    assert client.get(series).status_code == 200
+    link = client.post("/worklist/open", data={"study": B.study, "csrf": csrf})
+    assert link.status_code == 303  # and the gate lets the viewer in (the same policy)
+    (token,) = parse_qs(urlsplit(link.headers["Location"]).fragment)["token"]
+    viewer = client.post("/view", json={"token": token}).get_json()["token"]
+    instance = f"/dicom-web/studies/{B.study}/series/{B.series}/instances/{B.instances[0]}"
+    assert client.get(instance, headers=bearer(viewer)).status_code == 200
+
+    # Expired: the patient is closed again, on every door.
+    url = app.extensions["neuronova"].database_url
+    with session_scope(url) as session:
+        for grant in session.exec(select(BreakGlassGrant)).all():
+            grant.expires_at = datetime.now(UTC) - timedelta(seconds=1)
+            session.add(grant)
+    assert client.get(series).status_code == 404
+    assert client.get(instance, headers=bearer(viewer)).status_code in (401, 403)
+    app.extensions["neuronova"].audit.flush()
+    with session_scope(url) as session:
+        glass = session.exec(select(AuditEvent).where(AuditEvent.action == "break-glass")).all()
+    assert sorted(e.status for e in glass) == [200, 400, 404, 404]
+    (granted,) = [e for e in glass if e.status == 200]
+    assert granted.patient_id == B.patient_id and "unconscious" in (granted.reason or "")
+
+
+def test_only_admins_see_the_break_glass_log(client: FlaskClient, app: Flask) -> None:
+    url = app.extensions["neuronova"].database_url
+    with session_scope(url) as session:
+        accounts.add_user(session, "ada", "admin", PASSWORD)
+    csrf = sign_in(client)
+    assert client.get("/worklist/break-glass/log").status_code == 403
+    _break_glass(client, csrf, B.patient_id, "covering for a colleague on call")
+    client.post("/worklist/sign-out", data={"csrf": csrf})
+
+    sign_in(client, "ada")
+    log = client.get("/worklist/break-glass/log")
+
+    assert log.status_code == 200
+    assert (
+        "alice" in log.text and B.patient_id in log.text and "covering for a colleague" in log.text
+    )
+    # An admin opens every study: no break-glass form for them.
+    assert client.get("/worklist/break-glass").headers["Location"] == "/worklist"
