@@ -175,7 +175,7 @@ class Gate:
             log.exception("gate: unexpected error, denying")
             self._audit(environ, kind, 403, username, study, "internal error")
             return _deny(403, "not allowed")
-        self._audit(environ, kind, 200, username, study, None)
+        self._audit(environ, kind, 200, username, study, target.note)
         return answer
 
     # ---- the archive index: is it inside the study?

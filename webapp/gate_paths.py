@@ -16,6 +16,7 @@ from functools import cached_property
 from urllib.parse import parse_qsl, urlencode
 
 from tasks.dicom.uid import is_uid
+from tasks.patients.mrn import is_mrn
 
 INTERNAL_PREFIX = "/_orthanc"
 DICOMWEB_ROOT = "/dicom-web"
@@ -62,6 +63,9 @@ _QIDO_PARAMS: dict[str, Check] = {
     "limit": _NUMBER.fullmatch,
     "offset": _NUMBER.fullmatch,
     "fuzzymatching": _BOOLEAN.fullmatch,
+    # A patient filter (OHIF looks up the patient's other studies by it): it only narrows.
+    "PatientID": is_mrn,
+    "00100020": is_mrn,
 }
 _WADO_PARAMS: dict[str, Check] = {
     "requestType": re.compile(r"^WADO$").fullmatch,
@@ -110,6 +114,7 @@ class GateRequest:
     internal_path: str = ""  # under Orthanc's root; empty for WADO-URI until the ID is known
     query: tuple[tuple[str, str], ...] = field(default=())
     frames: tuple[int, ...] = ()  # WADO-RS frame numbers, from 1 as in the path
+    note: str | None = None  # for the audit row of an allowed request (e.g. a narrowed search)
 
     def internal_uri(self) -> str:
         """The X-Accel-Redirect target: the internal location, parsed values only."""
@@ -162,8 +167,19 @@ class Route:
 def _study_search(
     route: Route, slots: Mapping[str, str], params: Mapping[str, str], token_study: str
 ) -> GateRequest:
-    """QIDO for studies: only with the token's study as the filter."""
+    """QIDO for studies: only with the token's study as the filter. A search by patient alone
+    (the viewer looking for the patient's other studies) is narrowed to the token's study, and
+    the patient filter is kept: it answers that study when it is the patient's, nothing else."""
     study = params.get("StudyInstanceUID")
+    if study is None and ("PatientID" in params or "00100020" in params):
+        narrowed = {**params, "StudyInstanceUID": token_study}
+        return GateRequest(
+            route.kind,
+            token_study,
+            internal_path=route.internal_path(slots),
+            query=_ordered(narrowed),
+            note="patient search narrowed to the token's study",
+        )
     if study != token_study:
         raise GateDenied(403, "study search must be limited to the token's study")
     return GateRequest(

@@ -55,6 +55,11 @@ def test_a_clinician_signs_in_sees_her_studies_opens_one_and_signs_out(
 
     # Open the study from the worklist, in a second tab (the worklist stays open).
     viewer = context.new_page()
+    gate_answers: list[tuple[str, int]] = []
+    viewer.on(
+        "response",
+        lambda r: gate_answers.append((r.url, r.status)) if "/dicom-web/" in r.url else None,
+    )
     viewer.goto(f"{viewing.base}/worklist")
     viewer.locator(f'tr[data-study="{viewing.study_a}"]').get_by_role("button").click()
     pixels = wait_for_image(viewer, 60.0)
@@ -63,6 +68,14 @@ def test_a_clinician_signs_in_sees_her_studies_opens_one_and_signs_out(
     assert best_match(pixels, reference_slices(viewing.folder_a)) > 0.9
     assert viewer.url.startswith(f"{viewing.base}/viewer?StudyInstanceUIDs={viewing.study_a}")
     assert "token" not in viewer.url
+    # OHIF's look-up of the patient's other studies is answered (narrowed by the gate), and no
+    # request of the viewer was refused.
+    for _ in range(50):
+        if any("00100020=" in url for url, _ in gate_answers):
+            break
+        viewer.wait_for_timeout(200)
+    assert [s for u, s in gate_answers if "00100020=" in u] == [200], gate_answers
+    assert all(status == 200 for _, status in gate_answers), gate_answers
 
     # Sign out from the worklist: the open viewer's next request is refused.
     worklist.get_by_role("button", name="Sign out").click()

@@ -245,7 +245,6 @@ def _paths(v: Viewing) -> dict[str, tuple[str, set[int]]]:
         "study B instance under study A's path": (f"/dicom-web/studies/{a}/series/{s}/instances/{ib}/frames/1", deny),
         "study B series under study A's path": (f"/dicom-web/studies/{a}/series/{sb}/metadata", deny),
         "QIDO without a filter": ("/dicom-web/studies", deny),
-        "QIDO by patient": (f"/dicom-web/studies?PatientID={v.patient_a}", deny),
         "QIDO with study B's filter": (f"/dicom-web/studies?StudyInstanceUID={b}", deny),
         "QIDO with A and B": (f"/dicom-web/studies?StudyInstanceUID={a}&StudyInstanceUID={b}", deny),
         "WADO-URI of study B": (f"/wado?requestType=WADO&studyUID={b}&objectUID={ib}", deny),
@@ -283,6 +282,38 @@ def _attack_ids() -> list[str]:
     object.__setattr__(dummy, "instances_a", ("1.2",))
     object.__setattr__(dummy, "instances_b", ("1.2",))
     return list(_paths(dummy))
+
+
+def test_a_search_by_patient_is_answered_with_the_tokens_study_only(
+    viewing: Viewing, session_tokens: dict[str, str]
+) -> None:
+    """OHIF looks up the patient's other studies when a study opens: the gate answers with the
+    token's study alone (never an error, never another study), audited as narrowed."""
+    token, browser = session_tokens["viewer"], session_tokens["browser"]
+    own = _get(
+        viewing,
+        f"/dicom-web/studies?00100020={viewing.patient_a}&limit=101&offset=0"
+        "&fuzzymatching=false&includefield=00081030%2C00080060",
+        token,
+        browser,
+    )
+    assert own.status_code == 200
+    assert {d["0020000D"]["Value"][0] for d in own.json()} == {viewing.study_a}
+    other = _get(viewing, "/dicom-web/studies?PatientID=NN-TEST-B", token, browser)
+    assert other.status_code in (200, 204) and (other.status_code == 204 or other.json() == [])
+    from sqlmodel import select
+
+    from common.db import AuditEvent, session_scope
+
+    request_id = own.headers["x-request-id"]
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    rows: list[AuditEvent] = []
+    while not rows and datetime.now(UTC) < deadline:  # allowed reads are written in batches
+        with session_scope(viewing.settings.resolved_database_url) as session:
+            rows = list(session.exec(select(AuditEvent).where(AuditEvent.request_id == request_id)))
+    (row,) = rows
+    assert row.status == 200 and row.action == "qido-studies"
+    assert row.reason == "patient search narrowed to the token's study"
 
 
 @pytest.mark.parametrize("name", _attack_ids())

@@ -99,7 +99,6 @@ def test_wado_uri_names_the_instance_and_waits_for_its_archive_id(
 # name: request line, refused with a 403
 REFUSED = {
     "QIDO without a study filter": "/dicom-web/studies",
-    "QIDO by patient only": "/dicom-web/studies?00100020=MRN-A",
     "QIDO with another study's filter": f"/dicom-web/studies?StudyInstanceUID={B}",
     "QIDO with the study twice (A then B)": f"/dicom-web/studies?StudyInstanceUID={A}&StudyInstanceUID={B}",
     "QIDO with the study twice (B then A)": f"/dicom-web/studies?StudyInstanceUID={B}&StudyInstanceUID={A}",
@@ -216,3 +215,30 @@ def test_zero_padded_uids_pass_the_gate_as_they_pass_ingest() -> None:
     request = parse_request(*split_raw_uri(raw), study)
     assert request.kind == GateKind.FRAMES
     assert request.internal_uri() == f"/_orthanc{raw}"
+
+
+def test_a_search_by_patient_alone_is_narrowed_to_the_tokens_study() -> None:
+    """OHIF's look-up of the patient's other studies: answered, with the token's study only."""
+    request = parse(
+        "/dicom-web/studies?00100020=NN-TEST-A&limit=101&offset=0&fuzzymatching=false"
+        "&includefield=00081030%2C00080060"
+    )
+
+    assert request.kind is GateKind.QIDO_STUDIES and request.study == A
+    assert dict(request.query)["StudyInstanceUID"] == A
+    assert dict(request.query)["00100020"] == "NN-TEST-A"  # kept: it can only narrow further
+    assert request.note == "patient search narrowed to the token's study"
+    assert parse(f"/dicom-web/studies?PatientID=NN-TEST-A&StudyInstanceUID={A}").note is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "/dicom-web/studies?00100020=NN*",  # no wildcard: an MRN or nothing
+        "/dicom-web/studies?PatientID=",
+        f"/dicom-web/studies?00100020=NN-TEST-A&StudyInstanceUID={B}",  # another study stays out
+    ],
+)
+def test_patient_filters_never_widen_a_search(raw: str) -> None:
+    with pytest.raises(GateDenied):
+        parse(raw)
