@@ -314,6 +314,12 @@ class InferenceResult(SQLModel, table=True):
     lesion_volume_ml: float
     seg_series_uid: str = Field(max_length=64)
     seg_sop_instance_uid: str = Field(index=True, max_length=64)
+    key_sop_instance_uid: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The MR slice with the largest lesion area (the middle one when none): "
+        "where the viewer opens.",
+    )
     fhir_report_id: str | None = Field(default=None, max_length=64)
     fhir_patient_id: str | None = Field(default=None, max_length=64)
     note: str | None = Field(default=None, max_length=512, description="Why FHIR is still owed.")

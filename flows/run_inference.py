@@ -26,7 +26,7 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from tasks.inference.artifacts import publish_overlay, publish_result_table
-from tasks.inference.lesions import measure_lesions
+from tasks.inference.lesions import key_image, measure_lesions
 from tasks.inference.prefect_tasks import (
     alert_clinicians_task,
     choose_series_task,
@@ -142,6 +142,7 @@ def _segment_and_store(
             "lesion_volume_ml": round(measured.volume_ml, 3),
             "seg_series_uid": seg_series,
             "seg_sop_instance_uid": seg_sop,
+            "key_sop_instance_uid": key_image(volume.sop_instance_uids, measured.largest_slice),
             "timings": {
                 "read_s": round(read_s, 3),
                 "segment_s": round(segment_s, 3),

@@ -72,11 +72,104 @@
   };
 })();
 
+/**
+ * How a study opens (issue 16): the MR with the AI's segmentation already over it (no prompt,
+ * no double-click), on the slice with the largest lesion area. The viewer link's page adds
+ * `initialSOPInstanceUID` (that slice, from the reading: webapp/viewer.py); without one, the
+ * middle slice. One hanging protocol does it: a single stack viewport holding the MR and, as
+ * an overlay, the study's SEG (OHIF 3.13 loads an overlay display set by itself); a study
+ * without a SEG shows the MR alone. The look-up of the patient's other studies is left to the
+ * gate, which answers it with this study only (webapp/gate_paths.py).
+ */
+function neuronovaUrlParam(name) {
+  var found = null;
+  new URLSearchParams(window.location.search).forEach(function (value, key) {
+    if (found === null && key.toLowerCase() === name) found = value;
+  });
+  return found;
+}
+
+var neuronovaViewerExtension = {
+  id: 'neuronova-viewer',
+  preRegistration: function (context) {
+    var hangingProtocols = context.servicesManager.services.hangingProtocolService;
+    hangingProtocols.addCustomAttribute(
+      'neuronovaInitialImage',
+      'The image to open on: the link’s initialSOPInstanceUID in the MR, else none',
+      function (displaySets) {
+        var images = (displaySets || []).filter(function (d) {
+          return !d.isOverlayDisplaySet && d.Modality !== 'SEG';
+        })[0];
+        var sop = neuronovaUrlParam('initialsopinstanceuid');
+        if (!images || !sop) return undefined;
+        var index = (images.instances || []).findIndex(function (i) {
+          return i.SOPInstanceUID === sop;
+        });
+        return index >= 0 ? { index: index } : undefined;
+      }
+    );
+  },
+  getHangingProtocolModule: function () {
+    return [
+      {
+        name: 'neuronova.mrWithSeg',
+        protocol: {
+          id: 'neuronova.mrWithSeg',
+          name: 'MR with the AI segmentation',
+          protocolMatchingRules: [],
+          toolGroupIds: ['default'],
+          numberOfPriorsReferenced: 0,
+          defaultViewport: {
+            viewportOptions: { viewportType: 'stack', toolGroupId: 'default', allowUnmatchedView: true },
+            displaySets: [{ id: 'images', matchedDisplaySetsIndex: -1 }],
+          },
+          displaySetSelectors: {
+            images: {
+              seriesMatchingRules: [
+                { attribute: 'numImageFrames', constraint: { greaterThan: { value: 0 } }, required: true },
+                { attribute: 'Modality', constraint: { equals: 'MR' }, weight: 5 },
+                { attribute: 'isDisplaySetFromUrl', constraint: { equals: true }, weight: 20 },
+              ],
+            },
+            seg: {
+              seriesMatchingRules: [{ attribute: 'Modality', constraint: { equals: 'SEG' }, required: true }],
+            },
+          },
+          stages: [
+            {
+              name: 'default',
+              viewportStructure: { layoutType: 'grid', properties: { rows: 1, columns: 1 } },
+              viewports: [
+                {
+                  viewportOptions: {
+                    viewportId: 'default',
+                    viewportType: 'stack',
+                    toolGroupId: 'default',
+                    allowUnmatchedView: true,
+                    initialImageOptions: { custom: 'neuronovaInitialImage', defaultValue: { preset: 'middle' } },
+                  },
+                  displaySets: [{ id: 'images' }, { id: 'seg' }],
+                },
+              ],
+            },
+          ],
+        },
+      },
+    ];
+  },
+};
+
 window.config = {
   name: 'neuronova',
   routerBasename: '/',
-  extensions: [],
+  extensions: [neuronovaViewerExtension],
   modes: [],
+  // The study opens on neuronova.mrWithSeg (above): the MR with the AI's SEG over it.
+  modesConfiguration: {
+    '@ohif/mode-longitudinal': { hangingProtocol: { $set: 'neuronova.mrWithSeg' } },
+  },
+  // A SEG, RT or SR that reaches a viewport is loaded without asking first.
+  disableConfirmationPrompts: true,
   // No onboarding tour: it covers the viewport until dismissed, on every new browser profile.
   customizationService: { 'ohif.tours': { $set: [] } },
   showStudyList: false,

@@ -23,8 +23,9 @@ from __future__ import annotations
 from urllib.parse import urlencode, urlsplit
 
 from flask import Blueprint, Response, jsonify, request
+from sqlmodel import col, select
 
-from common.db import get_engine
+from common.db import InferenceResult, get_engine, session_scope
 from common.settings import Settings
 from webapp import accounts
 from webapp.accounts import TokenType
@@ -136,7 +137,7 @@ def open_link() -> Response | tuple[Response, int]:
         {
             "token": token,
             "study": link.study_instance_uid,
-            "viewer": "/viewer?" + urlencode({"StudyInstanceUIDs": link.study_instance_uid}),
+            "viewer": viewer_address(ctx.database_url, link.study_instance_uid),
             "expires_at": claims.expires_at.isoformat(),
         }
     )
@@ -151,3 +152,22 @@ def open_link() -> Response | tuple[Response, int]:
         secure=_https(ctx.settings),
     )
     return response
+
+
+def viewer_address(database_url: str, study_uid: str) -> str:
+    """OHIF's address for the study: on the AI's key image (the slice with the largest lesion
+    area of the reading that found the most) when it has one; OHIF's hanging protocol
+    (nginx/ohif-app-config.js) opens the middle slice otherwise."""
+    params = {"StudyInstanceUIDs": study_uid}
+    with session_scope(database_url) as session:
+        reading = session.exec(
+            select(InferenceResult)
+            .where(
+                InferenceResult.study_instance_uid == study_uid,
+                col(InferenceResult.key_sop_instance_uid).is_not(None),
+            )
+            .order_by(col(InferenceResult.lesion_volume_ml).desc())
+        ).first()
+    if reading is not None and reading.key_sop_instance_uid:
+        params["initialSOPInstanceUID"] = reading.key_sop_instance_uid
+    return "/viewer?" + urlencode(params)

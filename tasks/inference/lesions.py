@@ -18,6 +18,14 @@ class LesionMeasurements:
     largest_slice: int | None  # the slice with the most lesion voxels
 
 
+def key_image(sop_uids: tuple[str, ...], largest_slice: int | None) -> str | None:
+    """The slice to open the viewer on: the largest lesion area, else the middle slice."""
+    if not sop_uids:
+        return None
+    index = largest_slice if largest_slice is not None else len(sop_uids) // 2
+    return sop_uids[index] or None
+
+
 def measure_lesions(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> LesionMeasurements:
     """Lesions are 26-connected components; their volume from the voxel size."""
     _labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))

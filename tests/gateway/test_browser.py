@@ -182,6 +182,27 @@ def brain_mr(
     return reading | {"folder": folder}
 
 
+def _key_image_number(settings: Settings, reading: dict[str, Any]) -> int:
+    """The InstanceNumber of the reading's key image (the largest lesion area), as indexed."""
+    from sqlmodel import select
+
+    from common.db import InferenceResult, session_scope
+
+    with session_scope(settings.resolved_database_url) as session:
+        row = session.exec(
+            select(InferenceResult).where(
+                InferenceResult.seg_sop_instance_uid == reading["seg"]["sop_instance_uid"]
+            )
+        ).one()
+    key = row.key_sop_instance_uid
+    assert key, "the reading has no key image"
+    for f in reading["folder"].glob("*.dcm"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        if ds.SOPInstanceUID == key:
+            return int(ds.InstanceNumber)
+    raise AssertionError("the key image is not one of the MR's instances")
+
+
 def _seg_mask_for_instance(settings: Settings, reading: dict[str, Any], number: int) -> np.ndarray:
     """The AI's mask on the MR slice with that InstanceNumber, from the SEG stored in Orthanc."""
     folder: Path = reading["folder"]
@@ -207,6 +228,8 @@ def _seg_mask_for_instance(settings: Settings, reading: dict[str, Any], number: 
 def test_the_ai_seg_is_drawn_over_the_mr_where_the_model_found_the_lesion(  # type: ignore[no-untyped-def]
     browser, viewing: Viewing, brain_mr: dict[str, Any]
 ) -> None:
+    """The study opens with the AI's SEG already over the MR (no prompt, no double-click), on the
+    slice with the largest lesion area (the reading's key image)."""
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     access = _login_in_page(page, viewing)
@@ -214,8 +237,6 @@ def test_the_ai_seg_is_drawn_over_the_mr_where_the_model_found_the_lesion(  # ty
     seg_item = page.locator("[data-cy='study-browser-thumbnail-no-image'][data-series='9001']")
     seg_item.wait_for(timeout=FIRST_IMAGE_TIMEOUT_S * 1000)
     assert "AI generated, not for clinical use" in seg_item.inner_text()
-    seg_item.dblclick()
-    page.get_by_role("button", name="Yes").click(timeout=30_000)  # "open this Segmentation?"
 
     deadline = time.monotonic() + 30
     drawn = None
@@ -235,6 +256,9 @@ def test_the_ai_seg_is_drawn_over_the_mr_where_the_model_found_the_lesion(  # ty
     assert match, "the viewport does not show the instance number"
     mask = _seg_mask_for_instance(viewing.settings, brain_mr, int(match.group(1)))
     assert mask.any(), "OHIF shows red on a slice where the SEG has no lesion"
+    assert page.get_by_role("button", name="Yes").count() == 0  # nothing asked
+    key = _key_image_number(viewing.settings, brain_mr)
+    assert int(match.group(1)) == key, f"opened on instance {match.group(1)}, key image {key}"
     # Map the mask's lesion centre into the canvas through the head's extent in both.
     grey_canvas = drawn.mean(axis=2) * ~red_overlay(drawn)
     canvas_box, reference = head_box(grey_canvas), reference_slices(brain_mr["folder"])

@@ -32,3 +32,17 @@ def test_the_overlay_is_a_png_with_red_where_the_lesion_is() -> None:
     assert picture.shape == (256, 256, 3)  # scaled up to be readable
     red, grey = picture[60, 140], picture[200, 200]
     assert red[0] > red[1] + 80 and abs(int(grey[0]) - int(grey[1])) < 5
+
+
+def test_the_key_image_is_the_largest_lesion_slice_else_the_middle_one() -> None:
+    from tasks.inference.lesions import key_image
+
+    mask = np.zeros((5, 4, 4), dtype=np.uint8)
+    mask[1, :1, :1] = 1
+    mask[3, :2, :2] = 1  # the largest area
+    measured = measure_lesions(mask, (1.0, 1.0, 1.0))
+    sops = ("1.1", "1.2", "1.3", "1.4", "1.5")
+
+    assert key_image(sops, measured.largest_slice) == "1.4"
+    assert key_image(sops, measure_lesions(np.zeros_like(mask), (1, 1, 1)).largest_slice) == "1.3"
+    assert key_image((), None) is None
