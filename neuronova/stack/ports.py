@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import random
 import socket
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,41 @@ def port_free(address: str, port: int) -> bool:
     return True
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct free loopback ports: held together while picked, so none repeats."""
+# Servers of a stack of its own listen below the kernel's ephemeral range (32768-60999 by
+# default): a port picked there can be taken, before its server starts, by the local end of any
+# outgoing connection (seen in CI: a worker's health port lost to one, minutes after the pick).
+_SERVER_PORTS = range(20000, 32768)
+
+
+def _ephemeral_range() -> range:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(low), int(high) + 1)
+    except (OSError, ValueError):
+        return range(32768, 61000)
+
+
+def free_ports(count: int, attempts: int = 200) -> list[int]:
+    """Distinct free loopback ports, outside the ephemeral range where it can be: held together
+    while picked, so none repeats."""
+    ephemeral = _ephemeral_range()
+    candidates = [p for p in _SERVER_PORTS if p not in ephemeral]
     with contextlib.ExitStack() as held:
-        socks = [held.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
+        picked: list[int] = []
+        for port in random.sample(candidates, min(attempts, len(candidates))):
+            if len(picked) == count:
+                break
+            sock = held.enter_context(socket.socket())
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            picked.append(port)
+        while len(picked) < count:  # a crowded machine: let the kernel choose
+            sock = held.enter_context(socket.socket())
             sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in socks]
+            picked.append(int(sock.getsockname()[1]))
+        return picked
 
 
 def free_consecutive_ports(count: int, attempts: int = 50) -> int:

@@ -105,7 +105,7 @@ def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: igno
 
     from common.db import InferenceResult, session_scope
     from tasks.inference.alerts import AI_RESULT, AlertPublisher
-    from tests.support.web import IndexedStudy, index_study
+    from tests.support.web import IndexedStudy, add_reading, index_study
     from webapp import accounts
 
     settings = viewing.settings
@@ -135,24 +135,7 @@ def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: igno
             ).first()
         if known is None:
             index_study(url, study)
-            with session_scope(url) as session:
-                session.add(
-                    InferenceResult(
-                        study_instance_uid=study.study,
-                        series_instance_uid=study.series,
-                        patient_id=study.patient_id,
-                        model_name="brain-lesion",
-                        model_version="1",
-                        model_sha256="0" * 64,
-                        status="completed",
-                        device="cpu",
-                        lesion_count=2,
-                        lesion_volume_ml=4.2,
-                        seg_series_uid=study.series + ".9",
-                        seg_sop_instance_uid=study.series + ".9.1",
-                        timings="{}",
-                    )
-                )
+            add_reading(url, study, lesions=2, volume_ml=4.2)
         with AlertPublisher.from_settings(settings) as publisher:
             publisher.publish(AI_RESULT, study.study, study.patient_id, {"lesion_count": 2})
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from flask.testing import FlaskClient
 
-from common.db import Instance, Series, Study, session_scope
+from common.db import InferenceResult, Instance, Series, Study, session_scope
 
 PASSWORD = "correct horse battery staple"
 
@@ -58,6 +58,28 @@ def index_study(url: str, study: IndexedStudy) -> None:
                     bytes_stored=1,
                 )
             )
+
+
+def add_reading(url: str, study: IndexedStudy, lesions: int, volume_ml: float) -> None:
+    """A completed AI reading of the study's series, as run_inference records it."""
+    with session_scope(url) as session:
+        session.add(
+            InferenceResult(
+                study_instance_uid=study.study,
+                series_instance_uid=study.series,
+                patient_id=study.patient_id,
+                model_name="brain-lesion",
+                model_version="1",
+                model_sha256="0" * 64,
+                status="completed",
+                device="cpu",
+                lesion_count=lesions,
+                lesion_volume_ml=volume_ml,
+                seg_series_uid=study.series + ".9",
+                seg_sop_instance_uid=study.series + ".9.1",
+                timings="{}",
+            )
+        )
 
 
 def login(client: FlaskClient, username: str = "alice", password: str = PASSWORD) -> dict[str, str]:

@@ -12,8 +12,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlmodel import select
 
-from common.db import AuditEvent, BreakGlassGrant, CachedPatient, InferenceResult, session_scope
-from tests.support.web import PASSWORD, STUDY_A, STUDY_B, bearer, login
+from common.db import AuditEvent, BreakGlassGrant, CachedPatient, session_scope
+from tests.support.web import PASSWORD, STUDY_A, STUDY_B, add_reading, bearer, login
 from webapp import accounts
 
 A, B = STUDY_A, STUDY_B
@@ -196,24 +196,7 @@ def test_search_narrows_the_list_and_never_widens_it(app: Flask, client: FlaskCl
 
 
 def test_the_ai_column_says_what_the_readings_found(app: Flask, client: FlaskClient) -> None:
-    with session_scope(app.extensions["neuronova"].database_url) as session:
-        session.add(
-            InferenceResult(
-                study_instance_uid=A.study,
-                series_instance_uid=A.series,
-                patient_id=A.patient_id,
-                model_name="brain-lesion",
-                model_version="1",
-                model_sha256="0" * 64,
-                status="completed",
-                device="cpu",
-                lesion_count=2,
-                lesion_volume_ml=3.45,
-                seg_series_uid="1.2.3",
-                seg_sop_instance_uid="1.2.3.1",
-                timings="{}",
-            )
-        )
+    add_reading(app.extensions["neuronova"].database_url, A, lesions=2, volume_ml=3.45)
     sign_in(client)
     assert "2 lesions, 3.5 mL" in client.get("/worklist").text
 
