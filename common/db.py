@@ -52,6 +52,12 @@ class Study(SQLModel, table=True):
     accession_number: str | None = Field(default=None, max_length=16)
     study_description: str | None = Field(default=None, max_length=64)
     modalities: str = Field(default="", max_length=64)
+    ai_state: str | None = Field(
+        default=None,
+        max_length=16,
+        description="The AI reading's run: queued, running, failed or done; null when none was "
+        "asked for (tasks.inference.results.AiState).",
+    )
     orthanc_id: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)

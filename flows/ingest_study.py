@@ -26,7 +26,7 @@ from common.settings import Settings
 from flows import REPORTED
 from flows.sync_patient import sync_patient
 from tasks.archive.index import patients_of_studies
-from tasks.inference.results import InferenceReport, InferenceStatus
+from tasks.inference.results import AiState, InferenceReport, InferenceStatus, set_ai_state
 from tasks.ingest.limits import IngestLimits
 from tasks.ingest.prefect_tasks import collect_inputs_task, ingest_batch_task
 from tasks.ingest.prepare import FileReport
@@ -130,14 +130,18 @@ def read_study(settings: Settings, study_uid: str, series_uids: list[str]) -> In
         )
 
     parameters = {"study_uid": study_uid, "require_brain": True, "series_uids": series_uids}
+    set_ai_state(settings, study_uid, AiState.QUEUED)  # the worklist says so until it runs
     with correlation(study_uid=study_uid):
         state = _run_linked(settings, "run_inference/one-study", parameters, in_process)
-    return _hand_off_result(
+    report = _hand_off_result(
         state,
         f"inference of {study_uid}",
         f"neuronova infer {study_uid}",
         InferenceReport(status=InferenceStatus.FAILED, study_instance_uid=study_uid),
     )
+    if report["status"] == InferenceStatus.FAILED:  # never started, or its process died
+        set_ai_state(settings, study_uid, AiState.FAILED)
+    return report
 
 
 def _run_linked(

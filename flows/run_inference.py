@@ -36,6 +36,7 @@ from tasks.inference.prefect_tasks import (
     store_seg_task,
 )
 from tasks.inference.results import (
+    AiState,
     AlertReport,
     InferenceReport,
     InferenceStatus,
@@ -43,6 +44,7 @@ from tasks.inference.results import (
     result_summary,
     save_result,
     seg_uids,
+    set_ai_state,
 )
 from tasks.inference.segmentation import bundle_identity
 from tasks.inference.series import NoSuitableSeries, SeriesChoice
@@ -58,8 +60,19 @@ def run_inference(
     `require_brain`: only read a series that a tag places in the head (ingest's trigger).
     `series_uids`: choose only among these series (what just arrived); None: the whole study.
     """
+    settings = Settings()
     with correlation(study_uid=study_uid):  # on every log line of this run (common.logs)
-        return _read_study(study_uid, require_brain, series_uids)
+        set_ai_state(settings, study_uid, AiState.RUNNING)
+        try:
+            report = _read_study(study_uid, require_brain, series_uids)
+        except BaseException:
+            set_ai_state(settings, study_uid, AiState.FAILED)
+            raise
+        if report["status"] == InferenceStatus.NO_SUITABLE_SERIES:
+            set_ai_state(settings, study_uid, None)
+        else:
+            set_ai_state(settings, study_uid, AiState.DONE)
+        return report
 
 
 def _read_study(

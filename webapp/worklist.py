@@ -72,8 +72,19 @@ class WorklistFilter:
 class AiStatus:
     """The AI column: `label` for people, `state` for the page's script and styles."""
 
-    state: str  # none, reported, lesions, no-lesion, pending
+    state: str  # none, queued, running, failed, lesions, no-lesion, pending
     label: str
+
+
+NOT_APPLICABLE = AiStatus("none", "not applicable")
+# The run's state (`studies.ai_state`) until a reading says more; queued and running win over
+# an earlier series' reading (a new series is being read).
+_RUN_STATES = {
+    "queued": AiStatus("queued", "AI queued"),
+    "running": AiStatus("running", "AI reading…"),
+    "failed": AiStatus("failed", "AI failed"),
+}
+_IN_PROGRESS = frozenset({"queued", "running"})
 
 
 @dataclass(frozen=True)
@@ -185,7 +196,7 @@ def _row(study: Study, name: str) -> WorklistRow:
         study_date=date,
         description=study.study_description or "",
         modalities=", ".join(m for m in study.modalities.split("\\") if m),
-        ai=AiStatus("none", "not applicable"),
+        ai=_RUN_STATES.get(study.ai_state or "", NOT_APPLICABLE),
     )
 
 
@@ -206,7 +217,7 @@ def ai_status(readings: list[InferenceResult]) -> AiStatus:
     """What a study's readings add up to: lesions (count and mL over its MR series), none found,
     or found with the report still owed."""
     if not readings:
-        return AiStatus("none", "not applicable")
+        return NOT_APPLICABLE
     count = sum(r.lesion_count for r in readings)
     volume = sum(r.lesion_volume_ml for r in readings)
     if any(r.status != "completed" for r in readings):
@@ -222,7 +233,7 @@ def _with_ai(session: Session, rows: list[WorklistRow]) -> list[WorklistRow]:
     statuses = _ai_statuses(session, [r.study_instance_uid for r in rows])
     return [
         WorklistRow(**{**r.__dict__, "ai": statuses[r.study_instance_uid]})
-        if r.study_instance_uid in statuses
+        if r.study_instance_uid in statuses and r.ai.state not in _IN_PROGRESS
         else r
         for r in rows
     ]

@@ -16,7 +16,7 @@ from pydicom.uid import generate_uid
 from sqlmodel import select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from common.db import InferenceResult, session_scope, utcnow
+from common.db import InferenceResult, Study, session_scope, utcnow
 from common.errors import NeuroNovaError
 from common.settings import Settings
 from tasks.ingest.batch import ingest_batch
@@ -75,6 +75,24 @@ def _by_key(
         InferenceResult.model_name == model,
         InferenceResult.model_version == version,
     )
+
+
+class AiState(StrEnum):
+    """Where a study's AI reading stands, as the worklist shows it (`studies.ai_state`)."""
+
+    QUEUED = "queued"  # handed to run_inference, not started yet
+    RUNNING = "running"
+    FAILED = "failed"  # the last run failed: `neuronova infer STUDY` runs it again
+    DONE = "done"  # read (its readings say what was found)
+
+
+def set_ai_state(settings: Settings, study_uid: str, state: AiState | None) -> None:
+    """Record the study's AI state (None: no reading applies); a study not indexed is left."""
+    with session_scope(settings.resolved_database_url) as session:
+        study = session.get(Study, study_uid)
+        if study is not None and study.ai_state != (state and str(state)):
+            study.ai_state = str(state) if state is not None else None
+            session.add(study)
 
 
 def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:

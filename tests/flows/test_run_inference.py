@@ -81,9 +81,19 @@ def test_ingest_hands_the_patient_to_patient_sync(ingested: dict[str, Any]) -> N
     assert _reading(ingested)["fhir"]["patient"] == f"Patient/{patient['fhir_id']}"
 
 
-def test_ingest_of_a_brain_mr_runs_inference(ingested: dict[str, Any]) -> None:
+def _ai_state(settings: Settings, study_uid: str) -> str | None:
+    from common.db import Study, session_scope
+
+    with session_scope(settings.resolved_database_url) as session:
+        study = session.get(Study, study_uid)
+        assert study is not None
+        return study.ai_state
+
+
+def test_ingest_of_a_brain_mr_runs_inference(ingested: dict[str, Any], orthanc: Settings) -> None:
     reading = _reading(ingested)
     assert reading["status"] == "completed", reading
+    assert _ai_state(orthanc, reading["study_instance_uid"]) == "done"  # the worklist's column
     assert reading["device"] == "cpu"
     assert reading["lesion_count"] >= 1 and reading["lesion_volume_ml"] > 0
     assert set(reading["timings"]) >= {"read_s", "segment_s", "seg_store_s", "fhir_s"}
@@ -250,6 +260,7 @@ def test_a_study_without_mr_ends_with_a_message(
     assert report["inference"] == []  # CT: nothing triggered
     result = run_inference(report["studies"][0]["study_instance_uid"])
     assert result["status"] == "no-suitable-series"
+    assert _ai_state(orthanc, report["studies"][0]["study_instance_uid"]) is None
     assert "no MR series" in result["message"] and "CT" in result["message"]
     unknown = run_inference("1.2.826.0.1.3680043.10.1245.999999")
     assert unknown["status"] == "no-suitable-series" and "not in the archive" in unknown["message"]

@@ -339,3 +339,31 @@ def test_only_admins_see_the_break_glass_log(client: FlaskClient, app: Flask) ->
     )
     # An admin opens every study: no break-glass form for them.
     assert client.get("/worklist/break-glass").headers["Location"] == "/worklist"
+
+
+@pytest.mark.parametrize(
+    ("state", "reading", "shown"),
+    [
+        ("queued", False, "AI queued"),
+        ("running", False, "AI reading…"),
+        ("failed", False, "AI failed"),
+        ("done", True, "2 lesions, 3.5 mL"),
+        ("running", True, "AI reading…"),  # a new series is being read
+        ("failed", True, "2 lesions, 3.5 mL"),  # a later run failed: the reading still stands
+    ],
+)
+def test_the_ai_column_follows_the_runs_state(
+    app: Flask, client: FlaskClient, state: str, reading: bool, shown: str
+) -> None:
+    from common.db import Study
+
+    url = app.extensions["neuronova"].database_url
+    with session_scope(url) as session:
+        study = session.get(Study, A.study)
+        assert study is not None
+        study.ai_state = state
+        session.add(study)
+    if reading:
+        add_reading(url, A, lesions=2, volume_ml=3.45)
+    sign_in(client)
+    assert shown in client.get("/worklist").text

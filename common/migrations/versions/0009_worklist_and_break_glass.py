@@ -1,4 +1,5 @@
-"""worklist: the study description, the AI's key image; break-glass grants. 2026-12-03."""
+"""worklist: the study description, the AI run's state, the AI's key image; break-glass grants.
+2026-12-03."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("studies", sa.Column("study_description", sa.String(length=64), nullable=True))
+    op.add_column("studies", sa.Column("ai_state", sa.String(length=16), nullable=True))
     op.add_column(
         "inference_results",
         sa.Column("key_sop_instance_uid", sa.String(length=64), nullable=True),
@@ -38,4 +40,5 @@ def downgrade() -> None:
     op.drop_index("ix_studies_study_date", table_name="studies")
     op.drop_table("break_glass_grants")
     op.drop_column("inference_results", "key_sop_instance_uid")
+    op.drop_column("studies", "ai_state")
     op.drop_column("studies", "study_description")
