@@ -55,11 +55,38 @@ def open_once(context: object, url: str, references: list) -> tuple[float, float
     return loaded, drawn
 
 
-def open_from_worklist(context: object, gateway: str, study: str, references: list) -> float:  # type: ignore[type-arg]
-    """Seconds from the click on Open (the worklist already shown) to the first drawn slice."""
+# Where an Open's time goes: the first response of each kind, from the click.
+PHASES = (
+    ("link spent (POST /view)", lambda url: url.endswith("/view")),
+    ("OHIF page (/viewer)", lambda url: "/viewer?" in url),
+    ("OHIF app bundle", lambda url: "/app.bundle." in url),
+    ("first QIDO (studies)", lambda url: "/dicom-web/studies?" in url),
+    ("first metadata", lambda url: url.endswith("/metadata")),
+    ("first image file (WADO-URI)", lambda url: "/wado?" in url),
+)
+
+
+def open_from_worklist(
+    context: object,
+    gateway: str,
+    study: str,
+    references: list,  # type: ignore[type-arg]
+) -> tuple[float, dict[str, float]]:
+    """Seconds from the click on Open (the worklist already shown) to the first drawn slice, and
+    to the first response of each of PHASES."""
     page = context.new_page()  # type: ignore[attr-defined]
     page.goto(f"{gateway}/worklist", wait_until="load")
     button = page.locator(f'tr[data-study="{study}"]').get_by_role("button", name="Open")
+    seen: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def note(response: object) -> None:
+        url = response.url  # type: ignore[attr-defined]
+        for name, matches in PHASES:
+            if name not in seen and matches(url):
+                seen[name] = time.perf_counter() - start
+
+    page.on("response", note)
     start = time.perf_counter()
     button.click()
     pixels = wait_for_image(page, 60, poll_ms=20)
@@ -67,7 +94,7 @@ def open_from_worklist(context: object, gateway: str, study: str, references: li
     if pixels is None or best_match(pixels, references) < 0.9:
         raise SystemExit("the viewer did not draw the study after Open")
     page.close()
-    return drawn
+    return drawn, seen
 
 
 def sign_in(context: object, gateway: str) -> None:
@@ -113,6 +140,7 @@ def main() -> None:
                 cold, warm = [], []
                 cold_open: list[float] = []
                 warm_open: list[float] = []
+                phases: dict[bool, list[dict[str, float]]] = {False: [], True: []}
                 for _ in range(args.runs):
                     context = browser.new_context(viewport={"width": 1280, "height": 900})
                     cold.append(
@@ -133,9 +161,11 @@ def main() -> None:
                     context = browser.new_context(viewport={"width": 1280, "height": 900})
                     sign_in(context, settings.gateway_url)
                     for runs in (cold_open, warm_open):
-                        runs.append(
-                            open_from_worklist(context, settings.gateway_url, study, references)
+                        drawn, seen = open_from_worklist(
+                            context, settings.gateway_url, study, references
                         )
+                        runs.append(drawn)
+                        phases[runs is warm_open].append(seen)
                     context.close()
                 browser.close()
         finally:
@@ -150,7 +180,10 @@ def main() -> None:
             f"  {name}: app shell loaded {load:.2f} s, first image {first:.2f} s "
             f"({first / load:.1f}x the shell; runs: {all_runs})"
         )
-    for name, opens, target in (("cold", cold_open, 2.5), ("warm", warm_open, 2.0)):
+    for name, opens, target, warm in (
+        ("cold", cold_open, 2.5, False),
+        ("warm", warm_open, 2.0, True),
+    ):
         first = statistics.median(opens)
         verdict = "met" if first <= target else "NOT met"
         all_runs = ", ".join(f"{r:.2f}" for r in opens)
@@ -158,6 +191,11 @@ def main() -> None:
             f"  Open on the worklist, {name} profile: first image {first:.2f} s "
             f"(target <= {target} s: {verdict}; runs: {all_runs})"
         )
+        for phase, _ in PHASES:
+            times = [seen[phase] for seen in phases[warm] if phase in seen]
+            if times:
+                print(f"    {phase:32s} {statistics.median(times):5.2f} s after the click")
+        print(f"    {'first image drawn':32s} {first:5.2f} s after the click")
 
 
 if __name__ == "__main__":
