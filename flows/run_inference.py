@@ -64,7 +64,7 @@ def run_inference(
     with correlation(study_uid=study_uid):  # on every log line of this run (common.logs)
         set_ai_state(settings, study_uid, AiState.RUNNING)
         try:
-            report = _read_study(study_uid, require_brain, series_uids)
+            report = _read_study(settings, study_uid, require_brain, series_uids)
         except BaseException:
             set_ai_state(settings, study_uid, AiState.FAILED)
             raise
@@ -76,9 +76,8 @@ def run_inference(
 
 
 def _read_study(
-    study_uid: str, require_brain: bool, series_uids: list[str] | None
+    settings: Settings, study_uid: str, require_brain: bool, series_uids: list[str] | None
 ) -> InferenceReport:
-    settings = Settings()
     logger = get_run_logger()
     ensure_schema(settings.resolved_database_url)
     model, version = bundle_identity(settings.model_bundle_dir)

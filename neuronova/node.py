@@ -8,6 +8,7 @@ server needs 20.19 or newer). npm is the copy that ships with it, run by that no
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from common.errors import StackError
@@ -41,3 +42,18 @@ def node_env() -> dict[str, str]:
     """The environment for npm and its scripts: this node first on PATH."""
     bin_dir = str(_root() / "bin")
     return {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def npm_ci(folder: Path) -> None:
+    """Install a folder's npm packages exactly as its package-lock.json says (`npm ci`)."""
+    result = subprocess.run(
+        npm_command("ci", "--no-audit", "--no-fund", "--silent"),
+        cwd=folder,
+        env=node_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise StackError(f"npm ci in {folder} failed: {result.stderr[-2000:]}")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, delete, func, or_, text
+from sqlalchemy import Connection, delete, func, or_, text, true
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -262,20 +262,20 @@ def may_read_patient(session: Session, user: User, patient_id: str) -> bool:
         return False
     if session.get(CareGrant, (user.id, patient_id)) is not None:
         return True
-    return break_glass_until(session, user, patient_id) is not None
+    return holds_break_glass(session, user, patient_id)
 
 
 # --------------------------------------------------------------------------- break-glass
 
 
-def break_glass_until(session: Session, user: User, patient_id: str) -> datetime | None:
-    """When the user's open break-glass access to this patient ends; None when there is none."""
+def holds_break_glass(session: Session, user: User, patient_id: str) -> bool:
+    """Whether the user holds open break-glass access to this patient now."""
     until = session.exec(
         select(func.max(BreakGlassGrant.expires_at)).where(
             BreakGlassGrant.user_id == user.id, BreakGlassGrant.patient_id == patient_id
         )
     ).first()
-    return as_utc(until) if until is not None and _still_open(until) else None
+    return _still_open(until)
 
 
 def open_break_glass(
@@ -308,17 +308,24 @@ def break_glass_patients(session: Session, user: User) -> list[str]:
 
 def studies_for(session: Session, user: User, limit: int = 500) -> list[Study]:
     """The studies the user may open, newest first."""
-    query = select(Study).order_by(Study.study_date.desc(), Study.created_at.desc())  # type: ignore[union-attr,attr-defined]
-    if user.role in ALL_STUDIES_ROLES:
-        return list(session.exec(query.limit(limit)))
-    if user.role != Role.CLINICIAN:
+    condition = openable_studies(session, user)
+    if condition is None:
         return []
-    return list(session.exec(query.where(visible_to_clinician(session, user)).limit(limit)))
+    query = select(Study).where(condition)
+    query = query.order_by(Study.study_date.desc(), Study.created_at.desc())  # type: ignore[union-attr,attr-defined]
+    return list(session.exec(query.limit(limit)))
 
 
-def visible_to_clinician(session: Session, user: User) -> Any:
-    """The condition on `studies` for a clinician: a patient on the care list, or one the
-    clinician holds open break-glass access to."""
+def openable_studies(session: Session, user: User) -> Any:
+    """The rule of `may_open_study` as a condition on `studies`, for lists: every study for an
+    active admin or radiologist; for an active clinician the care list's patients and those a
+    break-glass grant holds open; None for anyone else (nothing)."""
+    if not user.active:
+        return None
+    if user.role in ALL_STUDIES_ROLES:
+        return true()
+    if user.role != Role.CLINICIAN:
+        return None
     care = select(CareGrant.patient_id).where(CareGrant.user_id == user.id)
     glass = break_glass_patients(session, user)
     on_list = col(Study.patient_id).in_(care)

@@ -142,32 +142,49 @@ def _from_our_origin() -> bool:
     return origin == f"{gateway.scheme}://{gateway.netloc}"
 
 
+def _page(template: str, code: int = 200, **values: Any) -> Response:
+    return Response(render_template(template, **values), status=code, mimetype="text/html")
+
+
 def _refuse(status: int, reason: str, username: str | None = None) -> Response:
     audit(Action.PAGE, status, username=username, reason=reason)
-    page = render_template(
-        "refused.html", status=status, message="This form has expired or did not come from us."
-    )
-    return Response(page, status=status, mimetype="text/html")
+    message = "This form has expired or did not come from us."
+    return _page("refused.html", status, status=status, message=message)
 
 
-def form_post[F: Callable[..., Any]](view: F) -> F:
-    """For the signed-in pages' forms: a session, our origin, and the session's CSRF token;
-    else a 403 page (or the sign-in page, for a browser that is not signed in)."""
+# A signed-in page's view: called with the browser's user and session claims.
+PageView = Callable[[User, SessionClaims], Response]
+
+
+def signed_in_page(view: PageView) -> Callable[[], Response]:
+    """For the signed-in pages: the view gets the user and session; a browser that is not
+    signed in goes to the sign-in page."""
 
     @wraps(view)
-    def checked(*args: Any, **kwargs: Any) -> Any:
+    def checked() -> Response:
         found = signed_in()
         if found is None:
             return _see_other("/")
-        user, claims = found
+        return view(*found)
+
+    return checked
+
+
+def form_post(view: PageView) -> Callable[[], Response]:
+    """For the signed-in pages' forms: a session, our origin, and the session's CSRF token;
+    else a 403 page (or the sign-in page, for a browser that is not signed in)."""
+
+    @signed_in_page
+    @wraps(view)
+    def checked(user: User, claims: SessionClaims) -> Response:
         if not _from_our_origin():
             return _refuse(403, "form posted from another origin", user.username)
         sent = request.form.get("csrf", "")
         if not hmac.compare_digest(sent, csrf_token(claims.sid)):
             return _refuse(403, "missing or wrong CSRF token", user.username)
-        return view(*args, **kwargs)
+        return view(user, claims)
 
-    return checked  # type: ignore[return-value]
+    return checked
 
 
 @bp.after_request
@@ -184,10 +201,9 @@ def _page_headers(response: Response) -> Response:
 
 def _signin_page(status: int = 200, error: str = "", username: str = "") -> Response:
     nonce = secrets.token_urlsafe(32)
-    page = render_template(
-        "signin.html", csrf=_mac("signin", nonce), error=error, username=username
+    response = _page(
+        "signin.html", status, csrf=_mac("signin", nonce), error=error, username=username
     )
-    response = Response(page, status=status, mimetype="text/html")
     _set_cookie(response, _signin_cookie_name(), nonce, SIGNIN_COOKIE_TTL_S)
     return response
 
@@ -241,27 +257,21 @@ def sign_in() -> Response:
 
 
 @bp.get("/worklist")
-def worklist() -> Response:
+@signed_in_page
+def worklist(user: User, claims: SessionClaims) -> Response:
     """The user's studies under the search in the address (mrn, name, from, to, page)."""
-    found = signed_in()
-    if found is None:
-        return _see_other("/")
-    user, claims = found
     wanted = WorklistFilter.from_args(request.args)
     with db_session() as session:
         page = worklist_page(session, user, wanted)
     audit(Action.WORKLIST, 200, username=user.username, now=False)
-    return Response(
-        render_template(
-            "worklist.html",
-            user=user,
-            csrf=csrf_token(claims.sid),
-            wanted=wanted,
-            page=page,
-            previous_url=_page_url(wanted, page.page - 1) if page.page > 1 else "",
-            next_url=_page_url(wanted, page.page + 1) if page.has_next else "",
-        ),
-        mimetype="text/html",
+    return _page(
+        "worklist.html",
+        user=user,
+        csrf=csrf_token(claims.sid),
+        wanted=wanted,
+        page=page,
+        previous_url=_page_url(wanted, page.page - 1) if page.page > 1 else "",
+        next_url=_page_url(wanted, page.page + 1) if page.has_next else "",
     )
 
 
@@ -280,8 +290,7 @@ def worklist_row_fragment() -> Response:
             row = worklist_row(session, user, study)
     if row is None:
         return Response("no such study", status=404, mimetype="text/plain")
-    fragment = render_template("_row.html", row=row, csrf=csrf_token(claims.sid))
-    return Response(fragment, mimetype="text/html")
+    return _page("_row.html", row=row, csrf=csrf_token(claims.sid))
 
 
 def _page_url(wanted: WorklistFilter, page: int) -> str:
@@ -290,20 +299,16 @@ def _page_url(wanted: WorklistFilter, page: int) -> str:
 
 @bp.post("/worklist/open")
 @form_post
-def open_study() -> Response:
+def open_study(user: User, claims: SessionClaims) -> Response:
     """A worklist row's Open: a one-use viewer link for this browser's session, followed at
     once (webapp/viewer.py spends it and binds the viewer to this browser)."""
-    found = signed_in()
-    assert found is not None  # form_post checked it
-    user, claims = found
     study = request.form.get("study", "")
     with db_session() as session:
         allowed = is_uid(study) and accounts.may_open_study(session, user, study)
     if not allowed:
         # Unknown and forbidden studies get the same answer: no probing of the index.
         audit(Action.VIEWER_LINK, 403, username=user.username, reason="policy")
-        page = render_template("refused.html", status=403, message="You may not open that study.")
-        return Response(page, status=403, mimetype="text/html")
+        return _page("refused.html", 403, status=403, message="You may not open that study.")
     ctx = web_context()
     token, _ = issue_viewer_link(
         ctx.viewer_key,
@@ -319,11 +324,8 @@ def open_study() -> Response:
 
 @bp.post("/worklist/sign-out")
 @form_post
-def sign_out() -> Response:
+def sign_out(user: User, claims: SessionClaims) -> Response:
     """End the login session: this page, its viewer links and the viewers they opened."""
-    found = signed_in()
-    assert found is not None
-    user, claims = found
     with db_session() as session:
         accounts.close_session(session, claims.sid)
     audit(Action.LOGOUT, 200, username=user.username)
@@ -338,17 +340,10 @@ MIN_REASON_LENGTH = 10
 MAX_REASON_LENGTH = 500
 
 
-def _page(template: str, code: int = 200, **values: Any) -> Response:
-    return Response(render_template(template, **values), status=code, mimetype="text/html")
-
-
 @bp.get("/worklist/break-glass")
-def break_glass_page() -> Response:
+@signed_in_page
+def break_glass_page(user: User, claims: SessionClaims) -> Response:
     """A clinician's form to open one patient outside the care list: full MRN and a reason."""
-    found = signed_in()
-    if found is None:
-        return _see_other("/")
-    user, claims = found
     if user.role != Role.CLINICIAN:
         return _see_other("/worklist")  # radiologists and admins open every study already
     minutes = web_context().settings.break_glass_minutes
@@ -357,13 +352,10 @@ def break_glass_page() -> Response:
 
 @bp.post("/worklist/break-glass")
 @form_post
-def open_break_glass() -> Response:
+def open_break_glass(user: User, claims: SessionClaims) -> Response:
     """Grant the clinician this patient for `break_glass_minutes`, audited with the reason; then
     the worklist shows that patient's studies. Only a full MRN of a patient with studies in
     the archive: no browsing, no partial search outside the care list."""
-    found = signed_in()
-    assert found is not None
-    user, claims = found
     settings = web_context().settings
     if user.role != Role.CLINICIAN:
         return _see_other("/worklist")
@@ -402,12 +394,9 @@ def open_break_glass() -> Response:
 
 
 @bp.get("/worklist/break-glass/log")
-def break_glass_log() -> Response:
+@signed_in_page
+def break_glass_log(user: User, claims: SessionClaims) -> Response:
     """Every break-glass access, newest first, for admins: who, which patient, when, why."""
-    found = signed_in()
-    if found is None:
-        return _see_other("/")
-    user, claims = found
     if user.role != Role.ADMIN:
         audit(Action.BREAK_GLASS, 403, username=user.username, reason="log: not an admin")
         return _page("refused.html", 403, status=403, message="Admins only.")

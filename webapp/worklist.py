@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
-from common.db import CachedPatient, InferenceResult, Role, Study, User
-from webapp.accounts import ALL_STUDIES_ROLES, visible_to_clinician
+from common.db import CachedPatient, InferenceResult, Study, User
+from webapp.accounts import openable_studies
 
 PAGE_SIZE = 50
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -122,10 +122,11 @@ def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> Workl
         query = query.where(col(Study.study_date) <= wanted.date_to.replace("-", ""))
     offset = (wanted.page - 1) * PAGE_SIZE
     found = list(session.exec(query.offset(offset).limit(PAGE_SIZE + 1)))
+    named = [(study, display_name(resource)) for study, resource in found[:PAGE_SIZE]]
     rows = [
-        _row(study, display_name(resource))
-        for study, resource in found[:PAGE_SIZE]
-        if not wanted.name or wanted.name.lower() in display_name(resource).lower()
+        _row(study, name)
+        for study, name in named
+        if not wanted.name or wanted.name.lower() in name.lower()
     ]
     return WorklistPage(
         rows=_with_ai(session, rows), page=wanted.page, has_next=len(found) > PAGE_SIZE
@@ -147,8 +148,11 @@ def worklist_row(session: Session, user: User, study_uid: str) -> WorklistRow | 
 
 def _visible_studies(session: Session, user: User) -> Any:
     """The studies this user may open with their cached patient, newest first; None for a user
-    who may open none (the same rule as `accounts.may_open_study`)."""
-    query = (
+    who may open none (`accounts.openable_studies`)."""
+    condition = openable_studies(session, user)
+    if condition is None:
+        return None
+    return (
         select(Study, CachedPatient.resource)
         .join(CachedPatient, col(CachedPatient.mrn) == col(Study.patient_id), isouter=True)
         .order_by(
@@ -156,14 +160,8 @@ def _visible_studies(session: Session, user: User) -> Any:
             col(Study.created_at).desc(),
             col(Study.study_instance_uid),
         )
+        .where(condition)
     )
-    if not user.active:
-        return None
-    if user.role in ALL_STUDIES_ROLES:
-        return query
-    if user.role != Role.CLINICIAN:
-        return None
-    return query.where(visible_to_clinician(session, user))
 
 
 def display_name(resource: str | None) -> str:

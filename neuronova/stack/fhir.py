@@ -3,11 +3,8 @@ and the tests; production runs HAPI FHIR."""
 
 from __future__ import annotations
 
-import subprocess
-
-from common.errors import StackError
 from common.settings import PROJECT_ROOT
-from neuronova.node import node_env, node_executable, npm_command
+from neuronova.node import node_executable, npm_ci
 from neuronova.stack.component import Context, LoopbackHttp
 
 FHIR_SERVER_DIR = PROJECT_ROOT / "servers" / "fhir"
@@ -18,18 +15,8 @@ SERVICE = LoopbackHttp("fhir", health_path="/Patient?_count=1")
 
 def prepare(ctx: Context) -> None:
     """Install the server's npm packages from its lock file unless present."""
-    if (FHIR_SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
-        return
-    result = subprocess.run(
-        npm_command("ci", "--no-audit", "--no-fund", "--silent"),
-        cwd=FHIR_SERVER_DIR,
-        env=node_env(),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise StackError(f"npm ci in {FHIR_SERVER_DIR} failed: {result.stderr[-2000:]}")
+    if not (FHIR_SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
+        npm_ci(FHIR_SERVER_DIR)
 
 
 def command(ctx: Context) -> list[str]:

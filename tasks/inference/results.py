@@ -90,8 +90,9 @@ def set_ai_state(settings: Settings, study_uid: str, state: AiState | None) -> N
     """Record the study's AI state (None: no reading applies); a study not indexed is left."""
     with session_scope(settings.resolved_database_url) as session:
         study = session.get(Study, study_uid)
-        if study is not None and study.ai_state != (state and str(state)):
-            study.ai_state = str(state) if state is not None else None
+        value = str(state) if state is not None else None
+        if study is not None and study.ai_state != value:
+            study.ai_state = value
             session.add(study)
 
 

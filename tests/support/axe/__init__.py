@@ -7,9 +7,10 @@ the violations of impact serious or critical.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
+
+from neuronova.node import npm_ci
 
 AXE_DIR = Path(__file__).parent
 AXE_SCRIPT = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
@@ -19,18 +20,7 @@ SEVERE = ("serious", "critical")
 def axe_script() -> str:
     """axe.min.js, installed from the lock file on first use."""
     if not AXE_SCRIPT.exists():
-        from neuronova.node import node_env, npm_command
-
-        result = subprocess.run(
-            npm_command("ci", "--no-audit", "--no-fund", "--silent"),
-            cwd=AXE_DIR,
-            env=node_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"npm ci in {AXE_DIR} failed: {result.stderr[-2000:]}")
+        npm_ci(AXE_DIR)
     return AXE_SCRIPT.read_text()
 
 
