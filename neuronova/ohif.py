@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import brotli
 
 from common.errors import StackError
 from common.settings import PROJECT_ROOT
@@ -26,7 +31,8 @@ OHIF_VERSION = "3.13.2"
 # Its AI tools' ONNX runtime (136 MB): unused here.
 _UNUSED = ("ort",)
 
-# What nginx serves precompressed (gzip_static): OHIF's text and WebAssembly, ~60 MB as shipped.
+# What nginx serves precompressed (gzip_static, brotli_static): OHIF's text and WebAssembly, ~60 MB
+# as shipped.
 PRECOMPRESSED_SUFFIXES = frozenset({".js", ".css", ".wasm", ".json", ".svg", ".html", ".txt"})
 # Rewritten whenever our configuration changes: compressed on the fly instead, never stale.
 _NOT_PRECOMPRESSED = frozenset({"app-config.js"})
@@ -87,22 +93,42 @@ def _install(version: str, root: Path) -> None:
 
 
 def precompress(root: Path) -> int:
-    """Write `NAME.gz` (level 9) beside each of OHIF's text and WebAssembly files that lacks an
-    up-to-date one, so nginx sends the smaller file with no work per request (`gzip_static`);
-    returns how many were written. Once per install: about 10 s on 2 cores."""
-    written = 0
+    """Write `NAME.gz` (gzip level 9) and `NAME.br` (brotli quality 11) beside each of OHIF's text
+    and WebAssembly files that lacks up-to-date ones, so nginx sends the smaller file with no work
+    per request (`gzip_static`, and `brotli_static` where nginx has the module: 2.4 MB instead of
+    3.3 MB gzip and 17 MB plain for the app bundle); returns how many were written. Once per
+    install: about a minute on 2 cores (brotli's best quality is slow to write, not to read)."""
+    wanted: list[tuple[Path, Path]] = []
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.suffix not in PRECOMPRESSED_SUFFIXES:
             continue
         if path.name in _NOT_PRECOMPRESSED:
             continue
-        packed = path.with_name(path.name + ".gz")
-        if packed.exists() and packed.stat().st_mtime >= path.stat().st_mtime:
-            continue
-        tmp = packed.with_name(packed.name + ".tmp")
-        tmp.write_bytes(gzip.compress(path.read_bytes(), compresslevel=9, mtime=0))
-        tmp.replace(packed)
-        written += 1
-    if written:
-        log.info("OHIF: %d files precompressed for gzip_static", written)
-    return written
+        for suffix in _ENCODINGS:
+            packed = path.with_name(path.name + suffix)
+            if not packed.exists() or packed.stat().st_mtime < path.stat().st_mtime:
+                wanted.append((path, packed))
+    # Both compressors release the GIL: threads use every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        list(pool.map(lambda job: _write_packed(*job), wanted))
+    if wanted:
+        log.info("OHIF: %d files precompressed for gzip_static and brotli_static", len(wanted))
+    return len(wanted)
+
+
+def _write_packed(path: Path, packed: Path) -> None:
+    tmp = packed.with_name(packed.name + ".tmp")
+    tmp.write_bytes(_ENCODINGS[packed.suffix](path.read_bytes()))
+    tmp.replace(packed)
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=9, mtime=0)
+
+
+def _brotli(data: bytes) -> bytes:
+    return bytes(brotli.compress(data, quality=11))
+
+
+# The precompressed copies, by suffix: what nginx's gzip_static and brotli_static look for.
+_ENCODINGS: dict[str, Callable[[bytes], bytes]] = {".gz": _gzip, ".br": _brotli}

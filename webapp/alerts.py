@@ -1,5 +1,6 @@
 """`GET /api/alerts`: server-sent events telling a logged-in user that an AI result is ready
-for a study they may open.
+for a study they may open (event `ai-result`), and where its AI run stands as it moves on
+(event `ai-state`: queued, running, failed, done, or null when no reading applies).
 
 Served by the alerts pool (the same app in its own gunicorn, `neuronova/stack/alerts.py`), so
 open streams never hold the gate's threads. Before each alert from Redis

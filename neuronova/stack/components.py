@@ -118,7 +118,7 @@ NGINX = Component(
     health=nginx.health,
     ports=nginx.SERVICE.ports,
     prepare=nginx.prepare,
-    packages=("nginx",),
+    packages=("nginx", "libnginx-mod-http-brotli-static"),
     # The first start downloads OHIF (about 50 MB).
     start_timeout_s=60.0,
     port_hint="choose another port with NEURONOVA_GATEWAY_URL",

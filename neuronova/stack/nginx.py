@@ -49,9 +49,28 @@ def _basic_authorization(settings: Settings) -> str:
     return "Basic " + base64.b64encode(f"{account[0]}:{account[1]}".encode()).decode()
 
 
-def render_nginx_config(settings: Settings, home: Path, ohif_root: Path) -> str:
-    """The local template with this stack's ports and folders filled in."""
+# Where Debian's libnginx-mod-http-brotli-static puts its module (Debian 12 and 13).
+BROTLI_STATIC_MODULE = Path("/usr/lib/nginx/modules/ngx_http_brotli_static_module.so")
+
+
+def brotli_static_module() -> Path | None:
+    """nginx's brotli_static module when it is installed (the stack installs it; a machine
+    without it serves OHIF's gzip copies only)."""
+    return BROTLI_STATIC_MODULE if BROTLI_STATIC_MODULE.is_file() else None
+
+
+def render_nginx_config(
+    settings: Settings, home: Path, ohif_root: Path, brotli_module: Path | None = None
+) -> str:
+    """The local template with this stack's ports and folders filled in; with `brotli_module`,
+    nginx loads it and sends OHIF's .br files to browsers that accept them."""
     values = {
+        "@BROTLI_MODULE@": f"load_module {brotli_module};"
+        if brotli_module
+        else "# (no brotli_static module: gzip only)",
+        "@BROTLI_STATIC@": "include snippets/brotli-static.conf;"
+        if brotli_module
+        else "# (no brotli_static module: gzip only)",
         "@WORKER_USER@": _worker_user(),
         "@HOME@": str(home),
         "@GATEWAY_PORT@": str(settings.gateway_port),
@@ -97,7 +116,7 @@ def prepare(ctx: Context) -> None:
     for snippet in (NGINX_DIR / "snippets").glob("*.conf"):
         shutil.copyfile(snippet, snippets / snippet.name)
     # 0600: it holds Orthanc's service password.
-    config = render_nginx_config(ctx.settings, ctx.home, root)
+    config = render_nginx_config(ctx.settings, ctx.home, root, brotli_static_module())
     write_atomically(ctx.home / "nginx.conf", config, mode=0o600)
     binary = find_nginx_binary()
     if binary is None:

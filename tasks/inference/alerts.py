@@ -22,8 +22,10 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 AI_RESULT = "ai-result"
+# The AI run's state changed (queued, running, failed, done, none): the worklist updates the row.
+AI_STATE = "ai-state"
 # Every kind an alert may have; the streams pass on nothing else (an event's name is a kind).
-ALERT_KINDS = frozenset({AI_RESULT})
+ALERT_KINDS = frozenset({AI_RESULT, AI_STATE})
 
 
 class AlertPublisher:
@@ -95,6 +97,20 @@ def subscribe_to_alerts(settings: Settings) -> redis.client.PubSub:
             raise redis.TimeoutError("Redis did not confirm the alert subscription")
     pubsub.ignore_subscribe_messages = True
     return pubsub
+
+
+def announce_ai_state(
+    settings: Settings, study_uid: str, patient_id: str, state: str | None
+) -> None:
+    """Tell the open worklists that a study's AI run moved on; a Redis that is down costs only
+    the live update (the worklist shows the state on its next load), never the run."""
+    if not settings.resolved_redis_url:
+        return
+    try:
+        with AlertPublisher.from_settings(settings) as publisher:
+            publisher.publish(AI_STATE, study_uid, patient_id, {"ai_state": state})
+    except TransientUpstreamError as err:
+        log.warning("the AI state of study %s was not announced: %s", study_uid, err)
 
 
 def ai_result_facts(result: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from sqlmodel.sql.expression import SelectOfScalar
 from common.db import InferenceResult, Study, session_scope, utcnow
 from common.errors import NeuroNovaError
 from common.settings import Settings
+from tasks.inference.alerts import announce_ai_state
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import InputRef
 from tasks.ingest.prepare import IngestStatus
@@ -87,13 +88,18 @@ class AiState(StrEnum):
 
 
 def set_ai_state(settings: Settings, study_uid: str, state: AiState | None) -> None:
-    """Record the study's AI state (None: no reading applies); a study not indexed is left."""
+    """Record the study's AI state (None: no reading applies) and, when it changed, announce it
+    to the open worklists once it is committed; a study not indexed is left."""
+    value = str(state) if state is not None else None
+    changed_for: str | None = None  # the study's patient, when the state changed
     with session_scope(settings.resolved_database_url) as session:
         study = session.get(Study, study_uid)
-        value = str(state) if state is not None else None
         if study is not None and study.ai_state != value:
             study.ai_state = value
             session.add(study)
+            changed_for = study.patient_id
+    if changed_for is not None:
+        announce_ai_state(settings, study_uid, changed_for, value)
 
 
 def save_result(settings: Settings, values: dict[str, Any]) -> InferenceResult:

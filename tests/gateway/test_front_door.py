@@ -96,15 +96,17 @@ def test_a_clinician_signs_in_sees_her_studies_opens_one_and_signs_out(
     context.close()
 
 
-def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: ignore[no-untyped-def]
+def test_a_new_study_of_her_patient_follows_its_ai_run_without_a_reload(  # type: ignore[no-untyped-def]
     browser, viewing: Viewing
 ) -> None:
-    """A clinician's worklist listens to her alert stream: a study of her patient read by the AI
-    appears with its result and a notice; nothing of another patient's does."""
+    """A clinician's worklist listens to her alert stream: a new study of her patient appears
+    when its AI reading is queued, its row follows the run (running, then the result with a
+    notice); nothing of another patient's study reaches the page."""
     from sqlmodel import select
 
     from common.db import InferenceResult, session_scope
     from tasks.inference.alerts import AI_RESULT, AlertPublisher
+    from tasks.inference.results import AiState, set_ai_state
     from tests.support.web import IndexedStudy, add_reading, index_study
     from webapp import accounts
 
@@ -127,23 +129,43 @@ def test_a_new_ai_result_for_her_patient_appears_without_a_reload(  # type: igno
     page.wait_for_url(f"{viewing.base}/worklist")
     assert page.locator("tr[data-study]").count() == 0
     page.wait_for_timeout(1500)  # the page's stream is open (EventSource connects on load)
+    notice = page.get_by_role("status").first
+    row = page.locator(f'tr[data-study="{mine.study}"]')
 
-    for study in (other, mine):  # read by the AI: indexed, a reading, the alert
+    def move_both(state: AiState) -> None:  # as the flows do: ingest, then run_inference
+        for study in (other, mine):
+            set_ai_state(settings, study.study, state)
+
+    for study in (other, mine):  # arrived and indexed
         with session_scope(url) as session:
             known = session.exec(
                 select(InferenceResult).where(InferenceResult.study_instance_uid == study.study)
             ).first()
         if known is None:
             index_study(url, study)
-            add_reading(url, study, lesions=2, volume_ml=4.2)
-        with AlertPublisher.from_settings(settings) as publisher:
-            publisher.publish(AI_RESULT, study.study, study.patient_id, {"lesion_count": 2})
-
-    row = page.locator(f'tr[data-study="{mine.study}"]')
+            add_reading(url, study, lesions=2, volume_ml=4.2)  # written before "done" below
+    move_both(AiState.QUEUED)
     row.wait_for(timeout=15_000)
+    assert "AI queued" in row.inner_text()
+    assert "New study" in notice.inner_text()
+
+    move_both(AiState.RUNNING)
+    page.wait_for_function(
+        'uid => document.querySelector(`tr[data-study="${uid}"] td.ai-running`)',
+        arg=mine.study,
+        timeout=15_000,
+    )
+    move_both(AiState.DONE)
+    with AlertPublisher.from_settings(settings) as publisher:
+        for study in (other, mine):
+            publisher.publish(AI_RESULT, study.study, study.patient_id, {"lesion_count": 2})
+    page.wait_for_function(
+        "() => document.getElementById('notice').textContent.includes('New AI result')",
+        timeout=15_000,
+    )
     assert "2 lesions, 4.2 mL" in row.inner_text()
-    assert "New AI result" in page.get_by_role("status").first.inner_text()
     page.screenshot(path=str(ARTIFACTS / "worklist-live.png"))
+    assert page.locator("tr[data-study]").count() == 1
     assert page.locator(f'tr[data-study="{other.study}"]').count() == 0
     assert other.patient_id not in page.content()
     context.close()
@@ -179,7 +201,7 @@ def test_the_sign_in_worklist_and_break_glass_pages_pass_axe(browser, viewing: V
     context.close()
 
 
-def test_ohif_files_are_sent_precompressed_and_hashed_ones_cached_for_a_year(
+def test_ohif_files_are_sent_precompressed_gzip_or_brotli_and_hashed_ones_cached_for_a_year(
     viewing: Viewing,
 ) -> None:
     import httpx
@@ -197,10 +219,20 @@ def test_ohif_files_are_sent_precompressed_and_hashed_ones_cached_for_a_year(
     assert int(answer.headers["Content-Length"]) == packed.stat().st_size
     assert answer.content == bundle.read_bytes()  # httpx unpacks it: the same bundle
     assert "max-age=31536000" in answer.headers["Cache-Control"]
-    # A client that takes no gzip gets the plain file.
+    # A browser that takes brotli gets the .br copy (brotli_static, the stack's Debian module).
+    answer = httpx.get(
+        f"{viewing.base}/{bundle.name}", headers={"Accept-Encoding": "br, gzip"}, timeout=30
+    )
+    assert answer.status_code == 200 and answer.headers["Content-Encoding"] == "br"
+    packed = bundle.with_name(bundle.name + ".br")
+    assert int(answer.headers["Content-Length"]) == packed.stat().st_size
+    assert packed.stat().st_size < bundle.with_name(bundle.name + ".gz").stat().st_size
+    assert answer.content == bundle.read_bytes()  # httpx unpacks brotli too: the same bundle
+    assert "Accept-Encoding" in answer.headers.get("Vary", "")
+    # A client that takes no compression gets the plain file.
     plain = httpx.get(
         f"{viewing.base}/{bundle.name}", headers={"Accept-Encoding": "identity"}, timeout=30
     )
     assert "Content-Encoding" not in plain.headers and plain.content == bundle.read_bytes()
     # Our configuration is never precompressed (it is rewritten when it changes).
-    assert not (root / "app-config.js.gz").exists()
+    assert not (root / "app-config.js.gz").exists() and not (root / "app-config.js.br").exists()

@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 
 from common.settings import Settings
-from neuronova.stack.nginx import NGINX_DIR, find_nginx_binary, render_nginx_config
+from neuronova.stack.nginx import (
+    NGINX_DIR,
+    brotli_static_module,
+    find_nginx_binary,
+    render_nginx_config,
+)
 
 GIXY = Path(sys.executable).parent / "gixy"
 SNIPPETS = NGINX_DIR / "snippets"
@@ -27,9 +32,14 @@ def _gixy(config: Path) -> list[dict[str, object]]:
     return issues
 
 
-@pytest.fixture
-def rendered_local(tmp_path: Path) -> Path:
-    """The local template as the stack renders it, with snippets/ beside it."""
+@pytest.fixture(params=["brotli", "gzip only"])
+def rendered_local(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
+    """The local template as the stack renders it, with snippets/ beside it: with Debian's
+    brotli_static module (the stack installs it) and without (a machine that lacks it)."""
+    brotli = None
+    if request.param == "brotli":
+        brotli = brotli_static_module()
+        assert brotli is not None, "libnginx-mod-http-brotli-static is missing: run `make system`"
     # Fixed ports, not the session's random ones: gixy takes any listen port containing "443"
     # for a TLS listener (and then asks for ssl_protocols), which made this test flaky.
     settings = Settings(
@@ -45,7 +55,7 @@ def rendered_local(tmp_path: Path) -> Path:
     shutil.copytree(SNIPPETS, home / "snippets")
     ohif = tmp_path / "ohif"
     ohif.mkdir()
-    (home / "nginx.conf").write_text(render_nginx_config(settings, home, ohif))
+    (home / "nginx.conf").write_text(render_nginx_config(settings, home, ohif, brotli))
     return home / "nginx.conf"
 
 

@@ -1,7 +1,9 @@
 // The worklist, live: the page listens to its alert stream (/worklist/alerts, by the session
-// cookie) and, for each AI result about a study the user may open, puts that study's row (as the
-// server renders it) at the top, or replaces it, and says so in the notice. Signing out, or the
-// session ending elsewhere, closes the stream and goes back to the sign-in page.
+// cookie). For each AI result about a study the user may open, and each move of its AI run
+// (queued, running, failed, done), it puts that study's row (as the server renders it) at the
+// top, or replaces it; a result, a new study and a failed run are said in the notice, the rest
+// changes the row quietly. Signing out, or the session ending elsewhere, closes the stream and
+// goes back to the sign-in page.
 "use strict";
 
 (() => {
@@ -30,25 +32,40 @@
       table.hidden = false;
       const empty = document.querySelector("p.empty");
       if (empty) empty.remove();
+    } else {
+      return null; // not on this page: nothing changed here
     }
     row.classList.add("fresh");
-    return row;
+    return { row, isNew: !old };
   }
 
   function say(text) {
     notice.textContent = text;
   }
 
-  const stream = new EventSource("/worklist/alerts");
-  stream.addEventListener("ai-result", async (event) => {
-    let alert;
-    try { alert = JSON.parse(event.data); } catch { return; }
-    const row = await showRow(alert.study_instance_uid);
-    if (!row) return;
+  function describe(row) {
     const who = row.cells[0].textContent.trim();
     const mrn = row.cells[1].textContent.trim();
     const ai = row.querySelector("td.ai").textContent.trim();
-    say(`New AI result: ${who === "—" ? mrn : `${who} (${mrn})`}: ${ai}.`);
+    return `${who === "—" ? mrn : `${who} (${mrn})`}: ${ai}.`;
+  }
+
+  function studyOf(event) {
+    try { return JSON.parse(event.data).study_instance_uid; } catch { return null; }
+  }
+
+  const stream = new EventSource("/worklist/alerts");
+  stream.addEventListener("ai-result", async (event) => {
+    const study = studyOf(event);
+    const shown = study && (await showRow(study));
+    if (shown) say(`New AI result: ${describe(shown.row)}`);
+  });
+  stream.addEventListener("ai-state", async (event) => {
+    const study = studyOf(event);
+    const shown = study && (await showRow(study));
+    if (!shown) return;
+    if (shown.isNew) say(`New study: ${describe(shown.row)}`);
+    else if (shown.row.querySelector("td.ai-failed")) say(`AI reading failed: ${describe(shown.row)}`);
   });
   stream.addEventListener("closed", () => { stream.close(); location.assign("/"); });
   stream.addEventListener("expired", () => { stream.close(); location.assign("/"); });
