@@ -5,11 +5,15 @@ The local stack's Orthanc, webapp and nginx (temporary folder, free ports, SQLit
 sample head CT of `--slices` 512x512 slices ingested as HTJ2K, and a radiologist's links.
 Measured per run: the time until OHIF's app shell answers (the page's `load` event: the
 baseline, the part that does not depend on the study) and until the first slice is drawn
-(canvas pixels that match the study). Cold = a new browser profile (nothing cached); warm =
-the same profile opening a fresh link again (OHIF's hashed bundles cached, as on a
-clinician's workstation). "Open" is what a clinician does: signed in on the worklist (not
-timed), a click on the study's Open button until the first slice is drawn; cold = a profile that
-has only signed in, warm = the same profile opening the study again from the worklist.
+(canvas pixels that match the study). Every run uses browser profiles on disk, as a
+workstation's Chromium does (Playwright's default contexts are off the record: no disk cache
+and no V8 code cache, which no clinician's browser lacks). Cold = a new profile (nothing
+cached); warm = the same profile opening a fresh link again (OHIF's hashed bundles in the HTTP
+cache). "Open" is what a clinician does: signed in on the worklist (not timed), a click on the
+study's Open button until the first slice is drawn; cold = a profile that has only signed in,
+warm = the same profile opening the study again, then "from the third open": Chromium keeps
+V8's compiled code for a script it has run twice (its code cache), so OHIF's 17 MB bundle is
+no longer parsed and compiled on every open.
 
     .venv/bin/python bench/bench_viewer.py [--slices 100] [--runs 5]
 """
@@ -97,6 +101,17 @@ def open_from_worklist(
     return _first_image_after(page, start, references), seen
 
 
+def on_disk_profile(playwright: object, folder: Path) -> object:
+    """A browser with a profile of its own on disk (HTTP disk cache and V8 code cache, as on a
+    workstation)."""
+    return playwright.chromium.launch_persistent_context(  # type: ignore[attr-defined]
+        str(folder),
+        executable_path=str(CHROMIUM),
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1280, "height": 900},
+    )
+
+
 def sign_in(context: object, gateway: str) -> None:
     page = context.new_page()  # type: ignore[attr-defined]
     page.goto(f"{gateway}/")
@@ -134,40 +149,31 @@ def main() -> None:
             study = pydicom.dcmread(files[0]).StudyInstanceUID
             references = reference_slices(work / "study")
             with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(
-                    executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-                )
-                cold, warm = [], []
-                cold_open: list[float] = []
-                warm_open: list[float] = []
-                phases: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-                for _ in range(args.runs):
-                    context = browser.new_context(viewport={"width": 1280, "height": 900})
-                    cold.append(
-                        open_once(
-                            context,
-                            viewer_link(settings.gateway_url, "bench", PASSWORD, study),
-                            references,
+                cold: list[tuple[float, float]] = []
+                warm: list[tuple[float, float]] = []
+                # Open on the worklist: the first, second and third open of one profile.
+                opens: list[list[float]] = [[], [], []]
+                phases: list[list[dict[str, float]]] = [[], [], []]
+                for run in range(args.runs):
+                    context = on_disk_profile(playwright, work / f"profile-link-{run}")
+                    for runs in (cold, warm):
+                        runs.append(
+                            open_once(
+                                context,
+                                viewer_link(settings.gateway_url, "bench", PASSWORD, study),
+                                references,
+                            )
                         )
-                    )
-                    warm.append(
-                        open_once(
-                            context,
-                            viewer_link(settings.gateway_url, "bench", PASSWORD, study),
-                            references,
-                        )
-                    )
                     context.close()
-                    context = browser.new_context(viewport={"width": 1280, "height": 900})
+                    context = on_disk_profile(playwright, work / f"profile-open-{run}")
                     sign_in(context, settings.gateway_url)
-                    for runs in (cold_open, warm_open):
+                    for nth in range(3):
                         drawn, seen = open_from_worklist(
                             context, settings.gateway_url, study, references
                         )
-                        runs.append(drawn)
-                        phases[runs is warm_open].append(seen)
+                        opens[nth].append(drawn)
+                        phases[nth].append(seen)
                     context.close()
-                browser.close()
         finally:
             stack.down()
 
@@ -180,19 +186,20 @@ def main() -> None:
             f"  {name}: app shell loaded {load:.2f} s, first image {first:.2f} s "
             f"({first / load:.1f}x the shell; runs: {all_runs})"
         )
-    for name, opens, target, warm in (
-        ("cold", cold_open, 2.5, False),
-        ("warm", warm_open, 2.0, True),
+    for name, nth, target in (
+        ("cold profile", 0, 2.5),
+        ("warm profile (second open)", 1, 2.0),
+        ("warm profile, from the third open (V8 code cache)", 2, 2.0),
     ):
-        first = statistics.median(opens)
+        first = statistics.median(opens[nth])
         verdict = "met" if first <= target else "NOT met"
-        all_runs = ", ".join(f"{r:.2f}" for r in opens)
+        all_runs = ", ".join(f"{r:.2f}" for r in opens[nth])
         print(
-            f"  Open on the worklist, {name} profile: first image {first:.2f} s "
-            f"(target <= {target} s: {verdict}; runs: {all_runs})"
+            f"  Open on the worklist, {name}: first image {first:.2f} s "
+            f"(target <= {target} s: {verdict}; moonshot <= 1 s; runs: {all_runs})"
         )
         for phase, _ in PHASES:
-            times = [seen[phase] for seen in phases[warm] if phase in seen]
+            times = [seen[phase] for seen in phases[nth] if phase in seen]
             if times:
                 print(f"    {phase:32s} {statistics.median(times):5.2f} s after the click")
         print(f"    {'first image drawn':32s} {first:5.2f} s after the click")
