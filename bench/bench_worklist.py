@@ -54,16 +54,16 @@ def fill_index(settings: Settings, studies: int, patients: int, care: int) -> li
                 {
                     "mrn": mrn,
                     "resource": json.dumps(
-                        {
-                            "resourceType": "Patient",
-                            "name": [{"given": [rng.choice(GIVEN)], "family": rng.choice(FAMILY)}],
-                        }
+                        {"resourceType": "Patient", "name": [{"given": [given], "family": family}]}
                     ),
+                    "display_name": f"{given} {family}",  # as the patient cache keeps it
                     "source": "fhir",
                     "fhir_pending": False,
                     "updated_at": start,
                 }
-                for mrn in mrns
+                for mrn, given, family in (
+                    (mrn, rng.choice(GIVEN), rng.choice(FAMILY)) for mrn in mrns
+                )
             ],
         )
         rows = []

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 
 def utcnow() -> datetime:
@@ -221,6 +221,12 @@ class CachedPatient(SQLModel, table=True):
     fhir_id: str | None = Field(default=None, max_length=64)
     emr_uuid: str | None = Field(default=None, index=True, max_length=64)
     resource: str = Field(sa_column=Column(Text, nullable=False))
+    display_name: str | None = Field(
+        default=None,
+        max_length=255,
+        description="The resource's name as people write it (tasks.patients.convert."
+        "display_name), kept with the resource: what the worklist shows and searches.",
+    )
     source: str = Field(max_length=8, description="where it was found: fhir or emr")
     fhir_pending: bool = Field(
         default=False, index=True, description="FHIR was down: the write-back is still owed"

@@ -28,7 +28,6 @@ from pydantic_settings import SettingsError
 from common.errors import ConfigError
 from common.settings import Settings
 from neuronova.stack.component import write_atomically
-from neuronova.stack.orthanc import orthanc_modalities
 
 # Where compose mounts ./secrets/dicom-tls, read-only, in the Orthanc container (outside
 # /etc/orthanc/, which the image reads as configuration).
@@ -41,8 +40,17 @@ TLS_FILES = {
 EXAMPLE = '[{"aet": "CT_ROOM1", "host": "10.1.2.3", "port": 104}]'
 
 
+def orthanc_modalities(settings: Settings) -> dict[str, list[str | int]]:
+    """Orthanc's `DicomModalities`: a symbolic name for each allowed modality."""
+    return {
+        f"modality-{index}": [m.aet, m.host, m.port]
+        for index, m in enumerate(settings.dicom_modalities, 1)
+    }
+
+
 def dicom_config(settings: Settings, *, tls: bool) -> dict[str, Any]:
-    """Orthanc's options for C-STORE from modalities: the local stack's, plus DICOM TLS."""
+    """Orthanc's options for C-STORE from modalities, for compose and the local stack (which
+    runs without TLS)."""
     # The image runs envsubst over these files: no value may hold a `$`, which the patterns of
     # DicomModality (AET, host) already refuse.
     config: dict[str, Any] = {
@@ -51,6 +59,9 @@ def dicom_config(settings: Settings, *, tls: bool) -> dict[str, Any]:
         "DicomAlwaysAllowStore": False,
         "DicomCheckModalityHost": True,
         "DicomModalities": orthanc_modalities(settings),
+        # A modality must call this archive by its AET: a scanner set up for another PACS is
+        # refused at the association rather than storing its studies here.
+        "DicomCheckCalledAet": True,
         "DicomTlsEnabled": tls,
     }
     if tls:

@@ -6,13 +6,13 @@ care list (and of those a break-glass grant opened for them, while it lasts), an
 nothing. Searches narrow that set; they never widen it, so nothing on the page (a name, a count,
 a page number) comes from a study the user may not open.
 
-Patient names come from the patient cache (FHIR Patient resources kept by MRN); a study whose
-patient was never synced shows its MRN alone. The AI column comes from `inference_results`.
+Patient names come from the patient cache (`patients.display_name`, kept with each FHIR Patient
+by the sync); a search by name matches every word typed, in any order. A study whose patient was
+never synced shows its MRN alone. The AI column comes from `inference_results`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -113,21 +113,15 @@ def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> Workl
         return WorklistPage(rows=[], page=wanted.page, has_next=False)
     if wanted.mrn:
         query = query.where(col(Study.patient_id) == wanted.mrn)
-    if wanted.name:
-        # The cached resource is JSON: a first cut in SQL, then the name itself (below).
-        query = query.where(func.lower(CachedPatient.resource).contains(wanted.name.lower()))
+    for word in wanted.name.lower().replace(",", " ").split():  # "Lovelace, Ada" or "ada love"
+        query = query.where(func.lower(CachedPatient.display_name).contains(word, autoescape=True))
     if wanted.date_from:
         query = query.where(col(Study.study_date) >= wanted.date_from.replace("-", ""))
     if wanted.date_to:
         query = query.where(col(Study.study_date) <= wanted.date_to.replace("-", ""))
     offset = (wanted.page - 1) * PAGE_SIZE
     found = list(session.exec(query.offset(offset).limit(PAGE_SIZE + 1)))
-    named = [(study, display_name(resource)) for study, resource in found[:PAGE_SIZE]]
-    rows = [
-        _row(study, name)
-        for study, name in named
-        if not wanted.name or wanted.name.lower() in name.lower()
-    ]
+    rows = [_row(study, name or "") for study, name in found[:PAGE_SIZE]]
     return WorklistPage(
         rows=_with_ai(session, rows), page=wanted.page, has_next=len(found) > PAGE_SIZE
     )
@@ -141,8 +135,8 @@ def worklist_row(session: Session, user: User, study_uid: str) -> WorklistRow | 
     found = session.exec(query.where(col(Study.study_instance_uid) == study_uid)).first()
     if found is None:
         return None
-    study, resource = found
-    (row,) = _with_ai(session, [_row(study, display_name(resource))])
+    study, name = found
+    (row,) = _with_ai(session, [_row(study, name or "")])
     return row
 
 
@@ -153,7 +147,7 @@ def _visible_studies(session: Session, user: User) -> Any:
     if condition is None:
         return None
     return (
-        select(Study, CachedPatient.resource)
+        select(Study, CachedPatient.display_name)
         .join(CachedPatient, col(CachedPatient.mrn) == col(Study.patient_id), isouter=True)
         .order_by(
             col(Study.study_date).desc(),
@@ -162,25 +156,6 @@ def _visible_studies(session: Session, user: User) -> Any:
         )
         .where(condition)
     )
-
-
-def display_name(resource: str | None) -> str:
-    """A FHIR Patient's name as people write it ("Given Family"), or "" when it has none."""
-    if not resource:
-        return ""
-    try:
-        patient = json.loads(resource)
-    except ValueError:
-        return ""
-    names = patient.get("name") if isinstance(patient, dict) else None
-    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
-        return ""
-    first = names[0]
-    if isinstance(first.get("text"), str) and first["text"].strip():
-        return str(first["text"]).strip()
-    given = [g for g in first.get("given", []) if isinstance(g, str)]
-    family = first.get("family")
-    return " ".join([*given, family if isinstance(family, str) else ""]).strip()
 
 
 def _row(study: Study, name: str) -> WorklistRow:

@@ -13,6 +13,7 @@ import httpx
 
 from common.errors import StackError
 from common.settings import Settings
+from neuronova.orthanc_config import dicom_config
 from neuronova.stack.component import Context, Health, write_atomically
 
 DICOMWEB_PLUGIN_GLOBS: tuple[str, ...] = (
@@ -75,10 +76,9 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
         "DicomAet": settings.orthanc_aet,
         "DicomPort": settings.orthanc_dicom_port,
         # The DICOM port is open on every interface too, so stores are not allowed from anyone:
-        # only the configured modalities (NEURONOVA_DICOM_MODALITIES: AET and address) may push.
-        "DicomAlwaysAllowStore": False,
-        "DicomCheckModalityHost": True,
-        "DicomModalities": orthanc_modalities(settings),
+        # only the configured modalities (NEURONOVA_DICOM_MODALITIES: AET and address) may push,
+        # calling this archive's AET; the same options as production's (no TLS on loopback).
+        **dicom_config(settings, tls=False),
         # Ingest must never overwrite an instance silently: a second payload under the same
         # SOPInstanceUID is kept out and reported by the ingest flow.
         "OverwriteInstances": False,
@@ -96,14 +96,6 @@ def render_orthanc_config(settings: Settings, home: Path, plugin: Path) -> dict[
             "Ssl": False,
             "StudiesMetadata": "Full",
         },
-    }
-
-
-def orthanc_modalities(settings: Settings) -> dict[str, list[str | int]]:
-    """Orthanc's `DicomModalities`: a symbolic name for each allowed modality."""
-    return {
-        f"modality-{index}": [m.aet, m.host, m.port]
-        for index, m in enumerate(settings.dicom_modalities, 1)
     }
 
 

@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session, select
 
 from common.db import CachedPatient, PatientMergeFlag, get_engine, named_lock, session_scope
+from tasks.patients.convert import display_name
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ def save_patient(
     def work(session: Session) -> CachedPatient:
         row = session.get(CachedPatient, mrn) or CachedPatient(mrn=mrn, resource="", source=source)
         row.resource = json.dumps(resource, separators=(",", ":"), ensure_ascii=False)
+        row.display_name = display_name(resource)[:255] or None
         row.fhir_id = resource.get("id") or row.fhir_id
         row.source = source
         row.fhir_pending = fhir_pending

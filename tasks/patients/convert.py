@@ -77,6 +77,20 @@ def mrn_of(patient: dict[str, Any], mrn_system: str) -> str | None:
     return None
 
 
+def display_name(patient: dict[str, Any]) -> str:
+    """A FHIR Patient's name as people write it ("Given Family", or its `text`), "" when it has
+    none; what the worklist shows and searches (`patients.display_name`)."""
+    names = patient.get("name")
+    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
+        return ""
+    first = names[0]
+    if isinstance(first.get("text"), str) and first["text"].strip():
+        return str(first["text"]).strip()
+    given = [g for g in first.get("given", []) if isinstance(g, str)]
+    family = first.get("family")
+    return " ".join([*given, family if isinstance(family, str) else ""]).strip()
+
+
 def _name(record: dict[str, Any]) -> dict[str, Any]:
     given = [g for g in (_text(record, "fname"), _text(record, "mname")) if g]
     family = _text(record, "lname")

@@ -112,3 +112,33 @@ def test_ensure_schema_creates_a_new_database_then_is_a_no_op(tmp_path: Path) ->
     ensure_schema(url)
     ensure_schema(url)
     assert TABLES <= set(inspect(get_engine(url)).get_table_names())
+
+
+def test_0010_fills_the_display_name_of_the_patients_already_cached(tmp_path: Path) -> None:
+    """Patients cached before the column existed get their name; one without a name or with a
+    broken resource stays empty."""
+    from alembic import command
+    from sqlalchemy import text
+
+    from common.db import CachedPatient, alembic_config
+
+    url = f"sqlite:///{tmp_path / 'nn.db'}"
+    command.upgrade(alembic_config(url), "0009")
+    named = '{"resourceType":"Patient","name":[{"given":["Ada","M"],"family":"Lovelace"}]}'
+    with get_engine(url).begin() as connection:
+        for mrn, resource in (
+            ("NN-1", named),
+            ("NN-2", '{"resourceType":"Patient"}'),
+            ("NN-3", "not json"),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO patients (mrn, resource, source, fhir_pending, updated_at) "
+                    "VALUES (:mrn, :resource, 'fhir', 0, '2026-12-03 00:00:00')"
+                ),
+                {"mrn": mrn, "resource": resource},
+            )
+    migrate(url)
+    with session_scope(url) as session:
+        names = {p.mrn: p.display_name for p in session.exec(select(CachedPatient))}
+    assert names == {"NN-1": "Ada M Lovelace", "NN-2": None, "NN-3": None}

@@ -650,14 +650,16 @@ def test_a_host_the_gateway_is_not_gets_nothing(viewing: Viewing, host: str) -> 
 
 
 def test_a_flood_gets_429_from_nginx_before_the_webapp(viewing: Viewing) -> None:
-    """The API's per-address limit (50/s, burst 200) answered by nginx; normal use untouched."""
+    """The API's per-address limit (50/s, burst 200) answered by nginx; normal use untouched;
+    the refusals write no request line (here, an MRN in the query) to nginx's logs."""
     import re
     import shutil
     import subprocess
 
     assert shutil.which("wrk"), "wrk is installed by `make system`"
+    mrn = "NN-FLOOD-0001"
     out = subprocess.run(
-        ["wrk", "-t2", "-c16", "-d2s", f"{viewing.base}/api/health"],
+        ["wrk", "-t2", "-c16", "-d2s", f"{viewing.base}/api/health?00100020={mrn}"],
         capture_output=True,
         text=True,
         check=True,
@@ -669,6 +671,9 @@ def test_a_flood_gets_429_from_nginx_before_the_webapp(viewing: Viewing) -> None
     assert total - int(refused.group(1)) <= 200 + 50 * 3, out  # burst + rate over the run
     time.sleep(5)  # the bucket refills for the tests that follow
     assert httpx.get(f"{viewing.base}/api/health", timeout=10).status_code == 200
+    logs = viewing.settings.stack_dir / "nginx"
+    assert " 429 " in (logs / "access.log").read_text()  # each refusal is logged, without query
+    assert all(mrn not in (logs / name).read_text() for name in ("access.log", "error.log"))
 
 
 def test_the_access_log_holds_no_token_in_any_case_or_count_and_no_mrn(

@@ -38,6 +38,7 @@ def test_the_written_file_lists_the_modalities_with_tls_off(
             "modality-1": ["CT_ROOM1", "10.1.2.3", 104],
             "modality-2": ["MR 3T", "mr3t.hospital.example", 104],
         },
+        "DicomCheckCalledAet": True,
         "DicomTlsEnabled": False,
     }
     # Orthanc's user in its own container reads it; it holds no secret.

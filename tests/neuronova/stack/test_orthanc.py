@@ -61,6 +61,7 @@ def test_orthanc_config_is_loopback_only_with_dicomweb(tmp_path: Path) -> None:
     # interface. StableAge: the local stack's few seconds unless set.
     assert config["DicomAlwaysAllowStore"] is False
     assert config["DicomCheckModalityHost"] is True
+    assert config["DicomCheckCalledAet"] is True and config["DicomTlsEnabled"] is False
     assert list(config["DicomModalities"].values()) == [["STORESCU", "127.0.0.1", 11112]]
     assert config["StableAge"] == (settings.orthanc_stable_age_s or 5)  # the session sets 2
     # It stops Orthanc 1.10.1 from starting with the HTJ2K UID.
@@ -95,17 +96,18 @@ def test_orthanc_answers_rest_and_dicomweb(full_stack: LocalStack) -> None:
 
 @pytest.mark.integration
 @pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk is not installed")
-def test_storescu_may_push_and_other_callers_may_not(full_stack: LocalStack) -> None:
+def test_storescu_may_push_and_other_callers_or_called_aets_may_not(full_stack: LocalStack) -> None:
     settings = full_stack.settings
     path = get_testdata_file("CT_small.dcm")
 
-    def push(aet: str) -> int:
-        command = ["storescu", "-aet", aet, "-aec", settings.orthanc_aet, "127.0.0.1"]
+    def push(aet: str, called: str = settings.orthanc_aet) -> int:
+        command = ["storescu", "-aet", aet, "-aec", called, "127.0.0.1"]
         return subprocess.run(
             [*command, str(settings.orthanc_dicom_port), str(path)], capture_output=True
         ).returncode
 
     assert push("INTRUDER") != 0
+    assert push("STORESCU", called="OTHER_PACS") != 0  # set up for another archive
     http = orthanc_http(settings)
     assert http.get("/instances").json() == []
     assert push("STORESCU") == 0
