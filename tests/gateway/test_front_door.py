@@ -179,7 +179,9 @@ def test_the_sign_in_worklist_and_break_glass_pages_pass_axe(browser, viewing: V
     page.goto(f"{viewing.base}/")
     assert severe_violations(page) == []
     page.goto(f"{viewing.base}/")
-    assert page.evaluate("document.activeElement.id") == "username"  # focused on arrival
+    # Focused on arrival: the browser applies `autofocus` at its next rendering step, which can
+    # come after the load event.
+    page.wait_for_function("document.activeElement && document.activeElement.id === 'username'")
     page.keyboard.type("cara")
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
