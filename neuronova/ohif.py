@@ -97,7 +97,8 @@ def precompress(root: Path) -> int:
     and WebAssembly files that lacks up-to-date ones, so nginx sends the smaller file with no work
     per request (`gzip_static`, and `brotli_static` where nginx has the module: 2.4 MB instead of
     3.3 MB gzip and 17 MB plain for the app bundle); returns how many were written. Once per
-    install: about a minute on 2 cores (brotli's best quality is slow to write, not to read)."""
+    install: 45 s on 2 cores here, download included (brotli's best quality is slow to write,
+    not to read)."""
     wanted: list[tuple[Path, Path]] = []
     for path in sorted(root.rglob("*")):
         if not path.is_file() or path.suffix not in PRECOMPRESSED_SUFFIXES:

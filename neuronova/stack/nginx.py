@@ -64,13 +64,10 @@ def render_nginx_config(
 ) -> str:
     """The local template with this stack's ports and folders filled in; with `brotli_module`,
     nginx loads it and sends OHIF's .br files to browsers that accept them."""
+    gzip_only = "# (no brotli_static module: gzip only)"
     values = {
-        "@BROTLI_MODULE@": f"load_module {brotli_module};"
-        if brotli_module
-        else "# (no brotli_static module: gzip only)",
-        "@BROTLI_STATIC@": "include snippets/brotli-static.conf;"
-        if brotli_module
-        else "# (no brotli_static module: gzip only)",
+        "@BROTLI_MODULE@": f"load_module {brotli_module};" if brotli_module else gzip_only,
+        "@BROTLI_STATIC@": "include snippets/brotli-static.conf;" if brotli_module else gzip_only,
         "@WORKER_USER@": _worker_user(),
         "@HOME@": str(home),
         "@GATEWAY_PORT@": str(settings.gateway_port),
