@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
@@ -79,6 +80,40 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 def mariadb_url(stack_settings: Settings) -> str:
     """The session's database on the stack's own MariaDB (or NEURONOVA_TEST_MYSQL's server)."""
     return stack_settings.resolved_database_url
+
+
+# The databases a race must be answered the same way on: SQLite (WAL), the stack's MariaDB with
+# snapshot isolation on (MariaDB 11.8's default, and the stack's on every version), and the same
+# server with it off, as MariaDB 10.11 and MySQL 8 run by default.
+RACING_DATABASES = ["sqlite", "mariadb", "mariadb-without-snapshot-isolation"]
+
+
+@pytest.fixture(params=RACING_DATABASES)
+def racing_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated database of each kind in RACING_DATABASES (the MariaDB ones are the session's
+    database, so rows other tests wrote may be there: use keys of your own)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'race.db'}"
+        migrate(url)
+        return url
+    url = request.getfixturevalue("mariadb_url")
+    if request.param == "mariadb":
+        return str(url)
+    from sqlalchemy import text
+    from sqlalchemy.exc import DBAPIError
+
+    from common.db import get_engine
+
+    try:  # read, never set here: the connection goes back to the session's pool
+        with get_engine(url).connect() as connection:
+            connection.execute(text("SELECT @@innodb_snapshot_isolation"))
+    except DBAPIError:
+        pytest.skip("this server has no innodb_snapshot_isolation (MySQL, MariaDB < 10.11.8)")
+    off = quote("SET SESSION innodb_snapshot_isolation=OFF")
+    without = f"{url}{'&' if '?' in url else '?'}init_command={off}"
+    with get_engine(without).connect() as connection:
+        assert connection.execute(text("SELECT @@innodb_snapshot_isolation")).scalar() == 0
+    return without
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,9 @@ from flask_jwt_extended import JWTManager
 from werkzeug.exceptions import HTTPException
 
 from common.db import ensure_schema, get_engine
+from common.errors import TransientUpstreamError
 from common.settings import Settings
+from common.transactions import is_write_conflict
 from webapp.audit import AuditLog
 from webapp.context import WebContext, deny_response
 from webapp.tokens import ALGORITHM, API_AUDIENCE, ISSUER, derive_key
@@ -116,6 +118,13 @@ def _http_error(err: HTTPException) -> tuple[Response, int]:
 
 def _unexpected_error(err: Exception) -> Response:
     # The details go to the log, never to the client (the gate has its own: a 403).
+    if isinstance(err, TransientUpstreamError) or is_write_conflict(err):
+        # The database was busy past the retries of a racing transaction (or a service we
+        # depend on is down): nothing was changed, so the client may simply ask again.
+        log.warning("busy, answered 503: %s", type(err).__name__, exc_info=True)
+        response = deny_response(503, "busy: try again in a moment")
+        response.headers["Retry-After"] = "1"
+        return response
     log.exception("unhandled error")
     return deny_response(500, "internal error")
 

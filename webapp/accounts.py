@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -26,8 +28,8 @@ from common.db import (
     Study,
     User,
     as_utc,
-    session_scope,
 )
+from common.transactions import in_transaction
 from tasks.patients.mrn import MRN_GRAMMAR, is_mrn
 from webapp.tokens import ViewerClaims, hash_password, verify_password
 
@@ -212,20 +214,23 @@ def spend_once(
     expires_at: datetime,
 ) -> bool:
     """Put a one-use token's jti on the blocklist in a transaction of its own: True for the one
-    caller that spends it, False when it was spent already (two browsers racing with the same
-    link meet at the jti's primary key: exactly one insert commits)."""
-    try:
-        with session_scope(database_url) as session:
-            if session.get(RevokedToken, jti) is not None:
-                return False
-            session.add(
-                RevokedToken(
-                    jti=jti, token_type=str(token_type), user_id=user_id, expires_at=expires_at
-                )
-            )
-    except IntegrityError:
-        return False
-    return True
+    caller that spends it, False when it was spent already.
+
+    Racers meet at the jti's primary key: one insert commits; the others fail (a duplicate key,
+    or MariaDB 11.8's "record has changed since last read", SQLite's stale snapshot) and run
+    again, and their second run finds the row (common/transactions.py)."""
+
+    def spend(session: Session) -> bool:
+        if session.get(RevokedToken, jti) is not None:
+            return False
+        token = RevokedToken(
+            jti=jti, token_type=str(token_type), user_id=user_id, expires_at=expires_at
+        )
+        session.add(token)
+        session.flush()
+        return True
+
+    return in_transaction(database_url, spend, also_retry=(IntegrityError,))
 
 
 def close_session(session: Session, sid: str) -> None:
@@ -234,6 +239,29 @@ def close_session(session: Session, sid: str) -> None:
     if auth is not None and auth.revoked_at is None:
         auth.revoked_at = datetime.now(UTC)
         session.add(auth)
+
+
+@dataclass(frozen=True)
+class TokenToRevoke:
+    jti: str
+    token_type: TokenType
+    expires_at: datetime
+
+
+def sign_out(
+    database_url: str, sid: str, user_id: int | None, tokens: Sequence[TokenToRevoke] = ()
+) -> None:
+    """End a login session and blocklist the tokens given, in a transaction of its own.
+
+    Idempotent under concurrency: two tabs signing out at once both succeed; the one that lost
+    the race runs again and finds the tokens revoked and the session closed already."""
+
+    def end(session: Session) -> None:
+        for token in tokens:
+            revoke_token(session, token.jti, token.token_type, user_id, token.expires_at)
+        close_session(session, sid)
+
+    in_transaction(database_url, end, also_retry=(IntegrityError,))
 
 
 # --------------------------------------------------------------------------- policy
@@ -279,20 +307,32 @@ def holds_break_glass(session: Session, user: User, patient_id: str) -> bool:
 
 
 def open_break_glass(
-    session: Session, user: User, patient_id: str, reason: str, minutes: int
-) -> BreakGlassGrant:
-    """Record a clinician's emergency access to a patient, for `minutes` from now."""
+    database_url: str, user: User, patient_id: str, reason: str, minutes: int
+) -> BreakGlassGrant | None:
+    """Record a clinician's emergency access to a patient with studies in the archive, for
+    `minutes` from now; None when the archive holds no study of that patient. Every grant asked
+    for is kept, concurrent ones too: each is the record of a reason given."""
     assert user.id is not None
-    now = datetime.now(UTC)
-    grant = BreakGlassGrant(
-        user_id=user.id,
-        patient_id=patient_id,
-        reason=reason,
-        opened_at=now,
-        expires_at=now + timedelta(minutes=minutes),
-    )
-    session.add(grant)
-    return grant
+    user_id = user.id
+
+    def grant(session: Session) -> BreakGlassGrant | None:
+        has_study = session.exec(
+            select(Study.study_instance_uid).where(Study.patient_id == patient_id)
+        ).first()
+        if not is_mrn(patient_id) or has_study is None:
+            return None
+        now = datetime.now(UTC)
+        row = BreakGlassGrant(
+            user_id=user_id,
+            patient_id=patient_id,
+            reason=reason,
+            opened_at=now,
+            expires_at=now + timedelta(minutes=minutes),
+        )
+        session.add(row)
+        return row
+
+    return in_transaction(database_url, grant)
 
 
 def break_glass_patients(session: Session, user: User) -> list[str]:

@@ -21,8 +21,10 @@ from flask_jwt_extended import (
     get_jwt,
     jwt_required,
 )
+from sqlmodel import Session
 
 from common.db import User, get_engine
+from common.transactions import in_transaction
 from webapp import accounts
 from webapp.accounts import TokenType
 from webapp.audit import Action
@@ -68,7 +70,8 @@ def attempt_login(username: str, password: str) -> LoginOutcome:
     # transactions: SQLite allows one writer at a time.
     with db_session() as session:
         attempt = accounts.record_login_failure(session, key, address)
-    with db_session() as session:
+
+    def check(session: Session) -> tuple[int, User | None, str | None, str | None]:
         blocked = accounts.login_blocked(
             session,
             key,
@@ -86,6 +89,11 @@ def attempt_login(username: str, password: str) -> LoginOutcome:
         if user is not None:
             accounts.clear_login_failures(session, key, address, attempt)
             sid = accounts.open_session(session, user, settings.refresh_token_ttl_s).sid
+        return blocked, user, known_name, sid
+
+    # Concurrent sign-ins of one name from one address delete each other's counted attempts:
+    # the one that loses that race runs again (common/transactions.py).
+    blocked, user, known_name, sid = in_transaction(web_context().database_url, check)
     if blocked:
         audit(Action.LOGIN, 429, reason="too many failed logins from this address")
         return LoginOutcome(retry_after_s=blocked)
@@ -150,14 +158,15 @@ def refresh() -> Response:
 def logout() -> Response:
     claims = get_jwt()
     user: User = current_user
-    with db_session() as session:
-        accounts.revoke_token(session, claims["jti"], TokenType.ACCESS, user.id, _expiry(claims))
-        refresh_claims = _refresh_claims_from_body()
-        if refresh_claims is not None and refresh_claims.get("sub") == user.username:
-            accounts.revoke_token(
-                session, refresh_claims["jti"], TokenType.REFRESH, user.id, _expiry(refresh_claims)
+    tokens = [accounts.TokenToRevoke(claims["jti"], TokenType.ACCESS, _expiry(claims))]
+    refresh_claims = _refresh_claims_from_body()
+    if refresh_claims is not None and refresh_claims.get("sub") == user.username:
+        tokens.append(
+            accounts.TokenToRevoke(
+                refresh_claims["jti"], TokenType.REFRESH, _expiry(refresh_claims)
             )
-        accounts.close_session(session, claims["sid"])
+        )
+    accounts.sign_out(web_context().database_url, claims["sid"], user.id, tokens)
     audit(Action.LOGOUT, 200, username=user.username)
     return jsonify({"status": "logged out"})
 

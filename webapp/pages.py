@@ -29,9 +29,8 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, g, render_template, request
 from sqlmodel import col, select
 
-from common.db import BreakGlassGrant, Role, Study, User, as_utc, get_engine
+from common.db import BreakGlassGrant, Role, User, as_utc, get_engine
 from tasks.dicom.uid import is_uid
-from tasks.patients.mrn import is_mrn
 from webapp import accounts
 from webapp.audit import Action
 from webapp.auth import BAD_CREDENTIALS, attempt_login
@@ -326,8 +325,7 @@ def open_study(user: User, claims: SessionClaims) -> Response:
 @form_post
 def sign_out(user: User, claims: SessionClaims) -> Response:
     """End the login session: this page, its viewer links and the viewers they opened."""
-    with db_session() as session:
-        accounts.close_session(session, claims.sid)
+    accounts.sign_out(web_context().database_url, claims.sid, user.id)
     audit(Action.LOGOUT, 200, username=user.username)
     response = _see_other("/")
     response.delete_cookie(session_cookie_name(), path="/", secure=_https(), samesite="Strict")
@@ -372,14 +370,10 @@ def open_break_glass(user: User, claims: SessionClaims) -> Response:
         audit(Action.BREAK_GLASS, 400, username=user.username, reason="no reason given")
         error = f"Give the reason, in {MIN_REASON_LENGTH} to {MAX_REASON_LENGTH} characters."
         return _page("break_glass.html", 400, error=error, **values)
-    with db_session() as session:
-        exists = is_mrn(mrn) and (
-            session.exec(select(Study.study_instance_uid).where(Study.patient_id == mrn)).first()
-            is not None
-        )
-        if exists:
-            accounts.open_break_glass(session, user, mrn, reason, settings.break_glass_minutes)
-    if not exists:
+    granted = accounts.open_break_glass(
+        web_context().database_url, user, mrn, reason, settings.break_glass_minutes
+    )
+    if granted is None:
         audit(Action.BREAK_GLASS, 404, username=user.username, reason="no study for that MRN")
         error = "No study in the archive for that MRN. Type the patient's full MRN."
         return _page("break_glass.html", 404, error=error, **values)

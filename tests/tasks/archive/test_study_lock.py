@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from common.db import StudyLock, ensure_schema, session_scope, utcnow
-from tasks.archive.study_lock import StudyBusy, study_lock
+from tasks.archive.study_lock import StudyBusy, _take, study_lock
+from tests.support.race import race
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])
@@ -76,3 +78,18 @@ def test_the_lease_is_renewed_while_the_holder_lives(database_url: str) -> None:
         with pytest.raises(StudyBusy):
             with study_lock(database_url, "study-e", lease_s=1.5, wait_s=0.5):
                 pass
+
+
+def test_racing_runs_take_a_free_or_an_expired_lease_once(racing_database_url: str) -> None:
+    url = racing_database_url
+    for round_ in range(20):
+        study = f"race-{uuid.uuid4().hex[:12]}"
+        if round_ % 2:  # every other round, a lease left by a holder that died
+            with session_scope(url) as session:
+                expired = utcnow() - timedelta(seconds=1)
+                session.add(StudyLock(orthanc_study_id=study, holder="dead:0", expires_at=expired))
+        taken = race(6, lambda racer, study=study: _take(url, study, f"racer:{racer}", 30))
+        assert sorted(taken) == [False] * 5 + [True]
+        with session_scope(url) as session:
+            row = session.get(StudyLock, study)
+        assert row is not None and row.holder == f"racer:{taken.index(True)}"
