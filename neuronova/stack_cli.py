@@ -12,7 +12,6 @@ from rich.table import Table
 
 from common.errors import StackError
 from common.settings import Settings
-from neuronova.stack.packages import ensure_system_packages
 from neuronova.stack.supervisor import LocalStack
 
 logger = logging.getLogger(__name__)
@@ -124,10 +123,10 @@ def status(
 
 @app.command()
 def install(ctx: typer.Context) -> None:
-    """Install the Debian packages the stack and the tests need (nothing is started)."""
+    """Install what the stack and the tests need: Debian packages, npm trees, OHIF (nothing is
+    started; run once with the network, and neither `make demo` nor `make test` needs it again)."""
     try:
-        packages = _stack(ctx).packages()
-        ensure_system_packages(packages)
+        packages = _stack(ctx).install()
     except StackError as err:
         raise _fail(err) from err
-    _console.print(f"installed: {', '.join(packages)}")
+    _console.print(f"installed: {', '.join(packages)}, the npm packages and OHIF")

@@ -4,7 +4,7 @@ and the tests; production runs HAPI FHIR."""
 from __future__ import annotations
 
 from common.settings import PROJECT_ROOT
-from neuronova.node import node_executable, npm_ci
+from neuronova.node import ensure_npm_packages, node_executable
 from neuronova.stack.component import Context, LoopbackHttp
 
 FHIR_SERVER_DIR = PROJECT_ROOT / "servers" / "fhir"
@@ -14,9 +14,9 @@ SERVICE = LoopbackHttp("fhir", health_path="/Patient?_count=1")
 
 
 def prepare(ctx: Context) -> None:
-    """Install the server's npm packages from its lock file unless present."""
-    if not (FHIR_SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").exists():
-        npm_ci(FHIR_SERVER_DIR)
+    """Install the server's npm packages from its lock file unless installed from it already
+    (`neuronova stack install` does it beforehand)."""
+    ensure_npm_packages(FHIR_SERVER_DIR)
 
 
 def command(ctx: Context) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from common.errors import StackError
+from common.settings import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,14 @@ TOOL_PACKAGES: tuple[str, ...] = (
     "wrk",
     "docker-compose",
     "openssl",
+)
+
+# npm trees installed from their lock files with the packages, so that after `make system`
+# (which `make demo` and `make test` both run) nothing needs the network again: the FHIR server,
+# and the tests' axe-core (absent from the production image, which carries no tests).
+NPM_FOLDERS: tuple[Path, ...] = (
+    PROJECT_ROOT / "servers" / "fhir",
+    PROJECT_ROOT / "tests" / "support" / "axe",
 )
 
 _APT_OUTPUT_LINES = 30  # of a failed apt-get, in the error
@@ -107,3 +116,10 @@ def ensure_system_packages(packages: Sequence[str]) -> None:
     still_missing = [p for p in missing if not _dpkg_installed(p)]
     if still_missing:
         raise StackError(f"apt-get could not install: {', '.join(still_missing)}")
+
+
+def ensure_npm_folders(folders: Sequence[Path] = NPM_FOLDERS) -> list[Path]:
+    """`npm ci` in each folder whose node_modules/ does not match its lock file; those done."""
+    from neuronova.node import ensure_npm_packages
+
+    return [f for f in folders if (f / "package-lock.json").is_file() and ensure_npm_packages(f)]

@@ -27,7 +27,7 @@ from common.settings import Settings
 from neuronova.stack.component import Component, Context, Health, write_atomically
 from neuronova.stack.components import COMPONENTS
 from neuronova.stack.orthanc import dicom_status
-from neuronova.stack.packages import TOOL_PACKAGES, ensure_system_packages
+from neuronova.stack.packages import TOOL_PACKAGES, ensure_npm_folders, ensure_system_packages
 from neuronova.stack.ports import port_free
 from neuronova.stack.processes import (
     adopt,
@@ -103,6 +103,18 @@ class LocalStack:
         return [*(p for c in selected for p in c.packages), *TOOL_PACKAGES]
 
     # ---- public operations
+
+    def install(self) -> list[str]:
+        """Everything the stack and the tests will need, so that later runs need no network:
+        the Debian packages, the npm trees (NPM_FOLDERS) and OHIF. Starts nothing; returns
+        the Debian packages."""
+        from neuronova.ohif import ensure_ohif
+
+        packages = self.packages()
+        ensure_system_packages(packages)
+        ensure_npm_folders()
+        ensure_ohif()
+        return packages
 
     def up(self, components: Sequence[str] | None = None) -> dict[str, Any]:
         """Install what is missing, start the components not running, wait until they answer."""

@@ -1,6 +1,7 @@
 """axe-core from npm (pinned in package-lock.json here), for the accessibility checks of our pages.
 
-`npm ci` installs it once into this folder's node_modules/ (ignored by git); the tests inject
+`make system` (`neuronova stack install`, which `make demo` and `make test` both run) installs it
+into this folder's node_modules/ (ignored by git), so no test needs the network; the tests inject
 `axe.min.js` into a page (Playwright's `bypass_csp`: our CSP allows no foreign script) and keep
 the violations of impact serious or critical.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from neuronova.node import npm_ci
+from neuronova.node import npm_packages_current
 
 AXE_DIR = Path(__file__).parent
 AXE_SCRIPT = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
@@ -18,9 +19,11 @@ SEVERE = ("serious", "critical")
 
 
 def axe_script() -> str:
-    """axe.min.js, installed from the lock file on first use."""
-    if not AXE_SCRIPT.exists():
-        npm_ci(AXE_DIR)
+    """axe.min.js, as `make system` installed it from the lock file (a test installs nothing)."""
+    if not npm_packages_current(AXE_DIR) or not AXE_SCRIPT.exists():
+        raise RuntimeError(
+            f"axe-core is not installed from {AXE_DIR}/package-lock.json: run `make system`"
+        )
     return AXE_SCRIPT.read_text()
 
 
