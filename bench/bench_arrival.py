@@ -38,7 +38,6 @@ from common.settings import Settings
 from neuronova.demo import (
     DEMO_CLINICIAN,
     ensure_demo_clinician,
-    register_for_workers,
     send_by_cstore,
 )
 from neuronova.prefect_env import use_stack_prefect
@@ -215,9 +214,8 @@ def main() -> None:
         use_stack_prefect(settings)  # before the stack code imports Prefect
         stack = LocalStack(settings)
         print("starting the local stack for the benchmark …", file=sys.stderr)
-        stack.up()
+        stack.up()  # registers the deployments too
         try:
-            register_for_workers(settings)
             ct = [] if args.skip_ct else ct_rounds(settings, tmp, args.instances)
             mr = mr_round(settings, tmp)
         finally:

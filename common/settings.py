@@ -153,6 +153,15 @@ class Settings(BaseSettings):
         description="Where a watcher with no cursor starts in Orthanc's change log: the "
         "beginning (every study already there is checked once) or now.",
     )
+    arrivals_max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="`process_arrival` runs the arrival watcher keeps submitted at once; the "
+        "rest wait in the database, newest first with the oldest beside it, so that a backlog "
+        "never queues a new study behind it. Set it to what the cpu pool runs at once (workers "
+        "× their limit: 1 × 4 in the local stack).",
+    )
     arrival_max_attempts: int = Field(
         default=3, ge=1, le=20, description="Runs of one arrival before it is left as failed."
     )

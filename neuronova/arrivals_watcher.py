@@ -8,6 +8,7 @@ stopped and started at any time; run one per Orthanc. The local stack starts it 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -19,6 +20,7 @@ from uuid import UUID
 from common.errors import UpstreamError
 from common.settings import Settings
 from tasks.archive.arrivals import (
+    MISSING_RUN,
     Arrival,
     follow_submitted,
     read_new_arrivals,
@@ -33,11 +35,12 @@ DEPLOYMENT = "process_arrival/on-arrival"
 
 @dataclass(frozen=True)
 class Pass:
-    """What one pass of the watcher did."""
+    """What one pass of the watcher did, and what keeps it from doing its job (None: nothing)."""
 
     found: int
     submitted: int
     resubmitted: int
+    problem: str | None = None
 
 
 def submit_run(arrival: Arrival) -> str:
@@ -61,28 +64,73 @@ def submit_run(arrival: Arrival) -> str:
 
 
 def run_state(flow_run_id: str) -> str | None:
-    """A run's state type (COMPLETED, CRASHED …), or None when it cannot be read now."""
+    """A run's state type (COMPLETED, CRASHED …), MISSING for a run the server no longer has
+    (deleted: it would otherwise hold its place for ever), or None when it cannot be read now."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     try:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(UUID(flow_run_id))
+    except ObjectNotFound:
+        return MISSING_RUN
     except Exception as err:  # the server down: ask again on the next pass
         log.debug("cannot read flow run %s: %s", flow_run_id, err)
         return None
     return run.state.type.value if run.state is not None else None
 
 
+def deployment_problem() -> str | None:
+    """Why no run could be created now (the deployment missing, the Prefect API not answering),
+    or None. Asked every pass, so that a watcher with nothing to do says so too."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_deployment_by_name(DEPLOYMENT)
+    except ObjectNotFound:
+        return f"deployment {DEPLOYMENT} is not registered: run `neuronova deploy`"
+    except Exception as err:
+        return f"the Prefect API does not answer: {_short(err)}"
+    return None
+
+
 def watch_once(settings: Settings, client: OrthancClient) -> Pass:
     """One pass: read the change log, create runs for due arrivals, follow the submitted."""
+    failures: list[str] = []
+
+    def submit(arrival: Arrival) -> str:
+        try:
+            return submit_run(arrival)
+        except Exception as err:
+            failures.append(_short(err))
+            raise
+
     found = read_new_arrivals(settings, client)
-    submitted = submit_due_arrivals(settings, submit_run)
+    # Runs that ended free their places before new ones are taken.
     resubmitted = follow_submitted(settings, run_state)
+    submitted = submit_due_arrivals(settings, submit)
+    problem = deployment_problem()
+    if problem is None and failures:
+        problem = f"cannot create runs: {failures[-1]}"
     if found or submitted or resubmitted:
         log.info(
             "arrivals: %d new, %d runs created, %d to run again", found, submitted, resubmitted
         )
-    return Pass(found, submitted, resubmitted)
+    return Pass(found, submitted, resubmitted, problem)
+
+
+def _short(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}"[:300]
+
+
+def write_heartbeat(path: Path, problem: str | None) -> None:
+    """What the stack's health check reads (neuronova/stack/arrivals.py): the file's age says
+    the watcher lives, its content what keeps it from doing its job."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({"problem": problem}))
+    tmp.replace(path)
 
 
 def watch(settings: Settings, heartbeat: Path | None = None) -> None:
@@ -95,6 +143,7 @@ def watch(settings: Settings, heartbeat: Path | None = None) -> None:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    reported: str | None = None
     log.info(
         "watching %s for stable studies every %.1f s",
         settings.orthanc_url,
@@ -102,13 +151,19 @@ def watch(settings: Settings, heartbeat: Path | None = None) -> None:
     )
     with OrthancClient.from_settings(settings) as client:
         while not stop.is_set():
+            problem: str | None
             try:
-                watch_once(settings, client)
+                problem = watch_once(settings, client).problem
             except UpstreamError as err:
                 log.warning("Orthanc did not answer the change log: %s; next pass", err)
-            except Exception:
+                problem = f"Orthanc does not answer its change log: {_short(err)}"
+            except Exception as err:
                 log.exception("arrival watcher pass failed; next pass")
+                problem = f"a pass failed: {_short(err)}"
+            if problem is not None and problem != reported:
+                log.warning("arrival watcher degraded: %s", problem)
+            reported = problem
             if heartbeat is not None:
-                heartbeat.touch()
+                write_heartbeat(heartbeat, problem)
             stop.wait(settings.arrivals_poll_s)
     log.info("arrival watcher stopped")

@@ -350,16 +350,17 @@ def demo() -> None:
 
     migrate(settings.resolved_database_url)  # before the web workers start on it
     use_stack_prefect(settings)  # before the stack code imports Prefect
-    with console.status("Starting the local stack (first run installs packages) …"):
+    with console.status(
+        "Starting the local stack and registering its deployments (the first run installs "
+        "packages) …"
+    ):
         status = LocalStack(settings).up()
     folder = settings.data_dir / "sample-mr-study"
     sample(folder, mr=True)
     import pydicom
 
-    from neuronova.demo import register_for_workers, send_by_cstore, wait_for_reading
+    from neuronova.demo import send_by_cstore, wait_for_reading
 
-    with console.status("Registering the deployments on the work pools …"):
-        register_for_workers(settings)
     ui = f"{status['gateway']}/prefect/"
     files = sorted(folder.glob("*.dcm"))
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)

@@ -95,13 +95,6 @@ def open_viewer_link(link_url: str) -> tuple[str, str]:
     return token, cookie
 
 
-def register_for_workers(settings: Settings) -> None:
-    """The work pools and deployments on the stack's Prefect server (what `make deploy` does)."""
-    from deployments.work_pools import register_deployments
-
-    register_deployments(settings)
-
-
 def send_by_cstore(settings: Settings, files: list[Path]) -> None:
     """Push files to the stack's Orthanc over DICOM, as a modality does (dcmtk's `storescu`,
     as the first allowed modality on this machine: NEURONOVA_DICOM_MODALITIES)."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.errors import StackError
@@ -58,12 +59,11 @@ def _print_status(status: dict[str, Any], as_json: bool, summary: bool = True) -
     for column in ("component", "state", "pid", "version", "url"):
         table.add_column(column)
     for name, detail in status["components"].items():
-        if detail["healthy"]:
-            state = "[green]up[/green]"
-        elif detail["running"]:
-            state = f"[yellow]not answering[/yellow] ({detail['error']})"
-        else:
-            state = "[red]down[/red]"
+        state = {
+            "up": "[green]up[/green]",
+            "degraded": f"[yellow]degraded[/yellow] ({escape(str(detail['error']))})",
+            "not answering": f"[yellow]not answering[/yellow] ({escape(str(detail['error']))})",
+        }.get(detail["state"], "[red]down[/red]")
         table.add_row(name, state, str(detail["pid"] or ""), detail["version"] or "", detail["url"])
     _console.print(table)
     if summary:

@@ -4,6 +4,7 @@ it is healthy while its heartbeat file is fresh (touched after every pass)."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -36,8 +37,9 @@ def env(ctx: Context) -> dict[str, str]:
 
 
 def health(ctx: Context, _client: httpx.Client) -> Health:
-    """A pass finished recently (a pass that fails still beats: Orthanc down is not the
-    watcher's illness, and its log says so)."""
+    """A pass finished recently (a pass that fails still beats), and degraded with the reason
+    while the watcher cannot do its job: no deployment to start, Prefect or Orthanc not
+    answering (the studies wait in the database meanwhile; nothing is lost)."""
     beat = ctx.home / HEARTBEAT
     if not beat.exists():
         return Health(False, error="no pass finished yet")
@@ -45,4 +47,8 @@ def health(ctx: Context, _client: httpx.Client) -> Health:
     limit = 3 * ctx.settings.arrivals_poll_s + 30
     if age > limit:
         return Health(False, error=f"last pass {age:.0f} s ago (more than {limit:.0f} s)")
-    return Health(True)
+    try:
+        problem = json.loads(beat.read_text() or "{}").get("problem")
+    except (OSError, ValueError, AttributeError):
+        problem = None  # a beat being replaced, or an older watcher's empty file
+    return Health(True, degraded=str(problem) if problem else None)

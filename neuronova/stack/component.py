@@ -30,11 +30,14 @@ class Context:
 
 @dataclass(frozen=True)
 class Health:
-    """The answer of one health check."""
+    """The answer of one health check: `ok` when the process answers; `degraded` says why it
+    answers yet cannot do its job (the arrival watcher with no deployment to start, a worker
+    with nothing to run)."""
 
     ok: bool
     version: str | None = None
     error: str | None = None
+    degraded: str | None = None
 
 
 def _no_preparation(ctx: Context) -> None:
@@ -70,6 +73,10 @@ class Component:
     signal_leader: bool = False
     stop_timeout_s: float = _STOP_TIMEOUT_S
     port_hint: str = ""  # how to move it to other ports, for the "port in use" message
+    # It starts Prefect runs or runs them (the workers, the arrival watcher): `stack up` first
+    # registers the work pools and deployments (once per call, idempotently), so that a stack
+    # started by `stack up` alone processes what arrives.
+    needs_deployments: bool = False
 
 
 @dataclass(frozen=True)

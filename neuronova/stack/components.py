@@ -157,6 +157,7 @@ ARRIVALS = Component(
     health=arrivals.health,
     ports=lambda s: [],
     env=arrivals.env,
+    needs_deployments=True,
     start_timeout_s=60.0,
 )
 

@@ -62,6 +62,16 @@ def _log_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:]) or "(log empty)"
 
 
+def _state(running: bool, health: Health) -> str:
+    """What `stack status` shows: up, degraded (it answers but cannot do its job: `error` says
+    why), not answering, or down."""
+    if not running:
+        return "down"
+    if not health.ok:
+        return "not answering"
+    return "up" if health.degraded is None else "degraded"
+
+
 @dataclass(frozen=True)
 class _Pidfile:
     pid: int
@@ -126,9 +136,13 @@ class LocalStack:
         by_name = self.by_name
         with self._lock():
             started: list[Component] = []
+            registered = False
             try:
                 for name in names:
                     component = by_name[name]
+                    if component.needs_deployments and not registered:
+                        self._register_deployments()
+                        registered = True
                     if self._start_if_needed(component):
                         started.append(component)
             except BaseException:
@@ -160,10 +174,11 @@ class LocalStack:
                 details[component.name] = {
                     "running": pid is not None,
                     "pid": pid,
-                    "healthy": health.ok,
+                    "healthy": health.ok and health.degraded is None,
+                    "state": _state(pid is not None, health),
                     "url": component.url(self.settings),
                     "version": health.version,
-                    "error": health.error,
+                    "error": health.error if not health.ok else health.degraded,
                     "log": str(self.log_path(component)),
                 }
         result: dict[str, Any] = {"up": all(d["healthy"] for d in details.values())}
@@ -189,6 +204,21 @@ class LocalStack:
         return record.pid
 
     # ---- internals
+
+    def _register_deployments(self) -> None:
+        """The pools and deployments on the stack's Prefect server, before a component that
+        needs them starts (a failure says what to run)."""
+        from neuronova.stack.workers import ensure_deployments
+
+        logger.info("registering the work pools and deployments on the Prefect server")
+        try:
+            ensure_deployments(self.settings)
+        except Exception as err:
+            raise StackError(
+                f"cannot register the deployments on the Prefect server at "
+                f"{self.settings.prefect_api_url} ({type(err).__name__}: {err}); is the "
+                "`prefect` component up? Then `neuronova deploy` says more"
+            ) from err
 
     def _select(self, names: Sequence[str] | None) -> list[str]:
         known = [c.name for c in self.components]

@@ -100,19 +100,25 @@ def _worker_env(pool: str) -> Callable[[Context], dict[str, str]]:
 
 
 def _prepare_worker(ctx: Context) -> None:
-    """The pools exist with their limits before a worker polls them (`make deploy` does the
-    same); the worker's own `--type` would create one without the gpu pool's limit."""
+    """Where the worker's runs keep their results. (The pools and the deployments on them are
+    registered by `stack up` before any worker starts: `ensure_deployments`.)"""
+    prefect_results_dir(ctx.settings).mkdir(parents=True, exist_ok=True)
+
+
+def ensure_deployments(settings: Settings) -> None:
+    """The work pools with their limits (a worker's own `--type` would create one without the
+    gpu pool's limit), every deployment on them and the crashed-runs automation, on the stack's
+    Prefect server, as `neuronova deploy` registers them (updated in place when they exist)."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from deployments.work_pools import ensure_work_pools
+    from deployments.work_pools import register_deployments
 
-    prefect_results_dir(ctx.settings).mkdir(parents=True, exist_ok=True)
     api = {
-        PREFECT_API_URL: prefect_url(ctx.settings),
-        PREFECT_API_AUTH_STRING: ctx.settings.stack_prefect_auth_string(),
+        PREFECT_API_URL: prefect_url(settings),
+        PREFECT_API_AUTH_STRING: settings.stack_prefect_auth_string(),
     }
     with temporary_settings(api):
-        ensure_work_pools(ctx.settings)
+        register_deployments(settings)
 
 
 def _worker_health(pool: str) -> Callable[[Context, httpx.Client], Health]:
@@ -123,9 +129,9 @@ def _worker_health(pool: str) -> Callable[[Context, httpx.Client], Health]:
         if not own.ok:
             return own
         try:
+            headers = api_headers(ctx.settings, client)
             response = client.post(
-                f"{prefect_url(ctx.settings)}/work_pools/{pool}/workers/filter",
-                headers=api_headers(ctx.settings, client),
+                f"{prefect_url(ctx.settings)}/work_pools/{pool}/workers/filter", headers=headers
             )
             workers = {w["name"]: w for w in response.json()} if response.status_code == 200 else {}
         except (httpx.HTTPError, ValueError) as err:
@@ -133,9 +139,27 @@ def _worker_health(pool: str) -> Callable[[Context, httpx.Client], Health]:
         mine = workers.get(worker_name(pool))
         if mine is None or mine.get("status") != "ONLINE":
             return Health(False, error=f"not ONLINE in work pool {pool} yet")
-        return Health(True)
+        return Health(True, degraded=_idle_pool(ctx, client, headers, pool))
 
     return health
+
+
+def _idle_pool(
+    ctx: Context, client: httpx.Client, headers: dict[str, str], pool: str
+) -> str | None:
+    """Why the worker can do nothing (no deployment on its pool), or None."""
+    try:
+        response = client.post(
+            f"{prefect_url(ctx.settings)}/deployments/count",
+            headers=headers,
+            json={"work_pools": {"name": {"any_": [pool]}}},
+        )
+        count = int(response.json()) if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        count = None
+    if count == 0:
+        return f"no deployment on work pool {pool}: run `neuronova deploy`"
+    return None
 
 
 def worker(pool: str) -> Component:
@@ -149,6 +173,7 @@ def worker(pool: str) -> Component:
         ports=lambda s: [("127.0.0.1", worker_health_port(s, pool))],
         prepare=_prepare_worker,
         env=_worker_env(pool),
+        needs_deployments=True,
         # `prefect worker start` forwards a SIGINT to its worker ("finish up and stop") and
         # turns a second one into SIGKILL of it. The graceful stop sometimes never ends
         # (seen under CI), hence the second SIGINT, then SIGTERM, then SIGKILL.

@@ -7,10 +7,13 @@ The watcher (`neuronova watch-arrivals`, a component of the local stack) repeats
    `study_arrivals` row, and the cursor moves, in one transaction per page. A restart goes on
    from the cursor: a study that became stable while the watcher, the Prefect server or a worker
    was down is found all the same.
-2. `submit_due_arrivals`: each pending arrival gets a `process_arrival` flow run. When that
-   fails (the Prefect server is down), the row stays pending and is tried again with back-off.
-   The run's idempotency key is the arrival and its attempt: a request whose answer was lost
-   finds the same run again, so a study is never processed twice for one arrival.
+2. `submit_due_arrivals`: pending arrivals get a `process_arrival` flow run, at most
+   `arrivals_max_in_flight` runs at a time, newest first with the oldest beside it
+   (`arrivals_in_turn`): after an outage, the study a modality sends now is not queued behind
+   the backlog, and the backlog still drains. When creating a run fails (the Prefect server is
+   down), the row stays pending and is tried again with back-off. The run's idempotency key is
+   the arrival and its attempt: a request whose answer was lost finds the same run again, so a
+   study is never processed twice for one arrival.
 3. `follow_submitted`: a run that crashed or failed (a worker killed mid-study) is submitted
    again, up to `arrival_max_attempts`; the flow itself marks its arrival done.
 
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from common.db import (
     ArrivalState,
@@ -46,8 +49,10 @@ STABLE_STUDY = "StableStudy"
 _PAGE = 200
 # Back-off of a run that could not be created (Prefect down): 2, 4, 8 … up to 60 s.
 _MAX_RETRY_DELAY_S = 60.0
+# A run the Prefect server no longer has (deleted by hand, or a server started afresh).
+MISSING_RUN = "MISSING"
 # Prefect states after which a run will not go on by itself.
-_ENDED_BADLY = frozenset({"CRASHED", "FAILED", "CANCELLED"})
+_ENDED_BADLY = frozenset({"CRASHED", "FAILED", "CANCELLED", MISSING_RUN})
 
 
 @dataclass(frozen=True)
@@ -97,20 +102,30 @@ def _first_seq(settings: Settings, client: OrthancClient) -> int:
 
 
 def submit_due_arrivals(settings: Settings, submit: Callable[[Arrival], str]) -> int:
-    """Create a run for each pending arrival whose time has come; return how many were made.
+    """Create runs for pending arrivals whose time has come, as many as there are free places
+    (`arrivals_max_in_flight` less the runs submitted and not ended), in `arrivals_in_turn`
+    order; return how many were made. Runs wait here, not in Prefect's queue, so that the
+    order can still change when a new study arrives.
 
     `submit` creates the flow run and returns its id (the watcher's `run_deployment`).
     """
     url, now = settings.resolved_database_url, utcnow()
     with session_scope(url) as session:
+        in_flight = session.exec(
+            select(func.count())
+            .select_from(StudyArrival)
+            .where(StudyArrival.state == ArrivalState.SUBMITTED)
+        ).one()
+        free = settings.arrivals_max_in_flight - in_flight
+        if free <= 0:
+            return 0
         due = session.exec(
             select(StudyArrival)
             .where(StudyArrival.state == ArrivalState.PENDING)
             .where(col(StudyArrival.next_attempt_at) <= now)
-            .order_by(col(StudyArrival.change_seq))
         ).all()
     made = 0
-    for row in due:
+    for row in arrivals_in_turn(list(due), free):
         arrival = Arrival(row.orthanc_study_id, row.change_seq, row.attempts + 1)
         try:
             run_id, error = submit(arrival), None
@@ -135,6 +150,23 @@ def submit_due_arrivals(settings: Settings, submit: Callable[[Arrival], str]) ->
                 log.warning("arrival %s: %s", row.orthanc_study_id, current.detail)
             session.add(current)
     return made
+
+
+def arrivals_in_turn(due: list[StudyArrival], places: int) -> list[StudyArrival]:
+    """The arrivals to submit into `places` free places: newest, oldest, second newest, second
+    oldest … A study sent now takes the first free place however long the backlog (after an
+    outage, a backlog first-in-first-out made the next study wait 286 s), and the oldest of the
+    backlog takes the next, so the backlog drains beside what arrives."""
+    newest_first = sorted(due, key=lambda r: (as_utc(r.created_at), r.change_seq), reverse=True)
+    turn: list[StudyArrival] = []
+    low, high = 0, len(newest_first) - 1
+    while low <= high and len(turn) < places:
+        turn.append(newest_first[low])
+        low += 1
+        if low <= high and len(turn) < places:
+            turn.append(newest_first[high])
+            high -= 1
+    return turn
 
 
 def follow_submitted(settings: Settings, run_state: Callable[[str], str | None]) -> int:

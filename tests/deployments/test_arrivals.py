@@ -60,10 +60,8 @@ class ArrivalStack:
 def arrival_stack(
     prefect_server: str, orthanc: Settings, patient_sources: Settings
 ) -> Iterator[ArrivalStack]:
-    """The watcher and both workers, as `make demo` runs them (patients synced on arrival)."""
-    from deployments.work_pools import register_deployments
-
-    register_deployments(orthanc)
+    """The watcher and both workers, as `make demo` runs them (patients synced on arrival);
+    `stack up` registers the deployments they need."""
     # The watcher starts at the end of the change log: the studies earlier tests left in this
     # Orthanc are not this module's.
     settings = orthanc.model_copy(
