@@ -71,7 +71,17 @@ def ensure_crashed_runs_automation(settings: Settings) -> UUID:
             log.info("automation %r created (%s)", AUTOMATION_NAME, created)
             return created
         first, *duplicates = existing
-        client.update_automation(first.id, automation)
+        # Only when it differs: an update starts the proactive trigger afresh, so a run that
+        # fell silent before it would never be crashed (`stack up` registers at every start,
+        # e.g. while a worker killed mid-study is being replaced).
+        if _core(first) != automation.model_dump(mode="json"):
+            client.update_automation(first.id, automation)
+            log.info("automation %r updated (%s)", AUTOMATION_NAME, first.id)
         for duplicate in duplicates:  # two registrations that raced: keep one
             client.delete_automation(duplicate.id)
         return first.id
+
+
+def _core(automation: AutomationCore) -> dict[str, object]:
+    """What was registered, comparable with what `crashed_runs_automation` would register."""
+    return automation.model_dump(mode="json", include=set(AutomationCore.model_fields))

@@ -258,12 +258,14 @@ def watch_arrivals(
 ) -> None:
     """Hand every study that becomes stable in Orthanc (C-STORE, STOW, any way in) to a
     `process_arrival` run on the cpu pool: HTJ2K, index, patient, AI. Runs until stopped."""
+    from common.db import ensure_schema
     from common.logs import configure_logging
     from neuronova.arrivals_watcher import watch, watch_once
     from tasks.archive.orthanc import OrthancClient
 
     settings = Settings()
     configure_logging("arrivals", settings.log_format, settings.log_level)
+    ensure_schema(settings.resolved_database_url)  # it may start before anything else did
     use_stack_prefect(settings)
     if once:
         with OrthancClient.from_settings(settings) as client:

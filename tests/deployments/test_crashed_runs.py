@@ -22,6 +22,17 @@ def test_the_automation_follows_the_settings_and_is_registered_once(
     assert again == first
     with get_client(sync_client=True) as client:
         (automation,) = client.read_automations_by_name(AUTOMATION_NAME)
+        updated = client.request("GET", "/automations/{id}", path_params={"id": first}).json()[
+            "updated"
+        ]
+    # Registered again unchanged (every `stack up` does): left alone, since an update starts
+    # its trigger afresh and a run already silent would never be crashed.
+    assert ensure_crashed_runs_automation(orthanc) == first
+    with get_client(sync_client=True) as client:
+        assert (
+            client.request("GET", "/automations/{id}", path_params={"id": first}).json()["updated"]
+            == updated
+        )
     trigger = automation.trigger
     assert automation.enabled and trigger.posture == "Proactive"  # type: ignore[union-attr]
     assert trigger.within.total_seconds() == orthanc.flow_crashed_after_s  # type: ignore[union-attr]

@@ -14,7 +14,11 @@ from tests.support.processes import gone, processes_mentioning
 @pytest.fixture(scope="package")
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     """The whole stack (Orthanc, Prefect, webapp, nginx, …), once for this package."""
-    stack = LocalStack(settings_on_free_ports(tmp_path_factory.mktemp("full")))
+    folder = tmp_path_factory.mktemp("full")
+    # A database of its own, as a new stack's (SQLite under its folder): never the session's,
+    # whose arrivals and change-log cursor belong to another Orthanc.
+    database = f"sqlite:///{folder / 'neuronova.db'}"
+    stack = LocalStack(settings_on_free_ports(folder, database_url=database))
     status = stack.up()
     pids = [detail["pid"] for detail in status["components"].values()]
     yield stack

@@ -129,6 +129,31 @@ def test_racing_sign_outs_of_one_session_all_succeed_and_end_it(world: World) ->
         assert open_sessions == 0
 
 
+def test_racing_refreshes_and_a_sign_out_answer_200_or_401_and_the_session_ends(
+    world: World,
+) -> None:
+    """A refresh token is not spent by a refresh (each gives a new access token); a sign-out
+    racing the refreshes ends it: a racer is served before or refused after, never a 500."""
+    for _ in range(ROUNDS // 4):
+        tokens = login(world.app.test_client(), world.reader)
+        answers = race(RACERS, partial(_refresh_or_sign_out, world.app, tokens))
+        assert answers[0] == 200 and set(answers[1:]) <= {200, 401}, answers
+        after = world.app.test_client().post(
+            "/api/auth/refresh", headers=bearer(tokens["refresh_token"])
+        )
+        assert after.status_code == 401
+
+
+def _refresh_or_sign_out(app: Flask, tokens: dict[str, str], racer: int) -> int:
+    """The first racer signs out (its refresh token too), the others refresh."""
+    client = app.test_client()
+    if racer == 0:
+        body = {"refresh_token": tokens["refresh_token"]}
+        headers = bearer(tokens["access_token"])
+        return client.post("/api/auth/logout", headers=headers, json=body).status_code
+    return client.post("/api/auth/refresh", headers=bearer(tokens["refresh_token"])).status_code
+
+
 def test_racing_sign_outs_at_the_data_layer_revoke_each_token_once(world: World) -> None:
     with session_scope(world.url) as session:
         user = accounts.find_user(session, world.reader)
