@@ -86,6 +86,10 @@ def prepare(ctx: Context) -> None:
                 f"--user={getpass.getuser()}",
                 "--auth-root-authentication-method=socket",
                 "--skip-test-db",
+                # Only skips its look-up of this host's name, which fails where /etc/hosts is
+                # missing (a bare Debian 12 root, a container): our accounts are by address
+                # (127.0.0.1) and root's by socket, so no grant names a host.
+                "--force",
             ],
             env={**os.environ, **env(ctx)},
             capture_output=True,
