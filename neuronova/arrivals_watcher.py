@@ -13,6 +13,8 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from uuid import UUID
@@ -63,21 +65,39 @@ def submit_run(arrival: Arrival) -> str:
     return str(run.id)  # type: ignore[union-attr]  # sync call: a FlowRun
 
 
-def run_state(flow_run_id: str) -> str | None:
+def run_state(flow_run_id: str, stuck_after_s: float | None = None) -> str | None:
     """A run's state type (COMPLETED, CRASHED …), MISSING for a run the server no longer has
-    (deleted: it would otherwise hold its place for ever), or None when it cannot be read now."""
+    (deleted: it would otherwise hold its place for ever), or None when it cannot be read now.
+
+    A run left PENDING for `stuck_after_s` is crashed here: a worker took it and stopped before
+    starting it (`stack down` right after a study arrived). No worker takes a PENDING run again
+    and it never sent a heartbeat, so neither a worker nor the crashed-runs automation would
+    ever end it; Crashed, its arrival is submitted again."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
     from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
 
     try:
         with get_client(sync_client=True) as client:
             run = client.read_flow_run(UUID(flow_run_id))
+            state = run.state
+            if (
+                state is not None
+                and state.type == StateType.PENDING
+                and stuck_after_s is not None
+                and (datetime.now(UTC) - state.timestamp).total_seconds() > stuck_after_s
+            ):
+                message = f"pending for over {stuck_after_s:.0f} s: its worker stopped"
+                client.set_flow_run_state(run.id, Crashed(message=message), force=True)
+                log.warning("flow run %s %s; marked Crashed", flow_run_id, message)
+                return StateType.CRASHED.value
     except ObjectNotFound:
         return MISSING_RUN
     except Exception as err:  # the server down: ask again on the next pass
         log.debug("cannot read flow run %s: %s", flow_run_id, err)
         return None
-    return run.state.type.value if run.state is not None else None
+    return state.type.value if state is not None else None
 
 
 def deployment_problem() -> str | None:
@@ -109,7 +129,9 @@ def watch_once(settings: Settings, client: OrthancClient) -> Pass:
 
     found = read_new_arrivals(settings, client)
     # Runs that ended free their places before new ones are taken.
-    resubmitted = follow_submitted(settings, run_state)
+    resubmitted = follow_submitted(
+        settings, partial(run_state, stuck_after_s=settings.flow_crashed_after_s)
+    )
     submitted = submit_due_arrivals(settings, submit)
     problem = deployment_problem()
     if problem is None and failures:

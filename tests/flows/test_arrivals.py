@@ -263,3 +263,42 @@ def test_a_cstore_from_a_modality_not_on_the_list_is_refused(
     stack = LocalStack(orthanc)
     log = stack.log_path(stack.by_name["orthanc"]).read_text()
     assert f'Rejected Store request from remote DICOM modality with AET "{calling_aet}"' in log
+
+
+def test_a_run_left_pending_by_a_stopped_worker_is_crashed_and_its_arrival_runs_again(
+    orthanc: Settings, stack_prefect: str, tmp_path: Path
+) -> None:
+    """A worker stopped between taking a run (Pending) and starting it: no worker takes a
+    Pending run again and it never sent a heartbeat, so the watcher crashes it once it has
+    waited longer than a live one would, and the arrival is submitted again."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from prefect.states import Pending
+
+    from deployments.work_pools import register_deployments
+    from neuronova.arrivals_watcher import run_state, submit_run
+
+    settings = _watcher_settings(orthanc, tmp_path)
+    api = {
+        PREFECT_API_URL: stack_prefect,
+        PREFECT_API_AUTH_STRING: orthanc.stack_prefect_auth_string(),
+    }
+    with temporary_settings(api), get_client(sync_client=True) as prefect:
+        register_deployments(orthanc)
+        with session_scope(settings.resolved_database_url) as session:
+            session.add(StudyArrival(orthanc_study_id="s-pending", change_seq=3))
+        assert submit_due_arrivals(settings, submit_run) == 1
+        (row,) = _arrivals_of(settings, "s-pending")
+        assert row.flow_run_id is not None
+        run_id = UUID(row.flow_run_id)
+        try:
+            prefect.set_flow_run_state(run_id, Pending(), force=True)  # taken, never started
+            assert run_state(row.flow_run_id, stuck_after_s=600) == "PENDING"  # not yet stuck
+            time.sleep(1.5)
+            assert follow_submitted(settings, lambda r: run_state(r, stuck_after_s=1)) == 1
+            crashed = prefect.read_flow_run(run_id)
+            assert crashed.state is not None and crashed.state.type.value == "CRASHED"
+            (again,) = _arrivals_of(settings, "s-pending")
+            assert again.state == ArrivalState.PENDING and "CRASHED" in (again.detail or "")
+        finally:
+            prefect.delete_flow_run(run_id)  # no worker of a later test should take it
