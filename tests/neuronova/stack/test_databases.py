@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from common.settings import Settings
+from neuronova.stack.component import LOOPBACK
 from neuronova.stack.ports import settings_on_free_ports
 from neuronova.stack.supervisor import LocalStack
 
@@ -81,7 +82,7 @@ def test_mariadb_answers_only_with_the_password(
 def test_redis_answers_only_with_the_password(databases: tuple[LocalStack, Settings]) -> None:
     _stack, settings = databases
     for password in (None, "not-the-password"):
-        client = redis.Redis(port=settings.stack_redis_port, password=password)
+        client = redis.Redis(host=LOOPBACK, port=settings.stack_redis_port, password=password)
         with pytest.raises(redis.exceptions.AuthenticationError):
             client.ping()
         client.close()
@@ -94,7 +95,9 @@ def test_their_data_survive_down_and_up(databases: tuple[LocalStack, Settings]) 
     with connection.cursor() as cursor:
         cursor.execute("CREATE DATABASE IF NOT EXISTS kept_across_restarts")
     connection.close()
-    with redis.Redis(port=settings.stack_redis_port, password=settings.stack_redis_password()) as r:
+    with redis.Redis(
+        host=LOOPBACK, port=settings.stack_redis_port, password=settings.stack_redis_password()
+    ) as r:
         r.set("kept", "across restarts")
 
     stack.down(SERVICES)
@@ -105,7 +108,9 @@ def test_their_data_survive_down_and_up(databases: tuple[LocalStack, Settings]) 
         cursor.execute("SHOW DATABASES LIKE 'kept_across_restarts'")
         assert cursor.fetchall() == (("kept_across_restarts",),)
     connection.close()
-    with redis.Redis(port=settings.stack_redis_port, password=settings.stack_redis_password()) as r:
+    with redis.Redis(
+        host=LOOPBACK, port=settings.stack_redis_port, password=settings.stack_redis_password()
+    ) as r:
         assert r.get("kept") == b"across restarts"
 
 
