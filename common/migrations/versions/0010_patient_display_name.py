@@ -5,11 +5,10 @@ Filled here for the patients already cached. 2026-12-03."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
-
-from tasks.patients.convert import display_name
 
 revision = "0010"
 down_revision = "0009"
@@ -44,7 +43,21 @@ def _name_of(resource: str | None) -> str:
         patient = json.loads(resource or "")
     except ValueError:
         return ""
-    return display_name(patient)[:255] if isinstance(patient, dict) else ""
+    return _display_name(patient)[:255] if isinstance(patient, dict) else ""
+
+
+def _display_name(patient: dict[str, Any]) -> str:
+    """tasks.patients.convert.display_name as it was on 2026-12-03, frozen here: a migration
+    must fill the column the same way whatever that function becomes."""
+    names = patient.get("name")
+    if not isinstance(names, list) or not names or not isinstance(names[0], dict):
+        return ""
+    first = names[0]
+    if isinstance(first.get("text"), str) and first["text"].strip():
+        return str(first["text"]).strip()
+    given = [g for g in first.get("given", []) if isinstance(g, str)]
+    family = first.get("family")
+    return " ".join([*given, family if isinstance(family, str) else ""]).strip()
 
 
 def downgrade() -> None:
