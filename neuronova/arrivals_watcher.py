@@ -21,6 +21,7 @@ from uuid import UUID
 
 from common.errors import UpstreamError
 from common.settings import Settings
+from neuronova.stack.component import write_atomically
 from tasks.archive.arrivals import (
     MISSING_RUN,
     Arrival,
@@ -61,7 +62,9 @@ def submit_run(arrival: Arrival) -> str:
             idempotency_key=arrival.idempotency_key,
         )
     except ObjectNotFound:
-        raise LookupError(f"deployment {DEPLOYMENT} is not registered: run `make deploy`") from None
+        raise LookupError(
+            f"deployment {DEPLOYMENT} is not registered: run `neuronova deploy`"
+        ) from None
     return str(run.id)  # type: ignore[union-attr]  # sync call: a FlowRun
 
 
@@ -150,9 +153,7 @@ def _short(err: BaseException) -> str:
 def write_heartbeat(path: Path, problem: str | None) -> None:
     """What the stack's health check reads (neuronova/stack/arrivals.py): the file's age says
     the watcher lives, its content what keeps it from doing its job."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"problem": problem}))
-    tmp.replace(path)
+    write_atomically(path, json.dumps({"problem": problem}))
 
 
 def watch(settings: Settings, heartbeat: Path | None = None) -> None:
