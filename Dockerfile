@@ -1,5 +1,6 @@
 # One image for the webapp and the Prefect workers (ARCHITECTURE.md, Components).
-FROM python:3.12-slim-bookworm
+# Pinned by digest (docker-compose.yml says how to move to a newer one).
+FROM python:3.12.12-slim-bookworm@sha256:593bd06efe90efa80dc4eee3948be7c0fde4134606dd40d8dd8dbcade98e669c
 RUN apt-get update && apt-get install -y --no-install-recommends dcmtk dicom3tools \
     && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir uv
@@ -25,5 +26,8 @@ RUN uv sync --frozen --no-dev --compile-bytecode \
 # /data: NEURONOVA_DATA_DIR in compose. A named volume mounted there starts as a copy of this
 # folder, owned by the image's user, so the workers can write their reports into it.
 ENV PATH=/app/.venv/bin:$PATH PREFECT_SERVER_ANALYTICS_ENABLED=false NEURONOVA_DATA_DIR=/data
+# VAR_FILE → VAR for every secret compose hands over as a file (scripts/container-entrypoint).
+COPY --chmod=0755 scripts/container-entrypoint /usr/local/bin/neuronova-entrypoint
 USER neuronova
+ENTRYPOINT ["/usr/local/bin/neuronova-entrypoint"]
 CMD ["prefect", "worker", "start", "--pool", "cpu"]

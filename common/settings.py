@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote, urlparse
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,7 @@ MIN_SECRET_LENGTH = 32
 # The local stack's MariaDB account (its root is reachable only through the unix socket).
 STACK_MYSQL_USER = "neuronova"
 STACK_ORTHANC_USER = "neuronova"  # the service account our clients and nginx use
+DEMO_EMR_CLIENT_ID = "neuronova-demo-client"  # the EMR emulator's; production refuses it
 
 
 class DicomModality(BaseModel):
@@ -44,7 +46,13 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         description="SQLAlchemy URL, e.g. mysql+pymysql://user:pw@host/db; "
-        "SQLite under data_dir when unset (the embedded default).",
+        "SQLite under data_dir when unset (the embedded default). Keep the password out of "
+        "it: NEURONOVA_DATABASE_PASSWORD (or _FILE) is put in as it is, any character allowed.",
+    )
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="The database account's password, set into NEURONOVA_DATABASE_URL (which "
+        "then names the user only): a '/', '@' or '%' in it needs no escaping.",
     )
 
     orthanc_url: str = "http://127.0.0.1:8042"
@@ -68,12 +76,20 @@ class Settings(BaseSettings):
     # Unset: the schedules in deployments/prefect.yaml (02:30 and every 30 minutes, UTC).
     htj2k_check_cron: str | None = Field(
         default=None,
-        description="When the archive-wide HTJ2K check runs (cron, UTC); unset: prefect.yaml's.",
+        description="When the archive-wide HTJ2K check runs (cron, in "
+        "NEURONOVA_SCHEDULE_TIMEZONE); unset: prefect.yaml's.",
     )
 
+    schedule_timezone: str = Field(
+        default="UTC",
+        description="The time zone the schedules' cron expressions are read in (IANA name, "
+        "e.g. Europe/Berlin): the nightly check at 02:30 runs at 02:30 there, daylight saving "
+        "included.",
+    )
     patient_sync_cron: str | None = Field(
         default=None,
-        description="When the bulk EMR → FHIR → cache sync runs (cron, UTC); unset: the yaml's.",
+        description="When the bulk EMR → FHIR → cache sync runs (cron, in "
+        "NEURONOVA_SCHEDULE_TIMEZONE); unset: the yaml's.",
     )
     ingest_workers: int = Field(default=4, ge=1, le=64, description="Concurrent Orthanc uploads.")
     ingest_processes: int = Field(
@@ -114,7 +130,7 @@ class Settings(BaseSettings):
     )
     fhir_timeout_s: float = Field(default=10.0, gt=0)
     emr_url: str = Field(default="http://127.0.0.1:8300", description="OpenEMR's base URL.")
-    emr_client_id: str = "neuronova-demo-client"
+    emr_client_id: str = DEMO_EMR_CLIENT_ID
     emr_client_secret: SecretStr | None = None
     emr_username: str = "admin"
     emr_password: SecretStr | None = None
@@ -268,7 +284,11 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         description="Redis for alert pub/sub, with its password (production). Unset: the local "
-        "stack's own Redis (demo, tests); empty: no alerts are sent or streamed.",
+        "stack's own Redis (demo, tests); empty: no alerts are sent or streamed (never in "
+        "production). Keep the password out of it: NEURONOVA_REDIS_PASSWORD (or _FILE).",
+    )
+    redis_password: SecretStr | None = Field(
+        default=None, description="Redis's password, set into NEURONOVA_REDIS_URL as it is."
     )
     # The local stack's own Redis and MariaDB listen on loopback at these ports, never the
     # standard ones: a server the machine happens to run is then neither used nor in the way.
@@ -319,9 +339,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _production_needs_real_backends(self) -> Settings:
-        # Fail at start-up rather than run a hospital on the demo's embedded database.
-        if self.environment == "production" and not self.database_url:
-            raise ValueError("NEURONOVA_DATABASE_URL must be set in production")
         # The signing secret is required where tokens are signed and checked: the webapp
         # refuses to start without it (`jwt_secret_bytes`). The Prefect workers never sign
         # anything, so they are not given it (docker-compose.yml), and must still start.
@@ -331,11 +348,20 @@ class Settings(BaseSettings):
             and len(self.jwt_secret.get_secret_value()) < MIN_SECRET_LENGTH
         ):
             raise ValueError(f"NEURONOVA_JWT_SECRET needs at least {MIN_SECRET_LENGTH} characters")
+        if self.environment == "production":
+            self._refuse_demo_backends()
         # Orthanc demands its service account from everyone (no generated one in production).
         if self.environment == "production" and self.orthanc_password is None:
             raise ValueError(
                 "NEURONOVA_ORTHANC_PASSWORD must be set in production (Orthanc's service account)"
             )
+        try:
+            ZoneInfo(self.schedule_timezone)
+        except (ValueError, ZoneInfoNotFoundError) as err:
+            raise ValueError(
+                f"NEURONOVA_SCHEDULE_TIMEZONE={self.schedule_timezone!r} is no time zone: give "
+                "an IANA name such as Europe/Berlin"
+            ) from err
         # One late heartbeat (a loaded machine, a slow server) must not crash a live run.
         if self.flow_crashed_after_s < 2 * self.flow_heartbeat_s:
             raise ValueError(
@@ -344,17 +370,56 @@ class Settings(BaseSettings):
             )
         return self
 
+    def _refuse_demo_backends(self) -> None:
+        """Production fails at start-up rather than run a hospital on what the demo stands in
+        with: the embedded database, no alerts, the EMR emulator's demo client."""
+        if not self.database_url:
+            raise ValueError("NEURONOVA_DATABASE_URL must be set in production")
+        if self.database_url.startswith("sqlite"):
+            raise ValueError(
+                "NEURONOVA_DATABASE_URL is SQLite, which production refuses (one writer at a "
+                "time, one host): give it the MySQL/MariaDB server (mysql+pymysql://…)"
+            )
+        if not self.redis_url:
+            raise ValueError(
+                "NEURONOVA_REDIS_URL must be set in production: without Redis no alert reaches "
+                "a clinician (redis://redis:6379/0, its password in NEURONOVA_REDIS_PASSWORD)"
+            )
+        if self.emr_client_id == DEMO_EMR_CLIENT_ID:
+            raise ValueError(
+                "NEURONOVA_EMR_CLIENT_ID is the EMR emulator's demo client: register NeuroNova "
+                "as an API client in the hospital's OpenEMR and set its id"
+            )
+        if self.emr_client_secret is None or self.emr_password is None:
+            raise ValueError(
+                "NEURONOVA_EMR_CLIENT_SECRET and NEURONOVA_EMR_PASSWORD must be set in "
+                "production (the demo's are generated for its emulator only)"
+            )
+
     @property
     def resolved_database_url(self) -> str:
-        """The database URL, defaulting to an SQLite file under data_dir."""
-        return self.database_url or f"sqlite:///{self.data_dir / 'neuronova.db'}"
+        """The database URL (its password set in from database_password), defaulting to an
+        SQLite file under data_dir."""
+        if not self.database_url:
+            return f"sqlite:///{self.data_dir / 'neuronova.db'}"
+        if self.database_password is None:
+            return self.database_url
+        from sqlalchemy.engine import make_url
+
+        url = make_url(self.database_url).set(password=self.database_password.get_secret_value())
+        return url.render_as_string(hide_password=False)
 
     @property
     def resolved_redis_url(self) -> str | None:
         """Redis for alerts: the configured URL; unset, the local stack's own (with its
         generated password; never in production); empty, None (no alerts)."""
         if self.redis_url is not None:
-            return self.redis_url or None
+            if not self.redis_url or self.redis_password is None:
+                return self.redis_url or None
+            parts = urlparse(self.redis_url)
+            password = quote(self.redis_password.get_secret_value(), safe="")
+            host = parts.netloc.rpartition("@")[2]
+            return parts._replace(netloc=f":{password}@{host}").geturl()
         if self.environment == "production":
             return None
         return f"redis://:{self.stack_redis_password()}@127.0.0.1:{self.stack_redis_port}/0"

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron, Schedule
 
 from common.errors import ConfigError
 from common.settings import Settings
@@ -45,6 +46,12 @@ class DeploymentSpec:
     tags: tuple[str, ...]
     pool: str  # the work pool when deployed to workers
     cron: str | None = None  # the file's schedule (UTC)
+
+    def schedules_for(self, settings: Settings) -> list[Schedule]:
+        """The deployment's schedule (none or one), in the hospital's time zone
+        (NEURONOVA_SCHEDULE_TIMEZONE): "02:30" is then 02:30 where the hospital is."""
+        cron = self.cron_for(settings)
+        return [Cron(cron, timezone=settings.schedule_timezone)] if cron else []
 
     def cron_for(self, settings: Settings) -> str | None:
         """The schedule to register: the setting that overrides this one when set, else the
@@ -96,10 +103,12 @@ def build_deployments(settings: Settings) -> list[RunnerDeployment]:
     them."""
     built = []
     for spec in DEPLOYMENTS:
-        cron = spec.cron_for(settings)
         built.append(
             load_flow(spec.entrypoint).to_deployment(
-                name=spec.name, cron=cron, description=spec.description, tags=list(spec.tags)
+                name=spec.name,
+                schedules=spec.schedules_for(settings),
+                description=spec.description,
+                tags=list(spec.tags),
             )
         )
     # `to_deployment` is async-dispatched; called from sync code it returns the deployment.

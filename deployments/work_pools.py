@@ -59,7 +59,7 @@ def register_deployments(settings: Settings) -> dict[str, UUID]:
         deployment = source.to_deployment(  # type: ignore[union-attr]
             name=spec.name,
             work_pool_name=spec.pool,
-            cron=spec.cron_for(settings),
+            schedules=spec.schedules_for(settings),
             description=spec.description,
             tags=list(spec.tags),
         )

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # the flows import Prefect, which must wait for `use_prefect_
 app = typer.Typer(help="NeuroNova: verified HTJ2K ingest, AI reading, secure viewing.")
 app.add_typer(stack_cli.app, name="stack")
 app.add_typer(users_cli.app, name="users")
+secrets_app = typer.Typer(help="The production stack's secrets (docker-compose.yml).")
+app.add_typer(secrets_app, name="secrets")
 db_app = typer.Typer(help="The NeuroNova database (archive index, quarantine, users…).")
 app.add_typer(db_app, name="db")
 
@@ -44,6 +46,33 @@ console = Console(stderr=True)
 
 # Exit codes scripts can rely on.
 EXIT_OK, EXIT_FAILED, EXIT_PARTIAL, EXIT_NOT_FOUND = 0, 1, 3, 4
+
+
+@secrets_app.command("generate")
+def secrets_generate(
+    folder: Annotated[
+        Path, typer.Option("--dir", help="The folder docker-compose.yml reads them from.")
+    ] = Path("secrets"),
+) -> None:
+    """Write every missing secret of docker-compose.yml (random, one file each); existing
+    ones are kept. The EMR's two are the hospital's: replace them with its API client's secret
+    and its user's password unless the bundled OpenEMR is used."""
+    from neuronova.compose_secrets import SECRET_FILES, generate_secrets
+
+    try:
+        done = generate_secrets(folder)
+    except ValueError as err:
+        _fail(False, str(err), hint="see docs/operations.md, With compose")
+    for name in done.written:
+        console.print(f"wrote {folder / name}")
+    if done.kept:
+        console.print(f"kept {len(done.kept)} existing: {', '.join(done.kept)}")
+    hospital = [s.name for s in SECRET_FILES if s.hospital_provides and s.name in done.written]
+    if hospital:
+        console.print(
+            f"[yellow]{', '.join(hospital)}: generated for the bundled OpenEMR; with the "
+            "hospital's EMR, write its API client's secret and its user's password there[/yellow]"
+        )
 
 
 @db_app.command("upgrade")
@@ -278,6 +307,23 @@ def watch_arrivals(
     watch(settings, heartbeat)
 
 
+@app.command("arrivals-health")
+def arrivals_health(
+    heartbeat: Annotated[Path, typer.Argument(help="The watcher's --heartbeat file.")],
+) -> None:
+    """Exit 0 while the arrival watcher hands studies on: a pass finished recently and it met
+    no problem (a missing deployment, Prefect or Orthanc not answering). Compose's health check."""
+    from neuronova.arrivals_watcher import heartbeat_limit_s, read_heartbeat
+
+    state = read_heartbeat(heartbeat, heartbeat_limit_s(Settings()))
+    if not state.alive or state.problem:
+        console.print(
+            f"arrival watcher {'stuck' if not state.alive else 'degraded'}: {state.problem}"
+        )
+        raise typer.Exit(EXIT_FAILED)
+    console.print("arrival watcher hands studies on")
+
+
 @app.command()
 def serve() -> None:
     """Serve the deployments: the nightly archive HTJ2K check, on-demand ingest and checks."""
@@ -294,9 +340,22 @@ def serve() -> None:
 
 
 @app.command()
-def deploy() -> None:
+def deploy(
+    migrate_first: Annotated[
+        bool,
+        typer.Option(
+            "--migrate",
+            help="Bring the database schema up to date first (compose's one-shot `deploy`).",
+        ),
+    ] = False,
+) -> None:
     """Register the work pools (cpu, gpu) and every deployment on a running Prefect server."""
     settings = Settings()
+    if migrate_first:
+        from common.db import migrate
+
+        migrate(settings.resolved_database_url)
+        console.print("database schema is up to date")
     if use_prefect_server(settings) is None:
         console.print(
             f"[red]no Prefect server answers at {settings.prefect_api_url}[/red]\n"

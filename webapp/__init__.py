@@ -11,9 +11,12 @@ app in front of Flask.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from flask import Flask, Response, jsonify
 from flask_jwt_extended import JWTManager
 from werkzeug.exceptions import HTTPException
@@ -100,15 +103,57 @@ def _note_route() -> None:
         request.environ[ROUTE_KEY] = request.url_rule.rule
 
 
-def _health() -> Response:
-    """The webapp answers and reaches its database."""
+def _health() -> tuple[Response, int]:
+    """The webapp answers, reaches its database, and reaches Orthanc (without which no study
+    opens and no upload is stored: a webapp that cannot reach it is not healthy, 503)."""
     from sqlalchemy import text
 
     from webapp.context import web_context
 
-    with get_engine(web_context().database_url).connect() as connection:
+    context = web_context()
+    with get_engine(context.database_url).connect() as connection:
         connection.execute(text("SELECT 1"))
-    return jsonify({"status": "ok"})
+    problem = _ORTHANC_PROBE.problem(context.settings)
+    if problem is not None:
+        return jsonify({"status": "degraded", "orthanc": problem}), 503
+    return jsonify({"status": "ok"}), 200
+
+
+class _OrthancProbe:
+    """Whether Orthanc answers its service account, asked at most every few seconds (health
+    checks and load balancers ask often; Orthanc is asked once per interval per process)."""
+
+    INTERVAL_S = 5.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checked_at = -self.INTERVAL_S
+        self._problem: str | None = None
+
+    def problem(self, settings: Settings) -> str | None:
+        with self._lock:
+            if time.monotonic() - self._checked_at >= self.INTERVAL_S:
+                self._problem = _orthanc_problem(settings)
+                self._checked_at = time.monotonic()
+            return self._problem
+
+
+def _orthanc_problem(settings: Settings) -> str | None:
+    """None when Orthanc answers /system with our service account, else what went wrong."""
+    try:
+        response = httpx.get(
+            f"{settings.orthanc_url.rstrip('/')}/system",
+            auth=settings.orthanc_credentials(),
+            timeout=3.0,
+        )
+    except httpx.HTTPError as err:
+        return f"not reachable at {settings.orthanc_url}: {type(err).__name__}"
+    if response.status_code != 200:
+        return f"{settings.orthanc_url}/system answered {response.status_code}"
+    return None
+
+
+_ORTHANC_PROBE = _OrthancProbe()
 
 
 def _http_error(err: HTTPException) -> tuple[Response, int]:

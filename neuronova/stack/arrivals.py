@@ -4,11 +4,9 @@ it is healthy while its heartbeat file is fresh (touched after every pass)."""
 
 from __future__ import annotations
 
-import json
-import time
-
 import httpx
 
+from neuronova.arrivals_watcher import heartbeat_limit_s, read_heartbeat
 from neuronova.prefect_env import prefect_results_dir
 from neuronova.stack.component import Context, Health, settings_env
 from neuronova.stack.prefect import prefect_url
@@ -40,15 +38,7 @@ def health(ctx: Context, _client: httpx.Client) -> Health:
     """A pass finished recently (a pass that fails still beats), and degraded with the reason
     while the watcher cannot do its job: no deployment to start, Prefect or Orthanc not
     answering (the studies wait in the database meanwhile; nothing is lost)."""
-    beat = ctx.home / HEARTBEAT
-    if not beat.exists():
-        return Health(False, error="no pass finished yet")
-    age = time.time() - beat.stat().st_mtime
-    limit = 3 * ctx.settings.arrivals_poll_s + 30
-    if age > limit:
-        return Health(False, error=f"last pass {age:.0f} s ago (more than {limit:.0f} s)")
-    try:
-        problem = json.loads(beat.read_text() or "{}").get("problem")
-    except (OSError, ValueError, AttributeError):
-        problem = None  # a beat being replaced, or an older watcher's empty file
-    return Health(True, degraded=str(problem) if problem else None)
+    state = read_heartbeat(ctx.home / HEARTBEAT, heartbeat_limit_s(ctx.settings))
+    if not state.alive:
+        return Health(False, error=state.problem)
+    return Health(True, degraded=state.problem)

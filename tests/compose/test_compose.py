@@ -1,162 +1,189 @@
-"""The production compose file, as Debian's `docker-compose config` reads it (no Docker engine
-runs here): the services a hospital deploys, who can reach whom, and no default secrets."""
+"""The production compose file as Compose reads it (Debian's `docker-compose config`; no Docker
+engine runs here): the services a hospital deploys, who can reach whom, secrets only as files,
+and the static rules every service keeps (names it can resolve, variables .env.example lists,
+images pinned by digest, health checks, log rotation, no privileges). scripts/compose-check
+runs the same file end to end (tests/compose/test_compose_check.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
-import yaml
 
 from common.settings import PROJECT_ROOT
+from neuronova.compose_secrets import SECRET_FILES
 from neuronova.orthanc_config import TLS_DIR, dicom_config
+from tests.support.compose_file import (
+    COMPOSE_FILE,
+    command_line,
+    compose_config,
+    env_example,
+    file_variables,
+    mount,
+    networks_of,
+    published,
+    raw_file,
+    read_only,
+    run_config,
+    secret_targets,
+)
 
-COMPOSE_FILE = PROJECT_ROOT / "docker-compose.yml"
-SECRETS = {
-    "MYSQL_PASSWORD": "m" * 24,
-    "MYSQL_ROOT_PASSWORD": "r" * 24,
-    "PREFECT_DB_PASSWORD": "p" * 24,
-    "FHIR_DB_PASSWORD": "f" * 24,
-    "OPENEMR_DB_PASSWORD": "o" * 24,
-    "NEURONOVA_JWT_SECRET": "j" * 40,
-    "NEURONOVA_PUBLIC_URL": "https://neuronova.hospital.example",
-    "NEURONOVA_EMR_CLIENT_ID": "client-id",
-    "NEURONOVA_EMR_CLIENT_SECRET": "c" * 24,
-    "NEURONOVA_EMR_USERNAME": "neuronova",
-    "NEURONOVA_EMR_PASSWORD": "e" * 24,
-    "ORTHANC_PASSWORD": "h" * 24,
-    "REDIS_PASSWORD": "d" * 24,
-    "PREFECT_AUTH_STRING": "a" * 32,
-    "ORTHANC_DB_PASSWORD": "g" * 24,
+ENV = env_example()
+MODALITIES = ENV["NEURONOVA_DICOM_MODALITIES"]
+ONE_SHOTS = {"orthanc-config", "deploy"}
+OURS = {
+    "webapp",
+    "alerts",
+    "worker-cpu",
+    "worker-gpu",
+    "worker-inference-cpu",
+    "arrivals",
+    "deploy",
+    "orthanc-config",
+    "prefect-server",
 }
-MODALITIES = '[{"aet": "CT_ROOM1", "host": "10.1.2.3", "port": 104}]'
-# What compose cannot start without: the secrets, and who may C-STORE (no default makes sense
-# in a hospital: the demo's storescu on 127.0.0.1 would be nobody inside a container).
-REQUIRED = SECRETS | {"NEURONOVA_DICOM_MODALITIES": MODALITIES}
-# Compose reads these from the environment: the developer's own values never reach these tests.
-COMPOSE_VARIABLES = {
-    *REQUIRED,
-    "NEURONOVA_DICOM_TLS",
-    "NEURONOVA_DICOM_PORT",
-    "NEURONOVA_DICOM_BIND",
-}
-
-
-def _config(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("docker-compose")
-    assert tool, "Debian's docker-compose is missing: run `make system`"
-    shutil.copy(COMPOSE_FILE, folder / "docker-compose.yml")  # no .env of the developer's
-    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_VARIABLES}
-    return subprocess.run(
-        [
-            tool,
-            "--project-directory",
-            str(folder),
-            "-f",
-            str(folder / "docker-compose.yml"),
-            "config",
-        ],
-        env=clean | env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    return _parsed(_config(REQUIRED, tmp_path_factory.mktemp("compose")))
-
-
-def _parsed(result: subprocess.CompletedProcess[str]) -> dict[str, Any]:
-    assert result.returncode == 0, result.stderr
-    parsed: dict[str, Any] = yaml.safe_load(result.stdout)
-    return parsed
+    return compose_config(ENV, tmp_path_factory.mktemp("compose"))
 
 
 def test_every_part_of_the_product_is_a_service(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {
+    services = config["services"]
+    assert set(services) == OURS | {
         "nginx",
-        "webapp",
-        "alerts",
         "orthanc",
-        "orthanc-config",
         "orthanc-db",
         "mysql",
         "redis",
-        "prefect-server",
         "prefect-db",
-        "worker-cpu",
-        "worker-gpu",
-        "arrivals",
         "hapi-fhir",
         "fhir-db",
         "openemr",
+        "openemr-db",
     }
-    services = config["services"]
     assert services["mysql"]["image"].startswith("mysql:8")
-    assert (
-        "postgresql"
-        in services["prefect-server"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert services["prefect-server"]["environment"]["PREFECT_SERVER_DATABASE_DRIVER"] == (
+        "postgresql+asyncpg"
     )
-    assert "--pool cpu" in _command(services["worker-cpu"])
-    assert "--pool gpu" in _command(services["worker-gpu"])
-    assert _command(services["arrivals"]).startswith("neuronova watch-arrivals")
-    # Workers, the webapp, the alerts pool and Orthanc's configuration run the same image.
-    assert all(
-        "build" in services[name]
-        for name in ("worker-cpu", "worker-gpu", "webapp", "alerts", "orthanc-config")
-    )
+    assert "--pool cpu" in command_line(services["worker-cpu"])
+    assert "--pool gpu" in command_line(services["worker-gpu"])
+    assert "--pool gpu" in command_line(services["worker-inference-cpu"])
+    assert command_line(services["arrivals"]).startswith("neuronova watch-arrivals")
+    # Ours run one image, built from this checkout; the Prefect server is ours too, so that
+    # server and clients are one Prefect version by construction.
+    images = {services[name]["image"] for name in OURS}
+    assert len(images) == 1 and all("build" in services[name] for name in OURS)
 
 
-def _command(service: dict[str, Any]) -> str:
-    command = service["command"]
-    return command if isinstance(command, str) else " ".join(command)
+def test_the_webapp_reaches_orthanc_and_the_clinical_systems(config: dict[str, Any]) -> None:
+    """The blocker of issue 29: the gate and STOW-RS talk to Orthanc itself."""
+    services = config["services"]
+    for name in ("webapp", "alerts"):
+        assert networks_of(services[name]) & networks_of(services["orthanc"]), name
+    assert "clinical" in networks_of(services["webapp"])
 
 
-def test_the_gpu_worker_reserves_a_gpu(config: dict[str, Any]) -> None:
-    devices = config["services"]["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+def test_a_one_shot_registers_what_the_workers_need_before_they_start(
+    config: dict[str, Any],
+) -> None:
+    """The other blocker: nothing registered the deployments. `deploy` migrates the database,
+    then registers pools, deployments and the automation, after the Prefect server and the
+    database are healthy; everything that needs them waits for it to have succeeded."""
+    services = config["services"]
+    deploy = services["deploy"]
+    assert command_line(deploy) == "neuronova deploy --migrate"
+    assert deploy["restart"] == "no"
+    assert deploy["depends_on"]["prefect-server"]["condition"] == "service_healthy"
+    assert deploy["depends_on"]["mysql"]["condition"] == "service_healthy"
+    for name in ("worker-cpu", "worker-gpu", "worker-inference-cpu", "arrivals", "webapp"):
+        needs = services[name]["depends_on"]
+        assert needs["deploy"]["condition"] == "service_completed_successfully", name
+
+
+def test_stuck_components_look_stuck(config: dict[str, Any]) -> None:
+    services = config["services"]
+    # The watcher's health is its last pass handing studies on (neuronova arrivals-health).
+    assert "--heartbeat /tmp/arrivals.heartbeat" in command_line(services["arrivals"])
+    assert services["arrivals"]["healthcheck"]["test"] == [
+        "CMD",
+        "neuronova",
+        "arrivals-health",
+        "/tmp/arrivals.heartbeat",
+    ]
+    # The webapp's probe asks /api/health, which answers 503 while Orthanc does not answer
+    # (tests/gateway: test_health_follows_orthanc).
+    assert "/api/health" in " ".join(services["webapp"]["healthcheck"]["test"])
+
+
+def test_the_gpu_worker_is_a_profile_and_the_cpu_reads_without_one(config: dict[str, Any]) -> None:
+    services = config["services"]
+    gpu, cpu = services["worker-gpu"], services["worker-inference-cpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"capabilities": ["gpu"], "count": 1, "driver": "nvidia"}]
-    assert config["services"]["worker-gpu"]["environment"]["NEURONOVA_INFERENCE_DEVICE"] == "cuda"
+    assert gpu["environment"]["NEURONOVA_INFERENCE_DEVICE"] == "cuda"
+    assert gpu["profiles"] == ["gpu"]
+    assert cpu["environment"]["NEURONOVA_INFERENCE_DEVICE"] == "cpu"
+    assert cpu["profiles"] == ["cpu-inference"]
+    assert "cpu-inference" in ENV["COMPOSE_PROFILES"].split(",")
 
 
 def test_only_nginx_and_orthancs_dicom_port_are_published(config: dict[str, Any]) -> None:
     services, networks = config["services"], config["networks"]
-    published = {name for name, s in services.items() if s.get("ports")}
-    assert published == {"nginx", "orthanc"}
+    assert {name for name, s in services.items() if s.get("ports")} == {"nginx", "orthanc"}
     # Docker publishes per container: Orthanc's HTTP (8042) must not be among its ports.
-    assert [_published(port)[2] for port in services["orthanc"]["ports"]] == [4242]
-    # Every network but nginx's frontend and the modalities' is internal; Orthanc alone is on
-    # the modalities' network (a container on internal networks only publishes nothing).
+    assert [published(port)[2] for port in services["orthanc"]["ports"]] == [4242]
+    assert sorted(published(port)[2] for port in services["nginx"]["ports"]) == [80, 443]
+    # Internal, but for nginx's frontend, the modalities' and the one to the clinical systems.
     assert {name for name, n in networks.items() if not n.get("internal")} == {
         "frontend",
         "modalities",
+        "clinical",
     }
-    assert set(services["orthanc"]["networks"]) == {"pacs", "modalities"}
-    on_modalities = {name for name, s in services.items() if "modalities" in s.get("networks", {})}
-    assert on_modalities == {"orthanc"}
-    on_pacs = {name for name, s in services.items() if "pacs" in s.get("networks", {})}
-    # Not the webapp; Orthanc's database is on Orthanc's network alone.
-    assert on_pacs == {"orthanc", "orthanc-db", "nginx", "worker-cpu", "worker-gpu", "arrivals"}
-    assert "frontend" in services["nginx"]["networks"]
+    on = {net: {n for n, s in services.items() if net in networks_of(s)} for net in networks}
+    assert on["modalities"] == {"orthanc"}
+    assert on["frontend"] == {"nginx"}
+    # Each database on a network of its own with the one service that uses it.
+    assert on["orthanc-index"] == {"orthanc", "orthanc-db"}
+    assert on["prefect-index"] == {"prefect-server", "prefect-db"}
+    assert on["fhir-index"] == {"hapi-fhir", "fhir-db"}
+    assert on["emr-index"] == {"openemr", "openemr-db"}
+    # Orthanc's HTTP is reached by our services and nginx's internal location only.
+    assert on["pacs"] == {
+        "orthanc",
+        "nginx",
+        "webapp",
+        "alerts",
+        "worker-cpu",
+        "worker-gpu",
+        "worker-inference-cpu",
+        "arrivals",
+    }
 
 
-def _published(port: str | dict[str, Any]) -> tuple[str, str, int]:
-    """(host address, host port, container port) of a published port: docker-compose 1.29
-    (Debian 12) writes "[address:]published:target[/protocol]" when an address is given and an
-    object otherwise; 2.x (Debian 13) always an object (`host_ip`, `published`, `target`)."""
-    if isinstance(port, dict):
-        return str(port.get("host_ip", "")), str(port.get("published", "")), int(port["target"])
-    *host, target = port.split("/")[0].split(":")
-    address, published = ["", "", *host][-2:]
-    return address, published, int(target)
+def test_host_ports_addresses_and_the_subnet_come_from_env(tmp_path: Path) -> None:
+    env = ENV | {
+        "NEURONOVA_DICOM_PORT": "104",
+        "NEURONOVA_DICOM_BIND": "10.20.0.5",
+        "NEURONOVA_HTTPS_PORT": "8443",
+        "NEURONOVA_WEB_SUBNET": "10.99.7.0/24",
+        "NEURONOVA_NGINX_WEB_ADDRESS": "10.99.7.10",
+    }
+    parsed = compose_config(env, tmp_path)
+    services = parsed["services"]
+    assert [published(port) for port in services["orthanc"]["ports"]] == [
+        ("10.20.0.5", "104", 4242)
+    ]
+    assert ("0.0.0.0", "8443", 443) in [published(port) for port in services["nginx"]["ports"]]
+    assert parsed["networks"]["web"]["ipam"]["config"] == [{"subnet": "10.99.7.0/24"}]
+    assert services["nginx"]["networks"]["web"]["ipv4_address"] == "10.99.7.10"
+    trusted = json.loads(services["webapp"]["environment"]["NEURONOVA_TRUSTED_PROXIES"])
+    assert trusted == ["10.99.7.10"]
 
 
 @pytest.mark.parametrize(
@@ -175,13 +202,22 @@ def _published(port: str | dict[str, Any]) -> tuple[str, str, int]:
 def test_ports_read_the_same_from_either_docker_compose(
     port: str | dict[str, Any], expected: tuple[str, str, int]
 ) -> None:
-    assert _published(port) == expected
+    assert published(port) == expected
 
 
-def test_the_dicom_port_and_its_host_address_come_from_env(tmp_path: Path) -> None:
-    env = REQUIRED | {"NEURONOVA_DICOM_PORT": "104", "NEURONOVA_DICOM_BIND": "10.20.0.5"}
-    orthanc = _parsed(_config(env, tmp_path))["services"]["orthanc"]
-    assert [_published(port) for port in orthanc["ports"]] == [("10.20.0.5", "104", 4242)]
+def test_the_hospitals_fhir_and_emr_come_from_env(tmp_path: Path) -> None:
+    env = ENV | {
+        "NEURONOVA_FHIR_URL": "https://fhir.hospital.example/r4",
+        "NEURONOVA_EMR_URL": "https://emr.hospital.example",
+        "COMPOSE_PROFILES": "cpu-inference",
+    }
+    services = compose_config(env, tmp_path)["services"]
+    for name in ("worker-cpu", "webapp", "arrivals"):
+        environment = services[name]["environment"]
+        assert environment["NEURONOVA_FHIR_URL"] == "https://fhir.hospital.example/r4"
+        assert environment["NEURONOVA_EMR_URL"] == "https://emr.hospital.example"
+    bundled = {name for name, s in services.items() if "bundled-clinical" in s.get("profiles", [])}
+    assert bundled == {"hapi-fhir", "fhir-db", "openemr", "openemr-db"}
 
 
 def test_orthanc_keeps_its_index_on_postgresql(config: dict[str, Any]) -> None:
@@ -199,26 +235,28 @@ def test_orthanc_keeps_its_index_on_postgresql(config: dict[str, Any]) -> None:
     assert db["image"].startswith("postgres:")
     assert db["environment"]["POSTGRES_DB"] == env["ORTHANC__POSTGRESQL__DATABASE"]
     assert db["environment"]["POSTGRES_USER"] == env["ORTHANC__POSTGRESQL__USERNAME"]
-    password = SECRETS["ORTHANC_DB_PASSWORD"]
-    assert (
-        db["environment"]["POSTGRES_PASSWORD"] == env["ORTHANC__POSTGRESQL__PASSWORD"] == password
-    )
-    # Nobody else holds that password, and the database is neither published nor reachable
-    # from any other network.
-    others = {name for name, s in services.items() if password in json.dumps(s)}
-    assert others == {"orthanc", "orthanc-db"}
+    # The same secret on both sides: a file the image reads (…_SECRET names it).
+    assert env["ORTHANC__POSTGRESQL__PASSWORD_SECRET"] == "orthanc_db_password"
+    assert secret_targets(orthanc)["orthanc_db_password"] == "/run/secrets/orthanc_db_password"
+    assert db["environment"]["POSTGRES_PASSWORD_FILE"] == "/run/secrets/orthanc_db_password"
+    holders = {name for name, s in services.items() if "orthanc_db_password" in secret_targets(s)}
+    assert holders == {"orthanc", "orthanc-db"}
     assert not db.get("ports")
-    assert set(db["networks"]) == {"pacs"}
     assert "pg_isready" in " ".join(db["healthcheck"]["test"])
     assert orthanc["depends_on"]["orthanc-db"]["condition"] == "service_healthy"
-    assert any(
-        source == "orthanc-data" and target == "/var/lib/orthanc/db"
-        for source, target in map(_mount, orthanc["volumes"])
-    )
-    assert any(
-        source == "orthanc-db" and target == "/var/lib/postgresql/data"
-        for source, target in map(_mount, db["volumes"])
-    )
+    assert ("orthanc-files", "/var/lib/orthanc/db") in map(mount, orthanc["volumes"])
+    assert ("orthanc-index", "/var/lib/postgresql/data") in map(mount, db["volumes"])
+
+
+def test_the_archive_survives_down_with_volumes(config: dict[str, Any]) -> None:
+    """`docker compose down -v` removes a project's volumes, never external ones: the archive
+    (Orthanc's files and index) and our database are created once, at install."""
+    volumes = config["volumes"]
+    for name in ("orthanc-files", "orthanc-index", "neuronova-db"):
+        assert volumes[name].get("external") in (True, {"name": volumes[name].get("name")})
+        assert volumes[name]["name"].startswith(ENV["NEURONOVA_ARCHIVE_VOLUME_PREFIX"])
+    # The others have fixed names too, whatever the folder is called.
+    assert all(volume.get("name") for volume in volumes.values())
 
 
 def test_the_modality_list_is_configuration_read_once_before_orthanc(
@@ -228,28 +266,24 @@ def test_the_modality_list_is_configuration_read_once_before_orthanc(
     Orthanc's configuration folder; Orthanc starts only once that succeeded."""
     services = config["services"]
     writer, orthanc = services["orthanc-config"], services["orthanc"]
-    command = _command(writer).split()
+    command = command_line(writer).split()
     assert command[:3] == ["python", "-m", "neuronova.orthanc_config"]
-    assert writer["environment"]["NEURONOVA_DICOM_MODALITIES"] == MODALITIES
+    assert json.loads(writer["environment"]["NEURONOVA_DICOM_MODALITIES"]) == json.loads(MODALITIES)
     assert orthanc["depends_on"]["orthanc-config"]["condition"] == "service_completed_successfully"
-    # A one-shot, with no network at all.
-    assert writer["restart"] == "no"
     assert writer["network_mode"] == "none"
-    # It writes into the volume that Orthanc reads, read-only, as /etc/orthanc/*.json.
     output = Path(command[3])
     writes = {
-        source for source, target in map(_mount, writer["volumes"]) if target == str(output.parent)
+        source for source, target in map(mount, writer["volumes"]) if target == str(output.parent)
     }
     assert output.suffix == ".json" and writes == {"orthanc-config"}
-    reads = [v for v in orthanc["volumes"] if _mount(v) == ("orthanc-config", "/etc/orthanc")]
-    assert len(reads) == 1 and _read_only(reads[0])
+    reads = [v for v in orthanc["volumes"] if mount(v) == ("orthanc-config", "/etc/orthanc")]
+    assert len(reads) == 1 and read_only(reads[0])
 
 
 def test_a_single_quoted_modality_list_in_env_reaches_the_writer_as_json(tmp_path: Path) -> None:
     # The way docs/operations.md tells operators to write it: single quotes keep the JSON as is.
-    (tmp_path / ".env").write_text(f"NEURONOVA_DICOM_MODALITIES='{MODALITIES}'\n")
-    env = {k: v for k, v in REQUIRED.items() if k != "NEURONOVA_DICOM_MODALITIES"}
-    writer = _parsed(_config(env, tmp_path))["services"]["orthanc-config"]
+    env = ENV | {"NEURONOVA_DICOM_MODALITIES": f"'{MODALITIES}'"}
+    writer = compose_config(env, tmp_path)["services"]["orthanc-config"]
     assert json.loads(writer["environment"]["NEURONOVA_DICOM_MODALITIES"]) == json.loads(MODALITIES)
 
 
@@ -257,14 +291,17 @@ def test_a_single_quoted_modality_list_in_env_reaches_the_writer_as_json(tmp_pat
 def test_dicom_tls_is_off_unless_env_switches_it_on(
     switch: str | None, tls: bool, tmp_path: Path
 ) -> None:
-    env = REQUIRED | ({"NEURONOVA_DICOM_TLS": switch} if switch else {})
-    services = _parsed(_config(env, tmp_path))["services"]
-    assert _command(services["orthanc-config"]).split()[-2:] == ["--dicom-tls", str(tls).lower()]
-    # The certificates come from ./secrets/dicom-tls, mounted read-only where the written
-    # configuration points.
-    mounts = [v for v in services["orthanc"]["volumes"] if _mount(v)[1] == str(TLS_DIR)]
-    assert len(mounts) == 1 and _read_only(mounts[0])
-    assert Path(_mount(mounts[0])[0]).parts[-2:] == ("secrets", "dicom-tls")
+    env = {k: v for k, v in ENV.items() if k != "NEURONOVA_DICOM_TLS"}
+    services = compose_config(env | ({"NEURONOVA_DICOM_TLS": switch} if switch else {}), tmp_path)[
+        "services"
+    ]
+    assert command_line(services["orthanc-config"]).split()[-2:] == [
+        "--dicom-tls",
+        str(tls).lower(),
+    ]
+    mounts = [v for v in services["orthanc"]["volumes"] if mount(v)[1] == str(TLS_DIR)]
+    assert len(mounts) == 1 and read_only(mounts[0])
+    assert Path(mount(mounts[0])[0]).parts[-2:] == ("secrets", "dicom-tls")
 
 
 def test_the_written_tls_options_point_into_the_mounted_folder(
@@ -275,68 +312,160 @@ def test_the_written_tls_options_point_into_the_mounted_folder(
     monkeypatch.chdir(tmp_path)  # no developer's .env
     monkeypatch.setenv("NEURONOVA_DICOM_MODALITIES", MODALITIES)
     written = dicom_config(Settings(), tls=True)
-    paths = [
-        value
-        for key, value in written.items()
-        if key.startswith("DicomTls") and isinstance(value, str)
-    ]
+    paths = [v for k, v in written.items() if k.startswith("DicomTls") and isinstance(v, str)]
     assert len(paths) == 3
     assert all(Path(p).parent == Path(str(TLS_DIR)) for p in paths)
 
 
-ONE_SHOTS = {"orthanc-config"}
-
-
-def test_services_restart_and_ours_report_their_health(config: dict[str, Any]) -> None:
+def test_services_restart_and_workers_stop_gracefully(config: dict[str, Any]) -> None:
     services = config["services"]
-    # A one-shot runs once per `docker compose up` and exits; the rest restart unless stopped.
-    assert {
-        name for name, s in services.items() if s.get("restart") != "unless-stopped"
-    } == ONE_SHOTS
+    assert {n for n, s in services.items() if s.get("restart") != "unless-stopped"} == ONE_SHOTS
     assert all(services[name]["restart"] == "no" for name in ONE_SHOTS)
-    ours = {name for name, s in services.items() if "build" in s}
-    assert ours == {
-        "webapp",
-        "alerts",
-        "worker-cpu",
-        "worker-gpu",
-        "arrivals",
-        "nginx",
-        "orthanc-config",
-    }
-    stateful = {"mysql", "prefect-db", "fhir-db", "orthanc-db", "redis", "prefect-server"}
-    long_lived = ours - ONE_SHOTS
-    assert {name for name in long_lived | stateful if "healthcheck" not in services[name]} == set()
-    for worker in ("worker-cpu", "worker-gpu"):
-        service = services[worker]
-        # The probe asks the worker's own webserver, which only --with-healthcheck starts.
-        assert "--with-healthcheck" in _command(service)
-        port = service["environment"]["PREFECT_WORKER_WEBSERVER_PORT"]
-        assert f"127.0.0.1:{port}/health" in " ".join(service["healthcheck"]["test"])
-        # A worker that starts before the Prefect server answers would exit: it waits.
-        needs = service["depends_on"]
-        assert needs["prefect-server"]["condition"] == "service_healthy"
-        assert needs["mysql"]["condition"] == "service_healthy"
-    # The arrival watcher beats after every pass; its probe reads the beat's age.
-    assert "--heartbeat /tmp/arrivals.heartbeat" in _command(services["arrivals"])
-    assert "/tmp/arrivals.heartbeat" in " ".join(services["arrivals"]["healthcheck"]["test"])
-    nginx_needs = services["nginx"]["depends_on"]
-    assert nginx_needs["webapp"]["condition"] == "service_healthy"
+    for name in ("worker-cpu", "worker-gpu", "worker-inference-cpu"):
+        worker = services[name]
+        # SIGINT: the worker stops polling and lets its runs end; SIGTERM crashes them.
+        assert worker["stop_signal"] == "SIGINT", name
+        assert _seconds(worker["stop_grace_period"]) >= 60, name
+        assert "--with-healthcheck" in command_line(worker)
+        assert re.search(r"--limit \d+", command_line(worker)), name
+        port = worker["environment"]["PREFECT_WORKER_WEBSERVER_PORT"]
+        assert f"127.0.0.1:{port}/health" in " ".join(worker["healthcheck"]["test"])
+    limit = re.search(r"--limit (\d+)", command_line(services["worker-cpu"]))
+    assert limit is not None
+    arrivals = services["arrivals"]["environment"]
+    assert arrivals["NEURONOVA_ARRIVALS_MAX_IN_FLIGHT"] == limit.group(1)
+    assert services["nginx"]["depends_on"]["webapp"]["condition"] == "service_healthy"
 
 
-def test_no_password_has_a_default() -> None:
-    text = COMPOSE_FILE.read_text()
-    for line in text.splitlines():
-        if re.search(r"(PASSWORD|PASS|SECRET)[A-Za-z_.]*:\s*\S", line, re.IGNORECASE):
-            assert "${" in line and ":?" in line, f"a secret without a required variable: {line}"
+def _seconds(duration: str | int) -> float:
+    text, total = str(duration), 0.0
+    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", text) or [(text, "s")]:
+        total += float(amount) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6}[unit]
+    return total
 
 
-@pytest.mark.parametrize("missing", sorted(REQUIRED))
-def test_a_missing_secret_or_setting_stops_compose_with_its_name(
-    missing: str, tmp_path: Path
+# ----------------------------------------------------------------------- static rules, per issue 29
+
+
+def _long_running(services: dict[str, Any]) -> dict[str, Any]:
+    return {name: s for name, s in services.items() if name not in ONE_SHOTS}
+
+
+def test_every_host_a_service_names_shares_a_network_with_it(config: dict[str, Any]) -> None:
+    """A URL or host in a service's environment names a service it can reach, as Docker's DNS
+    would answer it: on a network they share."""
+    services = config["services"]
+    problems = []
+    for name, service in services.items():
+        for key, value in (service.get("environment") or {}).items():
+            for host in _hosts_named(str(value)):
+                if host not in services:
+                    continue  # an outside system (the hospital's), reached through `clinical`
+                if not networks_of(service) & networks_of(services[host]):
+                    problems.append(f"{name}: {key} names {host}, on no network it shares")
+    assert problems == []
+    # And the ones nginx's configuration names.
+    nginx_conf = (PROJECT_ROOT / "nginx" / "nginx.conf").read_text()
+    for host in re.findall(r"server ([a-z-]+):\d+", nginx_conf):
+        assert networks_of(services["nginx"]) & networks_of(services[host]), host
+
+
+def _hosts_named(value: str) -> set[str]:
+    hosts = {urlparse(url).hostname or "" for url in re.findall(r"[a-z+]+://[^\s\"',]+", value)}
+    if re.fullmatch(r"[a-z][a-z0-9-]*", value):
+        hosts.add(value)  # a bare host name (MYSQL_HOST: openemr-db)
+    return {h for h in hosts if h}
+
+
+def test_every_variable_is_in_env_example() -> None:
+    missing = file_variables() - set(ENV)
+    assert missing == set(), f"add to .env.example, with its meaning: {sorted(missing)}"
+    # Each with a comment saying what it is (the line or block above it).
+    lines = (PROJECT_ROOT / ".env.example").read_text().splitlines()
+    for index, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            assert lines[index - 1].startswith("#") or "=" in lines[index - 1], line
+
+
+def test_every_image_is_pinned_by_digest(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name, service in services.items():
+        if "build" in service:
+            continue  # built from the Dockerfiles below
+        assert re.search(r":[\w.-]+@sha256:[0-9a-f]{64}$", service["image"]), name
+    for dockerfile in (PROJECT_ROOT / "Dockerfile", PROJECT_ROOT / "nginx" / "Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("FROM "):
+                assert re.search(r":[\w.-]+@sha256:[0-9a-f]{64}", line), f"{dockerfile}: {line}"
+
+
+def test_every_long_running_service_has_a_health_check_and_rotated_logs(
+    config: dict[str, Any],
 ) -> None:
-    env = {k: v for k, v in REQUIRED.items() if k != missing}
-    result = _config(env, tmp_path)
+    raw = raw_file()["services"]
+    for name, service in _long_running(config["services"]).items():
+        check = service.get("healthcheck") or {}
+        if check.get("disable"):
+            # Only with the reason said in the file.
+            assert raw[name].get("x-no-healthcheck"), f"{name}: health check off without reason"
+        else:
+            assert check.get("test"), f"{name}: no health check"
+        options = (service.get("logging") or {}).get("options") or {}
+        assert options.get("max-size") and options.get("max-file"), f"{name}: logs not rotated"
+    for name in ONE_SHOTS:
+        assert config["services"][name]["logging"]["options"]["max-size"]
+
+
+def test_no_service_gains_privileges_and_each_is_bounded(config: dict[str, Any]) -> None:
+    for name, service in config["services"].items():
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("cap_drop") == ["ALL"], name
+        if name not in ONE_SHOTS:
+            assert service.get("mem_limit"), f"{name}: no memory limit"
+    # Non-root where the image allows: ours (the image's USER), Orthanc's and Redis's own users.
+    assert config["services"]["orthanc"]["user"] == "orthanc"
+    assert config["services"]["redis"]["user"] == "redis"
+
+
+def test_secrets_are_files_never_values(config: dict[str, Any]) -> None:
+    """No password in the environment or a URL: each service names its secret files, and our
+    image's entrypoint reads VAR_FILE into VAR (a `/` or `@` in a password then breaks nothing)."""
+    declared = set(config["secrets"])
+    assert declared == {s.name.removesuffix(".json").replace("-", "_") for s in SECRET_FILES}
+    for name, service in config["services"].items():
+        targets = set(secret_targets(service).values())
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_FILE") or key.endswith("_SECRET"):
+                path = value if key.endswith("_FILE") else f"/run/secrets/{value}"
+                assert path in targets, f"{name}: {key} names {path}, which it is not given"
+            elif re.search(r"PASSWORD|PASS\b|SECRET|AUTH_STRING", key):
+                pytest.fail(f"{name}: {key} holds a secret in the environment")
+            assert not re.search(r"://[^/\s:@]+:[^@\s]+@", str(value)), (
+                f"{name}: {key} has a password"
+            )
+    text = COMPOSE_FILE.read_text()
+    assert "requirepass" in text and "$$(cat /run/secrets/redis_password)" in text
+
+
+def test_production_settings_refuse_what_the_demo_stands_in_with(config: dict[str, Any]) -> None:
+    for name in OURS - {"orthanc-config", "prefect-server"}:
+        environment = config["services"][name]["environment"]
+        assert environment["NEURONOVA_ENVIRONMENT"] == "production", name
+        assert environment["NEURONOVA_DATABASE_URL"].startswith("mysql+pymysql://"), name
+        assert environment["NEURONOVA_REDIS_URL"].startswith("redis://"), name
+
+
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "NEURONOVA_PUBLIC_URL",
+        "NEURONOVA_DICOM_MODALITIES",
+        "NEURONOVA_VERSION",
+        "NEURONOVA_EMR_CLIENT_ID",
+    ],
+)
+def test_a_missing_setting_stops_compose_with_its_name(missing: str, tmp_path: Path) -> None:
+    result = run_config({k: v for k, v in ENV.items() if k != missing}, tmp_path)
     assert result.returncode != 0
     assert missing in result.stderr
 
@@ -395,42 +524,11 @@ def test_the_image_runs_as_its_own_user_and_can_write_its_data_dir(
     data_dir = config["services"]["worker-cpu"]["environment"]["NEURONOVA_DATA_DIR"]
     # A named volume starts as a copy of the image's folder, ownership included.
     assert f"mkdir -p {data_dir}" in run and f"chown {users[-1]}:{users[-1]} {data_dir}" in run
-    for service in ("worker-cpu", "worker-gpu"):
-        mounts = [_mount(m) for m in config["services"][service]["volumes"]]
+    for service in ("worker-cpu", "worker-gpu", "webapp"):
+        mounts = [mount(m) for m in config["services"][service]["volumes"]]
         assert any(
             target == data_dir and source in config["volumes"] for source, target in mounts
         ), f"{service}: {data_dir} is not a named volume"
-
-
-def _mount(volume: str | dict[str, Any]) -> tuple[str, str]:
-    """(source, target) of a service's volume: docker-compose 1.29 (Debian 12) writes it as
-    "source:target[:mode]", 2.x (Debian 13) as an object with `source` and `target`."""
-    if isinstance(volume, dict):
-        return str(volume.get("source", "")), str(volume["target"])
-    source, target = volume.split(":")[:2]
-    return source, target
-
-
-def _read_only(volume: str | dict[str, Any]) -> bool:
-    """Whether a service's volume is mounted read-only, as either docker-compose writes it."""
-    if isinstance(volume, dict):
-        return bool(volume.get("read_only"))
-    return volume.split(":")[2:3] == ["ro"]
-
-
-@pytest.mark.parametrize(
-    ("volume", "expected"),
-    [
-        ("worker-data:/data", ("worker-data", "/data")),
-        ("./secrets/tls:/etc/nginx/tls:ro", ("./secrets/tls", "/etc/nginx/tls")),
-        ({"type": "volume", "source": "worker-data", "target": "/data"}, ("worker-data", "/data")),
-    ],
-    ids=["1.29", "1.29 with mode", "2.x"],
-)
-def test_mounts_read_the_same_from_either_docker_compose(
-    volume: str | dict[str, Any], expected: tuple[str, str]
-) -> None:
-    assert _mount(volume) == expected
 
 
 def test_the_image_ships_compiled_bytecode() -> None:
@@ -449,41 +547,3 @@ def test_the_build_context_leaves_out_local_state() -> None:
     }
     # The developer's environment, data and secrets never reach an image.
     assert {".venv", ".tools", ".cache", "var", ".git", "secrets", ".env"} <= ignored
-
-
-def test_orthanc_demands_its_service_account_from_everyone(config: dict[str, Any]) -> None:
-    """Its network is no trust boundary: Orthanc has authentication on, with the one account
-    that the workers, the webapp and nginx's internal location present."""
-    services = config["services"]
-    orthanc_env = services["orthanc"]["environment"]
-    assert orthanc_env["ORTHANC__AUTHENTICATION_ENABLED"] == "true"
-    users = json.loads(orthanc_env["ORTHANC__REGISTERED_USERS"])
-    assert users == {"neuronova": SECRETS["ORTHANC_PASSWORD"]}
-    for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
-        env = services[name]["environment"]
-        assert env["NEURONOVA_ORTHANC_USERNAME"] == "neuronova", name
-        assert env["NEURONOVA_ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"], name
-    assert services["nginx"]["environment"]["ORTHANC_PASSWORD"] == SECRETS["ORTHANC_PASSWORD"]
-    dockerfile = (PROJECT_ROOT / "nginx" / "Dockerfile").read_text()
-    assert "/docker-entrypoint.d/30-service-auth.sh" in dockerfile
-
-
-def test_redis_demands_a_password_that_only_our_services_hold(config: dict[str, Any]) -> None:
-    services = config["services"]
-    command = services["redis"]["command"]
-    assert command[command.index("--requirepass") + 1] == SECRETS["REDIS_PASSWORD"]
-    for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
-        url = services[name]["environment"]["NEURONOVA_REDIS_URL"]
-        assert url == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0", name
-
-
-def test_the_prefect_server_serves_no_stranger(config: dict[str, Any]) -> None:
-    services = config["services"]
-    server = services["prefect-server"]["environment"]
-    assert server["PREFECT_SERVER_API_AUTH_STRING"] == SECRETS["PREFECT_AUTH_STRING"]
-    assert server["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
-    assert server["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == SECRETS["NEURONOVA_PUBLIC_URL"]
-    for name in ("worker-cpu", "worker-gpu", "webapp", "alerts"):
-        env = services[name]["environment"]
-        assert env["PREFECT_API_AUTH_STRING"] == SECRETS["PREFECT_AUTH_STRING"], name
-    assert services["nginx"]["environment"]["PREFECT_AUTH_STRING"] == SECRETS["PREFECT_AUTH_STRING"]

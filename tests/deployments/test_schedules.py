@@ -37,6 +37,21 @@ def test_patient_sync_runs_on_its_own_cron() -> None:
     assert deployments["one-patient"].entrypoint.endswith("sync_patient.py:sync_patient")
 
 
+def test_schedules_are_read_in_the_hospitals_time_zone() -> None:
+    settings = Settings(schedule_timezone="Europe/Berlin")
+    deployments = {d.name: d for d in build_deployments(settings)}
+    for name in ("archive-nightly", "emr-scheduled"):
+        [schedule] = deployments[name].schedules
+        assert schedule.schedule.timezone == "Europe/Berlin", name
+    [utc] = {d.name: d for d in build_deployments(Settings())}["archive-nightly"].schedules
+    assert utc.schedule.timezone == "UTC"
+
+
+def test_a_time_zone_that_is_none_is_refused() -> None:
+    with pytest.raises(ValueError, match="NEURONOVA_SCHEDULE_TIMEZONE='Mars/Olympus' is no time"):
+        Settings(schedule_timezone="Mars/Olympus")
+
+
 def test_inference_can_be_run_for_one_study_from_the_ui() -> None:
     by_flow = {(d.flow_name, d.name): d for d in build_deployments(Settings())}
     deployment = by_flow[("run_inference", "one-study")]

@@ -4,6 +4,7 @@ reaches nothing), and the container's health check by address still works."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import pytest
 
 from neuronova.stack.nginx import NGINX_DIR, find_nginx_binary
 from neuronova.stack.ports import free_ports
+from tests.support.nginx_production import for_debian_nginx, nginx_version
 
 PUBLIC_HOST = "pacs.hospital.example"
 
@@ -49,11 +51,9 @@ def production_nginx(tmp_path: Path) -> Iterator[tuple[int, int]]:
     config = re.sub(r"listen 80\b", f"listen 127.0.0.1:{http_port}", config)
     config = re.sub(r"listen 443\b", f"listen 127.0.0.1:{https_port}", config)
     # Nothing listens there: these tests never reach an upstream.
-    config = re.sub(r"server [a-z-]+:\d+;", "server 127.0.0.1:9;", config)
+    config = re.sub(r"server [a-z-]+:\d+( resolve)?;", "server 127.0.0.1:9;", config)
     config = config.replace("http {", f"http {{\n    client_body_temp_path {home}/body;", 1)
-    # Debian 12's nginx (1.22) predates `http2 on;` (1.25.1, the production image has it).
-    if _nginx_version(binary) < (1, 25, 1):
-        config = config.replace("http2 on;", "")
+    config = for_debian_nginx(config, nginx_version(binary))
     (home / "nginx.conf").write_text(config)
     args = [str(binary), "-p", str(home), "-c", str(home / "nginx.conf"), "-e", str(home / "e.log")]
     subprocess.run([*args, "-t", "-q"], check=True, capture_output=True)
@@ -66,23 +66,26 @@ def production_nginx(tmp_path: Path) -> Iterator[tuple[int, int]]:
         time.sleep(0.3)
 
 
-def _nginx_version(binary: Path) -> tuple[int, ...]:
-    banner = subprocess.run([str(binary), "-v"], capture_output=True, text=True).stderr
-    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", banner)
-    assert match, banner
-    return tuple(int(part) for part in match.groups())
-
-
 def _run_entrypoint_script(secrets: Path) -> None:
     env = {
         "PATH": os.environ["PATH"],
-        "ORTHANC_PASSWORD": "o" * 24,
+        "ORTHANC_PASSWORD_FILE": str(_secret_file(secrets.parent, "orthanc_password", "o" * 24)),
         "PREFECT_AUTH_STRING": "admin:" + "p" * 24,
         "NEURONOVA_PUBLIC_URL": f"https://{PUBLIC_HOST}",
         "NEURONOVA_NGINX_SECRETS": str(secrets),
     }
     subprocess.run(["sh", str(NGINX_DIR / "service-auth.sh")], env=env, check=True)
     assert (secrets / "server-name.conf").read_text() == f"server_name {PUBLIC_HOST};\n"
+    # The password read from its file, its newline left behind.
+    header = base64.b64encode(b"neuronova:" + b"o" * 24).decode()
+    assert f'"Basic {header}"' in (secrets / "service-authorization.conf").read_text()
+
+
+def _secret_file(folder: Path, name: str, value: str) -> Path:
+    # As compose hands it over: a file, with a trailing newline that must not reach the header.
+    path = folder / name
+    path.write_text(value + "\n")
+    return path
 
 
 def _self_signed_certificate(folder: Path) -> None:
@@ -138,7 +141,7 @@ def test_the_entrypoint_refuses_a_public_url_nginx_could_not_serve(
 ) -> None:
     env = {
         "PATH": os.environ["PATH"],
-        "ORTHANC_PASSWORD": "o" * 24,
+        "ORTHANC_PASSWORD_FILE": str(_secret_file(tmp_path, "orthanc_password", "o" * 24)),
         "PREFECT_AUTH_STRING": "admin:" + "p" * 24,
         "NEURONOVA_PUBLIC_URL": url,
         "NEURONOVA_NGINX_SECRETS": str(tmp_path),
