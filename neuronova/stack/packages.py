@@ -18,7 +18,10 @@ logger = logging.getLogger(__name__)
 # Debian packages that no component runs but the tests and benchmarks call: storescu and
 # dciodvfy (ingest), Chromium (the viewer tests, driven by Playwright), wrk (the gate benchmark),
 # docker-compose (its `config` checks the production compose file; no Docker engine runs here),
-# openssl (a certificate for the production nginx config, started by its test).
+# openssl (a certificate for the production nginx config, started by its test); and what
+# scripts/compose-check runs the production compose file with: iproute2 (network namespaces,
+# bridges), PostgreSQL (the postgres images), Orthanc's PostgreSQL index plugin (the orthancteam
+# image's). No service of these is started by installing them (see POLICY_RC_D).
 TOOL_PACKAGES: tuple[str, ...] = (
     "dcmtk",
     "dicom3tools",
@@ -26,6 +29,9 @@ TOOL_PACKAGES: tuple[str, ...] = (
     "wrk",
     "docker-compose",
     "openssl",
+    "iproute2",
+    "postgresql",
+    "orthanc-postgresql",
 )
 
 # npm trees installed from their lock files with the packages, so that after `make system`

@@ -69,6 +69,9 @@ _LAST = tuple(
 class EmrState:
     client_secret: str
     password: str
+    # The registered API client and the user it acts as (the demo's unless told otherwise).
+    client_id: str = DEMO_CLIENT_ID
+    username: str = DEMO_USERNAME
     patients: dict[str, dict[str, str]] = field(default_factory=dict)  # by uuid
     tokens: dict[str, float] = field(default_factory=dict)  # access token -> expiry (monotonic)
     refresh_tokens: set[str] = field(default_factory=set)
@@ -124,14 +127,14 @@ def create_app(state: EmrState) -> Flask:
     def token() -> tuple[Response, int]:
         form = request.form
         if (
-            form.get("client_id") != DEMO_CLIENT_ID
+            form.get("client_id") != state.client_id
             or form.get("client_secret") != state.client_secret
         ):
             return error(401, "invalid client")
         grant = form.get("grant_type")
         if grant == "password":
             ok = (
-                form.get("username") == DEMO_USERNAME
+                form.get("username") == state.username
                 and form.get("password") == state.password
                 and form.get("user_role") == "users"
             )
@@ -278,21 +281,23 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8300)
     parser.add_argument("--patients", type=int, default=200)
-    parser.add_argument("--credentials", required=True, help="JSON file: client_secret, password")
+    parser.add_argument(
+        "--credentials",
+        required=True,
+        help="JSON file: client_secret, password (and client_id, username: the demo's if absent)",
+    )
     parser.add_argument(
         "--sample-patient-id", required=True, help="MRN of the sample studies' patient"
     )
     args = parser.parse_args()
     with open(args.credentials) as handle:
         credentials = json.load(handle)
-    app = create_app(
-        seeded_state(
-            credentials["client_secret"],
-            credentials["password"],
-            args.patients,
-            args.sample_patient_id,
-        )
+    state = seeded_state(
+        credentials["client_secret"], credentials["password"], args.patients, args.sample_patient_id
     )
+    state.client_id = credentials.get("client_id", DEMO_CLIENT_ID)
+    state.username = credentials.get("username", DEMO_USERNAME)
+    app = create_app(state)
     from werkzeug.serving import run_simple
 
     run_simple(args.host, args.port, app, threaded=True)

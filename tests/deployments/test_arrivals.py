@@ -188,7 +188,13 @@ def test_the_sample_mr_sent_by_cstore_is_read_reported_and_alerted(
     finally:
         listener.close()
     assert alert["study_instance_uid"] == study_uid and alert["lesion_count"] >= 1
-    (reading,) = _readings(settings, study_uid)
+    # The run records alerted_at just after the alert went out: the stream may be faster.
+    deadline = time.monotonic() + 30
+    while True:
+        (reading,) = _readings(settings, study_uid)
+        if reading.alerted_at is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert reading.status == "completed" and reading.fhir_report_id and reading.alerted_at
     sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
     indexed = _indexed(settings, sops)

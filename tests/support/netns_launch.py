@@ -1,0 +1,46 @@
+"""Inside a lab node (run by `ip netns exec`, which gives it a mount namespace of its own):
+bind the node's mounts, become the service's user, and exec its command with its environment,
+as a container runtime would. Its one argument is a JSON file written by tests/support/netns.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _bind(source: str, target: str, read_only: bool) -> None:
+    path = Path(target)
+    if not path.exists():
+        # Under the node's own /tmp or /run (already bound): made there, never on the host.
+        if Path(source).is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    subprocess.run(["mount", "--bind", source, target], check=True)
+    if read_only:
+        subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    for source, target, read_only in spec["mounts"]:
+        _bind(source, target, read_only)
+    if spec["cwd"]:
+        os.chdir(spec["cwd"])
+    if spec["user"]:
+        account = pwd.getpwnam(spec["user"])
+        os.setgroups([])
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+    argv = spec["argv"]
+    os.execvpe(argv[0], argv, spec["env"])
+
+
+if __name__ == "__main__":
+    main()
