@@ -25,7 +25,10 @@ RUN uv sync --frozen --no-dev --compile-bytecode \
     && mkdir -p /data && chown neuronova:neuronova /data
 # /data: NEURONOVA_DATA_DIR in compose. A named volume mounted there starts as a copy of this
 # folder, owned by the image's user, so the workers can write their reports into it.
-ENV PATH=/app/.venv/bin:$PATH PREFECT_SERVER_ANALYTICS_ENABLED=false NEURONOVA_DATA_DIR=/data
+# HOME and PREFECT_HOME under /tmp: the image's user has no home, and every container its own /tmp.
+ENV PATH=/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    PREFECT_SERVER_ANALYTICS_ENABLED=false NEURONOVA_DATA_DIR=/data \
+    HOME=/tmp PREFECT_HOME=/tmp/prefect
 # VAR_FILE → VAR for every secret compose hands over as a file (scripts/container-entrypoint).
 COPY --chmod=0755 scripts/container-entrypoint /usr/local/bin/neuronova-entrypoint
 USER neuronova

@@ -12,7 +12,6 @@ import json
 import logging
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -155,35 +154,6 @@ def write_heartbeat(path: Path, problem: str | None) -> None:
     """What the stack's health check reads (neuronova/stack/arrivals.py): the file's age says
     the watcher lives, its content what keeps it from doing its job."""
     write_atomically(path, json.dumps({"problem": problem}))
-
-
-@dataclass(frozen=True)
-class HeartbeatHealth:
-    """What a watcher's heartbeat file says: `alive` (a pass finished within the limit) and
-    `problem` (what kept the last pass from handing studies on), else None."""
-
-    alive: bool
-    problem: str | None
-
-
-def read_heartbeat(path: Path, max_age_s: float) -> HeartbeatHealth:
-    """The watcher's health from its heartbeat: the stack's status and compose's health check
-    (`neuronova arrivals-health`) both read it this way."""
-    if not path.exists():
-        return HeartbeatHealth(False, "no pass finished yet")
-    age = time.time() - path.stat().st_mtime
-    if age > max_age_s:
-        return HeartbeatHealth(False, f"last pass {age:.0f} s ago (more than {max_age_s:.0f} s)")
-    try:
-        problem = json.loads(path.read_text() or "{}").get("problem")
-    except (OSError, ValueError, AttributeError):
-        problem = None  # a beat being replaced, or an older watcher's empty file
-    return HeartbeatHealth(True, str(problem) if problem else None)
-
-
-def heartbeat_limit_s(settings: Settings) -> float:
-    """How old the last pass may be before the watcher counts as stuck."""
-    return 3 * settings.arrivals_poll_s + 30
 
 
 def watch(settings: Settings, heartbeat: Path | None = None) -> None:

@@ -307,23 +307,6 @@ def watch_arrivals(
     watch(settings, heartbeat)
 
 
-@app.command("arrivals-health")
-def arrivals_health(
-    heartbeat: Annotated[Path, typer.Argument(help="The watcher's --heartbeat file.")],
-) -> None:
-    """Exit 0 while the arrival watcher hands studies on: a pass finished recently and it met
-    no problem (a missing deployment, Prefect or Orthanc not answering). Compose's health check."""
-    from neuronova.arrivals_watcher import heartbeat_limit_s, read_heartbeat
-
-    state = read_heartbeat(heartbeat, heartbeat_limit_s(Settings()))
-    if not state.alive or state.problem:
-        console.print(
-            f"arrival watcher {'stuck' if not state.alive else 'degraded'}: {state.problem}"
-        )
-        raise typer.Exit(EXIT_FAILED)
-    console.print("arrival watcher hands studies on")
-
-
 @app.command()
 def serve() -> None:
     """Serve the deployments: the nightly archive HTJ2K check, on-demand ingest and checks."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 
-from neuronova.arrivals_watcher import heartbeat_limit_s, read_heartbeat
+from neuronova.heartbeat import heartbeat_limit_s, read_heartbeat
 from neuronova.prefect_env import prefect_results_dir
 from neuronova.stack.component import Context, Health, settings_env
 from neuronova.stack.prefect import prefect_url
@@ -38,7 +38,7 @@ def health(ctx: Context, _client: httpx.Client) -> Health:
     """A pass finished recently (a pass that fails still beats), and degraded with the reason
     while the watcher cannot do its job: no deployment to start, Prefect or Orthanc not
     answering (the studies wait in the database meanwhile; nothing is lost)."""
-    state = read_heartbeat(ctx.home / HEARTBEAT, heartbeat_limit_s(ctx.settings))
+    state = read_heartbeat(ctx.home / HEARTBEAT, heartbeat_limit_s(ctx.settings.arrivals_poll_s))
     if not state.alive:
         return Health(False, error=state.problem)
     return Health(True, degraded=state.problem)

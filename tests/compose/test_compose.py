@@ -14,13 +14,15 @@ from urllib.parse import urlparse
 
 import pytest
 
-from common.settings import PROJECT_ROOT
+from common.settings import PROJECT_ROOT, Settings
 from neuronova.compose_secrets import SECRET_FILES
+from neuronova.heartbeat import heartbeat_limit_s
 from neuronova.orthanc_config import TLS_DIR, dicom_config
 from tests.support.compose_file import (
     COMPOSE_FILE,
     command_line,
     compose_config,
+    dockerfile_instructions,
     env_example,
     file_variables,
     mount,
@@ -108,14 +110,11 @@ def test_a_one_shot_registers_what_the_workers_need_before_they_start(
 
 def test_stuck_components_look_stuck(config: dict[str, Any]) -> None:
     services = config["services"]
-    # The watcher's health is its last pass handing studies on (neuronova arrivals-health).
-    assert "--heartbeat /tmp/arrivals.heartbeat" in command_line(services["arrivals"])
-    assert services["arrivals"]["healthcheck"]["test"] == [
-        "CMD",
-        "neuronova",
-        "arrivals-health",
-        "/tmp/arrivals.heartbeat",
-    ]
+    # The watcher's health is its last pass handing studies on (neuronova/heartbeat.py).
+    test = services["arrivals"]["healthcheck"]["test"]
+    assert test[:5] == ["CMD", "python", "-m", "neuronova.heartbeat", "/tmp/arrivals.heartbeat"]
+    poll_s = Settings().arrivals_poll_s  # the default: compose does not change it
+    assert float(test[5]) >= heartbeat_limit_s(poll_s)
     # The webapp's probe asks /api/health, which answers 503 while Orthanc does not answer
     # (tests/gateway: test_health_follows_orthanc).
     assert "/api/health" in " ".join(services["webapp"]["healthcheck"]["test"])
@@ -153,10 +152,13 @@ def test_only_nginx_and_orthancs_dicom_port_are_published(config: dict[str, Any]
     assert on["prefect-index"] == {"prefect-server", "prefect-db"}
     assert on["fhir-index"] == {"hapi-fhir", "fhir-db"}
     assert on["emr-index"] == {"openemr", "openemr-db"}
-    # Orthanc's HTTP is reached by our services and nginx's internal location only.
+    # Orthanc's HTTP is reached by our services and, on a network of their own, nginx's
+    # internal location; nginx and the webapp share one network only (X-Real-IP is believed
+    # from nginx's address on it).
+    assert on["gateway-pacs"] == {"orthanc", "nginx"}
+    assert networks_of(services["nginx"]) & networks_of(services["webapp"]) == {"web"}
     assert on["pacs"] == {
         "orthanc",
-        "nginx",
         "webapp",
         "alerts",
         "worker-cpu",
@@ -477,20 +479,6 @@ def test_a_missing_setting_stops_compose_with_its_name(missing: str, tmp_path: P
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 
 
-def _instructions(path: Path) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) in order, comments dropped, continuation lines joined."""
-    logical, current = [], ""
-    for line in path.read_text().splitlines():
-        if line.lstrip().startswith("#") or not line.strip():
-            continue
-        if line.rstrip().endswith("\\"):
-            current += line.rstrip()[:-1] + " "
-            continue
-        logical.append(current + line)
-        current = ""
-    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
-
-
 def _copied_paths(instructions: list[tuple[str, str]]) -> set[str]:
     sources: set[str] = set()
     for name, args in instructions:
@@ -502,7 +490,7 @@ def _copied_paths(instructions: list[tuple[str, str]]) -> set[str]:
 def test_the_image_carries_every_package_and_the_model_the_services_load() -> None:
     from common.settings import Settings
 
-    copied = _copied_paths(_instructions(DOCKERFILE))
+    copied = _copied_paths(dockerfile_instructions(DOCKERFILE))
     first_party = {
         entry.name
         for entry in PROJECT_ROOT.iterdir()
@@ -517,7 +505,7 @@ def test_the_image_carries_every_package_and_the_model_the_services_load() -> No
 def test_the_image_runs_as_its_own_user_and_can_write_its_data_dir(
     config: dict[str, Any],
 ) -> None:
-    instructions = _instructions(DOCKERFILE)
+    instructions = dockerfile_instructions(DOCKERFILE)
     users = [args.strip() for name, args in instructions if name == "USER"]
     assert users and users[-1] not in {"root", "0"}, "the image must not run as root"
     run = " ".join(args for name, args in instructions if name == "RUN")
@@ -534,7 +522,7 @@ def test_the_image_runs_as_its_own_user_and_can_write_its_data_dir(
 def test_the_image_ships_compiled_bytecode() -> None:
     # Its user cannot write /app: without this every flow run's new process compiles Prefect
     # and the flows before it starts.
-    run = " ".join(args for name, args in _instructions(DOCKERFILE) if name == "RUN")
+    run = " ".join(args for name, args in dockerfile_instructions(DOCKERFILE) if name == "RUN")
     assert re.search(r"uv sync [^&]*--compile-bytecode", run)
     assert "compileall" in run
 

@@ -191,3 +191,18 @@ def test_a_modality_cstore_is_ingested_read_and_viewed_through_nginx(
     assert seen["drawn"], f"no image drawn: {seen}"
     assert seen["score"] > 0.9, f"what OHIF drew does not look like the study: {seen}"
     assert seen["gate_statuses"] == [200], seen
+
+    # The webapp believed nginx's X-Real-IP: the sign-in is audited from where the browser
+    # came (the host's side of nginx's published port), not from nginx.
+    audit = (
+        "import json; from sqlmodel import select; from common.db import AuditEvent, "
+        "session_scope; from common.settings import Settings; "
+        "s = session_scope(Settings().resolved_database_url).__enter__(); "
+        f"rows = s.exec(select(AuditEvent.client_addr).where(AuditEvent.username == '{CLINICIAN}')); "
+        "print(json.dumps(sorted({r for r in rows if r})))"
+    )
+    addresses = compose_lab.exec("webapp", ["python", "-c", audit])
+    assert addresses.returncode == 0, addresses.stderr
+    seen_from = json.loads(addresses.stdout.strip().splitlines()[-1])
+    nginx = compose_lab.services["nginx"].node.addresses
+    assert seen_from and not set(seen_from) & {str(a) for a in nginx.values()}, seen_from

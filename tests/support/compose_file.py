@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -122,3 +123,29 @@ def secret_targets(service: dict[str, Any]) -> dict[str, str]:
 def networks_of(service: dict[str, Any]) -> set[str]:
     networks = service.get("networks") or {}
     return set(networks)
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, comments dropped, continuation lines joined."""
+    logical, current = [], ""
+    for line in path.read_text().splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        if line.rstrip().endswith("\\"):
+            current += line.rstrip()[:-1] + " "
+            continue
+        logical.append(current + line)
+        current = ""
+    return [(text.split(None, 1)[0].upper(), text.split(None, 1)[1]) for text in logical]
+
+
+def image_environment(dockerfile: Path) -> dict[str, str]:
+    """The ENV an image built from `dockerfile` starts with (KEY=value pairs; no $expansion
+    but of what the file set before)."""
+    env: dict[str, str] = {}
+    for name, args in dockerfile_instructions(dockerfile):
+        if name == "ENV":
+            for pair in shlex.split(args):
+                key, _, value = pair.partition("=")
+                env[key] = re.sub(r"\$(\w+)", lambda m: env.get(m.group(1), ""), value)
+    return env

@@ -44,19 +44,18 @@ from neuronova.node import node_executable
 from neuronova.ohif import APP_CONFIG_PATH, ohif_root
 from neuronova.sample import SAMPLE_PATIENT_ID
 from neuronova.stack.nginx import find_nginx_binary
-from tests.support.compose_file import mount, networks_of, published, secret_targets
+from tests.support.compose_file import (
+    image_environment,
+    mount,
+    networks_of,
+    published,
+    secret_targets,
+)
 from tests.support.netns import Lab, LabError, Mount, Node
 from tests.support.nginx_production import for_debian_nginx, nginx_version
 
-# Our image's environment (Dockerfile ENV) and where its code lives.
-IMAGE_PATH = "/app/.venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-IMAGE_ENV = {
-    "PATH": IMAGE_PATH,
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "NEURONOVA_DATA_DIR": "/data",
-    "PREFECT_HOME": "/tmp/prefect",
-    "HOME": "/tmp",
-}
+# Our image's environment, as its Dockerfile sets it.
+IMAGE_ENV = image_environment(PROJECT_ROOT / "Dockerfile")
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Subnets for networks the file gives none (Docker picks from its pools; so do we).
 AUTO_SUBNETS = tuple(f"10.231.{n}.0/24" for n in range(256))
