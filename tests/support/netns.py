@@ -73,9 +73,11 @@ def remove_stale(prefix: str) -> None:
     for line in listing.stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(prefix):
-            subprocess.run(["ip", "netns", "pids", name], capture_output=True, check=False)
             _kill_namespace_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+            # A name whose namespace was never mounted (its `ip netns add` failed halfway)
+            # is a plain file that `ip netns del` leaves.
+            Path("/run/netns", name).unlink(missing_ok=True)
 
 
 def _kill_namespace_processes(namespace: str) -> None:
