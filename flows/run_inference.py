@@ -26,7 +26,7 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from tasks.inference.artifacts import publish_overlay, publish_result_table
-from tasks.inference.lesions import key_image, measure_lesions
+from tasks.inference.lesions import key_image, label_lesions, measure_lesions
 from tasks.inference.prefect_tasks import (
     alert_clinicians_task,
     choose_series_task,
@@ -136,7 +136,9 @@ def _segment_and_store(
         "; ".join(run.attempts),
     )
     started = time.perf_counter()
-    store_seg_task(settings, volume, run.mask, study_uid, choice.series_uid, model, version)
+    # One SEG segment per lesion, numbered by size (the same numbering as every finding).
+    labels, _lesions = label_lesions(run.mask, volume.spacing)
+    store_seg_task(settings, volume, labels, study_uid, choice.series_uid, model, version)
     seg_s = time.perf_counter() - started
     seg_series, seg_sop = seg_uids(study_uid, choice.series_uid, model, version)
     row = save_result(

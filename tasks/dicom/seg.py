@@ -1,9 +1,12 @@
-"""The AI result as a DICOM Segmentation (highdicom): one binary "Lesion" segment.
+"""The AI result as a DICOM Segmentation (highdicom): one binary segment per lesion.
 
-It references the source MR instances (same study, same frame of reference, one SEG frame per
-source slice that has lesion voxels), names the algorithm (the bundle's name and version), and
-says in its series description and content description that it is AI generated and not for
-clinical use.
+Segment n is "Lesion n" (numbered by size, largest first: tasks/inference/lesions.py), with its
+tracking identifier and a tracking UID that the caller derives (the same lesion of the same
+series read by the same model version keeps it), so that a finding, its segment, its SR
+measurement group and its verdict are one thing. It references the source MR instances (same
+study, same frame of reference, one SEG frame per segment per source slice that has its
+voxels), names the algorithm (the bundle's name and version), and says in its series
+description and content description that it is AI generated and not for clinical use.
 """
 
 from __future__ import annotations
@@ -23,39 +26,38 @@ LESION_RED = hd.color.CIELabColor(53.24, 80.09, 67.20)  # sRGB red: viewers use 
 
 def build_lesion_seg(
     sources: Sequence[Dataset],
-    mask: np.ndarray,
+    labels: np.ndarray,
     *,
     algorithm_name: str,
     algorithm_version: str,
+    tracking_uids: Sequence[str] = (),
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
 ) -> hd.seg.Segmentation:
-    """A SEG over `sources` (one per slice, in `mask`'s slice order; no pixel data needed)."""
-    if mask.ndim != 3 or mask.shape[0] != len(sources):
-        raise ValueError(f"mask {mask.shape} does not match {len(sources)} source slices")
+    """A SEG over `sources` (one per slice, in `labels`' slice order; no pixel data needed).
+
+    `labels` holds each lesion's number on its voxels (0 elsewhere); `tracking_uids[n - 1]` is
+    lesion n's (one is drawn for any not given). A mask without lesions gives one empty segment
+    "Lesion" (a SEG needs one)."""
+    if labels.ndim != 3 or labels.shape[0] != len(sources):
+        raise ValueError(f"mask {labels.shape} does not match {len(sources)} source slices")
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name[:64],
         version=algorithm_version[:64],
         family=codes.cid7162.ArtificialIntelligence,
     )
-    category = CodedConcept("49755003", "SCT", "Morphologically Altered Structure")
-    segment = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Lesion",
-        segmented_property_category=category,
-        segmented_property_type=CodedConcept("52988006", "SCT", "Lesion"),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
-        tracking_uid=hd.UID(),
-        tracking_id="AI lesion segmentation",
-        display_color=LESION_RED,
-    )
+    count = int(labels.max())
+    segments = [
+        _segment(number, f"Lesion {number}" if count else "Lesion", algorithm, tracking_uids)
+        for number in range(1, max(count, 1) + 1)
+    ]
+    mask = labels
     frames = frames_to_store(mask)
     seg = hd.seg.Segmentation(
         source_images=[sources[i] for i in frames] if frames is not None else list(sources),
-        pixel_array=(mask[frames] if frames is not None else mask).astype(bool),
+        pixel_array=(mask[frames] if frames is not None else mask).astype(np.uint16),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[segment],
+        segment_descriptions=segments,
         series_instance_uid=series_instance_uid or hd.UID(),
         series_number=SEG_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or hd.UID(),
@@ -72,6 +74,26 @@ def build_lesion_seg(
     return seg
 
 
+def _segment(
+    number: int,
+    label: str,
+    algorithm: hd.AlgorithmIdentificationSequence,
+    tracking_uids: Sequence[str],
+) -> hd.seg.SegmentDescription:
+    category = CodedConcept("49755003", "SCT", "Morphologically Altered Structure")
+    return hd.seg.SegmentDescription(
+        segment_number=number,
+        segment_label=label,
+        segmented_property_category=category,
+        segmented_property_type=CodedConcept("52988006", "SCT", "Lesion"),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm,
+        tracking_uid=tracking_uids[number - 1] if number <= len(tracking_uids) else hd.UID(),
+        tracking_id=label,
+        display_color=LESION_RED,
+    )
+
+
 def frames_to_store(mask: np.ndarray) -> list[int] | None:
     """None (store the slices with lesions), or the slices to store, empty ones included.
 
@@ -82,13 +104,19 @@ def frames_to_store(mask: np.ndarray) -> list[int] | None:
     even; the SEG stays valid and the viewer can read it.
     """
     pixels_per_frame = int(mask.shape[1]) * int(mask.shape[2])
+    segments = max(int(mask.max()), 1)
     with_lesion = [i for i in range(mask.shape[0]) if mask[i].any()]
-    frames = max(len(with_lesion), 1)
+    # Stored as highdicom stores it: each segment's frames where it has voxels.
+    frames = max(sum(int(np.any(mask == s, axis=(1, 2)).sum()) for s in range(1, segments + 1)), 1)
     if pixels_per_frame % 8 or (frames * pixels_per_frame // 8) % 2 == 0:
         return None
+    # Otherwise every segment gets a frame on every chosen slice (empty ones kept): an even
+    # number of segments, or of slices, makes the length even.
+    chosen = set(with_lesion) or {0}
+    if segments % 2 == 0 or len(chosen) % 2 == 0:
+        return sorted(chosen)
     if mask.shape[0] % 2 == 0:  # every slice as a frame: even, and every source referenced
         return list(range(mask.shape[0]))
-    chosen = set(with_lesion) or {0}
     extra = next(
         (
             i

@@ -26,6 +26,58 @@ def key_image(sop_uids: tuple[str, ...], largest_slice: int | None) -> str | Non
     return sop_uids[index] or None
 
 
+@dataclass(frozen=True)
+class Lesion:
+    """One finding: a 26-connected component of the mask, numbered by size (1 = largest)."""
+
+    number: int
+    voxels: int
+    volume_ml: float
+    key_slice: int  # the slice where its area is largest (the first such slice)
+    slices: tuple[int, ...]  # every slice it appears on, in order
+
+    @property
+    def label(self) -> str:
+        return f"Lesion {self.number}"
+
+
+CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)  # 26-connected: touching by a corner is one lesion
+
+
+def label_lesions(
+    mask: np.ndarray, spacing_mm: tuple[float, float, float]
+) -> tuple[np.ndarray, list[Lesion]]:
+    """The mask with each lesion's voxels set to its number (largest first; equal sizes in the
+    order the scan meets them, so the same mask always numbers the same way), and the lesions."""
+    found, count = ndimage.label(mask > 0, structure=CONNECTIVITY)
+    if count == 0:
+        return np.zeros(mask.shape, dtype=np.uint16), []
+    sizes = np.bincount(found.ravel(), minlength=count + 1)[1:]
+    order = sorted(range(count), key=lambda i: (-int(sizes[i]), i))
+    renumber = np.zeros(count + 1, dtype=np.uint16)
+    for number, index in enumerate(order, start=1):
+        renumber[index + 1] = number
+    numbered = renumber[found]
+    voxel_ml = float(np.prod(spacing_mm)) / 1000.0
+    lesions = []
+    for number, box in enumerate(ndimage.find_objects(numbered), start=1):
+        assert box is not None
+        inside = numbered[box] == number
+        per_slice = np.count_nonzero(inside.reshape(inside.shape[0], -1), axis=1)
+        first = box[0].start
+        voxels = int(per_slice.sum())
+        lesions.append(
+            Lesion(
+                number=number,
+                voxels=voxels,
+                volume_ml=voxels * voxel_ml,
+                key_slice=first + int(np.argmax(per_slice)),
+                slices=tuple(first + int(i) for i in np.flatnonzero(per_slice)),
+            )
+        )
+    return numbered, lesions
+
+
 def measure_lesions(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> LesionMeasurements:
     """Lesions are 26-connected components; their volume from the voxel size."""
     _labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))

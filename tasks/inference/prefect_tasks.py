@@ -19,7 +19,7 @@ from tasks.dicom.seg import build_lesion_seg
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
 from tasks.inference.report import LesionFindings, publish_lesion_results
-from tasks.inference.results import seg_uids, store_seg
+from tasks.inference.results import lesion_tracking_uids, seg_uids, store_seg
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
 from tasks.inference.series import SeriesChoice, choose_series, find_study_series, only_series
 from tasks.patients.fhir import FhirClient
@@ -65,14 +65,16 @@ def store_seg_task(
     model: str,
     version: str,
 ) -> str:
-    """Build the SEG (UIDs derived from the series read and the model version) and store it
-    verified."""
+    """Build the SEG, a segment per lesion (`mask` holds each lesion's number; UIDs derived
+    from the series read and the model version) and store it verified."""
     series_uid, sop_uid = seg_uids(study_uid, source_series_uid, model, version)
+    count = int(mask.max())
     seg = build_lesion_seg(
         volume.headers,
         mask,
         algorithm_name=model,
         algorithm_version=version,
+        tracking_uids=lesion_tracking_uids(study_uid, source_series_uid, model, version, count),
         series_instance_uid=series_uid,
         sop_instance_uid=sop_uid,
     )

@@ -39,6 +39,15 @@ def seg_uids(study_uid: str, series_uid: str, model: str, version: str) -> tuple
     )
 
 
+def lesion_tracking_uids(
+    study_uid: str, series_uid: str, model: str, version: str, count: int
+) -> list[str]:
+    """Each lesion's Tracking UID (SEG segment, SR group, FHIR Observation, verdict): derived,
+    so that lesion n of the same series read by the same model version keeps its UID."""
+    key = [study_uid, series_uid, model, version]
+    return [generate_uid(entropy_srcs=[*key, f"lesion-{n}"]) for n in range(1, count + 1)]
+
+
 def store_seg(settings: Settings, data: bytes, study_uid: str, sop_uid: str) -> Path:
     """Keep the SEG under results/ and ingest it (verified, indexed); returns the kept file.
 

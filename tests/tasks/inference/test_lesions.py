@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from tasks.inference.lesions import measure_lesions, overlay_png
+from tasks.inference.lesions import label_lesions, measure_lesions, overlay_png
 
 
 def test_lesions_are_counted_and_measured() -> None:
@@ -19,6 +19,30 @@ def test_lesions_are_counted_and_measured() -> None:
     assert measured.volume_ml == pytest.approx(197 * 2.0 / 1000)
     assert measured.largest_slice == 6
     assert measure_lesions(np.zeros_like(mask), (1.0, 1.0, 1.0)).largest_slice is None
+
+
+def test_lesions_are_numbered_by_size_each_with_its_voxels_and_key_slice() -> None:
+    mask = np.zeros((10, 20, 20), dtype=np.uint8)
+    mask[2:4, 2:7, 2:7] = 1  # 50 voxels, found first by the scan
+    mask[6:9, 10:17, 10:17] = 1  # 147 voxels
+    mask[5, 7:9, 7:9] = 0  # (nothing there)
+    mask[8, 10:17, 10] = 0  # slice 8 a little smaller: key slice 6
+    labels, lesions = label_lesions(mask, (2.0, 1.0, 1.0))
+    assert [lesion.label for lesion in lesions] == ["Lesion 1", "Lesion 2"]
+    largest, smaller = lesions
+    assert (largest.voxels, largest.slices, largest.key_slice) == (140, (6, 7, 8), 6)
+    assert (smaller.voxels, smaller.slices, smaller.key_slice) == (50, (2, 3), 2)
+    assert largest.volume_ml == pytest.approx(140 * 2.0 / 1000)
+    assert np.count_nonzero(labels == 1) == 140 and np.count_nonzero(labels == 2) == 50
+    assert set(np.unique(labels)) == {0, 1, 2}
+    # The same mask numbers the same way; two lesions touching by a corner are one.
+    again, _ = label_lesions(mask.copy(), (2.0, 1.0, 1.0))
+    assert np.array_equal(labels, again)
+    corner = np.zeros((3, 4, 4), dtype=np.uint8)
+    corner[0, 0, 0] = corner[1, 1, 1] = 1
+    assert len(label_lesions(corner, (1.0, 1.0, 1.0))[1]) == 1
+    empty, none = label_lesions(np.zeros_like(mask), (1.0, 1.0, 1.0))
+    assert none == [] and not empty.any()
 
 
 def test_the_overlay_is_a_png_with_red_where_the_lesion_is() -> None:
