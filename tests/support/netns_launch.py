@@ -27,9 +27,23 @@ def _bind(source: str, target: str, read_only: bool) -> None:
         subprocess.run(["mount", "-o", "remount,bind,ro", target], check=True)
 
 
+def _stage(target: str) -> int:
+    """The order of the binds: everything outside /run and /tmp first (a source may lie under
+    /tmp: a checkout cloned there), then the node's own /run and what goes into it (secrets),
+    then its own /tmp and what goes into that. A bind after /tmp is replaced could not reach a
+    source under the host's /tmp any more."""
+    path = Path(target)
+    for stage, private in enumerate((Path("/run"), Path("/tmp")), start=1):
+        if path == private:
+            return 2 * stage - 1
+        if private in path.parents:
+            return 2 * stage
+    return 0
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
-    for source, target, read_only in spec["mounts"]:
+    for source, target, read_only in sorted(spec["mounts"], key=lambda m: _stage(m[1])):
         _bind(source, target, read_only)
     if spec["cwd"]:
         os.chdir(spec["cwd"])
