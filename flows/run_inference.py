@@ -138,7 +138,9 @@ def _segment_and_store(
     started = time.perf_counter()
     # One SEG segment per lesion, numbered by size (the same numbering as every finding).
     labels, _lesions = label_lesions(run.mask, volume.spacing)
-    store_seg_task(settings, volume, labels, study_uid, choice.series_uid, model, version)
+    store_seg_task(
+        settings, volume, labels, study_uid, choice.series_uid, model, version, run.model_sha256
+    )
     seg_s = time.perf_counter() - started
     seg_series, seg_sop = seg_uids(study_uid, choice.series_uid, model, version)
     row = save_result(

@@ -16,10 +16,12 @@ from prefect.cache_policies import NO_CACHE
 from common.settings import Settings
 from tasks.archive.orthanc import OrthancClient
 from tasks.dicom.seg import build_lesion_seg
+from tasks.dicom.sr import ModelIdentity, build_measurement_report
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
+from tasks.inference.lesions import label_lesions
 from tasks.inference.report import LesionFindings, publish_lesion_results
-from tasks.inference.results import lesion_tracking_uids, seg_uids, store_seg
+from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids, store_seg
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
 from tasks.inference.series import SeriesChoice, choose_series, find_study_series, only_series
 from tasks.patients.fhir import FhirClient
@@ -59,28 +61,48 @@ def segment_task(settings: Settings, volume: Volume) -> SegmentationRun:
 def store_seg_task(
     settings: Settings,
     volume: Volume,
-    mask: Any,
+    labels: Any,
     study_uid: str,
     source_series_uid: str,
     model: str,
     version: str,
+    bundle_sha256: str = "",
 ) -> str:
-    """Build the SEG, a segment per lesion (`mask` holds each lesion's number; UIDs derived
-    from the series read and the model version) and store it verified."""
+    """Build the SEG, a segment per lesion (`labels` holds each lesion's number), and beside it
+    the TID 1500 SR (a group per lesion on its segment), UIDs derived from the series read and
+    the model version, and store both verified; returns the SEG's kept file."""
     series_uid, sop_uid = seg_uids(study_uid, source_series_uid, model, version)
-    count = int(mask.max())
+    lesions = label_lesions(labels > 0, volume.spacing)[1]
+    tracking = lesion_tracking_uids(study_uid, source_series_uid, model, version, len(lesions))
     seg = build_lesion_seg(
         volume.headers,
-        mask,
+        labels,
         algorithm_name=model,
         algorithm_version=version,
-        tracking_uids=lesion_tracking_uids(study_uid, source_series_uid, model, version, count),
+        tracking_uids=tracking,
         series_instance_uid=series_uid,
         sop_instance_uid=sop_uid,
     )
+    seg_path = store_seg(settings, _encoded(seg), study_uid, sop_uid)
+    sr_series, sr_sop = sr_uids(study_uid, source_series_uid, model, version)
+    sr = build_measurement_report(
+        volume.headers,
+        seg,
+        labels,
+        lesions,
+        tracking,
+        ModelIdentity(model, version, bundle_sha256),
+        series_instance_uid=sr_series,
+        sop_instance_uid=sr_sop,
+    )
+    store_seg(settings, _encoded(sr), study_uid, sr_sop, kind="SR")
+    return str(seg_path)
+
+
+def _encoded(dataset: Any) -> bytes:
     buffer = io.BytesIO()
-    seg.save_as(buffer)
-    return str(store_seg(settings, buffer.getvalue(), study_uid, sop_uid))
+    dataset.save_as(buffer)
+    return buffer.getvalue()
 
 
 @task(name="publish_fhir_report", **network_retries())

@@ -39,6 +39,15 @@ def seg_uids(study_uid: str, series_uid: str, model: str, version: str) -> tuple
     )
 
 
+def sr_uids(study_uid: str, series_uid: str, model: str, version: str) -> tuple[str, str]:
+    """(series UID, SOP instance UID) of the TID 1500 SR beside the SEG: derived the same way."""
+    key = [study_uid, series_uid, model, version]
+    return (
+        generate_uid(entropy_srcs=[*key, "sr-series"]),
+        generate_uid(entropy_srcs=[*key, "sr-instance"]),
+    )
+
+
 def lesion_tracking_uids(
     study_uid: str, series_uid: str, model: str, version: str, count: int
 ) -> list[str]:
@@ -48,15 +57,18 @@ def lesion_tracking_uids(
     return [generate_uid(entropy_srcs=[*key, f"lesion-{n}"]) for n in range(1, count + 1)]
 
 
-def store_seg(settings: Settings, data: bytes, study_uid: str, sop_uid: str) -> Path:
-    """Keep the SEG under results/ and ingest it (verified, indexed); returns the kept file.
+def store_seg(
+    settings: Settings, data: bytes, study_uid: str, sop_uid: str, kind: str = "SEG"
+) -> Path:
+    """Keep a result object (the SEG, the SR: `kind`) under results/ and ingest it (verified,
+    indexed); returns the kept file.
 
     Through ingest rather than a bare upload: the archive index must place it in its study,
     or the gate would not let the viewer open it.
     """
     folder = settings.results_dir / study_uid
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"SEG-{sop_uid}.dcm"
+    path = folder / f"{kind}-{sop_uid}.dcm"
     if not path.exists():  # an earlier run's file is the same result: keep its bytes
         partial = path.with_suffix(".partial")
         partial.write_bytes(data)
@@ -64,7 +76,7 @@ def store_seg(settings: Settings, data: bytes, study_uid: str, sop_uid: str) -> 
     (outcome,) = ingest_batch(settings, [InputRef(str(path))])
     if outcome.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
         raise SegNotStored(
-            f"the SEG {path.name} was not stored: {outcome.status}, {outcome.reason}"
+            f"the {kind} {path.name} was not stored: {outcome.status}, {outcome.reason}"
         )
     return path
 

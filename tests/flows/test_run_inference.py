@@ -16,6 +16,7 @@ import pydicom
 import pytest
 import redis
 import requests
+from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from sqlmodel import select
 
@@ -27,6 +28,7 @@ from neuronova.sample_mr import SAMPLE_MR_SEED, write_sample_mr_study
 from neuronova.stack.ports import free_ports
 from tasks.archive.orthanc import OrthancClient
 from tasks.inference.report import RESULT_SYSTEM, result_key
+from tasks.inference.results import sr_uids
 from tasks.inference.segmentation import file_sha256, load_bundle, segment
 
 pytestmark = pytest.mark.integration
@@ -167,6 +169,32 @@ def test_the_result_row_names_model_checksum_and_device(
         orthanc.results_dir / row.study_instance_uid / f"overlay-{row.seg_sop_instance_uid}.png"
     )
     assert overlay.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_sr_beside_the_seg_reports_each_lesion_on_its_segment(
+    ingested: dict[str, Any], orthanc: Settings
+) -> None:
+    """The TID 1500 SR is in Orthanc, in a series of its own: a group per SEG segment, the
+    same tracking UID, the volume the SEG's voxels make."""
+    reading = _reading(ingested)
+    study, series = reading["study_instance_uid"], reading["series_instance_uid"]
+    _, sr_sop = sr_uids(study, series, reading["model"]["name"], reading["model"]["version"])
+    with OrthancClient.from_settings(orthanc) as client:
+        sr_id = client.lookup(sr_sop)
+        assert sr_id is not None, "the SR is not in Orthanc"
+        sr = hd.sr.Comprehensive3DSR.from_dataset(
+            pydicom.dcmread(io.BytesIO(client.get_instance_file(sr_id)))
+        )
+        seg_file = client.get_instance_file(client.lookup(reading["seg"]["sop_instance_uid"]))
+    seg = pydicom.dcmread(io.BytesIO(seg_file))
+    assert sr.SeriesInstanceUID not in (seg.SeriesInstanceUID, series)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(seg.SegmentSequence) == reading["lesion_count"]
+    for group, description in zip(groups, seg.SegmentSequence, strict=True):
+        assert group.tracking_uid == description.TrackingUID
+        assert group.tracking_identifier == description.SegmentLabel
+    total = sum(g.get_measurements(name=codes.SCT.Volume)[0].value for g in groups)
+    assert total == pytest.approx(reading["lesion_volume_ml"], rel=0.01)
 
 
 def test_a_second_run_adds_no_second_seg_or_report(
