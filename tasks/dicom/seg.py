@@ -11,12 +11,13 @@ description and content description that it is AI generated and not for clinical
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
 from highdicom.sr.coding import CodedConcept
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
 
 NOT_FOR_CLINICAL_USE = "AI generated, not for clinical use"
@@ -129,3 +130,37 @@ def frames_to_store(mask: np.ndarray) -> list[int] | None:
     if extra is None:  # a single-slice volume: nothing to add; no viewer reads it as a stack
         return None
     return sorted(chosen | {extra})
+
+
+class WrittenObjectInvalid(ValueError):
+    """An object we wrote does not read back as what we meant to write: never stored."""
+
+
+def check_written_seg(data: bytes, tracking_uids: Sequence[str]) -> None:
+    """The SEG's bytes parse back (highdicom) to a segment per lesion, "Lesion n" with lesion
+    n's tracking UID, each with voxels; else WrittenObjectInvalid."""
+    try:
+        seg = hd.seg.Segmentation.from_dataset(dcmread(io.BytesIO(data)))
+    except Exception as err:
+        raise WrittenObjectInvalid(f"the SEG does not read back: {err}") from err
+    found = [(d.SegmentLabel, getattr(d, "TrackingUID", None)) for d in seg.SegmentSequence]
+    if tracking_uids:
+        wanted = [(f"Lesion {n}", uid) for n, uid in enumerate(tracking_uids, start=1)]
+        if found != wanted:
+            raise WrittenObjectInvalid(f"the SEG's segments are {found}, not {wanted}")
+        referenced = _segments_in_frames(seg)
+        if referenced != set(range(1, len(tracking_uids) + 1)):
+            raise WrittenObjectInvalid(f"the SEG's frames hold segments {sorted(referenced)}")
+    elif len(found) != 1:
+        raise WrittenObjectInvalid(f"a SEG without lesions has one empty segment, not {found}")
+
+
+def _segments_in_frames(seg: Dataset) -> set[int]:
+    """The segments the frames hold: per frame, or once for all (a single segment's SEG)."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if "SegmentIdentificationSequence" in shared:
+        return {int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber)}
+    return {
+        int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        for frame in seg.PerFrameFunctionalGroupsSequence
+    }

@@ -20,6 +20,7 @@ It stays "preliminary" (not verified, not final): a radiologist's verdict is rec
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,7 +33,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from scipy.spatial import ConvexHull, QhullError
 
-from tasks.dicom.seg import NOT_FOR_CLINICAL_USE
+from tasks.dicom.seg import NOT_FOR_CLINICAL_USE, WrittenObjectInvalid
 
 SR_SERIES_NUMBER = 9002
 MILLILITER = CodedConcept("mL", "UCUM", "milliliter")
@@ -250,3 +251,31 @@ def _no_lesion_group(
             hd.sr.QualitativeEvaluation(name=codes.SCT.Lesion, value=codes.SCT.Absent)
         ],
     )
+
+
+def check_written_report(data: bytes, tracking_uids: Sequence[str], seg_sop_uid: str) -> None:
+    """The SR's bytes parse back (highdicom) to a TID 1500 report with a volumetric group per
+    lesion (its tracking UID, its SEG segment) and a planar group each; else
+    WrittenObjectInvalid."""
+    try:
+        report = hd.sr.srread(io.BytesIO(data)).content
+        if not isinstance(report, hd.sr.MeasurementReport):
+            raise WrittenObjectInvalid("the SR's content is not a TID 1500 report")
+        volumetric = report.get_volumetric_roi_measurement_groups()
+        planar = report.get_planar_roi_measurement_groups()
+    except WrittenObjectInvalid:
+        raise
+    except Exception as err:
+        raise WrittenObjectInvalid(f"the SR does not read back: {err}") from err
+    found = [(g.tracking_uid, g.referenced_segment) for g in volumetric]
+    if [uid for uid, _ in found] != list(tracking_uids):
+        raise WrittenObjectInvalid(f"the SR's groups track {[u for u, _ in found]}")
+    for number, (_uid, segment) in enumerate(found, start=1):
+        if (
+            segment is None
+            or segment.referenced_sop_instance_uid != seg_sop_uid
+            or segment.referenced_segment_numbers != [number]
+        ):
+            raise WrittenObjectInvalid(f"the SR's group {number} does not reference its segment")
+    if [g.tracking_uid for g in planar] != [planar_tracking_uid(u) for u in tracking_uids]:
+        raise WrittenObjectInvalid("the SR lacks a key-slice outline for some lesion")

@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 
 from common.settings import Settings
 from tasks.archive.orthanc import OrthancClient
-from tasks.dicom.seg import build_lesion_seg
-from tasks.dicom.sr import ModelIdentity, build_measurement_report
+from tasks.dicom.seg import build_lesion_seg, check_written_seg
+from tasks.dicom.sr import ModelIdentity, build_measurement_report, check_written_report
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
 from tasks.inference.lesions import label_lesions
@@ -83,7 +83,10 @@ def store_seg_task(
         series_instance_uid=series_uid,
         sop_instance_uid=sop_uid,
     )
-    seg_path = store_seg(settings, _encoded(seg), study_uid, sop_uid)
+    # Every object we write reads back as what we meant before it enters the PACS.
+    seg_bytes = _encoded(seg)
+    check_written_seg(seg_bytes, tracking)
+    seg_path = store_seg(settings, seg_bytes, study_uid, sop_uid)
     sr_series, sr_sop = sr_uids(study_uid, source_series_uid, model, version)
     sr = build_measurement_report(
         volume.headers,
@@ -95,7 +98,9 @@ def store_seg_task(
         series_instance_uid=sr_series,
         sop_instance_uid=sr_sop,
     )
-    store_seg(settings, _encoded(sr), study_uid, sr_sop, kind="SR")
+    sr_bytes = _encoded(sr)
+    check_written_report(sr_bytes, tracking, sop_uid)
+    store_seg(settings, sr_bytes, study_uid, sr_sop, kind="SR")
     return str(seg_path)
 
 

@@ -216,7 +216,10 @@ class Lab:
         lines += [f"{address}\t{name}" for name, address in sorted(names.items())]
         path = node.home / "hosts"
         path.write_text("\n".join(lines) + "\n")
-        (node.home / "resolv.conf").write_text("# no DNS server: names are in /etc/hosts\n")
+        resolv = node.home / "resolv.conf"
+        resolv.write_text("# no DNS server: names are in /etc/hosts\n")
+        for readable in (path, resolv):  # by every user of the node, whatever the umask
+            readable.chmod(0o644)
         return path
 
     # ------------------------------------------------------------------ processes

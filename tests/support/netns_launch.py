@@ -42,6 +42,9 @@ def _stage(target: str) -> int:
 
 
 def main() -> None:
+    # As a container runtime: what it makes (/run/secrets …) is readable by the service's user,
+    # whatever umask the caller had (the test session may run under 077).
+    os.umask(0o022)
     spec = json.loads(Path(sys.argv[1]).read_text())
     for source, target, read_only in sorted(spec["mounts"], key=lambda m: _stage(m[1])):
         _bind(source, target, read_only)

@@ -4,6 +4,7 @@ across runs, volumes equal to the SEG's voxels; "no lesion" said when there is n
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,13 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from neuronova.sample_mr import write_sample_mr_study
-from tasks.dicom.seg import build_lesion_seg
-from tasks.dicom.sr import ModelIdentity, build_measurement_report, planar_tracking_uid
+from tasks.dicom.seg import WrittenObjectInvalid, build_lesion_seg, check_written_seg
+from tasks.dicom.sr import (
+    ModelIdentity,
+    build_measurement_report,
+    check_written_report,
+    planar_tracking_uid,
+)
 from tasks.inference.lesions import label_lesions
 from tasks.inference.results import lesion_tracking_uids, seg_uids
 
@@ -175,3 +181,29 @@ def test_a_reading_without_lesions_says_so(tmp_path: Path) -> None:
     assert group.tracking_identifier == "Whole reading"
     [evaluation] = group.get_qualitative_evaluations(name=codes.SCT.Lesion)
     assert evaluation.value == codes.SCT.Absent
+
+
+def test_what_was_written_is_checked_before_it_is_stored(reading: dict[str, Any]) -> None:
+    seg, uids = reading["seg"], reading["uids"]
+    seg_bytes = io.BytesIO()
+    seg.save_as(seg_bytes)
+    sr_bytes = reading["path"].read_bytes()
+    check_written_seg(seg_bytes.getvalue(), uids)
+    check_written_report(sr_bytes, uids, seg.SOPInstanceUID)
+    with pytest.raises(WrittenObjectInvalid, match="segments are"):
+        check_written_seg(seg_bytes.getvalue(), list(reversed(uids)))
+    with pytest.raises(WrittenObjectInvalid, match="groups track"):
+        check_written_report(sr_bytes, uids[:1], seg.SOPInstanceUID)
+    with pytest.raises(WrittenObjectInvalid, match="does not reference its segment"):
+        check_written_report(sr_bytes, uids, "1.2.3.4")
+    with pytest.raises(WrittenObjectInvalid, match="does not read back"):
+        check_written_report(b"not DICOM at all", uids, seg.SOPInstanceUID)
+
+
+def test_a_single_lesion_seg_is_checked_too(tmp_path: Path) -> None:
+    # One segment: highdicom names it once for all frames, not frame by frame.
+    one = _reading(tmp_path, second_lesion=False)
+    data = io.BytesIO()
+    one["seg"].save_as(data)
+    check_written_seg(data.getvalue(), one["uids"])
+    check_written_report(one["path"].read_bytes(), one["uids"], one["seg"].SOPInstanceUID)
