@@ -155,7 +155,7 @@ class ComposeLab:
         return names
 
     def _mounts(self, service: Service) -> list[Mount]:
-        mounts = self.lab.base_mounts(service.node)
+        mounts = [*self.lab.base_mounts(service.node), *_checkout_mounts()]
         for volume in service.spec.get("volumes") or []:
             source, target = mount(volume)
             read_only = isinstance(volume, str) and volume.endswith(":ro")
@@ -351,8 +351,6 @@ class _Ours(_Adapter):
         return IMAGE_ENV | service.environment
 
     def start(self, lab: ComposeLab, service: Service) -> None:
-        service.mounts.insert(len(lab.lab.base_mounts(service.node)), _checkout_mount())
-        lab.lab.prepare_mountpoints(service.mounts)
         self.launch(lab, service, self.entrypoint(service) + _argv(service.spec.get("command")))
 
     def entrypoint(self, service: Service) -> list[str]:
@@ -372,8 +370,15 @@ class _Ours(_Adapter):
         return super().exec(lab, service, [*self.entrypoint(service), *argv], input_text, timeout_s)
 
 
-def _checkout_mount() -> Mount:
-    return Mount(PROJECT_ROOT, "/app", read_only=True)
+def _checkout_mounts() -> list[Mount]:
+    """The checkout at /app (where the image has its code) and, when it lies under /tmp or
+    /run (which every node has its own of), at its own path too: the venv's scripts name their
+    interpreter by that path. The second is bound from /app, the first, once the node's own
+    /tmp hides the original (netns_launch binds in that order)."""
+    mounts = [Mount(PROJECT_ROOT, "/app", read_only=True)]
+    if PROJECT_ROOT.parts[:2] in {("/", "tmp"), ("/", "run")}:
+        mounts.append(Mount(Path("/app"), str(PROJECT_ROOT), read_only=True))
+    return mounts
 
 
 class _Gateway(_Adapter):
@@ -642,8 +647,6 @@ class _OpenEmr(_Adapter):
         argv = [_python(), "-m", "servers.emr.emulator", "--host", "0.0.0.0", "--port", "80"]
         argv += ["--credentials", "/tmp/emr-credentials.json"]
         argv += ["--sample-patient-id", SAMPLE_PATIENT_ID]
-        service.mounts.append(_checkout_mount())
-        lab.lab.prepare_mountpoints(service.mounts)
         self.launch(lab, service, argv, env={"PATH": SYSTEM_PATH, "PYTHONPATH": "/app"}, cwd="/app")
 
     def healthy(self, lab: ComposeLab, service: Service) -> bool:
