@@ -36,7 +36,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate, encapsulate_extended, generate_frames
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import dcmwrite, write_file_meta_info
+from pydicom.filewriter import write_file_meta_info
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.tag import BaseTag
 from pydicom.uid import (
@@ -63,6 +63,7 @@ from tasks.dicom.htj2k import (
     encode_frame,
     read_info,
 )
+from tasks.dicom.part10 import swap_words_to_little_endian, to_part10
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +112,6 @@ _PIXEL_DATA_TAG = 0x7FE00010
 # §8.2.4); YBR_RCT is listed because JPEG 2000 decoding undoes it, giving RGB.
 _TRANSCODABLE_COLOUR = frozenset({"RGB", "YBR_FULL", "YBR_RCT"})
 _DECODED_COLOUR = frozenset({"RGB", "YBR_FULL"})
-# Binary VRs made of multi-byte words: pydicom keeps their bytes as read, so a big endian
-# source needs them swapped when it is written little endian (it does not do it itself).
-_WORD_SIZES = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
 # Basic Offset Table entries are 32-bit; past this the Extended Offset Table is required.
 _MAX_BOT_BYTES = 0xFFFFFFFF
 
@@ -234,8 +232,8 @@ def transcode_to_htj2k(
     if data is None:
         _set_htj2k_pixel_data(view, codestreams, module, photometric)
         if source_ts == ExplicitVRBigEndian:
-            _swap_words_to_little_endian(view)
-        data = _to_part10(view)
+            swap_words_to_little_endian(view)
+        data = to_part10(view)
     return TranscodeResult(
         data=data,
         transfer_syntax=HTJ2K_LOSSLESS,
@@ -541,7 +539,7 @@ def _splice_part10(
 
     Applies when nothing but the pixel data and the file meta change: explicit VR little
     endian, one sample per pixel, no offset tables, and Pixel Data the last element, ending
-    the file. The result is what `_to_part10` writes for such input, without re-encoding
+    the file. The result is what `to_part10` writes for such input, without re-encoding
     every attribute (about half of a transcode's time).
     """
     pixel = ds._dict.get(BaseTag(_PIXEL_DATA_TAG))
@@ -581,42 +579,6 @@ def _splice_part10(
     out.write(encapsulated)
     out.write(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # sequence delimitation item
     return out.getvalue()
-
-
-def _swap_words_to_little_endian(ds: Dataset) -> bool:
-    """Byte-swap OW/OL/OF/OD/OV values read big endian, in `ds` and its sequences.
-
-    Elements are replaced, never changed in place, and sequence items are copied before
-    anything in them changes, so the dataset `ds` was copied from stays as it was read.
-    Returns whether anything was swapped.
-    """
-    swapped = False
-    for tag in list(ds.keys()):
-        if tag == 0x7FE00010:
-            continue
-        elem = ds[tag]
-        size = _WORD_SIZES.get(str(elem.VR))
-        value = elem.value
-        if size and isinstance(value, bytes | bytearray) and len(value) % size == 0:
-            words = np.frombuffer(value, dtype=f">u{size}")
-            ds[tag] = DataElement(tag, elem.VR, words.astype(f"<u{size}").tobytes())
-            swapped = True
-        elif elem.VR == "SQ" and value:
-            items = [_shallow_copy_item(item) for item in value]
-            if any([_swap_words_to_little_endian(item) for item in items]):
-                ds[tag] = DataElement(
-                    tag, "SQ", items, is_undefined_length=elem.is_undefined_length
-                )
-                swapped = True
-    return swapped
-
-
-def _shallow_copy_item(item: Dataset) -> Dataset:
-    """Copy a sequence item so that replacing its elements leaves the original alone."""
-    copied = Dataset(dict(item.items()))
-    implicit, little = item.original_encoding
-    copied.set_original_encoding(implicit, little, item.original_character_set)
-    return copied
 
 
 def _already_htj2k(
@@ -692,7 +654,7 @@ def _kept(
     digest: str | None = None,
 ) -> TranscodeResult:
     """Return the dataset re-serialised in its own transfer syntax, with why it was kept."""
-    data = _to_part10(view)
+    data = to_part10(view)
     return TranscodeResult(
         data=data,
         transfer_syntax=str(ts),
@@ -704,26 +666,3 @@ def _kept(
         bytes_in=bytes_in,
         bytes_out=len(data),
     )
-
-
-def _to_part10(ds: Dataset) -> bytes:
-    """Write `ds` as a DICOM Part 10 file, completing and checking its file meta."""
-    try:
-        return _write(ds)
-    except (AttributeError, ValueError, TypeError) as err:
-        if None in ds.original_encoding:
-            raise MalformedDicom(f"cannot write a valid DICOM file: {err}") from err
-    # Some files are not encoded as their transfer syntax says (e.g. implicit VR under an
-    # explicit one); forgetting the original encoding makes pydicom re-encode every element.
-    ds.set_original_encoding(None, None)
-    try:
-        return _write(ds)
-    except (AttributeError, ValueError, TypeError) as err:
-        raise MalformedDicom(f"cannot write a valid DICOM file: {err}") from err
-
-
-def _write(ds: Dataset) -> bytes:
-    """Serialise `ds` with its file meta into bytes."""
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()

@@ -700,7 +700,7 @@ def test_spliced_file_equals_the_rewritten_one_and_skips_the_rewrite(
     def no_rewrite(_ds: object) -> bytes:
         raise AssertionError("the fast path fell back to re-serialising the dataset")
 
-    monkeypatch.setattr(transcode_module, "_to_part10", no_rewrite)
+    monkeypatch.setattr(transcode_module, "to_part10", no_rewrite)
     spliced = transcode_to_htj2k(dcmread(BytesIO(source)), bytes_in=len(source), source=source)
 
     assert spliced.data == rewritten.data
