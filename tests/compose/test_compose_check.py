@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from neuronova.sample import SAMPLE_PATIENT_ID
 from neuronova.sample_mr import write_sample_mr_study
 from tests.support.compose_file import compose_config, env_example
 from tests.support.compose_lab import ComposeLab, listening
+from tests.support.nginx_production import self_signed_certificate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1800)]
 
@@ -56,20 +56,6 @@ def _env(modalities_gateway: str | None) -> dict[str, str]:
     return env
 
 
-def _tls_certificate(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-            "-subj", f"/CN={PUBLIC_HOST}",
-            "-keyout", str(folder / "privkey.pem"), "-out", str(folder / "fullchain.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    os.chmod(folder / "privkey.pem", 0o644)  # read by nginx's master in its container
-
-
 @pytest.fixture(scope="module")
 def compose_lab() -> Iterator[ComposeLab]:
     if os.geteuid() != 0:
@@ -79,7 +65,7 @@ def compose_lab() -> Iterator[ComposeLab]:
     project = home / "project"
     project.mkdir()
     generate_secrets(project / "secrets")
-    _tls_certificate(project / "secrets" / "tls")
+    self_signed_certificate(project / "secrets" / "tls", PUBLIC_HOST)
     (project / "secrets" / "dicom-tls").mkdir()
     first = compose_config(_env(None), project)
     gateway = ComposeLab(first, project, home, set(PROFILES.split(","))).gateway_of("modalities")

@@ -18,7 +18,11 @@ import pytest
 
 from neuronova.stack.nginx import NGINX_DIR, find_nginx_binary
 from neuronova.stack.ports import free_ports
-from tests.support.nginx_production import for_debian_nginx, nginx_version
+from tests.support.nginx_production import (
+    for_debian_nginx,
+    nginx_version,
+    self_signed_certificate,
+)
 
 PUBLIC_HOST = "pacs.hospital.example"
 
@@ -36,7 +40,7 @@ def production_nginx(tmp_path: Path) -> Iterator[tuple[int, int]]:
     _run_entrypoint_script(secrets)
     tls = home / "tls"
     tls.mkdir()
-    _self_signed_certificate(tls)
+    self_signed_certificate(tls, PUBLIC_HOST)
     (home / "ohif").mkdir()
     config = (NGINX_DIR / "nginx.conf").read_text()
     for old, new in {
@@ -86,18 +90,6 @@ def _secret_file(folder: Path, name: str, value: str) -> Path:
     path = folder / name
     path.write_text(value + "\n")
     return path
-
-
-def _self_signed_certificate(folder: Path) -> None:
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-subj", f"/CN={PUBLIC_HOST}",
-            "-keyout", str(folder / "privkey.pem"), "-out", str(folder / "fullchain.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
 
 
 def _wait_listening(port: int) -> None:

@@ -26,6 +26,7 @@ capabilities, log drivers, GPU reservations (the gpu profile is not started).
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -518,13 +519,6 @@ exec mariadbd --no-defaults --user=mysql --datadir=/var/lib/mysql --bind-address
 """
         self.launch(lab, service, ["sh", "-c", script])
 
-    def healthy(self, lab: ComposeLab, service: Service) -> bool:
-        if not super().healthy(lab, service):
-            return False
-        # The image reports healthy only after its first-start initialisation; ours runs in
-        # --init-file, before the server accepts connections: nothing more to wait for.
-        return True
-
 
 class _Redis(_Adapter):
     """The redis image: the file's entrypoint and command, as its user, with Debian's
@@ -605,11 +599,11 @@ class _Orthanc(_Adapter):
         users = self.configuration(service).get("RegisteredUsers") or {}
         user, password = next(iter(users.items()))
         probe = (
-            "import base64, sys, urllib.request as u; "
+            "import sys, urllib.request as u; "
             "r = u.Request('http://127.0.0.1:8042/changes?last', "
             "headers={'Authorization': 'Basic ' + sys.argv[1]}); u.urlopen(r, timeout=5)"
         )
-        token = __import__("base64").b64encode(f"{user}:{password}".encode()).decode()
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
         result = self.exec(lab, service, [_system_python(), "-c", probe, token], None, 30)
         return bool(result.returncode == 0)
 

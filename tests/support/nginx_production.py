@@ -25,3 +25,19 @@ def for_debian_nginx(config: str, version: tuple[int, ...]) -> str:
     if version < (1, 27, 3):
         config = re.sub(r"(server [a-z-]+:\d+) resolve;", r"\1;", config)
     return config
+
+
+def self_signed_certificate(folder: Path, host: str) -> None:
+    """fullchain.pem and privkey.pem in `folder` (where the gateway image mounts them), for
+    `host`, valid two days; the key readable by nginx's master in another user's container."""
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", f"/CN={host}",
+            "-keyout", str(folder / "privkey.pem"), "-out", str(folder / "fullchain.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    (folder / "privkey.pem").chmod(0o644)
