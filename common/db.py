@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0011"
 
 
 def utcnow() -> datetime:
@@ -326,6 +326,10 @@ class InferenceResult(SQLModel, table=True):
     lesion_volume_ml: float
     seg_series_uid: str = Field(max_length=64)
     seg_sop_instance_uid: str = Field(index=True, max_length=64)
+    sr_series_uid: str | None = Field(
+        default=None, max_length=64, description="The TID 1500 SR's series (null before 0011)."
+    )
+    sr_sop_instance_uid: str | None = Field(default=None, index=True, max_length=64)
     key_sop_instance_uid: str | None = Field(
         default=None,
         max_length=64,
@@ -341,6 +345,60 @@ class InferenceResult(SQLModel, table=True):
     )
     created_at: datetime = Field(default_factory=utcnow)
     completed_at: datetime | None = None
+
+
+class InferenceFinding(SQLModel, table=True):
+    """One lesion of a reading: its SEG segment, its SR groups, its FHIR Observation and the
+    verdicts on it share its Tracking UID (derived: the same lesion of the same series read by
+    the same model version keeps it)."""
+
+    __tablename__ = "inference_findings"
+    __table_args__ = (UniqueConstraint("result_id", "number", name="uq_finding_number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    result_id: int = Field(foreign_key="inference_results.id", index=True)
+    number: int = Field(description="1 = the largest lesion; its SEG segment number")
+    tracking_uid: str = Field(unique=True, max_length=64)
+    label: str = Field(max_length=64, description='"Lesion 1" …: the Tracking Identifier')
+    volume_ml: float
+    key_sop_instance_uid: str | None = Field(
+        default=None, max_length=64, description="The MR slice where its area is largest."
+    )
+    fhir_observation_id: str | None = Field(default=None, max_length=64)
+
+
+class Verdict(StrEnum):
+    """A reader's verdict on an AI reading or one of its findings (IHE AIRA)."""
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"  # with a reason
+    CORRECTED = "corrected"  # with the corrected SEG the reader saved
+
+
+class ReadingVerdict(SQLModel, table=True):
+    """A reader's verdict, append-only: a later one on the same reading or finding supersedes
+    it (the current one is the newest), and every one stays on record.
+
+    `fhir_sent_at` is null while the FHIR side (statuses, the reader, a Provenance named by
+    `uid`) is owed; `send_owed_verdicts` pays it.
+    """
+
+    __tablename__ = "reading_verdicts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str = Field(unique=True, max_length=36, description="Names its FHIR Provenance.")
+    result_id: int = Field(foreign_key="inference_results.id", index=True)
+    finding_tracking_uid: str | None = Field(
+        default=None, max_length=64, description="Null: the verdict is on the whole reading."
+    )
+    verdict: str = Field(max_length=16, description="a Verdict value")
+    reason: str | None = Field(default=None, max_length=500)
+    corrected_seg_sop_instance_uid: str | None = Field(default=None, max_length=64)
+    user_id: int = Field(foreign_key="users.id", index=True)
+    username: str = Field(max_length=64)
+    at: datetime = Field(default_factory=utcnow, index=True)
+    fhir_sent_at: datetime | None = Field(default=None, index=True)
+    fhir_note: str | None = Field(default=None, max_length=255, description="Why FHIR is owed.")
 
 
 @cache
@@ -408,12 +466,16 @@ def migrate(url: str) -> None:
     """
     from alembic import command
 
-    lock_dir = None
-    if url.startswith("sqlite:///"):
-        lock_dir = Path(url.removeprefix("sqlite:///")).parent
-        lock_dir.mkdir(parents=True, exist_ok=True)
-    with named_lock(url, "nn-migrate", lock_dir, timeout_s=120):
+    with named_lock(url, "nn-migrate", lock_dir_for(url), timeout_s=120):
         command.upgrade(alembic_config(url), "head")
+
+
+def lock_dir_for(url: str) -> Path | None:
+    """Where `named_lock` keeps its lock files for this database: a SQLite database's own
+    folder; None for MySQL (its locks live in the server)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///")).parent
 
 
 @contextmanager

@@ -35,19 +35,26 @@ from tasks.inference.prefect_tasks import (
     segment_task,
     store_seg_task,
 )
+from tasks.inference.report import LesionFinding, LesionFindings
 from tasks.inference.results import (
     AiState,
     AlertReport,
     InferenceReport,
     InferenceStatus,
     find_result,
+    findings_of,
+    lesion_tracking_uids,
+    record_observations,
     result_summary,
+    save_findings,
     save_result,
     seg_uids,
     set_ai_state,
+    sr_uids,
 )
 from tasks.inference.segmentation import bundle_identity
 from tasks.inference.series import NoSuitableSeries, SeriesChoice
+from tasks.inference.verdict_fhir import send_verdicts
 from tasks.patients.prefect_tasks import resolve_patient_task
 
 
@@ -137,12 +144,13 @@ def _segment_and_store(
     )
     started = time.perf_counter()
     # One SEG segment per lesion, numbered by size (the same numbering as every finding).
-    labels, _lesions = label_lesions(run.mask, volume.spacing)
+    labels, lesions = label_lesions(run.mask, volume.spacing)
     store_seg_task(
         settings, volume, labels, study_uid, choice.series_uid, model, version, run.model_sha256
     )
     seg_s = time.perf_counter() - started
     seg_series, seg_sop = seg_uids(study_uid, choice.series_uid, model, version)
+    sr_series, sr_sop = sr_uids(study_uid, choice.series_uid, model, version)
     row = save_result(
         settings,
         {
@@ -158,6 +166,8 @@ def _segment_and_store(
             "lesion_volume_ml": round(measured.volume_ml, 3),
             "seg_series_uid": seg_series,
             "seg_sop_instance_uid": seg_sop,
+            "sr_series_uid": sr_series,
+            "sr_sop_instance_uid": sr_sop,
             "key_sop_instance_uid": key_image(volume.sop_instance_uids, measured.largest_slice),
             "timings": {
                 "read_s": round(read_s, 3),
@@ -166,6 +176,9 @@ def _segment_and_store(
             },
         },
     )
+    assert row.id is not None
+    tracking = lesion_tracking_uids(study_uid, choice.series_uid, model, version, len(lesions))
+    save_findings(settings, row.id, lesions, tracking, volume.sop_instance_uids)
     publish_overlay(settings, study_uid, volume, run, measured.largest_slice, row)
     return row
 
@@ -184,16 +197,25 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
         logger.warning("FHIR report not written: %s. Re-run once that is fixed.", why)
         row = save_result(settings, _key(row) | {"note": why[:512]})
         return result_summary(row, reused=False)
-    report_id, _observations = publish_fhir_task(
-        settings,
-        patient["fhir_id"],
+    assert row.id is not None
+    findings = LesionFindings(
+        f"Patient/{patient['fhir_id']}",
         row.study_instance_uid,
         row.series_instance_uid,
         row.model_name,
         row.model_version,
         row.lesion_count,
         row.lesion_volume_ml,
+        lesions=tuple(
+            LesionFinding(f.number, f.tracking_uid, f.label, f.volume_ml)
+            for f in findings_of(settings, row.id)
+        ),
+        seg_sop_uid=row.seg_sop_instance_uid,
+        sr_sop_uid=row.sr_sop_instance_uid,
     )
+    published = publish_fhir_task(settings, findings, row.model_sha256)
+    report_id = published.report_id
+    record_observations(settings, row.id, published.lesion_observation_ids)
     row = save_result(
         settings,
         _key(row)
@@ -207,6 +229,11 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
     )
     publish_result_table(row)
     logger.info("DiagnosticReport/%s for Patient/%s", report_id, patient["fhir_id"])
+    # Verdicts given while the report was owed wait for it: send them now.
+    assert row.id is not None
+    owed = send_verdicts(settings, row.id)
+    if owed.sent or owed.owed:
+        logger.info("readers' verdicts sent to FHIR: %d; still owed: %d", owed.sent, owed.owed)
     return _tell_clinicians(settings, row, reused=False)
 
 

@@ -435,13 +435,16 @@ def demo() -> None:
     from neuronova.demo import (
         DEMO_ADMIN,
         DEMO_CLINICIAN,
+        DEMO_RADIOLOGIST,
         ensure_demo_admin,
         ensure_demo_clinician,
+        ensure_demo_radiologist,
         prefect_ui_link,
         viewer_link,
     )
 
     password = ensure_demo_clinician(settings)
+    ensure_demo_radiologist(settings)
     link = viewer_link(status["gateway"], DEMO_CLINICIAN, password, study_uid)
     ui_link = prefect_ui_link(status["gateway"], DEMO_ADMIN, ensure_demo_admin(settings))
     console.print(f"\nOrthanc (loopback only, behind the gateway): {status['orthanc']}")
@@ -456,6 +459,11 @@ def demo() -> None:
         f"Sign in at {gateway}/ as {DEMO_CLINICIAN} (password in "
         f"{settings.secrets_dir / (DEMO_CLINICIAN + '.password')}): the worklist shows the "
         "sample patient's study with its AI result; Open shows it in OHIF."
+    )
+    console.print(
+        f"Sign in as {DEMO_RADIOLOGIST} (password in "
+        f"{settings.secrets_dir / (DEMO_RADIOLOGIST + '.password')}) to review the AI's reading: "
+        "the study is awaiting review on the worklist (Review: accept or reject each lesion)."
     )
     console.print(
         f"FHIR R4: {status['fhir']}   OpenEMR (emulator): {status['emr']['url']}  "

@@ -1,5 +1,6 @@
 """The demo's accounts: a clinician with the sample patient on its care list and a viewer link,
-and an admin with a one-use link into the Prefect UI; and the sample study sent the way a
+a radiologist whose worklist holds the AI reading awaiting review, and an admin with a one-use
+link into the Prefect UI; and the sample study sent the way a
 modality sends it (C-STORE), then awaited until the AI has read it.
 
 Passwords are generated once and kept in `var/secrets/` (0600), so `make demo` can be run
@@ -26,6 +27,7 @@ from webapp import accounts
 
 DEMO_CLINICIAN = "demo-clinician"
 DEMO_ADMIN = "demo-admin"  # may open the Prefect UI behind the gateway
+DEMO_RADIOLOGIST = "demo-radiologist"  # reviews the AI's readings (accept, reject)
 
 
 def demo_password(settings: Settings, username: str = DEMO_CLINICIAN) -> str:
@@ -52,6 +54,11 @@ def ensure_demo_clinician(settings: Settings) -> str:
     with session_scope(settings.resolved_database_url) as session:
         accounts.grant_patient(session, DEMO_CLINICIAN, SAMPLE_PATIENT_ID)
     return password
+
+
+def ensure_demo_radiologist(settings: Settings) -> str:
+    """Create (or re-key) the demo radiologist, who gives verdicts on the AI's readings."""
+    return _ensure_account(settings, DEMO_RADIOLOGIST, "radiologist")
 
 
 def ensure_demo_admin(settings: Settings) -> str:

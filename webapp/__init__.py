@@ -68,12 +68,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["neuronova"] = context
     _register_jwt(JWTManager(app), context)
 
-    from webapp import admin_ui, alerts, auth, links, pages, patients, stow, viewer
+    from webapp import admin_ui, alerts, auth, links, pages, patients, readings, stow, viewer
     from webapp.gate import Gate, GateDispatcher
     from webapp.request_log import RequestLog
 
     app.register_blueprint(auth.bp)
     app.register_blueprint(links.bp)
+    app.register_blueprint(readings.bp)
     app.register_blueprint(viewer.bp)
     app.register_blueprint(patients.bp)
     app.register_blueprint(alerts.bp)

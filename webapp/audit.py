@@ -56,6 +56,8 @@ class Action(StrEnum):
     WORKLIST = "worklist"  # the signed-in worklist page (webapp/pages.py)
     PAGE = "page"  # a refused form post of our pages (CSRF, origin)
     BREAK_GLASS = "break-glass"  # a clinician's emergency access outside the care list
+    READINGS = "readings"  # a study's AI readings and verdicts (webapp/readings.py)
+    VERDICT = "ai-verdict"  # a reader's verdict on an AI reading or finding
 
 
 class Outcome(StrEnum):

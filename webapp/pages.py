@@ -35,6 +35,7 @@ from webapp import accounts
 from webapp.audit import Action
 from webapp.auth import BAD_CREDENTIALS, attempt_login
 from webapp.context import audit, db_session, web_context
+from webapp.readings import give_verdict, study_readings
 from webapp.tokens import (
     WEB_SESSION_AUDIENCE,
     SessionClaims,
@@ -299,9 +300,12 @@ def _page_url(wanted: WorklistFilter, page: int) -> str:
 @bp.post("/worklist/open")
 @form_post
 def open_study(user: User, claims: SessionClaims) -> Response:
-    """A worklist row's Open: a one-use viewer link for this browser's session, followed at
-    once (webapp/viewer.py spends it and binds the viewer to this browser)."""
+    """A worklist row's Open (or the review panel's "Open on this lesion", which names the
+    slice in `sop`): a one-use viewer link for this browser's session, followed at once
+    (webapp/viewer.py spends it, binds the viewer to this browser and opens that slice when
+    it is one of the study's)."""
     study = request.form.get("study", "")
+    sop = request.form.get("sop", "")
     with db_session() as session:
         allowed = is_uid(study) and accounts.may_open_study(session, user, study)
     if not allowed:
@@ -318,7 +322,8 @@ def open_study(user: User, claims: SessionClaims) -> Response:
     )
     audit(Action.VIEWER_LINK, 200, username=user.username, study=study)
     # The token stays in the fragment: browsers keep it across the redirect and never send it.
-    return _see_other(f"/view#{urlencode({'token': token})}")
+    fragment = {"token": token} | ({"sop": sop} if is_uid(sop) else {})
+    return _see_other(f"/view#{urlencode(fragment)}")
 
 
 @bp.post("/worklist/sign-out")
@@ -330,6 +335,64 @@ def sign_out(user: User, claims: SessionClaims) -> Response:
     response = _see_other("/")
     response.delete_cookie(session_cookie_name(), path="/", secure=_https(), samesite="Strict")
     return response
+
+
+# --------------------------------------------------------------------------- AI review
+
+
+@bp.get("/worklist/review")
+@signed_in_page
+def review_page(user: User, claims: SessionClaims) -> Response:
+    """A study's AI readings, their findings and verdicts (`?study=UID`); radiologists get
+    the Accept and Reject forms. 403 for a study the user may not open, as for an unknown one."""
+    return _review(user, claims, request.args.get("study", ""))
+
+
+@bp.post("/worklist/review/verdict")
+@form_post
+def review_verdict(user: User, claims: SessionClaims) -> Response:
+    """The review panel's Accept / Reject (webapp/readings.py's rules); back to the panel."""
+    study = request.form.get("study", "")
+    try:
+        reading_id = int(request.form.get("reading", ""))
+    except ValueError:
+        reading_id = 0
+    body = {
+        "verdict": request.form.get("verdict"),
+        "finding": request.form.get("finding") or None,
+        "reason": request.form.get("reason") or None,
+    }
+    judged = give_verdict(user, study, reading_id, body)
+    if judged.reading is None:
+        return _review(user, claims, study, status=judged.status, error=judged.message)
+    return _see_other(f"/worklist/review?{urlencode({'study': study})}#reading-{reading_id}")
+
+
+def _review(
+    user: User, claims: SessionClaims, study: str, *, status: int = 200, error: str = ""
+) -> Response:
+    with db_session() as session:
+        row = worklist_row(session, user, study) if is_uid(study) else None
+    readings = study_readings(user, study) if row is not None else None
+    if row is None or readings is None:
+        if row is None:
+            audit(Action.READINGS, 403, username=user.username, reason="policy")
+        message = "You may not open that study."
+        return _page("refused.html", 403, status=403, message=message)
+    return _page(
+        "review.html",
+        status,
+        user=user,
+        csrf=csrf_token(claims.sid),
+        study=study,
+        patient_name=row.patient_name,
+        patient_id=row.patient_id,
+        study_date=row.study_date,
+        description=row.description,
+        readings=readings,
+        may_judge=user.role == Role.RADIOLOGIST,
+        error=error,
+    )
 
 
 # --------------------------------------------------------------------------- break-glass

@@ -25,8 +25,9 @@ from urllib.parse import urlencode, urlsplit
 from flask import Blueprint, Response, jsonify, request
 from sqlmodel import col, select
 
-from common.db import InferenceResult, get_engine, session_scope
+from common.db import InferenceResult, Instance, get_engine, session_scope
 from common.settings import Settings
+from tasks.dicom.uid import is_uid
 from webapp import accounts
 from webapp.accounts import TokenType
 from webapp.audit import Action
@@ -70,12 +71,14 @@ _PAGE = """<!doctype html>
 # keeps the viewer token in this tab only, then opens OHIF; a refusal is shown as worded.
 _SCRIPT = """(async () => {
   const status = document.getElementById("status");
-  const token = new URLSearchParams(location.hash.slice(1)).get("token") || "";
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const token = fragment.get("token") || "";
+  const sop = fragment.get("sop") || null;
   history.replaceState(null, "", location.pathname);
   if (!token) { status.textContent = "This link has no token: ask for a new link."; return; }
   const answer = await fetch("/view", {
     method: "POST", credentials: "same-origin", cache: "no-store",
-    headers: {"Content-Type": "application/json"}, body: JSON.stringify({token}),
+    headers: {"Content-Type": "application/json"}, body: JSON.stringify({token, sop}),
   });
   const body = await answer.json().catch(() => ({}));
   if (answer.status !== 200) {
@@ -105,6 +108,7 @@ def open_link() -> Response | tuple[Response, int]:
     ctx = web_context()
     body = request.get_json(silent=True)  # JSON only: a cross-origin form cannot post here
     sent = body.get("token") if isinstance(body, dict) else None
+    slice_wanted = body.get("sop") if isinstance(body, dict) else None
     username = study = None
     try:
         link = verify_viewer_link(ctx.viewer_key, sent if isinstance(sent, str) else "")
@@ -137,7 +141,11 @@ def open_link() -> Response | tuple[Response, int]:
         {
             "token": token,
             "study": link.study_instance_uid,
-            "viewer": viewer_address(ctx.database_url, link.study_instance_uid),
+            "viewer": viewer_address(
+                ctx.database_url,
+                link.study_instance_uid,
+                slice_wanted if isinstance(slice_wanted, str) else None,
+            ),
             "expires_at": claims.expires_at.isoformat(),
         }
     )
@@ -154,12 +162,18 @@ def open_link() -> Response | tuple[Response, int]:
     return response
 
 
-def viewer_address(database_url: str, study_uid: str) -> str:
-    """OHIF's address for the study: on the AI's key image (the slice with the largest lesion
-    area of the reading that found the most) when it has one; OHIF's hanging protocol
-    (nginx/ohif-app-config.js) opens the middle slice otherwise."""
+def viewer_address(database_url: str, study_uid: str, wanted_sop: str | None = None) -> str:
+    """OHIF's address for the study: on the slice asked for (a lesion's key slice, from the
+    review panel) when it is one of the study's; else on the AI's key image (the slice with
+    the largest lesion area of the reading that found the most) when it has one; OHIF's
+    hanging protocol (nginx/ohif-app-config.js) opens the middle slice otherwise."""
     params = {"StudyInstanceUIDs": study_uid}
     with session_scope(database_url) as session:
+        if wanted_sop and is_uid(wanted_sop):
+            instance = session.get(Instance, wanted_sop)
+            if instance is not None and instance.study_instance_uid == study_uid:
+                params["initialSOPInstanceUID"] = wanted_sop
+                return "/viewer?" + urlencode(params)
         reading = session.exec(
             select(InferenceResult)
             .where(

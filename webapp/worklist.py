@@ -4,11 +4,13 @@ One query per page, restricted by the same rule as every other door (`accounts.m
 admins and radiologists see every indexed study, clinicians the studies of the patients on their
 care list (and of those a break-glass grant opened for them, while it lasts), anyone else
 nothing. Searches narrow that set; they never widen it, so nothing on the page (a name, a count,
-a page number) comes from a study the user may not open.
+a page number) comes from a study the user may not open. "Awaiting review" keeps the studies with
+a completed AI reading that no reader has judged as a whole yet.
 
 Patient names come from the patient cache (`patients.display_name`, kept with each FHIR Patient
 by the sync); a search by name matches every word typed, in any order. A study whose patient was
-never synced shows its MRN alone. The AI column comes from `inference_results`.
+never synced shows its MRN alone. The AI column comes from `inference_results` and the review
+state from `reading_verdicts` (the newest verdict on each reading is its current one).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import and_, exists, func
 from sqlmodel import Session, col, select
 
-from common.db import CachedPatient, InferenceResult, Study, User
+from common.db import CachedPatient, InferenceResult, ReadingVerdict, Study, User
 from webapp.accounts import openable_studies
 
 PAGE_SIZE = 50
@@ -35,7 +37,12 @@ class WorklistFilter:
     name: str = ""
     date_from: str = ""  # YYYY-MM-DD, as an <input type=date> sends it
     date_to: str = ""
+    awaiting_review: bool = False
     page: int = 1
+
+    @property
+    def searched(self) -> bool:
+        return bool(self.mrn or self.name or self.date_from or self.date_to or self.awaiting_review)
 
     @classmethod
     def from_args(cls, args: Any) -> WorklistFilter:
@@ -59,21 +66,31 @@ class WorklistFilter:
             name=text("name", 64),
             date_from=date("from"),
             date_to=date("to"),
+            awaiting_review=args.get("review", "") == "awaiting",
             page=page,
         )
 
     def query_args(self, page: int) -> dict[str, str]:
         """The same search, on another page (for the pager's links)."""
-        args = {"mrn": self.mrn, "name": self.name, "from": self.date_from, "to": self.date_to}
+        args = {
+            "mrn": self.mrn,
+            "name": self.name,
+            "from": self.date_from,
+            "to": self.date_to,
+            "review": "awaiting" if self.awaiting_review else "",
+        }
         return {k: v for k, v in args.items() if v} | {"page": str(page)}
 
 
 @dataclass(frozen=True)
 class AiStatus:
-    """The AI column: `label` for people, `state` for the page's script and styles."""
+    """The AI column: `label` for people, `state` for the page's script and styles, and where
+    the readers' review stands (`review`: "" when there is nothing to review)."""
 
     state: str  # none, queued, running, failed, lesions, no-lesion, pending
     label: str
+    review: str = ""  # awaiting review, accepted by <name>, rejected by …, corrected by …
+    review_state: str = ""  # awaiting, accepted, rejected, corrected (for styles)
 
 
 NOT_APPLICABLE = AiStatus("none", "not applicable")
@@ -119,6 +136,8 @@ def worklist_page(session: Session, user: User, wanted: WorklistFilter) -> Workl
         query = query.where(col(Study.study_date) >= wanted.date_from.replace("-", ""))
     if wanted.date_to:
         query = query.where(col(Study.study_date) <= wanted.date_to.replace("-", ""))
+    if wanted.awaiting_review:
+        query = query.where(_awaiting_review())
     offset = (wanted.page - 1) * PAGE_SIZE
     found = list(session.exec(query.offset(offset).limit(PAGE_SIZE + 1)))
     rows = [_row(study, name or "") for study, name in found[:PAGE_SIZE]]
@@ -158,6 +177,23 @@ def _visible_studies(session: Session, user: User) -> Any:
     )
 
 
+def _awaiting_review() -> Any:
+    """A study with a completed reading that has no verdict on the whole reading yet."""
+    judged = exists().where(
+        and_(
+            col(ReadingVerdict.result_id) == col(InferenceResult.id),
+            col(ReadingVerdict.finding_tracking_uid).is_(None),
+        )
+    )
+    return exists().where(
+        and_(
+            col(InferenceResult.study_instance_uid) == col(Study.study_instance_uid),
+            col(InferenceResult.status) == "completed",
+            ~judged,
+        )
+    )
+
+
 def _row(study: Study, name: str) -> WorklistRow:
     date = study.study_date or ""
     if len(date) == 8 and date.isdigit():
@@ -183,14 +219,41 @@ def _ai_statuses(session: Session, studies: list[str]) -> dict[str, AiStatus]:
     by_study: dict[str, list[InferenceResult]] = {}
     for reading in readings:
         by_study.setdefault(reading.study_instance_uid, []).append(reading)
-    return {study: ai_status(found) for study, found in by_study.items()}
+    ids = [r.id for found in by_study.values() for r in found]
+    verdicts: dict[int, ReadingVerdict] = {}  # each reading's newest verdict on it as a whole
+    if ids:
+        for verdict in session.exec(
+            select(ReadingVerdict)
+            .where(
+                col(ReadingVerdict.result_id).in_(ids),
+                col(ReadingVerdict.finding_tracking_uid).is_(None),
+            )
+            .order_by(col(ReadingVerdict.id))
+        ):
+            verdicts[verdict.result_id] = verdict
+    return {study: ai_status(found, verdicts) for study, found in by_study.items()}
 
 
-def ai_status(readings: list[InferenceResult]) -> AiStatus:
+def ai_status(
+    readings: list[InferenceResult], verdicts: dict[int, ReadingVerdict] | None = None
+) -> AiStatus:
     """What a study's readings add up to: lesions (count and mL over its MR series), none found,
-    or found with the report still owed."""
+    or found with the report still owed; and the readers' review of them (`verdicts`: each
+    reading's current verdict on it as a whole)."""
     if not readings:
         return NOT_APPLICABLE
+    status = _found(readings)
+    if status.state == "pending":
+        return status
+    judged = [(verdicts or {}).get(r.id or 0) for r in readings]
+    if any(v is None for v in judged):
+        return AiStatus(status.state, status.label, "awaiting review", "awaiting")
+    latest = max((v for v in judged if v is not None), key=lambda v: v.id or 0)
+    said = f"{latest.verdict} by {latest.username}"
+    return AiStatus(status.state, status.label, said, latest.verdict)
+
+
+def _found(readings: list[InferenceResult]) -> AiStatus:
     count = sum(r.lesion_count for r in readings)
     volume = sum(r.lesion_volume_ml for r in readings)
     if any(r.status != "completed" for r in readings):

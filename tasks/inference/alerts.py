@@ -24,8 +24,10 @@ log = logging.getLogger(__name__)
 AI_RESULT = "ai-result"
 # The AI run's state changed (queued, running, failed, done, none): the worklist updates the row.
 AI_STATE = "ai-state"
+# A reader gave a verdict on a reading (accepted, rejected, corrected): the row's review state.
+AI_VERDICT = "ai-verdict"
 # Every kind an alert may have; the streams pass on nothing else (an event's name is a kind).
-ALERT_KINDS = frozenset({AI_RESULT, AI_STATE})
+ALERT_KINDS = frozenset({AI_RESULT, AI_STATE, AI_VERDICT})
 
 
 class AlertPublisher:
@@ -111,6 +113,20 @@ def announce_ai_state(
             publisher.publish(AI_STATE, study_uid, patient_id, {"ai_state": state})
     except TransientUpstreamError as err:
         log.warning("the AI state of study %s was not announced: %s", study_uid, err)
+
+
+def announce_verdict(
+    settings: Settings, study_uid: str, patient_id: str, facts: dict[str, Any]
+) -> None:
+    """Tell the open worklists that a reader judged a reading (identifiers and the verdict
+    only: no reason, no name); a Redis that is down costs only the live update."""
+    if not settings.resolved_redis_url:
+        return
+    try:
+        with AlertPublisher.from_settings(settings) as publisher:
+            publisher.publish(AI_VERDICT, study_uid, patient_id, facts)
+    except TransientUpstreamError as err:
+        log.warning("the verdict on study %s was not announced: %s", study_uid, err)
 
 
 def ai_result_facts(result: dict[str, Any]) -> dict[str, Any]:

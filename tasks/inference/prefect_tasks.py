@@ -20,7 +20,7 @@ from tasks.dicom.sr import ModelIdentity, build_measurement_report, check_writte
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
 from tasks.inference.lesions import label_lesions
-from tasks.inference.report import LesionFindings, publish_lesion_results
+from tasks.inference.report import LesionFindings, PublishedReport, publish_lesion_results
 from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids, store_seg
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
 from tasks.inference.series import SeriesChoice, choose_series, find_study_series, only_series
@@ -112,21 +112,12 @@ def _encoded(dataset: Any) -> bytes:
 
 @task(name="publish_fhir_report", **network_retries())
 def publish_fhir_task(
-    settings: Settings,
-    patient_fhir_id: str,
-    study_uid: str,
-    series_uid: str,
-    model: str,
-    version: str,
-    count: int,
-    volume_ml: float,
-) -> tuple[str, list[str]]:
-    """Observations and the DiagnosticReport, each created once (conditional creates)."""
+    settings: Settings, findings: LesionFindings, bundle_sha256: str
+) -> PublishedReport:
+    """The Device, the Observations (count, total, one per lesion) and the DiagnosticReport,
+    each created once (conditional creates)."""
     with FhirClient.from_settings(settings) as fhir:
-        findings = LesionFindings(
-            f"Patient/{patient_fhir_id}", study_uid, series_uid, model, version, count, volume_ml
-        )
-        return publish_lesion_results(fhir, findings)
+        return publish_lesion_results(fhir, findings, bundle_sha256)
 
 
 @task(name="alert_clinicians", **network_retries(NUDGE_DELAYS_S))

@@ -16,10 +16,11 @@ from pydicom.uid import generate_uid
 from sqlmodel import select
 from sqlmodel.sql.expression import SelectOfScalar
 
-from common.db import InferenceResult, Study, session_scope, utcnow
+from common.db import InferenceFinding, InferenceResult, Study, session_scope, utcnow
 from common.errors import NeuroNovaError
 from common.settings import Settings
 from tasks.inference.alerts import announce_ai_state
+from tasks.inference.lesions import Lesion, key_image
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import InputRef
 from tasks.ingest.prepare import IngestStatus
@@ -99,6 +100,59 @@ def _by_key(
     )
 
 
+def save_findings(
+    settings: Settings,
+    result_id: int,
+    lesions: list[Lesion],
+    tracking_uids: list[str],
+    slice_sop_uids: tuple[str, ...],
+) -> list[InferenceFinding]:
+    """One row per lesion of the reading (its segment number, Tracking UID, volume and key
+    slice), made once: a repeated run finds the rows the first made."""
+    with session_scope(settings.resolved_database_url) as session:
+        known = {
+            f.number: f
+            for f in session.exec(
+                select(InferenceFinding).where(InferenceFinding.result_id == result_id)
+            )
+        }
+        for lesion, tracking_uid in zip(lesions, tracking_uids, strict=True):
+            if lesion.number in known:
+                continue
+            finding = InferenceFinding(
+                result_id=result_id,
+                number=lesion.number,
+                tracking_uid=tracking_uid,
+                label=lesion.label,
+                volume_ml=round(lesion.volume_ml, 3),
+                key_sop_instance_uid=key_image(slice_sop_uids, lesion.key_slice),
+            )
+            session.add(finding)
+            known[lesion.number] = finding
+        session.flush()
+        return sorted(known.values(), key=lambda f: f.number)
+
+
+def findings_of(settings: Settings, result_id: int) -> list[InferenceFinding]:
+    """A reading's findings, lesion 1 first (none for readings made before findings were kept)."""
+    with session_scope(settings.resolved_database_url) as session:
+        query = select(InferenceFinding).where(InferenceFinding.result_id == result_id)
+        return sorted(session.exec(query), key=lambda f: f.number)
+
+
+def record_observations(
+    settings: Settings, result_id: int, by_tracking_uid: dict[str, str]
+) -> None:
+    """Each finding's FHIR Observation id, once FHIR has it."""
+    with session_scope(settings.resolved_database_url) as session:
+        query = select(InferenceFinding).where(InferenceFinding.result_id == result_id)
+        for finding in session.exec(query):
+            observation = by_tracking_uid.get(finding.tracking_uid)
+            if observation and finding.fhir_observation_id != observation:
+                finding.fhir_observation_id = observation
+                session.add(finding)
+
+
 class AiState(StrEnum):
     """Where a study's AI reading stands, as the worklist shows it (`studies.ai_state`)."""
 
@@ -170,6 +224,11 @@ class SegReport(TypedDict):
     sop_instance_uid: str | None
 
 
+class SrReport(TypedDict):
+    series_instance_uid: str | None
+    sop_instance_uid: str | None
+
+
 class FhirReferences(TypedDict):
     report: str | None  # DiagnosticReport/<id>, None while owed
     patient: str | None  # Patient/<id>
@@ -201,6 +260,7 @@ class InferenceReport(TypedDict):
     lesion_count: NotRequired[int]
     lesion_volume_ml: NotRequired[float]
     seg: NotRequired[SegReport]
+    sr: NotRequired[SrReport]
     fhir: NotRequired[FhirReferences]
     note: NotRequired[str | None]
     timings: NotRequired[dict[str, float]]
@@ -224,6 +284,9 @@ def result_summary(row: InferenceResult, *, reused: bool) -> InferenceReport:
         seg=SegReport(
             series_instance_uid=row.seg_series_uid,
             sop_instance_uid=row.seg_sop_instance_uid,
+        ),
+        sr=SrReport(
+            series_instance_uid=row.sr_series_uid, sop_instance_uid=row.sr_sop_instance_uid
         ),
         fhir=FhirReferences(
             report=f"DiagnosticReport/{row.fhir_report_id}" if row.fhir_report_id else None,

@@ -13,7 +13,15 @@ from sqlmodel import select
 from common.db import Instance, Study, get_engine, migrate, session_scope
 from tasks.archive.index import IndexEntry, index_instances
 
-TABLES = {"studies", "series", "instances", "quarantine", "alembic_version"}
+TABLES = {
+    "studies",
+    "series",
+    "instances",
+    "quarantine",
+    "alembic_version",
+    "inference_findings",
+    "reading_verdicts",
+}
 
 
 def test_sqlite_migrates_idempotently(tmp_path: Path) -> None:
@@ -21,6 +29,22 @@ def test_sqlite_migrates_idempotently(tmp_path: Path) -> None:
     migrate(url)
     migrate(url)
     assert TABLES <= set(inspect(get_engine(url)).get_table_names())
+
+
+def test_the_findings_migration_goes_down_and_up_again(tmp_path: Path) -> None:
+    from alembic import command
+
+    from common.db import alembic_config
+
+    url = f"sqlite:///{tmp_path / 'nn.db'}"
+    migrate(url)
+    command.downgrade(alembic_config(url), "0010")
+    assert not {"inference_findings", "reading_verdicts"} & set(
+        inspect(get_engine(url)).get_table_names()
+    )
+    migrate(url)
+    columns = {c["name"] for c in inspect(get_engine(url)).get_columns("inference_results")}
+    assert {"sr_series_uid", "sr_sop_instance_uid"} <= columns
 
 
 @pytest.mark.integration

@@ -21,6 +21,7 @@ def test_nightly_archive_check_follows_the_setting() -> None:
         "on-demand",
         "emr-scheduled",
         "one-patient",
+        "owed",
     }
     [schedule] = deployments["archive-nightly"].schedules
     assert schedule.schedule.cron == "15 3 * * *"
@@ -35,6 +36,12 @@ def test_patient_sync_runs_on_its_own_cron() -> None:
     assert schedule.schedule.cron == "5 * * * *"
     assert deployments["emr-scheduled"].entrypoint.endswith("sync_patients.py:sync_patients")
     assert deployments["one-patient"].entrypoint.endswith("sync_patient.py:sync_patient")
+
+
+def test_owed_verdicts_are_sent_every_five_minutes() -> None:
+    by_flow = {(d.flow_name, d.name): d for d in build_deployments(Settings())}
+    [schedule] = by_flow[("send_owed_verdicts", "owed")].schedules
+    assert schedule.schedule.cron == "*/5 * * * *"  # type: ignore[union-attr]
 
 
 def test_schedules_are_read_in_the_hospitals_time_zone() -> None:

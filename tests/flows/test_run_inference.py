@@ -20,7 +20,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from sqlmodel import select
 
-from common.db import InferenceResult, session_scope
+from common.db import InferenceFinding, InferenceResult, session_scope
 from common.settings import Settings
 from models.synthetic_lesions import dice, make_case
 from neuronova.sample import write_sample_study
@@ -148,8 +148,55 @@ def test_fhir_holds_one_report_and_its_measurements(
     assert count["valueInteger"] == reading["lesion_count"]
     assert volume["valueQuantity"]["unit"] == "mL"
     assert abs(volume["valueQuantity"]["value"] - reading["lesion_volume_ml"]) < 1e-3
-    refs = {r["reference"] for r in report["result"]}
-    assert refs == {f"Observation/{count['id']}", f"Observation/{volume['id']}"}
+    refs = [r["reference"] for r in report["result"]]
+    assert refs[:2] == [f"Observation/{count['id']}", f"Observation/{volume['id']}"]
+    assert len(refs) == 2 + reading["lesion_count"]  # then one per lesion
+    named = {i["value"] for i in report["identifier"]}
+    assert f"urn:oid:{reading['sr']['sop_instance_uid']}" in named
+    assert f"urn:oid:{reading['seg']['sop_instance_uid']}" in named
+
+
+def test_each_lesion_is_a_finding_and_an_observation_by_the_model_device(
+    ingested: dict[str, Any], orthanc: Settings, patient_sources: Settings
+) -> None:
+    """A row per lesion with the SEG segment's Tracking UID; in FHIR its Observation carries
+    that UID and names the model version's Device, which a Provenance makes the report's author."""
+    reading = _reading(ingested)
+    with session_scope(orthanc.resolved_database_url) as session:
+        row = session.exec(
+            select(InferenceResult).where(
+                InferenceResult.study_instance_uid == reading["study_instance_uid"]
+            )
+        ).one()
+        findings = session.exec(
+            select(InferenceFinding)
+            .where(InferenceFinding.result_id == row.id)
+            .order_by(InferenceFinding.number)  # type: ignore[arg-type]
+        ).all()
+    with OrthancClient.from_settings(orthanc) as client:
+        seg_file = client.get_instance_file(client.lookup(reading["seg"]["sop_instance_uid"]))
+    segments = pydicom.dcmread(io.BytesIO(seg_file)).SegmentSequence
+    assert [f.tracking_uid for f in findings] == [s.TrackingUID for s in segments]
+    assert [f.label for f in findings] == [s.SegmentLabel for s in segments]
+    assert sum(f.volume_ml for f in findings) == pytest.approx(reading["lesion_volume_ml"], 0.01)
+    assert all(f.key_sop_instance_uid and f.fhir_observation_id for f in findings)
+    fhir = patient_sources.fhir_url
+    for finding in findings:
+        observation = requests.get(
+            f"{fhir}/Observation/{finding.fhir_observation_id}", timeout=10
+        ).json()
+        assert {"system": "urn:dicom:uid", "value": f"urn:oid:{finding.tracking_uid}"}.items() <= {
+            **observation["identifier"][1]
+        }.items()
+        assert observation["valueQuantity"]["value"] == pytest.approx(finding.volume_ml, 1e-3)
+        device_ref = observation["device"]["reference"]
+    device = requests.get(f"{fhir}/{device_ref}", timeout=10).json()
+    assert device["version"] == [{"value": reading["model"]["version"]}]
+    assert device["property"][0]["valueCode"][0]["text"] == reading["model"]["sha256"]
+    report_ref = reading["fhir"]["report"]
+    authored = requests.get(f"{fhir}/Provenance", params={"target": report_ref}, timeout=10).json()
+    (provenance,) = [e["resource"] for e in authored["entry"]]
+    assert provenance["agent"][0]["who"]["reference"] == device_ref
 
 
 def test_the_result_row_names_model_checksum_and_device(

@@ -203,6 +203,102 @@ def test_the_sign_in_worklist_and_break_glass_pages_pass_axe(browser, viewing: V
     context.close()
 
 
+def test_a_radiologist_reviews_the_ai_reading_on_the_worklist(browser, viewing: Viewing) -> None:  # type: ignore[no-untyped-def]
+    """The review flow in Chromium: awaiting review on the worklist, the review panel (axe-core
+    finds nothing serious), Accept one lesion, Reject another with a reason, Open on a lesion
+    (OHIF opens on its key slice); the row then says who decided. The reading is taken out
+    again at the end: the other tests open study A on its default slice."""
+    from pydicom.uid import generate_uid
+    from sqlmodel import delete, select
+
+    from common.db import InferenceFinding, InferenceResult, ReadingVerdict, session_scope
+
+    url = viewing.settings.resolved_database_url
+    key_slices = (viewing.instances_a[3], viewing.instances_a[8])
+    with session_scope(url) as session:
+        reading = InferenceResult(
+            study_instance_uid=viewing.study_a,
+            series_instance_uid=viewing.series_a,
+            patient_id=viewing.patient_a,
+            model_name="brain-lesion",
+            model_version="review-test",
+            model_sha256="0" * 64,
+            status="completed",
+            device="cpu",
+            lesion_count=2,
+            lesion_volume_ml=5.5,
+            seg_series_uid=generate_uid(),
+            seg_sop_instance_uid=generate_uid(),
+            timings="{}",
+        )
+        session.add(reading)
+        session.flush()
+        assert reading.id is not None
+        reading_id = reading.id
+        for number, (sop, volume) in enumerate(zip(key_slices, (4.25, 1.25), strict=True), 1):
+            session.add(
+                InferenceFinding(
+                    result_id=reading_id,
+                    number=number,
+                    tracking_uid=generate_uid(),
+                    label=f"Lesion {number}",
+                    volume_ml=volume,
+                    key_sop_instance_uid=sop,
+                )
+            )
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
+    try:
+        page = context.new_page()
+        _sign_in(page, viewing, "rex")
+        page.wait_for_url(f"{viewing.base}/worklist")
+        page.get_by_label("Awaiting review").check()
+        page.get_by_role("button", name="Search").click()
+        row = page.locator(f'tr[data-study="{viewing.study_a}"]')
+        assert "awaiting review" in row.inner_text()
+        row.get_by_role("link", name="Review the AI reading").click()
+        page.wait_for_url("**/worklist/review?study=*")
+        assert severe_violations(page) == []
+        panel = page.locator(f"#reading-{reading_id}")
+        assert "Lesion 1" in panel.inner_text() and "4.25 mL" in panel.inner_text()
+
+        panel.get_by_role("button", name="Accept Lesion 1").click()
+        page.wait_for_url("**/worklist/review?study=*")
+        lesion_2 = page.locator("tr[data-finding]").nth(1)
+        lesion_2.get_by_text("Reject…").click()
+        lesion_2.get_by_label("Why reject Lesion 2?").fill("a vessel seen end-on, not a lesion")
+        lesion_2.get_by_role("button", name="Reject Lesion 2").click()
+        page.wait_for_url("**/worklist/review?study=*")
+        findings = page.locator("tr[data-finding]")
+        assert "Accepted by rex" in findings.nth(0).inner_text()
+        assert "Rejected by rex" in findings.nth(1).inner_text()
+        assert "a vessel seen end-on" in findings.nth(1).inner_text()
+        page.screenshot(path=str(ARTIFACTS / "review-panel.png"), full_page=True)
+        assert severe_violations(page) == []
+
+        page.locator("tr[data-finding]").nth(1).get_by_role(
+            "button", name="Open the viewer on Lesion 2"
+        ).click()
+        page.wait_for_url("**/viewer?*", timeout=30_000)
+        assert f"initialSOPInstanceUID={key_slices[1]}" in page.url
+        page.goto(f"{viewing.base}/worklist/review?study={viewing.study_a}")
+        page.get_by_role("button", name="Accept the whole reading").click()
+        page.goto(f"{viewing.base}/worklist")
+        assert "accepted by rex" in page.locator(f'tr[data-study="{viewing.study_a}"]').inner_text()
+    finally:
+        context.close()
+        with session_scope(url) as session:
+            session.exec(delete(ReadingVerdict).where(ReadingVerdict.result_id == reading_id))  # type: ignore[call-overload]
+            session.exec(delete(InferenceFinding).where(InferenceFinding.result_id == reading_id))  # type: ignore[call-overload]
+            session.exec(delete(InferenceResult).where(InferenceResult.id == reading_id))  # type: ignore[call-overload]
+        with session_scope(url) as session:
+            assert (
+                session.exec(
+                    select(InferenceResult).where(InferenceResult.id == reading_id)
+                ).first()
+                is None
+            )
+
+
 def test_ohif_files_are_sent_precompressed_gzip_or_brotli_and_hashed_ones_cached_for_a_year(
     viewing: Viewing,
 ) -> None:

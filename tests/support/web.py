@@ -4,6 +4,7 @@ token out of a viewer link."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from flask.testing import FlaskClient
@@ -11,6 +12,7 @@ from flask.testing import FlaskClient
 from common.db import InferenceResult, Instance, Series, Study, session_scope
 
 PASSWORD = "correct horse battery staple"
+ORIGIN = "https://viewer.example.org"  # the unit tests' gateway (https)
 
 
 @dataclass(frozen=True)
@@ -114,3 +116,24 @@ def fragment_token(url: str) -> str:
     from urllib.parse import parse_qs, urlparse
 
     return parse_qs(urlparse(url).fragment)["token"][0]
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token a page's form carries."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "the form carries no CSRF token"
+    return found.group(1)
+
+
+def sign_in(client: FlaskClient, username: str = "alice", password: str = PASSWORD) -> str:
+    """Sign in through the form as a browser does; returns the worklist's CSRF token."""
+    form = client.get("/")
+    answer = client.post(
+        "/",
+        data={"csrf": csrf_of(form.text), "username": username, "password": password},
+        headers={"Origin": ORIGIN},
+    )
+    assert answer.status_code == 303 and answer.headers["Location"] == "/worklist", answer.text
+    page = client.get("/worklist")
+    assert page.status_code == 200
+    return csrf_of(page.text)

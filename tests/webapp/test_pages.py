@@ -13,32 +13,21 @@ from sqlmodel import select
 
 from common.db import AuditEvent, BreakGlassGrant, session_scope
 from tasks.patients.cache import save_patient
-from tests.support.web import PASSWORD, STUDY_A, STUDY_B, add_reading, bearer, login
+from tests.support.web import (
+    ORIGIN,
+    PASSWORD,
+    STUDY_A,
+    STUDY_B,
+    add_reading,
+    bearer,
+    csrf_of,
+    login,
+    sign_in,
+)
 from webapp import accounts
 
 A, B = STUDY_A, STUDY_B
 SESSION_COOKIE = "__Host-neuronova_session"  # the test gateway is https
-ORIGIN = "https://viewer.example.org"
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found, "the form carries no CSRF token"
-    return found.group(1)
-
-
-def sign_in(client: FlaskClient, username: str = "alice", password: str = PASSWORD) -> str:
-    """Sign in through the form as a browser does; returns the worklist's CSRF token."""
-    form = client.get("/")
-    answer = client.post(
-        "/",
-        data={"csrf": _csrf(form.text), "username": username, "password": password},
-        headers={"Origin": ORIGIN},
-    )
-    assert answer.status_code == 303 and answer.headers["Location"] == "/worklist", answer.text
-    page = client.get("/worklist")
-    assert page.status_code == 200
-    return _csrf(page.text)
 
 
 def _set_cookie(response: object, name: str) -> str:
@@ -52,7 +41,7 @@ def test_the_root_is_a_sign_in_form_under_a_strict_policy(client: FlaskClient) -
 
     assert page.status_code == 200 and page.mimetype == "text/html"
     assert 'for="username"' in page.text and 'for="password"' in page.text  # labelled
-    assert _csrf(page.text)
+    assert csrf_of(page.text)
     csp = page.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert "frame-ancestors 'none'" in csp and "form-action 'self'" in csp
@@ -68,7 +57,7 @@ def test_signing_in_sets_the_session_cookie_and_shows_only_the_users_studies(
     form = client.get("/")
     answer = client.post(
         "/",
-        data={"csrf": _csrf(form.text), "username": "alice", "password": PASSWORD},
+        data={"csrf": csrf_of(form.text), "username": "alice", "password": PASSWORD},
         headers={"Origin": ORIGIN},
     )
 
@@ -95,7 +84,7 @@ def test_unknown_user_and_wrong_password_get_the_same_answer(client: FlaskClient
         answers.append(
             client.post(
                 "/",
-                data={"csrf": _csrf(form.text), "username": username, "password": password},
+                data={"csrf": csrf_of(form.text), "username": username, "password": password},
             )
         )
     assert [a.status_code for a in answers] == [401, 401]
@@ -109,7 +98,7 @@ def test_failures_count_across_the_form_and_the_api(client: FlaskClient) -> None
         assert client.post("/api/auth/login", json={"username": "alice", "password": "x" * 12})
     form = client.get("/")
     answer = client.post(
-        "/", data={"csrf": _csrf(form.text), "username": "alice", "password": PASSWORD}
+        "/", data={"csrf": csrf_of(form.text), "username": "alice", "password": PASSWORD}
     )
     assert answer.status_code == 429 and int(answer.headers["Retry-After"]) > 0
 
@@ -131,7 +120,7 @@ def test_a_sign_in_without_its_token_or_from_elsewhere_is_refused(
 ) -> None:
     form = client.get("/")
     if data.get("csrf") == "@valid":
-        data = data | {"csrf": _csrf(form.text)}
+        data = data | {"csrf": csrf_of(form.text)}
     answer = client.post("/", data=data, headers=headers)
     assert answer.status_code == 403
     assert SESSION_COOKIE not in " ".join(answer.headers.getlist("Set-Cookie"))
@@ -142,7 +131,7 @@ def test_a_browser_under_no_referrer_signs_in_by_sec_fetch_site(client: FlaskCli
     form = client.get("/")
     answer = client.post(
         "/",
-        data={"csrf": _csrf(form.text), "username": "alice", "password": PASSWORD},
+        data={"csrf": csrf_of(form.text), "username": "alice", "password": PASSWORD},
         headers={"Origin": "null", "Sec-Fetch-Site": "same-origin"},
     )
     assert answer.status_code == 303

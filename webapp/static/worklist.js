@@ -1,8 +1,8 @@
 // The worklist, live: the page listens to its alert stream (/worklist/alerts, by the session
 // cookie). For each AI result about a study the user may open, and each move of its AI run
 // (queued, running, failed, done), it puts that study's row (as the server renders it) at the
-// top, or replaces it; a result, a new study and a failed run are said in the notice, the rest
-// changes the row quietly. Signing out, or the session ending elsewhere, closes the stream and
+// top, or replaces it; a result, a new study, a failed run and a reader's verdict (ai-verdict)
+// are said in the notice, the rest changes the row quietly. Signing out, or the session ending elsewhere, closes the stream and
 // goes back to the sign-in page.
 "use strict";
 
@@ -66,6 +66,11 @@
     if (!shown) return;
     if (shown.isNew) say(`New study: ${describe(shown.row)}`);
     else if (shown.row.querySelector("td.ai-failed")) say(`AI reading failed: ${describe(shown.row)}`);
+  });
+  stream.addEventListener("ai-verdict", async (event) => {
+    const study = studyOf(event);
+    const shown = study && (await showRow(study));
+    if (shown) say(`AI reading reviewed: ${describe(shown.row)}`);
   });
   stream.addEventListener("closed", () => { stream.close(); location.assign("/"); });
   stream.addEventListener("expired", () => { stream.close(); location.assign("/"); });
