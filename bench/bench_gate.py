@@ -12,8 +12,14 @@ runs so that the machine's noise falls on both:
     gated frame      GET /dicom-web/studies/…/instances/…/frames/1       (the gate reads the frame
     direct frame     GET /instances/ID/frames/0/raw                       and wraps it: multipart)
 
-Frames are the one answer the gate builds itself (Orthanc's DICOMweb plugin cannot label HTJ2K
-frames; see webapp/frames.py), so their ratio includes the webapp's copy of the pixel data.
+Frames are an answer the gate builds itself (Orthanc's DICOMweb plugin cannot label HTJ2K
+frames; see webapp/retrieve.py), so their ratio includes the webapp's copy of the pixel data.
+
+Then a whole series (WADO-RS, multipart of application/dicom, as stored: `transfer-syntax=*`),
+which the gate streams itself from the instances the index places in the study, against
+Orthanc's own DICOMweb series retrieve direct; one client, the whole series each time,
+alternating. And the same series decoded to explicit VR little endian (PS3.18's default), which
+Orthanc cannot make from HTJ2K: its time only.
 
     .venv/bin/python bench/bench_gate.py [--instances 100] [--seconds 8] [--connections 8] [--rounds 3]
 """
@@ -227,6 +233,7 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
         print(f"Orthanc's DICOMweb frames answer {plugin_frame.status_code}: no baseline of theirs")
     first_frame = httpx.get(f"{direct}/instances/{rows[0].orthanc_id}/frames/0/raw").content
     _check_same_bytes(gateway, direct, cases, viewer, first_frame)
+    _series_retrieve(gateway, direct, viewer, study, rows[0].series_instance_uid, args.rounds)
     size = sum(r.bytes_stored for r in rows) / len(rows) / 1024
     print(
         f"{len(rows)} instances, {size:.0f} KiB each on average; wrk: 2 threads, "
@@ -268,6 +275,40 @@ def _measure(settings: Settings, direct_port: int, args: argparse.Namespace, wor
             f"{g1['p50']:.2f} p99 {g1['p99']:.2f} ms; added p50 {g1['p50'] - d1['p50']:+.2f} ms, "
             f"p99 {g1['p99'] - d1['p99']:+.2f} ms\n"
         )
+
+
+def _series_retrieve(
+    gateway: str, direct: str, viewer: tuple[str, str], study: str, series: str, rounds: int
+) -> None:
+    """A whole series through the gate vs Orthanc's own series retrieve, alternating."""
+    path = f"/dicom-web/studies/{study}/series/{series}"
+    stored = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+    decoded = 'multipart/related; type="application/dicom"'
+    auth = {"Authorization": f"Bearer {viewer[0]}", "Cookie": viewer[1]}
+
+    def fetch(base: str, accept: str, headers: dict[str, str]) -> tuple[float, int]:
+        with httpx.Client(timeout=300) as client:
+            started = time.perf_counter()
+            answer = client.get(base + path, headers={**headers, "Accept": accept})
+            answer.raise_for_status()
+            return time.perf_counter() - started, len(answer.content)
+
+    gated, own, explicit = [], [], []
+    for _ in range(max(rounds, 3) * 2):
+        own.append(fetch(direct, stored, {}))
+        gated.append(fetch(gateway, stored, auth))
+        explicit.append(fetch(gateway, decoded, auth))
+    g = sorted(t for t, _ in gated)[len(gated) // 2]
+    o = sorted(t for t, _ in own)[len(own) // 2]
+    e = sorted(t for t, _ in explicit)[len(explicit) // 2]
+    size_mb = gated[0][1] / 1e6
+    print("series retrieve (WADO-RS, as stored; baseline: Orthanc's own DICOMweb series, direct)")
+    print(f"{'':9s} direct {o:.3f} s  gated {g:.3f} s for {size_mb:.1f} MB")
+    print(f"{'':9s} gated/direct throughput {o / g:.2f}")
+    print(
+        f"{'':9s} decoded to explicit VR little endian by the gate: {e:.3f} s for "
+        f"{explicit[0][1] / 1e6:.1f} MB ({o / e:.2f} of Orthanc's as-stored time)\n"
+    )
 
 
 def _median(runs: list[dict[str, float]]) -> dict[str, float]:

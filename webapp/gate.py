@@ -8,11 +8,13 @@ audit row and `X-Accel-Redirect` to nginx's `internal;` location, built from the
 Everything else is a 401 or 403 with a short reason, and anything unexpected is a 403 too:
 the gate never lets a doubt through and never shows an error's details.
 
-Two kinds of answer are the gate's own rather than an `X-Accel-Redirect`: searches and
-metadata, which Orthanc answers by StudyInstanceUID alone and the gate narrows to what the
-index places in the study (`webapp.dicom_json`), and WADO-RS frames, which Orthanc's DICOMweb
-plugin cannot label for HTJ2K (`webapp.frames`). Whole instances, what OHIF reads, still go
-through nginx.
+Some answers are the gate's own rather than an `X-Accel-Redirect`: searches and metadata, which
+Orthanc answers by StudyInstanceUID alone and the gate narrows to what the index places in the
+study (`webapp.dicom_json`); WADO-RS frames, which Orthanc's DICOMweb plugin cannot label for
+HTJ2K; whole series and studies (streamed, only the index's instances of the study); and
+instances or frames asked for in explicit VR little endian, decoded from the stored HTJ2K
+(`webapp.retrieve`). An instance as stored, and WADO-URI (what OHIF reads), still go through
+nginx.
 
 It is a plain WSGI app in front of Flask (see `GateDispatcher`): a viewer makes one request per
 image, and Flask's request machinery cost as much as the gate's own work.
@@ -23,7 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import islice
 from typing import Any
 
 from sqlmodel import select
@@ -32,11 +37,11 @@ from werkzeug.http import parse_cookie
 from common.db import Instance, Series, Study, get_engine, session_scope
 from common.errors import PermanentUpstreamError, TransientUpstreamError
 from tasks.archive.orthanc import OrthancClient
+from tasks.dicom.htj2k import HTJ2K_SYNTAXES
 from webapp import accounts
 from webapp.audit import AuditRecord
 from webapp.context import STUDY_KEY, WebContext, client_addr_from, request_id_from
 from webapp.dicom_json import StudyMembers, keep_study_members
-from webapp.frames import FrameNotAcceptable, frames_acceptable, multipart_frames
 from webapp.gate_paths import (
     DICOMWEB_ROOT,
     INTERNAL_PREFIX,
@@ -47,6 +52,15 @@ from webapp.gate_paths import (
     parse_request,
     split_raw_uri,
 )
+from webapp.retrieve import (
+    DICOM,
+    OCTET_STREAM,
+    Multipart,
+    NotAcceptable,
+    answer_syntax,
+    explicit_le_frames,
+    explicit_le_instance,
+)
 from webapp.tokens import MAX_TOKEN_LENGTH, TokenRejected, bound_to, verify_viewer_token
 from webapp.viewer import browser_cookie_name
 
@@ -55,7 +69,8 @@ log = logging.getLogger(__name__)
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Environ, StartResponse], Iterable[bytes]]
-_Answer = tuple[int, list[tuple[str, str]], bytes]  # status, headers, body
+# status, headers, body (bytes, or pieces streamed as they are made: series and studies)
+_Answer = tuple[int, list[tuple[str, str]], bytes | Iterable[bytes]]
 
 _ORTHANC_ID_CHARS = frozenset("0123456789abcdef-")
 _STATUS_LINES = {
@@ -71,6 +86,9 @@ _INDEX_FILTERED = frozenset(
     {GateKind.QIDO_STUDIES, GateKind.QIDO_SERIES, GateKind.QIDO_INSTANCES, GateKind.METADATA}
 )
 _DENIAL_MESSAGES = {403: "not allowed", 404: "not found", 502: "archive unavailable"}
+_RETRIEVALS = frozenset({GateKind.RETRIEVE_STUDY, GateKind.RETRIEVE_SERIES})
+# Instances of a series or study fetched from Orthanc ahead of the one being sent.
+RETRIEVE_PREFETCH = 4
 
 
 def is_gate_path(path_info: str) -> bool:
@@ -133,7 +151,12 @@ class Gate:
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         status, headers, body = self.answer(environ)
         start_response(_STATUS_LINES[status], headers)
-        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
+        if environ.get("REQUEST_METHOD") == "HEAD":
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()  # a stream not started: nothing fetched
+            return []
+        return [body] if isinstance(body, bytes) else body
 
     def answer(self, environ: Environ) -> _Answer:
         """The status, headers and body for one request, with its audit row recorded."""
@@ -157,6 +180,11 @@ class Gate:
                 raise TokenRejected("session ended, token revoked or study no longer allowed")
             if target.kind is GateKind.FRAMES:  # checks its instance itself
                 answer = self._frames(environ, target)
+            elif target.kind is GateKind.INSTANCE:
+                answer = self._instance(environ, target)
+            elif target.kind in _RETRIEVALS:
+                self._locate(target)
+                answer = self._retrieve(environ, target)
             elif target.kind in _INDEX_FILTERED:
                 self._locate(target)
                 answer = self._index_filtered_json(target)
@@ -168,8 +196,8 @@ class Gate:
         except GateDenied as err:
             self._audit(environ, kind, err.status, username, study, err.reason)
             return _deny(err.status, _DENIAL_MESSAGES.get(err.status, "not allowed"))
-        except FrameNotAcceptable as err:
-            self._audit(environ, kind, 406, username, study, "frame transfer syntax not accepted")
+        except NotAcceptable as err:
+            self._audit(environ, kind, 406, username, study, "transfer syntax not accepted")
             return _deny(406, str(err))
         except Exception:
             log.exception("gate: unexpected error, denying")
@@ -260,26 +288,128 @@ class Gate:
             frozenset(sop for _, sop in rows),
         )
 
-    # ---- frames: built here from Orthanc's stored frames (see webapp.frames)
+    # ---- frames, instances, series and studies (see webapp.retrieve)
 
     def _frames(self, environ: Environ, target: GateRequest) -> _Answer:
-        orthanc_id, transfer_syntax = self._instance_in_study(target)
-        if not frames_acceptable(environ.get("HTTP_ACCEPT", ""), transfer_syntax):
-            raise FrameNotAcceptable(transfer_syntax)
+        """Frames as stored (Orthanc's raw frames, labelled) or decoded."""
+        orthanc_id, stored = self._instance_in_study(target)
+        syntax = answer_syntax(
+            environ.get("HTTP_ACCEPT", ""),
+            stored,
+            OCTET_STREAM,
+            decodable=stored in HTJ2K_SYNTAXES,
+        )
         try:
-            frames = [self._orthanc.instance_frame_raw(orthanc_id, n - 1) for n in target.frames]
-        except PermanentUpstreamError:
+            if syntax == stored:
+                frames = [
+                    self._orthanc.instance_frame_raw(orthanc_id, n - 1) for n in target.frames
+                ]
+            else:
+                frames = explicit_le_frames(
+                    self._orthanc.get_instance_file(orthanc_id), target.frames
+                )
+        except (PermanentUpstreamError, IndexError):
             raise GateDenied(404, "frame not in the instance") from None
         except TransientUpstreamError as err:
             log.warning("gate: Orthanc did not give a frame: %s", err)
             raise GateDenied(502, "archive unavailable") from None
-        content_type, body = multipart_frames(frames, transfer_syntax)
+        multipart = Multipart.new(OCTET_STREAM)
+        body = multipart.whole((frame, syntax) for frame in frames)
+        return 200, _multipart_headers(multipart, len(body)), body
+
+    def _instance(self, environ: Environ, target: GateRequest) -> _Answer:
+        """An instance as stored goes through nginx (Orthanc's own DICOMweb answer); one asked
+        for in explicit VR little endian is decoded here."""
+        uri = self._locate(target)
+        _orthanc_id, stored = self._instance_in_study(target)
+        syntax = answer_syntax(
+            environ.get("HTTP_ACCEPT", ""), stored, DICOM, decodable=stored in HTJ2K_SYNTAXES
+        )
+        if syntax == stored:
+            return _accel_redirect(uri)
+        multipart = Multipart.new(DICOM)
+        body = multipart.whole([(self._decoded_instance(target), syntax)])
+        return 200, _multipart_headers(multipart, len(body)), body
+
+    def _decoded_instance(self, target: GateRequest) -> bytes:
+        orthanc_id, _stored = self._instance_in_study(target)
+        try:
+            return explicit_le_instance(self._orthanc.get_instance_file(orthanc_id))
+        except PermanentUpstreamError:
+            raise GateDenied(404, "not in the archive") from None
+        except TransientUpstreamError as err:
+            log.warning("gate: Orthanc did not give an instance: %s", err)
+            raise GateDenied(502, "archive unavailable") from None
+
+    def _retrieve(self, environ: Environ, target: GateRequest) -> _Answer:
+        """A whole series or study: every instance the index places there, streamed as one
+        multipart answer (one audit row), each as stored or decoded as the client accepts."""
+        rows = self._indexed_instances(target.study, target.series)
+        if not rows:
+            raise GateDenied(404, "nothing indexed there")
+        accept = environ.get("HTTP_ACCEPT", "")
+        plan = [
+            (
+                orthanc_id,
+                stored,
+                answer_syntax(accept, stored, DICOM, decodable=stored in HTJ2K_SYNTAXES),
+            )
+            for orthanc_id, stored in rows
+        ]  # every instance's answer is settled (or 406) before the first byte goes out
+        multipart = Multipart.new(DICOM)
         headers = [
-            ("Content-Type", content_type),
-            ("Content-Length", str(len(body))),
+            ("Content-Type", multipart.content_type),
             ("Cache-Control", "private, no-store"),
         ]
-        return 200, headers, body
+        return 200, headers, self._instance_parts(multipart, plan)
+
+    def _instance_parts(
+        self, multipart: Multipart, plan: list[tuple[str, str, str]]
+    ) -> Iterator[bytes]:
+        """The parts, fetched from Orthanc a few ahead of the one being sent. An archive that
+        stops answering mid-way ends the answer without its closing boundary, so the client
+        sees it incomplete rather than short."""
+
+        def fetch(orthanc_id: str, stored: str, syntax: str) -> bytes:
+            data = self._orthanc.get_instance_file(orthanc_id)
+            return data if syntax == stored else explicit_le_instance(data)
+
+        with ThreadPoolExecutor(RETRIEVE_PREFETCH, thread_name_prefix="gate-retrieve") as pool:
+            queued = iter(plan)
+            pending: deque[tuple[Future[bytes], str]] = deque(
+                (pool.submit(fetch, *step), step[2]) for step in islice(queued, RETRIEVE_PREFETCH)
+            )
+            while pending:
+                future, syntax = pending.popleft()
+                following = next(queued, None)
+                if following is not None:
+                    pending.append((pool.submit(fetch, *following), following[2]))
+                try:
+                    data = future.result()
+                except Exception:
+                    log.exception("gate: a series or study retrieve stopped mid-way")
+                    for left, _ in pending:
+                        left.cancel()
+                    return
+                yield from multipart.part(data, syntax)
+        yield multipart.end()
+
+    def _indexed_instances(self, study: str, series: str | None) -> list[tuple[str, str]]:
+        """(Orthanc ID, stored transfer syntax) of every instance the index places in the
+        study (and series), in series then instance order."""
+        query = select(Instance.orthanc_id, Instance.transfer_syntax).where(
+            Instance.study_instance_uid == study
+        )
+        if series is not None:
+            query = query.where(Instance.series_instance_uid == series)
+        query = query.order_by(Instance.series_instance_uid, Instance.sop_instance_uid)
+        with session_scope(self.context.database_url) as session:
+            rows = session.exec(query).all()
+        return [
+            (orthanc_id, syntax)
+            for orthanc_id, syntax in rows
+            if orthanc_id and set(orthanc_id) <= _ORTHANC_ID_CHARS
+        ]
 
     def _series_study(self, series_uid: str) -> str:
         cached = self._series.get(series_uid)
@@ -329,6 +459,14 @@ class Gate:
                 kind,
                 record.request_id,
             )
+
+
+def _multipart_headers(multipart: Multipart, length: int) -> list[tuple[str, str]]:
+    return [
+        ("Content-Type", multipart.content_type),
+        ("Content-Length", str(length)),
+        ("Cache-Control", "private, no-store"),
+    ]
 
 
 def _accel_redirect(internal_uri: str) -> _Answer:

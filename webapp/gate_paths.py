@@ -22,7 +22,7 @@ INTERNAL_PREFIX = "/_orthanc"
 DICOMWEB_ROOT = "/dicom-web"
 WADO_URI_ROOT = "/wado"
 MAX_URI_LENGTH = 2048
-# Study or series retrieval in bulk, bulkdata, rendered and thumbnails: not needed by the viewer.
+# Bulkdata, rendered and thumbnails: not offered.
 UNSUPPORTED = "DICOMweb request not offered through the viewer gate"
 MALFORMED_UID = "malformed UID in path"
 
@@ -47,6 +47,8 @@ class GateKind(StrEnum):
     METADATA = "metadata"
     INSTANCE = "instance"
     FRAMES = "frames"
+    RETRIEVE_STUDY = "retrieve-study"  # a whole study (WADO-RS), one audit row
+    RETRIEVE_SERIES = "retrieve-series"
     WADO_URI = "wado-uri"
 
 
@@ -229,7 +231,8 @@ _SERIES = _STUDY + "/series/{series}"
 _INSTANCE = _SERIES + "/instances/{instance}"
 
 # Every request the gate lets through; nothing else is. Searches (QIDO) take filters, reads
-# take no parameters, WADO-URI names its identifiers in the query.
+# (metadata, a study, a series, an instance, frames) take no parameters, WADO-URI names its
+# identifiers in the query.
 ROUTES: tuple[Route, ...] = (
     #     path                              kind                     query          build
     Route(_STUDIES,                         GateKind.QIDO_STUDIES,   _QIDO_PARAMS,  _study_search),
@@ -239,6 +242,8 @@ ROUTES: tuple[Route, ...] = (
     Route(_STUDY + "/metadata",             GateKind.METADATA,       _NO_PARAMS,    _read),
     Route(_SERIES + "/metadata",            GateKind.METADATA,       _NO_PARAMS,    _read),
     Route(_INSTANCE + "/metadata",          GateKind.METADATA,       _NO_PARAMS,    _read),
+    Route(_STUDY,                           GateKind.RETRIEVE_STUDY, _NO_PARAMS,    _read),
+    Route(_SERIES,                          GateKind.RETRIEVE_SERIES, _NO_PARAMS,   _read),
     Route(_INSTANCE,                        GateKind.INSTANCE,       _NO_PARAMS,    _read),
     Route(_INSTANCE + "/frames/{frames}",   GateKind.FRAMES,         _NO_PARAMS,    _read),
     Route(WADO_URI_ROOT,                    GateKind.WADO_URI,       _WADO_PARAMS,  _wado_uri),

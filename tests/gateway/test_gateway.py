@@ -17,6 +17,7 @@ import httpx
 import jwt
 import pytest
 
+from tasks.dicom.htj2k import decode_frame
 from tests.support.orthanc import orthanc_http
 from tests.support.race import race
 from tests.support.viewing import Viewing, token_of
@@ -120,15 +121,27 @@ def test_a_viewer_token_opens_its_study_with_orthancs_bytes_and_types(
     assert part == orthanc.get(f"/instances/{orthanc_id}/frames/0/raw").content
     assert part[:2] == b"\xff\x4f"  # a JPEG 2000 family codestream starts with SOC
 
-    # The archive does not transcode frames: asking for uncompressed ones says what it has.
+    # A client that names no transfer syntax gets the frame decoded (PS3.18's default).
     uncompressed = _get(
         v,
         f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{sop}/frames/1",
         token,
         Accept='multipart/related; type="application/octet-stream"',
     )
-    assert uncompressed.status_code == 406
-    assert "1.2.840.10008.1.2.4.201" in uncompressed.json()["error"]
+    assert uncompressed.status_code == 200
+    ((label, pixels),) = _multipart_parts(uncompressed)
+    assert label == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    decoded = decode_frame(orthanc.get(f"/instances/{orthanc_id}/frames/0/raw").content)
+    assert pixels == decoded.astype(decoded.dtype.newbyteorder("<")).tobytes()
+    # A syntax the archive can neither serve nor make: 406, naming what it can.
+    jpeg = _get(
+        v,
+        f"/dicom-web/studies/{v.study_a}/series/{v.series_a}/instances/{sop}/frames/1",
+        token,
+        Accept='multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50',
+    )
+    assert jpeg.status_code == 406
+    assert "1.2.840.10008.1.2.4.201" in jpeg.json()["error"]
 
 
 def _multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
