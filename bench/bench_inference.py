@@ -8,7 +8,10 @@ emulator. Then:
    loaded for the first time in this process): what a study costs the first time a worker sees the model;
 2. `--repeats` warm runs of the same steps without Prefect (each under a new model version, so
    every run stores a new SEG and new FHIR resources): read (fetch + HTJ2K decode), segment
-   (to the model's grid, sliding windows, back), SEG (build + verified store), FHIR;
+   (to the model's grid, sliding windows, back), the DICOM results, FHIR. The results both
+   ways, in the same run: "before" (one SEG segment for all lesions, no SR: the reading until
+   issue 24) and "now" (lesions numbered, a segment per lesion, the TID 1500 SR, both read back
+   and stored verified: `store_seg_task`), and the whole reading's cost ratio now/before;
 3. the segmentation alone on every device given (`--devices cpu,cuda`): the GPU/CPU ratio on the
    same volume. Without CUDA here it says so and measures the CPU only.
 
@@ -115,6 +118,8 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
     from neuronova.stack.supervisor import LocalStack
     from tasks.archive.orthanc import OrthancClient
     from tasks.dicom.volume import read_series_from_orthanc
+    from tasks.inference.lesions import label_lesions
+    from tasks.inference.prefect_tasks import store_seg_task
     from tasks.inference.report import LesionFindings, publish_lesion_results
     from tasks.inference.results import store_seg
     from tasks.inference.series import choose_series, find_study_series
@@ -143,6 +148,7 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
 
         bundle = load_bundle(BUNDLE, "cpu")
         rows: dict[str, list[float]] = {"read": [], "segment": [], "seg": [], "fhir": []}
+        results_now: list[float] = []
         with (
             OrthancClient.from_settings(settings) as client,
             FhirClient.from_settings(settings) as fhir,
@@ -165,6 +171,19 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
                 store_seg(settings, data, study_uid, sop_uid)
                 rows["seg"].append(time.perf_counter() - clock)
                 clock = time.perf_counter()
+                labels, _lesions = label_lesions(run.mask, volume.spacing)
+                store_seg_task.fn(
+                    settings,
+                    volume,
+                    labels,
+                    study_uid,
+                    choice.series_uid,
+                    "bench",
+                    f"{version}-now",
+                    run.model_sha256,
+                )
+                results_now.append(time.perf_counter() - clock)
+                clock = time.perf_counter()
                 measured = measure_lesions(run.mask, volume.spacing)
                 patient = resolve_patient(settings, str(tags["PatientID"]), fhir=fhir, emr=emr)
                 assert patient.resource is not None
@@ -185,6 +204,13 @@ def with_stack(tmp: Path, files: list[Path], devices: list[str], repeats: int) -
             f"warm, without Prefect, median of {repeats}: "
             + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in medians.items())
             + f"; study end to end {total:.2f} s"
+        )
+        before = medians["seg"]
+        now = statistics.median(results_now)
+        print(
+            f"DICOM results, median of {repeats}: before (one segment, no SR) {before:.2f} s, "
+            f"now (a segment per lesion + TID 1500 SR, both checked) {now:.2f} s; the whole "
+            f"reading now/before: {(total - before + now) / total:.3f} (target ≤ 1.10)"
         )
         segmentation_by_device(volume, devices, repeats)
     finally:

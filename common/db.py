@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The newest migration's revision; a test checks it against Alembic's own view of the head.
-SCHEMA_HEAD = "0011"
+SCHEMA_HEAD = "0012"
 
 
 def utcnow() -> datetime:
@@ -394,6 +394,11 @@ class ReadingVerdict(SQLModel, table=True):
     verdict: str = Field(max_length=16, description="a Verdict value")
     reason: str | None = Field(default=None, max_length=500)
     corrected_seg_sop_instance_uid: str | None = Field(default=None, max_length=64)
+    corrected_volumes: str | None = Field(
+        default=None,
+        sa_column=Column(Text, nullable=True),
+        description="JSON: finding Tracking UID (or a new segment's label) → mL, as corrected.",
+    )
     user_id: int = Field(foreign_key="users.id", index=True)
     username: str = Field(max_length=64)
     at: datetime = Field(default_factory=utcnow, index=True)

@@ -93,7 +93,19 @@ class Judged:
 
 def give_verdict(user: User, study_uid: str, reading_id: int, body: object) -> Judged:
     """Check, record, send to FHIR and announce one verdict (the API and the review panel)."""
-    ctx = web_context()
+    refused = _may_judge(user, study_uid)
+    if refused is not None:
+        return refused
+    try:
+        wanted = parse_verdict(body)
+    except VerdictRefused as err:
+        audit(Action.VERDICT, err.status, username=user.username, study=study_uid, reason=str(err))
+        return Judged(err.status, str(err))
+    return judge(user, study_uid, reading_id, wanted)
+
+
+def _may_judge(user: User, study_uid: str) -> Judged | None:
+    """None when the user may give verdicts on the study; else the refusal (audited)."""
     if user.role != Role.RADIOLOGIST:
         audit(Action.VERDICT, 403, username=user.username, reason="only radiologists judge")
         return Judged(403, "only radiologists give verdicts on AI readings")
@@ -102,8 +114,17 @@ def give_verdict(user: User, study_uid: str, reading_id: int, body: object) -> J
     if not allowed:
         audit(Action.VERDICT, 403, username=user.username, reason="policy")
         return Judged(403, "not allowed")
+    return None
+
+
+def judge(user: User, study_uid: str, reading_id: int, wanted: VerdictRequest) -> Judged:
+    """Record a checked verdict of a radiologist who may open the study, send its FHIR side
+    (owed when FHIR cannot take it now) and tell the open worklists."""
+    ctx = web_context()
+    refused = _may_judge(user, study_uid)
+    if refused is not None:
+        return refused
     try:
-        wanted = parse_verdict(body)
 
         def record(session: Session) -> tuple[ReadingVerdict, str]:
             row = record_verdict(session, study_uid, reading_id, wanted, user)

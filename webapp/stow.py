@@ -1,10 +1,11 @@
 """STOW-RS: `POST /dicom-web/studies` stores DICOM files through the verified ingest.
 
 For users with the role `uploader` (and admins), signed in with an access token from
-`/api/auth/login` (`Authorization: Bearer`); a viewer token is for another audience and is
-refused like no token. The body (`multipart/related; type="application/dicom"`, PS3.18 §10.5)
-is streamed part by part into a private staging folder, never held in memory, and handed to
-the same `ingest_batch` that `neuronova ingest` uses, a batch at a time: every instance is
+`/api/auth/login` (`Authorization: Bearer`). A viewer token is no upload: it is a radiologist's
+viewer saving a corrected segmentation, under that path's own rules (webapp/corrections.py).
+The body (`multipart/related; type="application/dicom"`, PS3.18 §10.5) is streamed part by
+part into a private staging folder, never held in memory, and handed to the same `ingest_batch`
+that `neuronova ingest` uses, a batch at a time: every instance is
 transcoded to HTJ2K lossless where it is not, verified, stored in Orthanc and indexed before
 the answer is sent; bad files and conflicts are kept in quarantine with their reason. The
 answer is PS3.18's: `application/dicom+json` with a ReferencedSOPSequence (stored, or already
@@ -67,9 +68,19 @@ class PartIds:
 
 
 @bp.post("/dicom-web/studies")
-@jwt_required()
 def store_instances() -> Response:
-    """Store the body's instances; see the module's docstring."""
+    """Store the body's instances; see the module's docstring. A viewer token is a reader
+    saving a corrected segmentation from the viewer (webapp/corrections.py)."""
+    from webapp.corrections import store_correction, viewer_claims
+
+    claims = viewer_claims()
+    if claims is not None:
+        return store_correction(claims)
+    return _store_upload()
+
+
+@jwt_required()
+def _store_upload() -> Response:
     user: User = current_user
     if user.role not in UPLOAD_ROLES:
         audit(Action.STOW, 403, username=user.username, reason="role may not upload")

@@ -23,6 +23,7 @@ deployment, every few minutes, and every run of the study's inference) sends it 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -186,9 +187,9 @@ def _apply(
             continue
         tracking_uid = tracking_uid_of(observation)
         governing = per_finding.get(tracking_uid, current) if tracking_uid else current
-        status = STATUS_OF[governing.verdict if governing else None]
-        if observation.get("status") != status:
-            fhir.update({**observation, "status": status})
+        judged = judged_observation(observation, tracking_uid, governing)
+        if judged != observation:
+            fhir.update(judged)
     observation_of = {f.tracking_uid: f.fhir_observation_id for f in findings}
     for verdict in unsent:
         if verdict.finding_tracking_uid is None:
@@ -198,6 +199,30 @@ def _apply(
         else:
             raise NeuroNovaError(f"the finding {verdict.finding_tracking_uid} has no Observation")
         fhir.update(verdict_provenance(verdict, target, practitioners[verdict.username]))
+
+
+def judged_observation(
+    observation: dict[str, Any], tracking_uid: str | None, governing: ReadingVerdict | None
+) -> dict[str, Any]:
+    """The Observation as its governing verdict makes it: its status, and for a correction the
+    value the reader's SEG measures (a lesion's volume, the total, the count)."""
+    judged = {**observation, "status": STATUS_OF[governing.verdict if governing else None]}
+    volumes = (
+        json.loads(governing.corrected_volumes)
+        if governing is not None and governing.corrected_volumes
+        else None
+    )
+    if not volumes:
+        return judged
+    code = str(observation.get("code", {}).get("coding", [{}])[0].get("code", ""))
+    if tracking_uid is not None and tracking_uid in volumes:
+        judged["valueQuantity"] = {**observation["valueQuantity"], "value": volumes[tracking_uid]}
+    elif code == "lesion-volume":
+        total = round(sum(volumes.values()), 3)
+        judged["valueQuantity"] = {**observation["valueQuantity"], "value": total}
+    elif code == "lesion-count":
+        judged["valueInteger"] = sum(1 for v in volumes.values() if v > 0)
+    return judged
 
 
 def practitioner_id(fhir: FhirClient, username: str) -> str:

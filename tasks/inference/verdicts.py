@@ -12,6 +12,7 @@ here; this module checks what the verdict is about.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,6 +57,9 @@ class VerdictRequest:
     finding: str | None  # the finding's Tracking UID
     reason: str | None
     corrected_seg: str | None  # corrected: the SOP Instance UID of the SEG the reader saved
+    corrected_volumes: str | None = (
+        None  # JSON, what that SEG measures (tasks.inference.corrections)
+    )
 
 
 def parse_verdict(body: object) -> VerdictRequest:
@@ -131,6 +135,7 @@ def record_verdict(
         verdict=wanted.verdict,
         reason=wanted.reason,
         corrected_seg_sop_instance_uid=wanted.corrected_seg,
+        corrected_volumes=wanted.corrected_volumes,
         user_id=reader.id,
         username=reader.username,
     )
@@ -177,6 +182,8 @@ def verdict_view(row: ReadingVerdict | None) -> dict[str, Any] | None:
     }
     if row.corrected_seg_sop_instance_uid:
         view["corrected_seg_sop_instance_uid"] = row.corrected_seg_sop_instance_uid
+    if row.corrected_volumes:
+        view["corrected_volumes_ml"] = json.loads(row.corrected_volumes)
     return view
 
 

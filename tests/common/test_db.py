@@ -38,7 +38,7 @@ def test_the_findings_migration_goes_down_and_up_again(tmp_path: Path) -> None:
 
     url = f"sqlite:///{tmp_path / 'nn.db'}"
     migrate(url)
-    command.downgrade(alembic_config(url), "0010")
+    command.downgrade(alembic_config(url), "0010")  # below 0011 and 0012
     assert not {"inference_findings", "reading_verdicts"} & set(
         inspect(get_engine(url)).get_table_names()
     )

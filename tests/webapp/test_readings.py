@@ -438,3 +438,49 @@ def test_open_on_this_lesion_opens_the_viewer_on_its_key_slice(world: World) -> 
     spent = client.post("/view", json={"token": token, "sop": STUDY_B.instances[0]})
     viewer = parse_qs(urlsplit(spent.get_json()["viewer"]).query)
     assert viewer.get("initialSOPInstanceUID") != [STUDY_B.instances[0]]
+
+
+def test_a_corrected_reading_carries_the_readers_volumes_into_fhir(world: World) -> None:
+    """What the viewer's save does after storing the reader's SEG (tests/gateway/
+    test_corrections.py): the verdict `corrected` with the volumes the SEG measures."""
+    import json
+
+    from common.db import Instance, Verdict, session_scope
+    from tasks.inference.verdicts import VerdictRequest
+    from webapp.readings import judge
+
+    seg_uid = STUDY_A.series + ".301.1"
+    with session_scope(world.settings.resolved_database_url) as session:
+        session.add(
+            Instance(
+                sop_instance_uid=seg_uid,
+                series_instance_uid=STUDY_A.series,
+                study_instance_uid=STUDY_A.study,
+                sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4",
+                orthanc_id="0000aaaa-aaaaaaaa-bbbbbbbb-cccccccc-dddddddd",
+                transfer_syntax="1.2.840.10008.1.2.1",
+                source_transfer_syntax="1.2.840.10008.1.2.1",
+                action="kept",
+                lossless=True,
+                stored_sha256="0" * 64,
+                bytes_in=1,
+                bytes_stored=1,
+            )
+        )
+        rad = accounts.find_user(session, "rad")
+    assert rad is not None
+    volumes = {TRACKING[0]: 3.5, TRACKING[1]: 0.0}  # lesion 2 erased by the reader
+    wanted = VerdictRequest(
+        Verdict.CORRECTED, None, "corrected segmentation saved", seg_uid, json.dumps(volumes)
+    )
+    with world.app.test_request_context("/"):
+        judged = judge(rad, STUDY_A.study, world.reading_id, wanted)
+    assert judged.reading is not None, judged.message
+    assert judged.reading["verdict"]["corrected_volumes_ml"] == volumes
+    report = _fhir(world, f"DiagnosticReport/{world.report_id}")
+    assert report["status"] == "corrected"
+    first = _fhir(world, f"Observation/{world.observations[TRACKING[0]]}")
+    assert first["status"] == "corrected" and first["valueQuantity"]["value"] == 3.5
+    count_ref, total_ref = report["result"][0]["reference"], report["result"][1]["reference"]
+    assert _fhir(world, count_ref)["valueInteger"] == 1
+    assert _fhir(world, total_ref)["valueQuantity"]["value"] == 3.5
