@@ -89,8 +89,52 @@ function neuronovaUrlParam(name) {
   return found;
 }
 
+/**
+ * The AI's findings in the measurement panel (issue 24): OHIF lists an SR's measurements only
+ * once the SR is "hydrated", which it does by itself only for an SR shown alone in a viewport
+ * (and our viewport holds the MR with the SEG). So when a study's display sets arrive, each
+ * TID 1500 report is loaded and, when OHIF can take its measurements (tasks/dicom/sr.py writes
+ * each lesion as a Length it can: "Lesion 1 — 4.2 mL", its longest diameter on its key slice),
+ * hydrated into the panel; the viewport stays as it is. A report OHIF cannot read is left (a
+ * warning in the console), the images and the SEG are unaffected.
+ */
+var neuronovaHydration = null; // the display-set subscription, while the mode is on
+
+function neuronovaHydrateReports(displaySets, commands) {
+  var reports = displaySets.getActiveDisplaySets().filter(function (d) {
+    return d.Modality === 'SR' && d.isImagingMeasurementReport && !d.isHydrated &&
+      !d.neuronovaTried && typeof d.load === 'function';
+  });
+  reports.forEach(function (report) {
+    report.neuronovaTried = true;
+    Promise.resolve(report.isLoaded ? null : report.load())
+      .then(function () {
+        var placed = (report.measurements || []).some(function (m) { return m.loaded; });
+        if (report.isRehydratable && placed && !report.isHydrated) {
+          commands.runCommand('hydrateStructuredReport', {
+            displaySetInstanceUID: report.displaySetInstanceUID,
+          });
+        }
+      })
+      .catch(function (error) { console.warn('neuronova: a report was not listed', error); });
+  });
+}
+
 var neuronovaViewerExtension = {
   id: 'neuronova-viewer',
+  onModeEnter: function (context) {
+    var displaySets = context.servicesManager.services.displaySetService;
+    var commands = context.commandsManager;
+    var later = function () {
+      setTimeout(function () { neuronovaHydrateReports(displaySets, commands); }, 0);
+    };
+    neuronovaHydration = displaySets.subscribe(displaySets.EVENTS.DISPLAY_SETS_ADDED, later);
+    later();
+  },
+  onModeExit: function () {
+    if (neuronovaHydration) neuronovaHydration.unsubscribe();
+    neuronovaHydration = null;
+  },
   preRegistration: function (context) {
     var hangingProtocols = context.servicesManager.services.hangingProtocolService;
     hangingProtocols.addCustomAttribute(

@@ -4,13 +4,21 @@ the IHE AI Results way: what any PACS, viewer or reporting system reads.
 - Observation context: the model as a device observer (its name, version, a UID of our own for
   the version, manufacturer NeuroNova).
 - Per lesion (tasks/inference/lesions.py numbers them, largest first):
+  - first, the viewer's group (TID 1501): OHIF 3.x lists in its measurement panel only groups
+    whose Tracking Identifier names one of its own tools (`Cornerstone3DTools@^0.1.0:Length`)
+    and whose measurement carries its coordinates inside it; so this group is a Length: the
+    lesion's longest in-plane diameter on its key slice (NUM "Long axis" in mm, INFERRED FROM
+    the two end points as a POLYLINE), the finding (lesion, brain) and a Comment that OHIF
+    shows as the row's title ("Lesion 1 — 4.2 mL"). It has the lesion's Tracking UID, which
+    makes OHIF merge it with the volumetric group below instead of failing on a group without
+    coordinates (OHIF issue #3390), and a click on the row goes to the key slice;
   - a volumetric group (TID 1411) that references its SEG segment, with its Tracking Identifier
     ("Lesion n") and Tracking UID (the SEG segment's), the volume in mL, the finding site
     (brain), the algorithm (TID 4019: name, version, the bundle's SHA-256 as a parameter), and
     "Lesion: present";
   - a planar group (TID 1410) on the lesion's key slice with its outline (a closed POLYLINE in
     image coordinates: the convex hull of its pixels there) and its longest in-plane diameter
-    in mm: OHIF lists only groups with coordinates, and a click goes to that slice.
+    in mm, under a Tracking UID of its own (what other viewers and reporting systems draw).
 - No lesion: one measurement group without a region (TID 1501), "Whole reading", saying
   "Lesion: absent" (highdicom writes a report with at least one group; TID 1500's report-level
   Qualitative Evaluations container is not among what it writes).
@@ -36,6 +44,9 @@ from scipy.spatial import ConvexHull, QhullError
 from tasks.dicom.seg import NOT_FOR_CLINICAL_USE, WrittenObjectInvalid
 
 SR_SERIES_NUMBER = 9002
+# The Tracking Identifier of OHIF's Length tool: the one form of group OHIF's measurement panel
+# takes from a report it did not write (its cornerstone-dicom-sr extension's isRehydratable).
+OHIF_LENGTH = "Cornerstone3DTools@^0.1.0:Length"
 MILLILITER = CodedConcept("mL", "UCUM", "milliliter")
 MR_BRAIN = CodedConcept("24590-2", "LN", "MR Brain")
 
@@ -101,10 +112,13 @@ def build_measurement_report(
         groups.append(_no_lesion_group(series_instance_uid, model))
     for lesion in lesions:
         uid = tracking_uids[lesion.number - 1]
+        key_source = sources[lesion.key_slice]
+        outline = lesion_outline(labels[lesion.key_slice] == lesion.number)
+        if outline is not None:
+            groups.append(_viewer_group(lesion, uid, outline, key_source, model))
         groups.append(_volumetric_group(lesion, uid, seg, sources, model))
-        planar = _planar_group(lesion, uid, labels, sources[lesion.key_slice], model)
-        if planar is not None:
-            groups.append(planar)
+        if outline is not None:
+            groups.append(_planar_group(lesion, uid, outline, key_source, model))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -170,28 +184,75 @@ def _volumetric_group(
     )
 
 
+def _source_image(key_source: Dataset) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=key_source.SOPClassUID,
+        referenced_sop_instance_uid=key_source.SOPInstanceUID,
+    )
+
+
+def _viewer_group(
+    lesion: Lesion,
+    tracking_uid: str,
+    outline: np.ndarray,
+    key_source: Dataset,
+    model: ModelIdentity,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The lesion as OHIF's measurement panel takes it: a Length on the key slice, titled by a
+    Comment (see the module's docstring)."""
+    row_mm, column_mm = (float(v) for v in key_source.PixelSpacing)
+    ends, length_mm = longest_diameter(outline, row_mm, column_mm)
+    diameter = hd.sr.Measurement(
+        name=codes.SCT.LongAxis,
+        value=round(length_mm, 2),
+        unit=codes.UCUM.Millimeter,
+        algorithm_id=model.algorithm(),
+        referenced_coordinates=[
+            hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=ends,
+                source_image=_source_image(key_source),
+            )
+        ],
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=OHIF_LENGTH),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=model.algorithm(),
+        finding_sites=[hd.sr.FindingSite(anatomic_location=codes.SCT.Brain)],
+        measurements=[diameter],
+    )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.DCM.Comment,
+            value=viewer_title(lesion),
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
+
+
+def viewer_title(lesion: Lesion) -> str:
+    """The lesion's row in a viewer's measurement panel: "Lesion 1 — 4.2 mL"."""
+    return f"{lesion.label} \u2014 {lesion.volume_ml:.1f} mL"
+
+
 def _planar_group(
     lesion: Lesion,
     tracking_uid: str,
-    labels: np.ndarray,
+    outline: np.ndarray,
     key_source: Dataset,
     model: ModelIdentity,
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
-    outline = lesion_outline(labels[lesion.key_slice] == lesion.number)
-    if outline is None:
-        return None
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     row_mm, column_mm = (float(v) for v in key_source.PixelSpacing)
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
         graphic_data=outline,
-        source_image=hd.sr.SourceImageForRegion(
-            referenced_sop_class_uid=key_source.SOPClassUID,
-            referenced_sop_instance_uid=key_source.SOPInstanceUID,
-        ),
+        source_image=_source_image(key_source),
     )
     diameter = hd.sr.Measurement(
         name=codes.SCT.LongAxis,
-        value=round(longest_diameter_mm(outline, row_mm, column_mm), 2),
+        value=round(longest_diameter(outline, row_mm, column_mm)[1], 2),
         unit=codes.UCUM.Millimeter,
         algorithm_id=model.algorithm(),
     )
@@ -229,11 +290,15 @@ def lesion_outline(area: np.ndarray) -> np.ndarray | None:
     return np.vstack([hull, hull[:1]]).astype(np.float32)
 
 
-def longest_diameter_mm(outline: np.ndarray, row_mm: float, column_mm: float) -> float:
-    """The longest distance between two points of the outline, in mm."""
+def longest_diameter(
+    outline: np.ndarray, row_mm: float, column_mm: float
+) -> tuple[np.ndarray, float]:
+    """The two points of the outline farthest apart (image coordinates) and their distance in
+    mm."""
     points = outline[:, :2].astype(np.float64) * np.array([column_mm, row_mm])
     distances = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
-    return float(distances.max())
+    first, second = np.unravel_index(int(distances.argmax()), distances.shape)
+    return outline[[first, second], :2].astype(np.float32), float(distances.max())
 
 
 def _no_lesion_group(
@@ -279,3 +344,14 @@ def check_written_report(data: bytes, tracking_uids: Sequence[str], seg_sop_uid:
             raise WrittenObjectInvalid(f"the SR's group {number} does not reference its segment")
     if [g.tracking_uid for g in planar] != [planar_tracking_uid(u) for u in tracking_uids]:
         raise WrittenObjectInvalid("the SR lacks a key-slice outline for some lesion")
+    viewer = (
+        [
+            g.tracking_uid
+            for g in report.get_image_measurement_groups(tracking_uid=None)
+            if g.tracking_identifier == OHIF_LENGTH
+        ]
+        if tracking_uids
+        else []
+    )
+    if viewer != list(tracking_uids):
+        raise WrittenObjectInvalid("the SR lacks the viewer's group for some lesion")

@@ -20,6 +20,7 @@ from pydicom.sr.codedict import codes
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.dicom.seg import WrittenObjectInvalid, build_lesion_seg, check_written_seg
 from tasks.dicom.sr import (
+    OHIF_LENGTH,
     ModelIdentity,
     build_measurement_report,
     check_written_report,
@@ -156,6 +157,33 @@ def test_each_lesion_has_an_outline_on_its_key_slice(reading: dict[str, Any]) ->
         [diameter] = group.get_measurements(name=codes.SCT.LongAxis)
         extent_mm = (columns.max() - columns.min() + 1) * float(key.PixelSpacing[1])
         assert extent_mm <= diameter.value <= 2 * extent_mm + 1
+
+
+def test_each_lesion_has_a_group_that_ohifs_measurement_panel_lists(
+    reading: dict[str, Any],
+) -> None:
+    """OHIF 3.x takes a Length of its own tool's identifier, with the coordinates inside the
+    measurement, titled by a Comment; the lesion's Tracking UID merges it with its volume."""
+    sr = hd.sr.srread(reading["path"])
+    groups = [
+        g for g in sr.content.get_image_measurement_groups() if g.tracking_identifier == OHIF_LENGTH
+    ]
+    assert [g.tracking_uid for g in groups] == list(reading["uids"])
+    for lesion, group in zip(reading["lesions"], groups, strict=True):
+        [diameter] = group.get_measurements(name=codes.SCT.LongAxis)
+        assert diameter.unit == codes.UCUM.Millimeter
+        [coordinates] = diameter.referenced_coordinates or []
+        assert coordinates.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        assert coordinates.value.shape == (2, 2)  # the diameter's two ends
+        key = reading["sources"][lesion.key_slice]
+        [source] = coordinates.ContentSequence
+        assert source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == key.SOPInstanceUID
+        titles = [
+            item.TextValue
+            for item in group[0].ContentSequence
+            if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"
+        ]
+        assert titles == [f"{lesion.label} \u2014 {lesion.volume_ml:.1f} mL"]
 
 
 def test_tracking_uids_are_the_same_when_the_same_model_reads_the_series_again(

@@ -1,0 +1,125 @@
+"""The AI's findings in OHIF, in Chromium through nginx: a brain MR read with two lesions opens
+with the SEG over it and the TID 1500 SR's findings in the measurement panel ("Lesion 1 —
+4.2 mL", the longest diameter); a click on a row goes to that lesion's key slice.
+
+The reading is made by the production writers (tasks/dicom/seg.py, tasks/dicom/sr.py) from the
+sample MR with a second lesion added, and stored through the verified ingest like the AI's own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from common.settings import PROJECT_ROOT
+from neuronova.sample_mr import write_sample_mr_study
+from tasks.dicom.seg import build_lesion_seg
+from tasks.dicom.sr import ModelIdentity, build_measurement_report, viewer_title
+from tasks.inference.lesions import Lesion, label_lesions
+from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids
+from tasks.ingest.batch import ingest_batch
+from tasks.ingest.inputs import collect_inputs
+from tests.support.browser import wait_for_image
+from tests.support.viewing import Viewing
+
+pytestmark = pytest.mark.integration
+
+ARTIFACTS = Path(os.environ.get("NEURONOVA_TEST_ARTIFACTS", PROJECT_ROOT / "test-artifacts"))
+MODEL = ModelIdentity("brain-lesion", "panel-test", "ab" * 32)
+PATIENT = "NN-TEST-D"
+
+
+@dataclass(frozen=True)
+class ReadStudy:
+    study: str
+    lesions: list[Lesion]
+    key_instance_numbers: list[int]  # each lesion's key slice, as OHIF numbers it
+
+
+@pytest.fixture(scope="module")
+def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> ReadStudy:
+    """The sample MR of a patient of its own, with a second lesion, and its SEG and SR."""
+    folder = tmp_path_factory.mktemp("study-d")
+    files, mask_path = write_sample_mr_study(folder / "mr")
+    study = str(generate_uid())
+    for path in files:  # a study and patient of its own: the other tests' studies stay as they are
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.PatientID, ds.PatientName = study, PATIENT, "Test^D"
+        ds.save_as(path, enforce_file_format=True)
+    mask = np.load(mask_path)
+    mask[60:63, 40:46, 40:46] = 1  # far from the sample's own lesion: a second one
+    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    spacing = (float(sources[0].SliceThickness), *(float(v) for v in sources[0].PixelSpacing))
+    labels, lesions = label_lesions(mask, spacing)
+    assert len(lesions) == 2
+    series = str(sources[0].SeriesInstanceUID)
+    uids = lesion_tracking_uids(study, series, MODEL.name, MODEL.version, len(lesions))
+    seg_series, seg_sop = seg_uids(study, series, MODEL.name, MODEL.version)
+    seg = build_lesion_seg(
+        sources,
+        labels,
+        algorithm_name=MODEL.name,
+        algorithm_version=MODEL.version,
+        tracking_uids=uids,
+        series_instance_uid=seg_series,
+        sop_instance_uid=seg_sop,
+    )
+    sr_series, sr_sop = sr_uids(study, series, MODEL.name, MODEL.version)
+    sr = build_measurement_report(
+        sources,
+        seg,
+        labels,
+        lesions,
+        uids,
+        MODEL,
+        series_instance_uid=sr_series,
+        sop_instance_uid=sr_sop,
+    )
+    seg.save_as(folder / "mr" / "seg.dcm")
+    sr.save_as(folder / "mr" / "sr.dcm")
+    outcomes = ingest_batch(viewing.settings, collect_inputs(folder / "mr"))
+    assert {o.status for o in outcomes} == {"stored"}, {o.reason for o in outcomes}
+    numbers = [int(sources[lesion.key_slice].InstanceNumber) for lesion in lesions]
+    return ReadStudy(study, lesions, numbers)
+
+
+def test_the_measurement_panel_lists_each_lesion_and_a_click_goes_to_its_slice(  # type: ignore[no-untyped-def]
+    browser, viewing: Viewing, read_study: ReadStudy
+) -> None:
+    with viewing.client() as client:
+        access = viewing.login(client, "rex")["access_token"]
+        link = viewing.link(client, access, read_study.study)
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    try:
+        page = context.new_page()
+        page.goto(link)
+        page.wait_for_url("**/viewer?*", timeout=30_000)
+        assert wait_for_image(page, 60) is not None, "OHIF drew no image"
+        page.locator('[data-cy="trackedMeasurements-btn"]').click(timeout=30_000)
+        rows = page.locator('[data-cy^="measurement-table-row-"]')
+        rows.first.wait_for(timeout=30_000)
+        assert rows.count() == len(read_study.lesions)
+        for index, lesion in enumerate(read_study.lesions):
+            row = page.locator(f'[data-cy="measurement-table-row-{index}"]')
+            title = row.locator('[data-cy="data-row-title"]').inner_text()
+            assert title.strip() == viewer_title(lesion), title
+            details = row.locator('[data-cy="data-row-details-primary"]').all_inner_texts()
+            assert any(re.search(r"\d+(\.\d+)? mm", line) for line in details), details
+        page.screenshot(path=str(ARTIFACTS / "ohif-measurement-panel.png"))
+        for index, number in enumerate(read_study.key_instance_numbers):
+            page.locator(f'[data-cy="measurement-table-row-{index}"] [data-cy="data-row"]').click()
+            page.wait_for_function(
+                "n => (document.querySelector('[title=\"Instance Number\"]')?.textContent || '')"
+                ".startsWith('I:' + n + ' ')",
+                arg=number,
+                timeout=15_000,
+            )
+    finally:
+        context.close()
