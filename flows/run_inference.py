@@ -26,7 +26,7 @@ from common.logs import correlation
 from common.settings import Settings
 from flows import REPORTED
 from tasks.inference.artifacts import publish_overlay, publish_result_table
-from tasks.inference.lesions import key_image, label_lesions, measure_lesions
+from tasks.inference.lesions import key_image, label_lesions, measurements_of
 from tasks.inference.prefect_tasks import (
     alert_clinicians_task,
     choose_series_task,
@@ -133,7 +133,9 @@ def _segment_and_store(
     started = time.perf_counter()
     run = segment_task(settings, volume)
     segment_s = time.perf_counter() - started
-    measured = measure_lesions(run.mask, volume.spacing)
+    # Lesions numbered by size (the SEG's segments, the SR's groups, the findings), once.
+    labels, lesions = label_lesions(run.mask, volume.spacing)
+    measured = measurements_of(labels, lesions)
     logger.info(
         "segmented on %s in %.2f s: %d lesion(s), %.2f mL (%s)",
         run.device,
@@ -143,10 +145,16 @@ def _segment_and_store(
         "; ".join(run.attempts),
     )
     started = time.perf_counter()
-    # One SEG segment per lesion, numbered by size (the same numbering as every finding).
-    labels, lesions = label_lesions(run.mask, volume.spacing)
     store_seg_task(
-        settings, volume, labels, study_uid, choice.series_uid, model, version, run.model_sha256
+        settings,
+        volume,
+        labels,
+        study_uid,
+        choice.series_uid,
+        model,
+        version,
+        run.model_sha256,
+        lesions,
     )
     seg_s = time.perf_counter() - started
     seg_series, seg_sop = seg_uids(study_uid, choice.series_uid, model, version)

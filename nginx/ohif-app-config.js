@@ -101,12 +101,14 @@ function neuronovaUrlParam(name) {
 var neuronovaHydration = null; // the display-set subscription, while the mode is on
 
 function neuronovaHydrateReports(displaySets, commands) {
+  // Tried again each time display sets arrive: a report may come before the images it refers
+  // to (the study loads lazily), and OHIF marks its measurements placeable as they come.
   var reports = displaySets.getActiveDisplaySets().filter(function (d) {
     return d.Modality === 'SR' && d.isImagingMeasurementReport && !d.isHydrated &&
-      !d.neuronovaTried && typeof d.load === 'function';
+      !d.neuronovaBusy && !d.neuronovaFailed && typeof d.load === 'function';
   });
   reports.forEach(function (report) {
-    report.neuronovaTried = true;
+    report.neuronovaBusy = true;
     Promise.resolve(report.isLoaded ? null : report.load())
       .then(function () {
         var placed = (report.measurements || []).some(function (m) { return m.loaded; });
@@ -116,7 +118,11 @@ function neuronovaHydrateReports(displaySets, commands) {
           });
         }
       })
-      .catch(function (error) { console.warn('neuronova: a report was not listed', error); });
+      .catch(function (error) {
+        report.neuronovaFailed = true;
+        console.warn('neuronova: a report was not listed', error);
+      })
+      .then(function () { report.neuronovaBusy = false; });
   });
 }
 

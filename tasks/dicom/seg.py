@@ -140,7 +140,8 @@ def check_written_seg(data: bytes, tracking_uids: Sequence[str]) -> None:
     """The SEG's bytes parse back (highdicom) to a segment per lesion, "Lesion n" with lesion
     n's tracking UID, each with voxels; else WrittenObjectInvalid."""
     try:
-        seg = hd.seg.Segmentation.from_dataset(dcmread(io.BytesIO(data)))
+        # copy=False: the dataset was just read from the bytes, no one else holds it.
+        seg = hd.seg.Segmentation.from_dataset(dcmread(io.BytesIO(data)), copy=False)
     except Exception as err:
         raise WrittenObjectInvalid(f"the SEG does not read back: {err}") from err
     found = [(d.SegmentLabel, getattr(d, "TrackingUID", None)) for d in seg.SegmentSequence]

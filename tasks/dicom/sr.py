@@ -36,7 +36,7 @@ from typing import Protocol
 import highdicom as hd
 import numpy as np
 from highdicom.sr.coding import CodedConcept
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from scipy.spatial import ConvexHull, QhullError
@@ -136,8 +136,11 @@ def build_measurement_report(
         referenced_images=[sources[lesion.key_slice] for lesion in lesions] or None,
     )
     first = sources[0]
+    # The evidence is what the content refers to by instance: the key slices and the SEG (the
+    # series read is named by its UID in each volumetric group).
+    key_slices = {id(sources[lesion.key_slice]): sources[lesion.key_slice] for lesion in lesions}
     return hd.sr.Comprehensive3DSR(
-        evidence=[*sources, seg],
+        evidence=[*key_slices.values(), seg],
         content=report[0],
         series_instance_uid=series_instance_uid,
         series_number=SR_SERIES_NUMBER,
@@ -169,7 +172,6 @@ def _volumetric_group(
         name=codes.SCT.Volume,
         value=round(lesion.volume_ml, 4),
         unit=MILLILITER,
-        algorithm_id=model.algorithm(),
     )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid, identifier=lesion.label),
@@ -206,7 +208,6 @@ def _viewer_group(
         name=codes.SCT.LongAxis,
         value=round(length_mm, 2),
         unit=codes.UCUM.Millimeter,
-        algorithm_id=model.algorithm(),
         referenced_coordinates=[
             hd.sr.CoordinatesForMeasurement(
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -254,7 +255,6 @@ def _planar_group(
         name=codes.SCT.LongAxis,
         value=round(longest_diameter(outline, row_mm, column_mm)[1], 2),
         unit=codes.UCUM.Millimeter,
-        algorithm_id=model.algorithm(),
     )
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -323,7 +323,8 @@ def check_written_report(data: bytes, tracking_uids: Sequence[str], seg_sop_uid:
     lesion (its tracking UID, its SEG segment) and a planar group each; else
     WrittenObjectInvalid."""
     try:
-        report = hd.sr.srread(io.BytesIO(data)).content
+        written = dcmread(io.BytesIO(data))
+        report = hd.sr.Comprehensive3DSR.from_dataset(written, copy=False).content
         if not isinstance(report, hd.sr.MeasurementReport):
             raise WrittenObjectInvalid("the SR's content is not a TID 1500 report")
         volumetric = report.get_volumetric_roi_measurement_groups()

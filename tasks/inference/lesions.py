@@ -78,6 +78,18 @@ def label_lesions(
     return numbered, lesions
 
 
+def measurements_of(labels: np.ndarray, lesions: list[Lesion]) -> LesionMeasurements:
+    """What `measure_lesions` says, from what `label_lesions` found (no second labelling)."""
+    if not lesions:
+        return LesionMeasurements(count=0, volume_ml=0.0, largest_slice=None)
+    per_slice = np.count_nonzero(labels.reshape(labels.shape[0], -1), axis=1)
+    return LesionMeasurements(
+        count=len(lesions),
+        volume_ml=sum(lesion.volume_ml for lesion in lesions),
+        largest_slice=int(np.argmax(per_slice)),
+    )
+
+
 def measure_lesions(mask: np.ndarray, spacing_mm: tuple[float, float, float]) -> LesionMeasurements:
     """Lesions are 26-connected components; their volume from the voxel size."""
     _labels, count = ndimage.label(mask > 0, structure=np.ones((3, 3, 3), dtype=bool))

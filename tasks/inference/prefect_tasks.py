@@ -8,6 +8,7 @@ cost more than the task.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import task
@@ -19,9 +20,9 @@ from tasks.dicom.seg import build_lesion_seg, check_written_seg
 from tasks.dicom.sr import ModelIdentity, build_measurement_report, check_written_report
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
-from tasks.inference.lesions import label_lesions
+from tasks.inference.lesions import Lesion, label_lesions
 from tasks.inference.report import LesionFindings, PublishedReport, publish_lesion_results
-from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids, store_seg
+from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids, store_results
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
 from tasks.inference.series import SeriesChoice, choose_series, find_study_series, only_series
 from tasks.patients.fhir import FhirClient
@@ -67,12 +68,15 @@ def store_seg_task(
     model: str,
     version: str,
     bundle_sha256: str = "",
-) -> str:
-    """Build the SEG, a segment per lesion (`labels` holds each lesion's number), and beside it
-    the TID 1500 SR (a group per lesion on its segment), UIDs derived from the series read and
-    the model version, and store both verified; returns the SEG's kept file."""
+    lesions: list[Lesion] | None = None,
+) -> None:
+    """Build the SEG, a segment per lesion (`labels` holds each lesion's number; `lesions` as
+    label_lesions found them, else found again), and beside it the TID 1500 SR (a group per
+    lesion on its segment), UIDs derived from the series read and the model version; check
+    that each reads back as written, then store both, verified, in one batch."""
     series_uid, sop_uid = seg_uids(study_uid, source_series_uid, model, version)
-    lesions = label_lesions(labels > 0, volume.spacing)[1]
+    if lesions is None:
+        lesions = label_lesions(labels > 0, volume.spacing)[1]
     tracking = lesion_tracking_uids(study_uid, source_series_uid, model, version, len(lesions))
     seg = build_lesion_seg(
         volume.headers,
@@ -86,22 +90,25 @@ def store_seg_task(
     # Every object we write reads back as what we meant before it enters the PACS.
     seg_bytes = _encoded(seg)
     check_written_seg(seg_bytes, tracking)
-    seg_path = store_seg(settings, seg_bytes, study_uid, sop_uid)
-    sr_series, sr_sop = sr_uids(study_uid, source_series_uid, model, version)
-    sr = build_measurement_report(
-        volume.headers,
-        seg,
-        labels,
-        lesions,
-        tracking,
-        ModelIdentity(model, version, bundle_sha256),
-        series_instance_uid=sr_series,
-        sop_instance_uid=sr_sop,
-    )
-    sr_bytes = _encoded(sr)
-    check_written_report(sr_bytes, tracking, sop_uid)
-    store_seg(settings, sr_bytes, study_uid, sr_sop, kind="SR")
-    return str(seg_path)
+    # Each store waits on Orthanc (its read-back, the index) while the rest is built.
+    with ThreadPoolExecutor(2, thread_name_prefix="store-results") as pool:
+        seg_stored = pool.submit(store_results, settings, study_uid, [("SEG", sop_uid, seg_bytes)])
+        sr_series, sr_sop = sr_uids(study_uid, source_series_uid, model, version)
+        sr = build_measurement_report(
+            volume.headers,
+            seg,
+            labels,
+            lesions,
+            tracking,
+            ModelIdentity(model, version, bundle_sha256),
+            series_instance_uid=sr_series,
+            sop_instance_uid=sr_sop,
+        )
+        sr_bytes = _encoded(sr)
+        check_written_report(sr_bytes, tracking, sop_uid)
+        sr_stored = pool.submit(store_results, settings, study_uid, [("SR", sr_sop, sr_bytes)])
+        seg_stored.result()  # either failing fails the task: its retry stores both again
+        sr_stored.result()
 
 
 def _encoded(dataset: Any) -> bytes:

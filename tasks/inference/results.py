@@ -58,28 +58,39 @@ def lesion_tracking_uids(
     return [generate_uid(entropy_srcs=[*key, f"lesion-{n}"]) for n in range(1, count + 1)]
 
 
-def store_seg(
-    settings: Settings, data: bytes, study_uid: str, sop_uid: str, kind: str = "SEG"
-) -> Path:
-    """Keep a result object (the SEG, the SR: `kind`) under results/ and ingest it (verified,
-    indexed); returns the kept file.
+def store_results(
+    settings: Settings, study_uid: str, objects: list[tuple[str, str, bytes]]
+) -> None:
+    """Keep the reading's DICOM objects ((kind, SOP Instance UID, bytes): the SEG, the SR)
+    under results/ and ingest them in one batch (verified, indexed); SegNotStored when any
+    did not reach the archive.
 
-    Through ingest rather than a bare upload: the archive index must place it in its study,
-    or the gate would not let the viewer open it.
+    Through ingest rather than a bare upload: the archive index must place them in their study,
+    or the gate would not let the viewer open them.
     """
     folder = settings.results_dir / study_uid
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{kind}-{sop_uid}.dcm"
-    if not path.exists():  # an earlier run's file is the same result: keep its bytes
-        partial = path.with_suffix(".partial")
-        partial.write_bytes(data)
-        partial.replace(path)
-    (outcome,) = ingest_batch(settings, [InputRef(str(path))])
-    if outcome.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
-        raise SegNotStored(
-            f"the {kind} {path.name} was not stored: {outcome.status}, {outcome.reason}"
-        )
-    return path
+    paths = []
+    for kind, sop_uid, data in objects:
+        path = folder / f"{kind}-{sop_uid}.dcm"
+        if not path.exists():  # an earlier run's file is the same result: keep its bytes
+            partial = path.with_suffix(".partial")
+            partial.write_bytes(data)
+            partial.replace(path)
+        paths.append(path)
+    outcomes = ingest_batch(settings, [InputRef(str(path)) for path in paths])
+    for path, outcome in zip(paths, outcomes, strict=True):
+        if outcome.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
+            raise SegNotStored(f"{path.name} was not stored: {outcome.status}, {outcome.reason}")
+
+
+def store_seg(
+    settings: Settings, data: bytes, study_uid: str, sop_uid: str, kind: str = "SEG"
+) -> Path:
+    """Keep one result object under results/ and ingest it (verified, indexed); returns the
+    kept file."""
+    store_results(settings, study_uid, [(kind, sop_uid, data)])
+    return settings.results_dir / study_uid / f"{kind}-{sop_uid}.dcm"
 
 
 def find_result(

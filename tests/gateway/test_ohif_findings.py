@@ -41,6 +41,8 @@ class ReadStudy:
     study: str
     lesions: list[Lesion]
     key_instance_numbers: list[int]  # each lesion's key slice, as OHIF numbers it
+    seg: tuple[str, str]  # series, SOP instance
+    sr: tuple[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +50,14 @@ def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Re
     """The sample MR of a patient of its own, with a second lesion, and its SEG and SR."""
     folder = tmp_path_factory.mktemp("study-d")
     files, mask_path = write_sample_mr_study(folder / "mr")
-    study = str(generate_uid())
-    for path in files:  # a study and patient of its own: the other tests' studies stay as they are
+    study, series = str(generate_uid()), str(generate_uid())
+    for path in files:
+        # Instances, a study and a patient of their own: the sample MR itself (the same UIDs
+        # every time) may be in the archive already, from another test of the session.
         ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID, ds.PatientID, ds.PatientName = study, PATIENT, "Test^D"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientID, ds.PatientName = PATIENT, "Test^D"
         ds.save_as(path, enforce_file_format=True)
     mask = np.load(mask_path)
     mask[60:63, 40:46, 40:46] = 1  # far from the sample's own lesion: a second one
@@ -59,7 +65,6 @@ def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Re
     spacing = (float(sources[0].SliceThickness), *(float(v) for v in sources[0].PixelSpacing))
     labels, lesions = label_lesions(mask, spacing)
     assert len(lesions) == 2
-    series = str(sources[0].SeriesInstanceUID)
     uids = lesion_tracking_uids(study, series, MODEL.name, MODEL.version, len(lesions))
     seg_series, seg_sop = seg_uids(study, series, MODEL.name, MODEL.version)
     seg = build_lesion_seg(
@@ -87,7 +92,7 @@ def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Re
     outcomes = ingest_batch(viewing.settings, collect_inputs(folder / "mr"))
     assert {o.status for o in outcomes} == {"stored"}, {o.reason for o in outcomes}
     numbers = [int(sources[lesion.key_slice].InstanceNumber) for lesion in lesions]
-    return ReadStudy(study, lesions, numbers)
+    return ReadStudy(study, lesions, numbers, (seg_series, seg_sop), (sr_series, sr_sop))
 
 
 def test_the_measurement_panel_lists_each_lesion_and_a_click_goes_to_its_slice(  # type: ignore[no-untyped-def]
@@ -123,3 +128,31 @@ def test_the_measurement_panel_lists_each_lesion_and_a_click_goes_to_its_slice( 
             )
     finally:
         context.close()
+
+
+def test_any_dicomweb_client_retrieves_the_seg_and_the_sr(
+    viewing: Viewing, read_study: ReadStudy
+) -> None:
+    """The AI's objects come through the gate like the images (dicomweb-client, a radiologist's
+    viewer token): the SR reads back as the TID 1500 report with a group per lesion."""
+    import highdicom as hd
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    with viewing.client() as browser:
+        access = viewing.login(browser, "rex")["access_token"]
+        token = viewing.open(browser, access, read_study.study)
+        key = browser.cookies["neuronova_viewer"]
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+    session.cookies.set("neuronova_viewer", key)
+    client = DICOMwebClient(url=f"{viewing.base}/dicom-web", session=session)
+    (seg,) = client.retrieve_series(read_study.study, read_study.seg[0])
+    assert seg.SOPInstanceUID == read_study.seg[1]
+    assert len(seg.SegmentSequence) == len(read_study.lesions)
+    sr = client.retrieve_instance(read_study.study, *read_study.sr)
+    report = hd.sr.Comprehensive3DSR.from_dataset(sr).content
+    volumes = [
+        g.get_measurements()[0].value for g in report.get_volumetric_roi_measurement_groups()
+    ]
+    assert volumes == pytest.approx([lesion.volume_ml for lesion in read_study.lesions], 1e-3)

@@ -70,3 +70,18 @@ def test_the_key_image_is_the_largest_lesion_slice_else_the_middle_one() -> None
     assert key_image(sops, measured.largest_slice) == "1.4"
     assert key_image(sops, measure_lesions(np.zeros_like(mask), (1, 1, 1)).largest_slice) == "1.3"
     assert key_image((), None) is None
+
+
+def test_measurements_from_the_labelled_lesions_are_those_of_the_mask() -> None:
+    from tasks.inference.lesions import measurements_of
+
+    mask = np.zeros((8, 16, 16), dtype=np.uint8)
+    mask[1:3, 2:5, 2:5] = 1
+    mask[5, 10:14, 10:14] = 1
+    spacing = (2.0, 0.5, 0.5)
+    labels, lesions = label_lesions(mask, spacing)
+    found, measured = measurements_of(labels, lesions), measure_lesions(mask, spacing)
+    assert (found.count, found.largest_slice) == (measured.count, measured.largest_slice) == (2, 5)
+    assert found.volume_ml == pytest.approx(measured.volume_ml)
+    empty = np.zeros_like(mask)
+    assert measurements_of(*label_lesions(empty, spacing)) == measure_lesions(empty, spacing)
