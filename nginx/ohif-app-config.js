@@ -220,8 +220,34 @@ window.config = {
   },
   // A SEG, RT or SR that reaches a viewport is loaded without asking first.
   disableConfirmationPrompts: true,
-  // No onboarding tour: it covers the viewport until dismissed, on every new browser profile.
-  customizationService: { 'ohif.tours': { $set: [] } },
+  customizationService: {
+    // In this (phase-tagged) form OHIF reads no top-level keys: everything goes in a phase.
+    // No onboarding tour: it covers the viewport until dismissed, on every new browser profile.
+    global: { 'ohif.tours': { $set: [] } },
+    // A radiologist corrects the AI's SEG in place (issue 24): the segmentation tools (brush,
+    // eraser…) in the viewer mode, the SEG panel editable, and its Export → DICOM SEG saving to
+    // the archive by STOW-RS, which the webapp takes only from a radiologist's viewer
+    // (webapp/corrections.py). As OHIF's own customizations/segmentation/segmentationEditing
+    // says for the longitudinal ("viewer") mode.
+    mode: {
+      viewer: {
+        toolbarButtons: { $push: [{ $reference: 'cornerstone.segmentationToolbarButtons' }] },
+        toolbarSections: { $push: [{ $reference: 'cornerstone.segmentationToolbarSections' }] },
+        toolGroupAdditions: {
+          default: { $push: [{ $reference: 'cornerstone.segmentationTools' }] },
+          mpr: { $push: [{ $reference: 'cornerstone.segmentationTools' }] },
+        },
+        'panelSegmentation.disableEditing': { $set: false },
+        rightPanels: {
+          $set: [
+            '@ohif/extension-cornerstone.panelModule.panelSegmentationWithToolsLabelMap',
+            '@ohif/extension-cornerstone.panelModule.panelSegmentationWithToolsContour',
+            '@ohif/extension-measurement-tracking.panelModule.trackedMeasurements',
+          ],
+        },
+      },
+    },
+  },
   showStudyList: false,
   maxNumberOfWebWorkers: 3,
   showWarningMessageForCrossOrigin: false,
@@ -245,6 +271,9 @@ window.config = {
         wadoUriRoot: window.location.origin + '/wado',
         qidoSupportsIncludeField: false,
         supportsReject: false,
+        // A saved SEG is a binary Segmentation (1.2.840.10008.5.1.4.1.1.66.4), uncompressed,
+        // which the webapp checks with highdicom: not OHIF 3.13's default Label Map SEG with RLE.
+        segmentation: { store: { defaultMode: 'bitmap', transferSyntaxUID: '1.2.840.10008.1.2.1' } },
         imageRendering: 'wadouri',
         thumbnailRendering: 'wadouri',
         enableStudyLazyLoad: true,

@@ -8,6 +8,7 @@ sample MR with a second lesion added, and stored through the verified ingest lik
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from common.db import InferenceFinding, InferenceResult, ReadingVerdict, session_scope
 from common.settings import PROJECT_ROOT
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.dicom.seg import build_lesion_seg
@@ -41,8 +43,10 @@ class ReadStudy:
     study: str
     lesions: list[Lesion]
     key_instance_numbers: list[int]  # each lesion's key slice, as OHIF numbers it
+    series: str  # the MR series read
     seg: tuple[str, str]  # series, SOP instance
     sr: tuple[str, str]
+    reading_id: int
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +96,42 @@ def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Re
     outcomes = ingest_batch(viewing.settings, collect_inputs(folder / "mr"))
     assert {o.status for o in outcomes} == {"stored"}, {o.reason for o in outcomes}
     numbers = [int(sources[lesion.key_slice].InstanceNumber) for lesion in lesions]
-    return ReadStudy(study, lesions, numbers, (seg_series, seg_sop), (sr_series, sr_sop))
+    with session_scope(viewing.settings.resolved_database_url) as session:  # as the flow records it
+        reading = InferenceResult(
+            study_instance_uid=study,
+            series_instance_uid=series,
+            patient_id=PATIENT,
+            model_name=MODEL.name,
+            model_version=MODEL.version,
+            model_sha256=MODEL.bundle_sha256,
+            status="completed",
+            device="cpu",
+            lesion_count=len(lesions),
+            lesion_volume_ml=sum(lesion.volume_ml for lesion in lesions),
+            seg_series_uid=seg_series,
+            seg_sop_instance_uid=seg_sop,
+            sr_series_uid=sr_series,
+            sr_sop_instance_uid=sr_sop,
+            timings="{}",
+        )
+        session.add(reading)
+        session.flush()
+        assert reading.id is not None
+        for lesion, uid in zip(lesions, uids, strict=True):
+            session.add(
+                InferenceFinding(
+                    result_id=reading.id,
+                    number=lesion.number,
+                    tracking_uid=uid,
+                    label=lesion.label,
+                    volume_ml=round(lesion.volume_ml, 3),
+                    key_sop_instance_uid=str(sources[lesion.key_slice].SOPInstanceUID),
+                )
+            )
+        reading_id = reading.id
+    return ReadStudy(
+        study, lesions, numbers, series, (seg_series, seg_sop), (sr_series, sr_sop), reading_id
+    )
 
 
 def test_the_measurement_panel_lists_each_lesion_and_a_click_goes_to_its_slice(  # type: ignore[no-untyped-def]
@@ -156,3 +195,66 @@ def test_any_dicomweb_client_retrieves_the_seg_and_the_sr(
         g.get_measurements()[0].value for g in report.get_volumetric_roi_measurement_groups()
     ]
     assert volumes == pytest.approx([lesion.volume_ml for lesion in read_study.lesions], 1e-3)
+
+
+def test_a_radiologist_corrects_the_ai_seg_in_ohif_and_the_reading_is_corrected(  # type: ignore[no-untyped-def]
+    browser, viewing: Viewing, read_study: ReadStudy
+) -> None:
+    """OHIF's segmentation tools on the AI's SEG: the brush adds to Lesion 1, Export → DICOM
+    SEG → Save stores it through the gate (STOW-RS with the viewer's token), and the reading
+    becomes `corrected` with the volumes of the reader's SEG."""
+    import time
+
+    from sqlmodel import select
+
+    with viewing.client() as client:
+        access = viewing.login(client, "rex")["access_token"]
+        link = viewing.link(client, access, read_study.study)
+    context = browser.new_context(viewport={"width": 1600, "height": 1000})
+    saved: list[int] = []
+    try:
+        page = context.new_page()
+        page.on(
+            "response",
+            lambda r: (
+                saved.append(r.status)
+                if r.request.method == "POST" and r.url.endswith("/dicom-web/studies")
+                else None
+            ),
+        )
+        page.goto(link)
+        page.wait_for_url("**/viewer?*", timeout=30_000)
+        assert wait_for_image(page, 60) is not None, "OHIF drew no image"
+        page.locator('[data-cy="panelSegmentationWithToolsLabelMap-btn"]').click(timeout=30_000)
+        page.locator('[data-cy="data-row"]', has_text="Lesion 1").first.click(timeout=30_000)
+        page.locator('[data-cy="Brush-btn"]').click()
+        box = page.locator("canvas.cornerstone-canvas").first.bounding_box()
+        assert box is not None
+        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+        page.mouse.move(x, y)
+        page.mouse.down()
+        for step in range(1, 31):
+            page.mouse.move(x + 4 * step, y + 2 * step)
+        page.mouse.up()
+        page.locator('[data-cy="segmentation-collapsed-more-btn-Labelmap"]').click()
+        page.get_by_role("menuitem", name="Export").click()
+        page.get_by_role("menuitem", name="DICOM SEG").click()
+        page.locator('[data-cy="input-dialog-save-button"]').click(timeout=30_000)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not saved:
+            page.wait_for_timeout(250)
+        assert saved == [200], saved
+        page.screenshot(path=str(ARTIFACTS / "ohif-corrected-seg.png"))
+    finally:
+        context.close()
+    with session_scope(viewing.settings.resolved_database_url) as session:
+        (verdict,) = session.exec(
+            select(ReadingVerdict).where(ReadingVerdict.result_id == read_study.reading_id)
+        ).all()
+    assert verdict.verdict == "corrected" and verdict.username == "rex"
+    assert verdict.corrected_volumes is not None
+    volumes = json.loads(verdict.corrected_volumes)
+    first, second = read_study.lesions
+    uids = lesion_tracking_uids(read_study.study, read_study.series, MODEL.name, MODEL.version, 2)
+    assert volumes[uids[0]] > first.volume_ml  # the brush added to Lesion 1
+    assert volumes[uids[1]] == pytest.approx(second.volume_ml, rel=0.01)  # untouched
