@@ -5,11 +5,12 @@ length of look-behind.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 CHUNK = 1 << 20
 MAX_PART_HEADERS = 16 * 1024  # bytes of headers per part (a few lines in practice)
@@ -18,6 +19,12 @@ _CRLF = b"\r\n"
 
 class MultipartError(ValueError):
     """The body is not the multipart/related it claims to be (the message says where)."""
+
+
+class Readable(Protocol):
+    """What a body is read from: a request's stream, an upstream answer."""
+
+    def read(self, size: int, /) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -49,14 +56,37 @@ def parse_content_type(header: str | None) -> RelatedType:
 
 
 def split_parts(
-    stream: IO[bytes], boundary: bytes, folder: Path, *, max_parts: int
+    stream: Readable, boundary: bytes, folder: Path, *, max_parts: int
 ) -> Iterator[Part]:
     """Write each part of the body into `folder` (part-00001, …) and yield it once complete.
 
     Raises MultipartError for a body that ends before its closing boundary, a part whose
     headers are too long, or more than `max_parts` parts.
     """
-    reader = _Reader(stream, b"\r\n--" + boundary)
+    for count, (headers, reader) in enumerate(_parts(stream, boundary, max_parts), 1):
+        path = folder / f"part-{count:05d}"
+        with path.open("wb") as out:
+            size = reader.copy_to_delimiter(out)
+        yield Part(path, _media_type(headers), size)
+
+
+def read_parts(
+    stream: Readable, boundary: bytes, *, max_parts: int, chunk: int = 0
+) -> Iterator[bytes]:
+    """Each part's bytes, in memory, as soon as it is complete (answers of our own archive,
+    one instance a part), read `chunk` bytes at a time; the same errors as `split_parts`."""
+    for _headers, reader in _parts(stream, boundary, max_parts, chunk):
+        out = io.BytesIO()
+        reader.copy_to_delimiter(out)
+        yield out.getvalue()
+
+
+def _parts(
+    stream: Readable, boundary: bytes, max_parts: int, chunk: int | None = None
+) -> Iterator[tuple[bytes, _Reader]]:
+    """Each part's headers, with the reader positioned at its first byte (the caller reads the
+    part to its delimiter before asking for the next)."""
+    reader = _Reader(stream, b"\r\n--" + boundary, chunk or 0)
     # The first delimiter may open the body without the CRLF that precedes the others.
     reader.buffer = _CRLF
     if not reader.skip_to_delimiter():
@@ -69,12 +99,8 @@ def split_parts(
         reader.skip_line(tail)
         count += 1
         if count > max_parts:
-            raise MultipartError(f"more than {max_parts} parts in one request")
-        headers = reader.read_headers()
-        path = folder / f"part-{count:05d}"
-        with path.open("wb") as out:
-            size = reader.copy_to_delimiter(out)
-        yield Part(path, _media_type(headers), size)
+            raise MultipartError(f"more than {max_parts} parts in one body")
+        yield reader.read_headers(), reader
 
 
 def _media_type(headers: bytes) -> str:
@@ -89,16 +115,18 @@ def _media_type(headers: bytes) -> str:
 class _Reader:
     """The body as a buffer refilled from the stream, searched for the delimiter."""
 
-    def __init__(self, stream: IO[bytes], delimiter: bytes) -> None:
+    def __init__(self, stream: Readable, delimiter: bytes, chunk: int = 0) -> None:
         self.stream = stream
         self.delimiter = delimiter
+        # Read per fill: the module's CHUNK unless given (read at the time, for the tests).
+        self.chunk = chunk
         self.buffer = b""
         self.ended = False
 
     def _fill(self) -> bool:
         if self.ended:
             return False
-        chunk = self.stream.read(CHUNK)
+        chunk = self.stream.read(self.chunk or CHUNK)
         if not chunk:
             self.ended = True
             return False

@@ -207,6 +207,34 @@ class OrthancClient:
         )
         return reply.json()
 
+    def dicomweb_retrieve_stream(self, path: str) -> urllib3.BaseHTTPResponse:
+        """A DICOMweb series or study retrieve as stored (`transfer-syntax=*`), not yet read:
+        the caller reads the multipart body as it comes and releases the answer. One attempt
+        (a stream half sent cannot be retried); an UpstreamError when Orthanc does not answer
+        200."""
+        if not path.startswith("/dicom-web/studies/"):
+            raise ValueError(f"not a DICOMweb retrieve: {path[:80]!r}")
+        accept = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+        try:
+            response = self._pool.urlopen(
+                "GET",
+                self._prefix + path,
+                headers={**self._pool.headers, "Accept": accept},
+                preload_content=False,
+            )
+        except urllib3.exceptions.HTTPError as err:
+            raise TransientUpstreamError(f"Orthanc did not answer GET {path}: {err}") from err
+        if response.status != 200:
+            response.drain_conn()
+            response.release_conn()
+            error = (
+                TransientUpstreamError
+                if response.status in _RETRYABLE_STATUS
+                else PermanentUpstreamError
+            )
+            raise error(f"Orthanc answered {response.status} to GET {path}")
+        return response
+
     def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
         """GET /instances/{id}/simplified-tags: every tag by keyword (pixel data left out)."""
         return dict(self._request("GET", f"/instances/{orthanc_id}/simplified-tags").json())

@@ -20,8 +20,6 @@ from sqlmodel import select
 
 from common.db import (
     AuditEvent,
-    InferenceFinding,
-    InferenceResult,
     Instance,
     ReadingVerdict,
     session_scope,
@@ -30,6 +28,7 @@ from neuronova.sample import ct_slice_dataset, head_phantom
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
 from tests.support.viewing import Viewing
+from tests.support.web import Finding, record_reading
 from tests.webapp.test_multipart import BOUNDARY, related_body
 
 pytestmark = pytest.mark.integration
@@ -59,36 +58,14 @@ def reviewed(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Revi
     sources = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
     outcomes = ingest_batch(viewing.settings, collect_inputs(folder))
     assert {o.status for o in outcomes} == {"stored"}
-    with session_scope(viewing.settings.resolved_database_url) as session:
-        reading = InferenceResult(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            patient_id="NN-TEST-C",
-            model_name="brain-lesion",
-            model_version="correction-test",
-            model_sha256="0" * 64,
-            status="completed",
-            device="cpu",
-            lesion_count=2,
-            lesion_volume_ml=1.0,
-            seg_series_uid=generate_uid(),
-            seg_sop_instance_uid=generate_uid(),
-            timings="{}",
-        )
-        session.add(reading)
-        session.flush()
-        assert reading.id is not None
-        for number, uid in enumerate(TRACKING, 1):
-            session.add(
-                InferenceFinding(
-                    result_id=reading.id,
-                    number=number,
-                    tracking_uid=uid,
-                    label=f"Lesion {number}",
-                    volume_ml=0.5,
-                )
-            )
-        reading_id = reading.id
+    reading_id = record_reading(
+        viewing.settings.resolved_database_url,
+        study,
+        series,
+        "NN-TEST-C",
+        [Finding(uid, 0.5) for uid in TRACKING],
+        model_version="correction-test",
+    )
     return Reviewed(study, series, sources, reading_id)
 
 

@@ -212,40 +212,21 @@ def test_a_radiologist_reviews_the_ai_reading_on_the_worklist(browser, viewing: 
     from sqlmodel import delete, select
 
     from common.db import InferenceFinding, InferenceResult, ReadingVerdict, session_scope
+    from tests.support.web import Finding, record_reading
 
     url = viewing.settings.resolved_database_url
     key_slices = (viewing.instances_a[3], viewing.instances_a[8])
-    with session_scope(url) as session:
-        reading = InferenceResult(
-            study_instance_uid=viewing.study_a,
-            series_instance_uid=viewing.series_a,
-            patient_id=viewing.patient_a,
-            model_name="brain-lesion",
-            model_version="review-test",
-            model_sha256="0" * 64,
-            status="completed",
-            device="cpu",
-            lesion_count=2,
-            lesion_volume_ml=5.5,
-            seg_series_uid=generate_uid(),
-            seg_sop_instance_uid=generate_uid(),
-            timings="{}",
-        )
-        session.add(reading)
-        session.flush()
-        assert reading.id is not None
-        reading_id = reading.id
-        for number, (sop, volume) in enumerate(zip(key_slices, (4.25, 1.25), strict=True), 1):
-            session.add(
-                InferenceFinding(
-                    result_id=reading_id,
-                    number=number,
-                    tracking_uid=generate_uid(),
-                    label=f"Lesion {number}",
-                    volume_ml=volume,
-                    key_sop_instance_uid=sop,
-                )
-            )
+    reading_id = record_reading(
+        url,
+        viewing.study_a,
+        viewing.series_a,
+        viewing.patient_a,
+        [
+            Finding(generate_uid(), volume, sop)
+            for sop, volume in zip(key_slices, (4.25, 1.25), strict=True)
+        ],
+        model_version="review-test",
+    )
     context = browser.new_context(viewport={"width": 1280, "height": 900}, bypass_csp=True)
     try:
         page = context.new_page()

@@ -643,6 +643,22 @@ def test_what_the_index_does_not_place_in_the_study_is_in_no_answer(
             response = _get(v, path, token)
             if response.status_code != 404:
                 assert values(gated(path), "00080018") == set(v.instances_a), path
+        # Whole series and study retrieves (Orthanc's own answer, relayed): only the index's.
+        for path in (
+            f"/dicom-web/studies/{v.study_a}",
+            f"/dicom-web/studies/{v.study_a}/series/{v.series_a}",
+        ):
+            answer = _get(
+                v,
+                path,
+                token,
+                Accept='multipart/related; type="application/dicom"; transfer-syntax=*',
+            )
+            assert answer.status_code == 200, path
+            sops = {
+                str(dcmread(BytesIO(part)).SOPInstanceUID) for _, part in _multipart_parts(answer)
+            }
+            assert sops == set(v.instances_a), path
         for sop, series_uid in ((impostor_sop, v.series_a), (unverified_sop, unverified_series)):
             instance = f"/dicom-web/studies/{v.study_a}/series/{series_uid}/instances/{sop}"
             for suffix in ("/metadata", "", "/frames/1"):

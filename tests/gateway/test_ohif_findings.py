@@ -19,7 +19,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from common.db import InferenceFinding, InferenceResult, ReadingVerdict, session_scope
+from common.db import ReadingVerdict, session_scope
 from common.settings import PROJECT_ROOT
 from neuronova.sample_mr import write_sample_mr_study
 from tasks.dicom.seg import build_lesion_seg
@@ -30,6 +30,7 @@ from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
 from tests.support.browser import wait_for_image
 from tests.support.viewing import Viewing
+from tests.support.web import Finding, record_reading
 
 pytestmark = pytest.mark.integration
 
@@ -96,39 +97,23 @@ def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Re
     outcomes = ingest_batch(viewing.settings, collect_inputs(folder / "mr"))
     assert {o.status for o in outcomes} == {"stored"}, {o.reason for o in outcomes}
     numbers = [int(sources[lesion.key_slice].InstanceNumber) for lesion in lesions]
-    with session_scope(viewing.settings.resolved_database_url) as session:  # as the flow records it
-        reading = InferenceResult(
-            study_instance_uid=study,
-            series_instance_uid=series,
-            patient_id=PATIENT,
-            model_name=MODEL.name,
-            model_version=MODEL.version,
-            model_sha256=MODEL.bundle_sha256,
-            status="completed",
-            device="cpu",
-            lesion_count=len(lesions),
-            lesion_volume_ml=sum(lesion.volume_ml for lesion in lesions),
-            seg_series_uid=seg_series,
-            seg_sop_instance_uid=seg_sop,
-            sr_series_uid=sr_series,
-            sr_sop_instance_uid=sr_sop,
-            timings="{}",
-        )
-        session.add(reading)
-        session.flush()
-        assert reading.id is not None
-        for lesion, uid in zip(lesions, uids, strict=True):
-            session.add(
-                InferenceFinding(
-                    result_id=reading.id,
-                    number=lesion.number,
-                    tracking_uid=uid,
-                    label=lesion.label,
-                    volume_ml=round(lesion.volume_ml, 3),
-                    key_sop_instance_uid=str(sources[lesion.key_slice].SOPInstanceUID),
-                )
-            )
-        reading_id = reading.id
+    reading_id = record_reading(  # as the flow records it
+        viewing.settings.resolved_database_url,
+        study,
+        series,
+        PATIENT,
+        [
+            Finding(uid, round(lesion.volume_ml, 3), str(sources[lesion.key_slice].SOPInstanceUID))
+            for lesion, uid in zip(lesions, uids, strict=True)
+        ],
+        model_name=MODEL.name,
+        model_version=MODEL.version,
+        model_sha256=MODEL.bundle_sha256,
+        seg_series_uid=seg_series,
+        seg_sop_instance_uid=seg_sop,
+        sr_series_uid=sr_series,
+        sr_sop_instance_uid=sr_sop,
+    )
     return ReadStudy(
         study, lesions, numbers, series, (seg_series, seg_sop), (sr_series, sr_sop), reading_id
     )

@@ -5,11 +5,14 @@ token out of a viewer link."""
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from flask.testing import FlaskClient
+from pydicom.uid import generate_uid
 
-from common.db import InferenceResult, Instance, Series, Study, session_scope
+from common.db import InferenceFinding, InferenceResult, Instance, Series, Study, session_scope
 
 PASSWORD = "correct horse battery staple"
 ORIGIN = "https://viewer.example.org"  # the unit tests' gateway (https)
@@ -62,26 +65,69 @@ def index_study(url: str, study: IndexedStudy) -> None:
             )
 
 
-def add_reading(url: str, study: IndexedStudy, lesions: int, volume_ml: float) -> None:
-    """A completed AI reading of the study's series, as run_inference records it."""
+@dataclass(frozen=True)
+class Finding:
+    """One lesion of a recorded reading."""
+
+    tracking_uid: str
+    volume_ml: float
+    key_sop_instance_uid: str | None = None
+    fhir_observation_id: str | None = None
+
+
+def record_reading(
+    url: str,
+    study: str,
+    series: str,
+    patient_id: str,
+    findings: Sequence[Finding] = (),
+    **fields: Any,
+) -> int:
+    """A completed AI reading of `series`, with its findings ("Lesion 1" … in order), as
+    run_inference records it; `fields` override the reading's columns. Returns its id."""
+    values: dict[str, Any] = {
+        "model_name": "brain-lesion",
+        "model_version": "1",
+        "model_sha256": "0" * 64,
+        "status": "completed",
+        "device": "cpu",
+        "lesion_count": len(findings),
+        "lesion_volume_ml": round(sum(f.volume_ml for f in findings), 3),
+        "seg_series_uid": generate_uid(),
+        "seg_sop_instance_uid": generate_uid(),
+        "timings": "{}",
+    } | fields
     with session_scope(url) as session:
-        session.add(
-            InferenceResult(
-                study_instance_uid=study.study,
-                series_instance_uid=study.series,
-                patient_id=study.patient_id,
-                model_name="brain-lesion",
-                model_version="1",
-                model_sha256="0" * 64,
-                status="completed",
-                device="cpu",
-                lesion_count=lesions,
-                lesion_volume_ml=volume_ml,
-                seg_series_uid=study.series + ".9",
-                seg_sop_instance_uid=study.series + ".9.1",
-                timings="{}",
-            )
+        reading = InferenceResult(
+            study_instance_uid=study, series_instance_uid=series, patient_id=patient_id, **values
         )
+        session.add(reading)
+        session.flush()
+        assert reading.id is not None
+        for number, finding in enumerate(findings, 1):
+            session.add(
+                InferenceFinding(
+                    result_id=reading.id,
+                    number=number,
+                    label=f"Lesion {number}",
+                    **finding.__dict__,
+                )
+            )
+        return reading.id
+
+
+def add_reading(url: str, study: IndexedStudy, lesions: int, volume_ml: float) -> None:
+    """A completed AI reading of the study's series (counts only, no findings)."""
+    record_reading(
+        url,
+        study.study,
+        study.series,
+        study.patient_id,
+        lesion_count=lesions,
+        lesion_volume_ml=volume_ml,
+        seg_series_uid=study.series + ".9",
+        seg_sop_instance_uid=study.series + ".9.1",
+    )
 
 
 def login(client: FlaskClient, username: str = "alice", password: str = PASSWORD) -> dict[str, str]:

@@ -21,7 +21,6 @@ from sqlmodel import select
 
 from common.db import (
     AuditEvent,
-    InferenceFinding,
     InferenceResult,
     ReadingVerdict,
     Study,
@@ -31,7 +30,17 @@ from common.settings import Settings
 from tasks.inference.report import LesionFinding, LesionFindings, publish_lesion_results
 from tasks.inference.verdict_fhir import send_owed_verdicts
 from tasks.patients.fhir import FhirClient
-from tests.support.web import PASSWORD, STUDY_A, STUDY_B, bearer, index_study, login, sign_in
+from tests.support.web import (
+    PASSWORD,
+    STUDY_A,
+    STUDY_B,
+    Finding,
+    bearer,
+    index_study,
+    login,
+    record_reading,
+    sign_in,
+)
 from webapp import accounts, create_app
 
 pytestmark = pytest.mark.integration
@@ -102,39 +111,19 @@ def world(tmp_path: Path, patient_sources: Settings) -> Iterator[World]:
             ),
             "ab" * 32,
         )
-    with session_scope(url) as session:
-        reading = InferenceResult(
-            study_instance_uid=STUDY_A.study,
-            series_instance_uid=STUDY_A.series,
-            patient_id=STUDY_A.patient_id,
-            model_name="brain-lesion",
-            model_version=version,
-            model_sha256="ab" * 32,
-            status="completed",
-            device="cpu",
-            lesion_count=2,
-            lesion_volume_ml=5.5,
-            seg_series_uid=STUDY_A.series + ".9",
-            seg_sop_instance_uid=STUDY_A.series + ".9.1",
-            fhir_report_id=published.report_id,
-            timings="{}",
-        )
-        session.add(reading)
-        session.flush()
-        assert reading.id is not None
-        for number, (uid, volume) in enumerate(zip(TRACKING, (4.25, 1.25), strict=True), 1):
-            session.add(
-                InferenceFinding(
-                    result_id=reading.id,
-                    number=number,
-                    tracking_uid=uid,
-                    label=f"Lesion {number}",
-                    volume_ml=volume,
-                    key_sop_instance_uid=STUDY_A.instances[number - 1],
-                    fhir_observation_id=published.lesion_observation_ids[uid],
-                )
-            )
-        reading_id = reading.id
+    reading_id = record_reading(
+        url,
+        STUDY_A.study,
+        STUDY_A.series,
+        STUDY_A.patient_id,
+        [
+            Finding(uid, volume, sop, published.lesion_observation_ids[uid])
+            for uid, volume, sop in zip(TRACKING, (4.25, 1.25), STUDY_A.instances, strict=True)
+        ],
+        model_version=version,
+        model_sha256="ab" * 32,
+        fhir_report_id=published.report_id,
+    )
     yield World(app, settings, reading_id, published.report_id, published.lesion_observation_ids)
     app.extensions["neuronova"].audit.flush()
 
