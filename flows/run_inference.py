@@ -205,7 +205,8 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
         logger.warning("FHIR report not written: %s. Re-run once that is fixed.", why)
         row = save_result(settings, _key(row) | {"note": why[:512]})
         return result_summary(row, reused=False)
-    assert row.id is not None
+    result_id = row.id
+    assert result_id is not None
     findings = LesionFindings(
         f"Patient/{patient['fhir_id']}",
         row.study_instance_uid,
@@ -216,14 +217,14 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
         row.lesion_volume_ml,
         lesions=tuple(
             LesionFinding(f.number, f.tracking_uid, f.label, f.volume_ml)
-            for f in findings_of(settings, row.id)
+            for f in findings_of(settings, result_id)
         ),
         seg_sop_uid=row.seg_sop_instance_uid,
         sr_sop_uid=row.sr_sop_instance_uid,
     )
     published = publish_fhir_task(settings, findings, row.model_sha256)
     report_id = published.report_id
-    record_observations(settings, row.id, published.lesion_observation_ids)
+    record_observations(settings, result_id, published.lesion_observation_ids)
     row = save_result(
         settings,
         _key(row)
@@ -238,8 +239,7 @@ def _publish_to_fhir(settings: Settings, row: InferenceResult) -> InferenceRepor
     publish_result_table(row)
     logger.info("DiagnosticReport/%s for Patient/%s", report_id, patient["fhir_id"])
     # Verdicts given while the report was owed wait for it: send them now.
-    assert row.id is not None
-    owed = send_verdicts(settings, row.id)
+    owed = send_verdicts(settings, result_id)
     if owed.sent or owed.owed:
         logger.info("readers' verdicts sent to FHIR: %d; still owed: %d", owed.sent, owed.owed)
     return _tell_clinicians(settings, row, reused=False)

@@ -324,26 +324,22 @@ class Gate:
     def _instance(self, environ: Environ, target: GateRequest) -> _Answer:
         """An instance as stored goes through nginx (Orthanc's own DICOMweb answer); one asked
         for in explicit VR little endian is decoded here."""
-        uri = self._locate(target)
-        _orthanc_id, stored = self._instance_in_study(target)
+        orthanc_id, stored = self._instance_in_study(target)
         syntax = answer_syntax(
             environ.get("HTTP_ACCEPT", ""), stored, DICOM, decodable=stored in HTJ2K_SYNTAXES
         )
         if syntax == stored:
-            return _accel_redirect(uri)
-        multipart = Multipart.new(DICOM)
-        body = multipart.whole([(self._decoded_instance(target), syntax)])
-        return 200, _multipart_headers(multipart, len(body)), body
-
-    def _decoded_instance(self, target: GateRequest) -> bytes:
-        orthanc_id, _stored = self._instance_in_study(target)
+            return _accel_redirect(target.internal_uri())
         try:
-            return explicit_le_instance(self._orthanc.get_instance_file(orthanc_id))
+            decoded = explicit_le_instance(self._orthanc.get_instance_file(orthanc_id))
         except PermanentUpstreamError:
             raise GateDenied(404, "not in the archive") from None
         except TransientUpstreamError as err:
             log.warning("gate: Orthanc did not give an instance: %s", err)
             raise GateDenied(502, "archive unavailable") from None
+        multipart = Multipart.new(DICOM)
+        body = multipart.whole([(decoded, syntax)])
+        return 200, _multipart_headers(multipart, len(body)), body
 
     def _retrieve(self, environ: Environ, target: GateRequest) -> _Answer:
         """A whole series or study: every instance the index places there, streamed as one
@@ -355,10 +351,8 @@ class Gate:
         plan = [
             _Planned(
                 row.orthanc_id,
-                row.stored_syntax,
-                answer_syntax(
-                    accept, row.stored_syntax, DICOM, decodable=row.stored_syntax in HTJ2K_SYNTAXES
-                ),
+                row.stored,
+                answer_syntax(accept, row.stored, DICOM, decodable=row.stored in HTJ2K_SYNTAXES),
                 row.stored_sha256,
             )
             for row in rows
@@ -370,7 +364,7 @@ class Gate:
         ]
         if all(step.syntax == step.stored for step in plan):
             return 200, headers, self._relayed_parts(multipart, target.internal_path, plan)
-        return 200, headers, self._fetched_parts(multipart, plan, end=True)
+        return 200, headers, self._fetched_parts(multipart, plan)
 
     def _relayed_parts(
         self, multipart: Multipart, internal_path: str, plan: list[_Planned]
@@ -403,11 +397,9 @@ class Gate:
             if response is not None:
                 response.release_conn()
         missing = [step for step in plan if step.stored_sha256 not in sent]
-        yield from self._fetched_parts(multipart, missing, end=True)
+        yield from self._fetched_parts(multipart, missing)
 
-    def _fetched_parts(
-        self, multipart: Multipart, plan: list[_Planned], *, end: bool
-    ) -> Iterator[bytes]:
+    def _fetched_parts(self, multipart: Multipart, plan: list[_Planned]) -> Iterator[bytes]:
         """The parts, each fetched from Orthanc on its own, a few ahead of the one being sent
         (and decoded where the client asked for explicit VR little endian). An archive that
         stops answering mid-way ends the answer without its closing boundary, so the client
@@ -436,12 +428,12 @@ class Gate:
                         left.cancel()
                     return
                 yield from multipart.part(data, syntax)
-        if end:
-            yield multipart.end()
+        yield multipart.end()
 
-    def _indexed_instances(self, study: str, series: str | None) -> list[_Indexed]:
+    def _indexed_instances(self, study: str, series: str | None) -> list[_Planned]:
         """Every instance the index places in the study (and series), in series then
-        instance order: where Orthanc keeps it, its stored syntax and file hash."""
+        instance order: where Orthanc keeps it, its stored syntax and file hash (answered as
+        stored until `_retrieve` says otherwise)."""
         query = select(Instance.orthanc_id, Instance.transfer_syntax, Instance.stored_sha256).where(
             Instance.study_instance_uid == study
         )
@@ -451,7 +443,7 @@ class Gate:
         with session_scope(self.context.database_url) as session:
             rows = session.exec(query).all()
         return [
-            _Indexed(orthanc_id, syntax, digest)
+            _Planned(orthanc_id, syntax, syntax, digest)
             for orthanc_id, syntax, digest in rows
             if orthanc_id and set(orthanc_id) <= _ORTHANC_ID_CHARS
         ]
@@ -507,17 +499,8 @@ class Gate:
 
 
 @dataclass(frozen=True)
-class _Indexed:
-    """An instance of a series or study retrieve, as the index has it."""
-
-    orthanc_id: str
-    stored_syntax: str
-    stored_sha256: str
-
-
-@dataclass(frozen=True)
 class _Planned:
-    """How one instance of a retrieve is answered."""
+    """One instance of a series or study retrieve, as the index has it, and how it is answered."""
 
     orthanc_id: str
     stored: str  # its stored transfer syntax

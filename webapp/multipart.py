@@ -82,11 +82,11 @@ def read_parts(
 
 
 def _parts(
-    stream: Readable, boundary: bytes, max_parts: int, chunk: int | None = None
+    stream: Readable, boundary: bytes, max_parts: int, chunk: int = 0
 ) -> Iterator[tuple[bytes, _Reader]]:
     """Each part's headers, with the reader positioned at its first byte (the caller reads the
     part to its delimiter before asking for the next)."""
-    reader = _Reader(stream, b"\r\n--" + boundary, chunk or 0)
+    reader = _Reader(stream, b"\r\n--" + boundary, chunk)
     # The first delimiter may open the body without the CRLF that precedes the others.
     reader.buffer = _CRLF
     if not reader.skip_to_delimiter():
@@ -118,7 +118,7 @@ class _Reader:
     def __init__(self, stream: Readable, delimiter: bytes, chunk: int = 0) -> None:
         self.stream = stream
         self.delimiter = delimiter
-        # Read per fill: the module's CHUNK unless given (read at the time, for the tests).
+        # Bytes read per fill; 0: the module's CHUNK, read at fill time (the tests change it).
         self.chunk = chunk
         self.buffer = b""
         self.ended = False

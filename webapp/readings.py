@@ -101,7 +101,7 @@ def give_verdict(user: User, study_uid: str, reading_id: int, body: object) -> J
     except VerdictRefused as err:
         audit(Action.VERDICT, err.status, username=user.username, study=study_uid, reason=str(err))
         return Judged(err.status, str(err))
-    return judge(user, study_uid, reading_id, wanted)
+    return _record(user, study_uid, reading_id, wanted)
 
 
 def _may_judge(user: User, study_uid: str) -> Judged | None:
@@ -118,12 +118,18 @@ def _may_judge(user: User, study_uid: str) -> Judged | None:
 
 
 def judge(user: User, study_uid: str, reading_id: int, wanted: VerdictRequest) -> Judged:
-    """Record a checked verdict of a radiologist who may open the study, send its FHIR side
-    (owed when FHIR cannot take it now) and tell the open worklists."""
-    ctx = web_context()
+    """A verdict made elsewhere (a corrected SEG saved from the viewer), under the same rules:
+    a radiologist who may open the study; then as `give_verdict`."""
     refused = _may_judge(user, study_uid)
     if refused is not None:
         return refused
+    return _record(user, study_uid, reading_id, wanted)
+
+
+def _record(user: User, study_uid: str, reading_id: int, wanted: VerdictRequest) -> Judged:
+    """Record a verdict of a user `_may_judge` allowed, send its FHIR side (owed when FHIR
+    cannot take it now) and tell the open worklists."""
+    ctx = web_context()
     try:
 
         def record(session: Session) -> tuple[ReadingVerdict, str]:

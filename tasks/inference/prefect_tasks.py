@@ -20,9 +20,9 @@ from tasks.dicom.seg import build_lesion_seg, check_written_seg
 from tasks.dicom.sr import ModelIdentity, build_measurement_report, check_written_report
 from tasks.dicom.volume import Volume, read_series_from_orthanc
 from tasks.inference.alerts import AI_RESULT, AlertPublisher, ai_result_facts
-from tasks.inference.lesions import Lesion, label_lesions
+from tasks.inference.lesions import Lesion
 from tasks.inference.report import LesionFindings, PublishedReport, publish_lesion_results
-from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids, store_results
+from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids, store_seg
 from tasks.inference.segmentation import SegmentationRun, cached_bundle, segment_volume
 from tasks.inference.series import SeriesChoice, choose_series, find_study_series, only_series
 from tasks.patients.fhir import FhirClient
@@ -67,16 +67,14 @@ def store_seg_task(
     source_series_uid: str,
     model: str,
     version: str,
-    bundle_sha256: str = "",
-    lesions: list[Lesion] | None = None,
+    bundle_sha256: str,
+    lesions: list[Lesion],
 ) -> None:
-    """Build the SEG, a segment per lesion (`labels` holds each lesion's number; `lesions` as
-    label_lesions found them, else found again), and beside it the TID 1500 SR (a group per
-    lesion on its segment), UIDs derived from the series read and the model version; check
-    that each reads back as written, then store both, verified, in one batch."""
+    """Build the SEG, a segment per lesion (`labels` and `lesions` as label_lesions found
+    them), and beside it the TID 1500 SR (a group per lesion on its segment), UIDs derived
+    from the series read and the model version; check that each reads back as written and
+    store each, verified, while the next is built."""
     series_uid, sop_uid = seg_uids(study_uid, source_series_uid, model, version)
-    if lesions is None:
-        lesions = label_lesions(labels > 0, volume.spacing)[1]
     tracking = lesion_tracking_uids(study_uid, source_series_uid, model, version, len(lesions))
     seg = build_lesion_seg(
         volume.headers,
@@ -92,7 +90,7 @@ def store_seg_task(
     check_written_seg(seg_bytes, tracking)
     # Each store waits on Orthanc (its read-back, the index) while the rest is built.
     with ThreadPoolExecutor(2, thread_name_prefix="store-results") as pool:
-        seg_stored = pool.submit(store_results, settings, study_uid, [("SEG", sop_uid, seg_bytes)])
+        seg_stored = pool.submit(store_seg, settings, seg_bytes, study_uid, sop_uid)
         sr_series, sr_sop = sr_uids(study_uid, source_series_uid, model, version)
         sr = build_measurement_report(
             volume.headers,
@@ -106,7 +104,7 @@ def store_seg_task(
         )
         sr_bytes = _encoded(sr)
         check_written_report(sr_bytes, tracking, sop_uid)
-        sr_stored = pool.submit(store_results, settings, study_uid, [("SR", sr_sop, sr_bytes)])
+        sr_stored = pool.submit(store_seg, settings, sr_bytes, study_uid, sr_sop, "SR")
         seg_stored.result()  # either failing fails the task: its retry stores both again
         sr_stored.result()
 

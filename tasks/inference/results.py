@@ -58,39 +58,28 @@ def lesion_tracking_uids(
     return [generate_uid(entropy_srcs=[*key, f"lesion-{n}"]) for n in range(1, count + 1)]
 
 
-def store_results(
-    settings: Settings, study_uid: str, objects: list[tuple[str, str, bytes]]
-) -> None:
-    """Keep the reading's DICOM objects ((kind, SOP Instance UID, bytes): the SEG, the SR)
-    under results/ and ingest them in one batch (verified, indexed); SegNotStored when any
-    did not reach the archive.
-
-    Through ingest rather than a bare upload: the archive index must place them in their study,
-    or the gate would not let the viewer open them.
-    """
-    folder = settings.results_dir / study_uid
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for kind, sop_uid, data in objects:
-        path = folder / f"{kind}-{sop_uid}.dcm"
-        if not path.exists():  # an earlier run's file is the same result: keep its bytes
-            partial = path.with_suffix(".partial")
-            partial.write_bytes(data)
-            partial.replace(path)
-        paths.append(path)
-    outcomes = ingest_batch(settings, [InputRef(str(path)) for path in paths])
-    for path, outcome in zip(paths, outcomes, strict=True):
-        if outcome.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
-            raise SegNotStored(f"{path.name} was not stored: {outcome.status}, {outcome.reason}")
-
-
 def store_seg(
     settings: Settings, data: bytes, study_uid: str, sop_uid: str, kind: str = "SEG"
 ) -> Path:
-    """Keep one result object under results/ and ingest it (verified, indexed); returns the
-    kept file."""
-    store_results(settings, study_uid, [(kind, sop_uid, data)])
-    return settings.results_dir / study_uid / f"{kind}-{sop_uid}.dcm"
+    """Keep a result object (the SEG, the SR: `kind`) under results/ and ingest it (verified,
+    indexed); returns the kept file.
+
+    Through ingest rather than a bare upload: the archive index must place it in its study,
+    or the gate would not let the viewer open it.
+    """
+    folder = settings.results_dir / study_uid
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}-{sop_uid}.dcm"
+    if not path.exists():  # an earlier run's file is the same result: keep its bytes
+        partial = path.with_suffix(".partial")
+        partial.write_bytes(data)
+        partial.replace(path)
+    (outcome,) = ingest_batch(settings, [InputRef(str(path))])
+    if outcome.status not in (IngestStatus.STORED, IngestStatus.DUPLICATE):
+        raise SegNotStored(
+            f"the {kind} {path.name} was not stored: {outcome.status}, {outcome.reason}"
+        )
+    return path
 
 
 def find_result(
@@ -235,11 +224,6 @@ class SegReport(TypedDict):
     sop_instance_uid: str | None
 
 
-class SrReport(TypedDict):
-    series_instance_uid: str | None
-    sop_instance_uid: str | None
-
-
 class FhirReferences(TypedDict):
     report: str | None  # DiagnosticReport/<id>, None while owed
     patient: str | None  # Patient/<id>
@@ -271,7 +255,7 @@ class InferenceReport(TypedDict):
     lesion_count: NotRequired[int]
     lesion_volume_ml: NotRequired[float]
     seg: NotRequired[SegReport]
-    sr: NotRequired[SrReport]
+    sr: NotRequired[SegReport]  # the same two UIDs, of the TID 1500 SR
     fhir: NotRequired[FhirReferences]
     note: NotRequired[str | None]
     timings: NotRequired[dict[str, float]]
@@ -296,7 +280,7 @@ def result_summary(row: InferenceResult, *, reused: bool) -> InferenceReport:
             series_instance_uid=row.seg_series_uid,
             sop_instance_uid=row.seg_sop_instance_uid,
         ),
-        sr=SrReport(
+        sr=SegReport(
             series_instance_uid=row.sr_series_uid, sop_instance_uid=row.sr_sop_instance_uid
         ),
         fhir=FhirReferences(

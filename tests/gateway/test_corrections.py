@@ -184,11 +184,12 @@ def test_what_may_not_be_saved_is_refused_audited_and_not_stored(
     viewing: Viewing, reviewed: Reviewed, cleanup_verdicts: None
 ) -> None:
     rex = _viewer(viewing, "rex", reviewed.study)
-    not_a_seg = io.BytesIO()
-    reviewed.sources[0].save_as(not_a_seg, enforce_file_format=True)
+    buffer = io.BytesIO()
+    reviewed.sources[0].save_as(buffer, enforce_file_format=True)
+    not_a_seg = buffer.getvalue()  # an image of the study: stored already, by the fixture
     other_study = corrected_seg(reviewed.sources, study=viewing.study_b)
     cases = {
-        "a CT image, not a SEG": ([not_a_seg.getvalue()], 400),
+        "a CT image, not a SEG": ([not_a_seg], 400),
         "a SEG naming another study": ([other_study], 403),
         "two SEGs at once": (
             [corrected_seg(reviewed.sources), corrected_seg(reviewed.sources)],
@@ -198,7 +199,7 @@ def test_what_may_not_be_saved_is_refused_audited_and_not_stored(
     for name, (files, status) in cases.items():
         answer = _save(viewing, rex, files)
         assert answer.status_code == status, (name, answer.text)
-        assert all(not _stored(viewing, f) for f in files if f is not not_a_seg.getvalue()), name
+        assert all(not _stored(viewing, f) for f in files if f != not_a_seg), name
     # A clinician's viewer may read the study but not save into it.
     seg = corrected_seg(reviewed.sources)
     with session_scope(viewing.settings.resolved_database_url) as session:

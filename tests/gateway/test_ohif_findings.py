@@ -22,12 +22,12 @@ from pydicom.uid import generate_uid
 from common.db import ReadingVerdict, session_scope
 from common.settings import PROJECT_ROOT
 from neuronova.sample_mr import write_sample_mr_study
-from tasks.dicom.seg import build_lesion_seg
-from tasks.dicom.sr import ModelIdentity, build_measurement_report, viewer_title
-from tasks.inference.lesions import Lesion, label_lesions
-from tasks.inference.results import lesion_tracking_uids, seg_uids, sr_uids
+from tasks.dicom.sr import ModelIdentity, viewer_title
+from tasks.inference.lesions import Lesion
+from tasks.inference.results import lesion_tracking_uids
 from tasks.ingest.batch import ingest_batch
 from tasks.ingest.inputs import collect_inputs
+from tests.support.ai_reading import read_with_mask
 from tests.support.browser import wait_for_image
 from tests.support.viewing import Viewing
 from tests.support.web import Finding, record_reading
@@ -66,32 +66,17 @@ def read_study(viewing: Viewing, tmp_path_factory: pytest.TempPathFactory) -> Re
         ds.save_as(path, enforce_file_format=True)
     mask = np.load(mask_path)
     mask[60:63, 40:46, 40:46] = 1  # far from the sample's own lesion: a second one
-    sources = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
-    spacing = (float(sources[0].SliceThickness), *(float(v) for v in sources[0].PixelSpacing))
-    labels, lesions = label_lesions(mask, spacing)
+    reading = read_with_mask(files, mask, MODEL)
+    sources, lesions, uids, seg, sr = (
+        reading.sources,
+        reading.lesions,
+        reading.tracking_uids,
+        reading.seg,
+        reading.sr,
+    )
     assert len(lesions) == 2
-    uids = lesion_tracking_uids(study, series, MODEL.name, MODEL.version, len(lesions))
-    seg_series, seg_sop = seg_uids(study, series, MODEL.name, MODEL.version)
-    seg = build_lesion_seg(
-        sources,
-        labels,
-        algorithm_name=MODEL.name,
-        algorithm_version=MODEL.version,
-        tracking_uids=uids,
-        series_instance_uid=seg_series,
-        sop_instance_uid=seg_sop,
-    )
-    sr_series, sr_sop = sr_uids(study, series, MODEL.name, MODEL.version)
-    sr = build_measurement_report(
-        sources,
-        seg,
-        labels,
-        lesions,
-        uids,
-        MODEL,
-        series_instance_uid=sr_series,
-        sop_instance_uid=sr_sop,
-    )
+    seg_series, seg_sop = str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID)
+    sr_series, sr_sop = str(sr.SeriesInstanceUID), str(sr.SOPInstanceUID)
     seg.save_as(folder / "mr" / "seg.dcm")
     sr.save_as(folder / "mr" / "sr.dcm")
     outcomes = ingest_batch(viewing.settings, collect_inputs(folder / "mr"))

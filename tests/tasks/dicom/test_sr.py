@@ -18,16 +18,14 @@ import pytest
 from pydicom.sr.codedict import codes
 
 from neuronova.sample_mr import write_sample_mr_study
-from tasks.dicom.seg import WrittenObjectInvalid, build_lesion_seg, check_written_seg
+from tasks.dicom.seg import WrittenObjectInvalid, check_written_seg
 from tasks.dicom.sr import (
     OHIF_LENGTH,
     ModelIdentity,
-    build_measurement_report,
     check_written_report,
     planar_tracking_uid,
 )
-from tasks.inference.lesions import label_lesions
-from tasks.inference.results import lesion_tracking_uids, seg_uids
+from tests.support.ai_reading import read_with_mask
 
 DCIODVFY = Path(sys.executable).parent / "dciodvfy"
 MODEL = ModelIdentity("NeuroNova brain lesion segmentation", "0.1.0", "ab" * 32)
@@ -40,38 +38,12 @@ def _reading(folder: Path, *, second_lesion: bool = True, lesions: bool = True) 
         mask[60:63, 40:45, 40:45] = 1
     if not lesions:
         mask[:] = 0
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
-    spacing = (
-        float(sources[0].SliceThickness),
-        *(float(v) for v in sources[0].PixelSpacing),
-    )
-    labels, found = label_lesions(mask, spacing)  # type: ignore[arg-type]
-    study, series = sources[0].StudyInstanceUID, sources[0].SeriesInstanceUID
-    uids = lesion_tracking_uids(study, series, MODEL.name, MODEL.version, len(found))
-    seg_series, seg_sop = seg_uids(study, series, MODEL.name, MODEL.version)
-    seg = build_lesion_seg(
-        sources,
-        labels,
-        algorithm_name=MODEL.name,
-        algorithm_version=MODEL.version,
-        tracking_uids=uids,
-        series_instance_uid=seg_series,
-        sop_instance_uid=seg_sop,
-    )
-    sr = build_measurement_report(
-        sources,
-        seg,
-        labels,
-        found,
-        uids,
-        MODEL,
-        series_instance_uid=pydicom.uid.generate_uid(entropy_srcs=[seg_series, "sr"]),
-        sop_instance_uid=pydicom.uid.generate_uid(entropy_srcs=[seg_sop, "sr"]),
-    )
+    reading = read_with_mask(files, mask, MODEL)
     path = folder / "sr.dcm"
-    sr.save_as(path)
-    return {"path": path, "sources": sources, "labels": labels, "lesions": found, "uids": uids,
-            "spacing": spacing, "seg": seg}  # fmt: skip
+    reading.sr.save_as(path)
+    return {"path": path, "sources": reading.sources, "labels": reading.labels,
+            "lesions": reading.lesions, "uids": reading.tracking_uids,
+            "spacing": reading.spacing, "seg": reading.seg}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
